@@ -1,0 +1,60 @@
+"""Shared CLI plumbing: one-line errors instead of tracebacks, and a parser that reports like that too."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+
+class UserError(Exception):
+    """A problem with the user's input or files; the message names the problem and the fix."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line on stderr (not the usage block) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows each option's default and keeps the description's line breaks."""
+
+
+# Exceptions that mean "bad input" rather than "bug": reported in one line unless LANDSCAPE_DEBUG is set.
+_USER_ERRORS = (UserError, ValueError, KeyError, FileNotFoundError, PermissionError,
+                IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def error_message(exc: BaseException) -> str:
+    """The one-line text of a user-facing exception."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return " ".join(text.split())  # one line, whatever the exception carried
+
+
+def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
+    """Run a CLI main; user errors become `error: ...` on stderr and exit status 2, with no traceback."""
+    try:
+        main(argv)
+    except _USER_ERRORS as exc:
+        if os.environ.get("LANDSCAPE_DEBUG"):
+            raise
+        rank = os.environ.get("RANK")
+        prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
+        print(f"{prefix}error: {error_message(exc)}", file=sys.stderr)
+        _cleanup()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _cleanup() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,136 @@
+"""Process-group setup under torchrun (NCCL on CUDA, gloo on CPU), rank helpers and the few collectives we use.
+
+Launch examples:  torchrun --standalone --nproc_per_node=2 -m landscape.plot2d CKPT
+                  torchrun --nnodes=2 --node_rank=R --rdzv_endpoint=HOST:29500 --nproc_per_node=8 -m trainers.train ...
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def is_torchrun() -> bool:
+    """True when torchrun (or another launcher) set the env:// rendezvous variables."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' is cuda:<local_rank> when CUDA is present, else cpu; 'cpu' and 'cuda' force one."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available: use --device cpu")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+    """Join the torchrun process group if there is one; otherwise describe a single process.
+
+    One device per rank (cuda:LOCAL_RANK, set before init_process_group), NCCL for CUDA and gloo for CPU.
+    The timeout bounds how long surviving ranks wait on a collective when a peer has died.
+    """
+    if not is_torchrun():
+        return DistInfo(0, 0, 1, resolve_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    return DistInfo(rank, local_rank, world_size, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print on rank 0 only (rank read from the environment, so it works before and after init)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place SUM across ranks; a no-op in a single process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """rank `src`'s Python object on every rank (pickled by torch.distributed; our own data only)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def run_on_main(fn: Any, info: DistInfo) -> Any:
+    """Run fn() on rank 0 and hand its result, or its exception, to every rank.
+
+    Rank 0 alone touches files; without this, a refusal on rank 0 would leave the other ranks waiting in
+    the next collective until the timeout.
+    """
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as exc:  # re-raised below on every rank, after the others are told
+            error = exc
+    shared_result, shared_error = broadcast_object((result, _portable(error) if info.is_distributed else error))
+    if info.is_main and error is not None:
+        raise error  # the original, with its traceback
+    if shared_error is not None:
+        raise shared_error
+    return shared_result
+
+
+def _portable(exc: BaseException | None) -> BaseException | None:
+    """An exception that survives pickling to another rank: keep the type for ours, else wrap the text."""
+    if exc is None:
+        return None
+    from landscape.cli import UserError, error_message
+
+    if isinstance(exc, (UserError, ValueError, KeyError)):
+        return type(exc)(error_message(exc))
+    return RuntimeError(f"{type(exc).__name__} on rank 0: {error_message(exc)}")

@@ -1,0 +1,87 @@
+"""Loss and accuracy of a model over tensors already on the device, as exact sums and counts.
+
+Shared by the trainer (stored checkpoint metrics) and the surface engine (every grid point), so the centre
+of a surface reproduces the checkpoint's numbers. The model is evaluated in eval mode: BatchNorm uses its
+running statistics, as in Li et al.; no batch statistics leak into the landscape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# A criterion maps (outputs, targets) to (sum of per-sample losses, number correct); float64/int64 scalars.
+Criterion = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def cross_entropy_sums(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    out = out.float()
+    return F.cross_entropy(out, y, reduction="sum").double(), (out.argmax(1) == y).sum()
+
+
+def mse_sums(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum over samples of the squared error summed over outputs; regression has no accuracy (NaN)."""
+    err = (out.float() - y.float().view_as(out)).double()
+    return err.pow(2).sum(), torch.tensor(float("nan"), device=out.device)
+
+
+CRITERIA: dict[str, Criterion] = {"cross_entropy": cross_entropy_sums, "mse": mse_sums}
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise KeyError(f"unknown loss {name!r}; choose one of: {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
+@dataclass(frozen=True)
+class Sums:
+    loss_sum: float
+    correct: float
+    count: int
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.count
+
+    @property
+    def acc(self) -> float:
+        """Accuracy in percent (the reference implementation's unit)."""
+        return 100.0 * self.correct / self.count
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked for ('bf16'); full fp32 otherwise."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}: use fp32 or bf16")
+
+
+def sums_tensor(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, criterion: Criterion = cross_entropy_sums,
+                precision: str = "fp32") -> Tensor:
+    """[loss_sum, correct, count] as a float64 tensor on x's device; no host sync, so it can be all-reduced."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    acc = torch.zeros(3, dtype=torch.float64, device=x.device)
+    with torch.inference_mode(), autocast_context(x.device, precision):
+        for start in range(0, x.shape[0], batch_size):
+            out = model(x[start:start + batch_size])
+            loss_sum, correct = criterion(out, y[start:start + batch_size])
+            acc[0] += loss_sum
+            acc[1] += correct
+    acc[2] = x.shape[0]
+    return acc
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256,
+             criterion: Criterion = cross_entropy_sums, precision: str = "fp32") -> Sums:
+    """Loss and accuracy of `model` (which the caller has put in eval mode) on (x, y)."""
+    loss_sum, correct, count = sums_tensor(model, x, y, batch_size, criterion, precision).tolist()
+    return Sums(loss_sum, correct, int(count))

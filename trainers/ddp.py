@@ -1,0 +1,334 @@
+"""Data-parallel training: `TrainConfig`, the batch plan, `train_one_epoch`, `evaluate`, `fit`.
+
+One process or many under torchrun (DDP with NCCL on CUDA, gloo on CPU). `batch_size` is the global batch:
+global = per-rank batch x world size, and a per-rank batch larger than `micro_batch_size` is reached by
+gradient accumulation under `no_sync()`. Metrics are reduced as sums and counts, never as means of means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from landscape.cli import UserError
+from landscape.distributed import DistInfo, all_reduce_sum, print0
+from landscape.evaluation import autocast_context, sums_tensor
+from trainers import checkpoint as ckpt_io
+from trainers.data import Dataset, augment, load_dataset
+from trainers.models import build_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str
+    dataset: str = "mnist1d"
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    download: bool = False
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 128  # global
+    micro_batch_size: int | None = None  # largest per-rank forward; more is reached by accumulation
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | step | cosine
+    milestones: tuple[int, ...] = ()  # epochs at which `step` multiplies the lr by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # gradual warmup (Goyal et al. 2017)
+    scale_lr: bool = False  # linear scaling rule: lr * batch_size / base_batch_size
+    base_batch_size: int = 128
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"
+    compile: bool = False
+    eval_batch_size: int = 1024
+    eval_every: int = 1
+    save_every: int = 10
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [(self.batch_size >= 1, "--batch-size must be >= 1"),
+                  (self.epochs >= 1, "--epochs must be >= 1"),
+                  (self.lr > 0, "--lr must be > 0"),
+                  (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+                  (self.optimizer in ("sgd", "adam"), f"unknown optimizer {self.optimizer!r}: use sgd or adam"),
+                  (self.schedule in ("constant", "step", "cosine"),
+                   f"unknown schedule {self.schedule!r}: use constant, step or cosine"),
+                  (self.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16"),
+                  (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
+                  (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+                  (self.eval_every >= 1 and self.save_every >= 1, "--eval-every/--save-every must be >= 1")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the run: a resume must match them all."""
+        skip = {"out", "data_dir", "download", "device", "compile", "eval_batch_size", "eval_every",
+                "save_every", "resume", "progress"}
+        return {k: v for k, v in _plain(dataclasses.asdict(self)).items() if k not in skip}
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples to lists, recursively: what JSON and weights_only checkpoints hold."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch_size: int
+    per_rank_batch_size: int
+    micro_batch_size: int
+    accumulation_steps: int
+    world_size: int
+    steps_per_epoch: int
+
+
+def make_plan(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
+    """Split the global batch over ranks and accumulation steps; every piece must divide exactly."""
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes; "
+                         f"use a multiple of {world_size}")
+    per_rank = cfg.batch_size // world_size
+    micro = min(cfg.micro_batch_size or per_rank, per_rank)
+    if per_rank % micro:
+        raise ValueError(f"per-rank batch {per_rank} is not a multiple of --micro-batch-size {micro}; "
+                         "choose a divisor of it")
+    steps = (n_train // world_size) // per_rank
+    if steps == 0:
+        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {n_train} training samples; use a smaller batch")
+    return BatchPlan(cfg.batch_size, per_rank, micro, per_rank // micro, world_size, steps)
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    return cfg.lr * (cfg.batch_size / cfg.base_batch_size if cfg.scale_lr else 1.0)
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of peak_lr at optimizer step `step`: a pure function, so a resumed run is exact."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if cfg.schedule == "step":
+        factor *= cfg.gamma ** sum(step >= m * steps_per_epoch for m in cfg.milestones)
+    elif cfg.schedule == "cosine" and step >= warmup:
+        factor *= 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return factor
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: BatchPlan):
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=peak_lr(cfg), momentum=cfg.momentum,
+                              nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=peak_lr(cfg), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, plan.steps_per_epoch))
+    return opt, sched
+
+
+def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
+                    sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
+                    info: DistInfo) -> dict[str, float]:
+    """One pass over this rank's shard; returns the running train loss/acc (train mode) and images/second."""
+    ddp_model.train()
+    sampler.set_epoch(epoch)
+    idx = torch.tensor(list(iter(sampler)), device=info.device)
+    gen = torch.Generator(device=info.device).manual_seed(cfg.seed * 100_003 + epoch * 1009 + info.rank)
+    precision = resolve_precision(cfg, info.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+    bar = tqdm(total=plan.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in range(plan.steps_per_epoch):
+        batch = idx[step * plan.per_rank_batch_size:(step + 1) * plan.per_rank_batch_size]
+        for micro in range(plan.accumulation_steps):
+            mb = batch[micro * plan.micro_batch_size:(micro + 1) * plan.micro_batch_size]
+            x, y = data.x_train[mb], data.y_train[mb]
+            if data.augment:
+                x = augment(x, gen)
+            if x.ndim == 4 and info.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            last_micro = micro == plan.accumulation_steps - 1
+            sync = contextlib.nullcontext() if last_micro or not info.is_distributed else ddp_model.no_sync()
+            with sync:
+                with autocast_context(info.device, precision):
+                    out = ddp_model(x)
+                loss = nn.functional.cross_entropy(out.float(), y)
+                (loss / plan.accumulation_steps).backward()
+            sums += torch.stack([loss.detach().double() * len(mb), (out.argmax(1) == y).sum().double(),
+                                 torch.tensor(float(len(mb)), dtype=torch.float64, device=info.device)])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        bar.update()
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    loss_sum, correct, count = all_reduce_sum(sums).tolist()
+    return {"train_loss_running": loss_sum / count, "train_acc_running": 100 * correct / count,
+            "images_per_second": count / seconds, "train_seconds": seconds}
+
+
+def evaluate(model: nn.Module, data: Dataset, info: DistInfo, batch_size: int, precision: str = "fp32"
+             ) -> dict[str, float]:
+    """Full train and test sets in eval mode, sharded without padding (rank r takes r, r+W, ...), summed."""
+    model.eval()
+    metrics: dict[str, float] = {}
+    for split in ("train", "test"):
+        x, y = data.split(split)
+        shard = slice(info.rank, None, info.world_size)
+        loss_sum, correct, count = all_reduce_sum(
+            sums_tensor(model, x[shard], y[shard], batch_size, precision=precision)).tolist()
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = loss_sum / count, 100.0 * correct / count
+    return metrics
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.precision
+
+
+def _to_device(data: Dataset, device: torch.device) -> Dataset:
+    if device.type == "cpu":
+        return data
+    return dataclasses.replace(data, **{k: getattr(data, k).to(device, non_blocking=True)
+                                        for k in ("x_train", "y_train", "x_test", "y_test")})
+
+
+def _checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Dataset, epoch: int, step: int,
+                metrics: dict[str, float], opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+    model_kwargs = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), **cfg.model_kwargs}
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return ckpt_io.make_checkpoint(
+        model, cfg.model, _plain(model_kwargs), cfg.dataset, _plain(cfg.data_kwargs), metrics,
+        train_config=_plain(dataclasses.asdict(cfg)), plan=dataclasses.asdict(plan), epoch=epoch, step=step,
+        optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng)
+
+
+def _resume_state(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The last checkpoint to continue from, after checking it belongs to this very run."""
+    last = os.path.join(cfg.out, "last.pt")
+    if not os.path.exists(last):
+        if cfg.resume:
+            print0(f"--resume: no {last} yet, starting from scratch")
+        return None
+    if not cfg.resume:
+        raise UserError(f"{cfg.out} already holds a run (last.pt); pass --resume to continue it or choose "
+                        "another --out")
+    state = ckpt_io.load_checkpoint(last)
+    stored = TrainConfig(**{**state["train_config"], "out": cfg.out,
+                            "milestones": tuple(state["train_config"]["milestones"])}).identity()
+    diff = sorted(k for k, v in cfg.identity().items() if stored.get(k) != v)
+    if diff:
+        detail = ", ".join(f"{k}: {stored.get(k)!r} there vs {cfg.identity()[k]!r} now" for k in diff)
+        raise UserError(f"--resume: {last} was trained with other settings ({detail}); use the same flags "
+                        "or another --out")
+    return state
+
+
+def _append_jsonl(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: str, keep_epochs: int) -> None:
+    """On resume, drop log lines of epochs after the checkpoint (they are about to be redone)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= keep_epochs]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
+    """Train (or resume) the run described by cfg; returns the final checkpoint dict (on every rank)."""
+    state = _resume_state(cfg)
+    data = _to_device(load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.data_kwargs), info.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_kwargs)
+    model.to(info.device)
+    if data.x_train.ndim == 4 and info.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    plan = make_plan(cfg, info.world_size, len(data.x_train))
+    opt, sched = make_optimizer(model, cfg, plan)
+    start_epoch, step = 0, 0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if start_epoch >= cfg.epochs:
+            print0(f"{cfg.out}: already complete ({start_epoch} epochs); nothing to do")
+            return state
+    sampler = DistributedSampler(range(len(data.x_train)), num_replicas=info.world_size, rank=info.rank,
+                                 shuffle=True, seed=cfg.seed, drop_last=True)
+    ddp_model: nn.Module = model
+    if info.is_distributed:
+        ddp_model = DDP(model, device_ids=[info.device] if info.device.type == "cuda" else None)
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+    log_path = os.path.join(cfg.out, "metrics.jsonl")
+    if info.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+        _truncate_log(log_path, start_epoch)
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump({"train_config": _plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan)}, f, indent=2)
+        print0(f"global batch {plan.global_batch_size} = {plan.micro_batch_size} per forward x "
+               f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
+               f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}")
+    metrics: dict[str, float] = dict(state["metrics"]) if state else {}
+    ckpt = state
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        run = train_one_epoch(ddp_model, opt, sched, data, sampler, plan, cfg, epoch, info)
+        step += plan.steps_per_epoch
+        done = epoch + 1
+        if done % cfg.eval_every == 0 or done == cfg.epochs:
+            metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
+        ckpt = _checkpoint(model, cfg, plan, data, done, step, metrics, opt, sched)
+        record = {"epoch": done, "step": step, "lr": lr, **run, **metrics, "wall_seconds": time.perf_counter() - t0}
+        if info.is_main:
+            if done % cfg.save_every == 0 or done == cfg.epochs:
+                ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
+            ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
+            _append_jsonl(log_path, record)
+            print0(_format_record(record, cfg.epochs))
+    return ckpt
+
+
+def _format_record(r: dict[str, Any], epochs: int) -> str:
+    line = (f"epoch {r['epoch']}/{epochs}  lr {r['lr']:.4g}  running loss {r['train_loss_running']:.4f}  "
+            f"{r['images_per_second']:.0f} img/s  {r['wall_seconds']:.1f}s")
+    if "test_acc" in r:
+        line += (f"  | train loss {r['train_loss']:.4f} acc {r['train_acc']:.2f}%  "
+                 f"test loss {r['test_loss']:.4f} acc {r['test_acc']:.2f}%")
+    return line
