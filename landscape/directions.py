@@ -1,0 +1,114 @@
+"""Random directions in weight space and their normalization (Li et al. 2018, Sec. 4).
+
+Directions are Gaussian, sampled with a seeded CPU generator in float32 (so every device and rank draws the
+same numbers), then normalized per filter, per layer, per weight or not at all. 1-D tensors (biases,
+BatchNorm) are zeroed by default (`ignore="biasbn"`); otherwise they follow the reference implementation and
+take the weights' own values. A second direction can be made orthogonal to the first after normalization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from landscape.params import Params, add_scaled, dot
+
+NORMS = ("filter", "layer", "weight", "none")
+IGNORES = ("biasbn", "none")
+EPS = 1e-10
+
+
+@dataclass(frozen=True)
+class DirectionSpec:
+    """How to make random directions; stored in the HDF5 file so a resume can check it."""
+
+    dir_type: str = "weights"  # weights | states
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    seed: int = 0
+    orthogonal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dir_type not in ("weights", "states"):
+            raise ValueError(f"unknown direction type {self.dir_type!r}: use weights or states")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown normalization {self.norm!r}: use one of {', '.join(NORMS)}")
+        if self.ignore not in IGNORES:
+            raise ValueError(f"unknown ignore option {self.ignore!r}: use biasbn or none")
+
+
+def random_direction(theta: Params, generator: torch.Generator) -> Params:
+    """A Gaussian direction shaped like theta, drawn on the CPU in float32 in theta's key order."""
+    return {k: torch.randn(v.shape, generator=generator, dtype=torch.float32).to(v.device)
+            for k, v in theta.items()}
+
+
+def normalize_direction(d: Params, theta: Params, norm: str = "filter", ignore: str = "biasbn") -> Params:
+    """Rescale d against theta (new tensors; d is left alone).
+
+    filter: each slice along dim 0 (a conv filter, a row of a linear layer) gets the norm of the matching
+            slice of theta; layer: each tensor gets theta's tensor norm; weight: d * theta elementwise.
+    1-D tensors are zeroed with ignore='biasbn', else set to theta (reference semantics) unless norm='none'.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown normalization {norm!r}: use one of {', '.join(NORMS)}")
+    if ignore not in IGNORES:
+        raise ValueError(f"unknown ignore option {ignore!r}: use biasbn or none")
+    out: Params = {}
+    for k, dk in d.items():
+        w = theta[k].to(dk.dtype)
+        if dk.dim() <= 1:
+            out[k] = torch.zeros_like(dk) if ignore == "biasbn" else (dk.clone() if norm == "none" else w.clone())
+        elif norm == "filter":
+            d2, w2 = dk.reshape(dk.shape[0], -1), w.reshape(w.shape[0], -1)
+            scale = w2.norm(dim=1, keepdim=True) / (d2.norm(dim=1, keepdim=True) + EPS)
+            out[k] = (d2 * scale).reshape(dk.shape)
+        elif norm == "layer":
+            out[k] = dk * (w.norm() / (dk.norm() + EPS))
+        elif norm == "weight":
+            out[k] = dk * w
+        else:
+            out[k] = dk.clone()
+    return out
+
+
+def orthogonalize(d2: Params, d1: Params) -> Params:
+    """d2 minus its projection on d1 (Gram-Schmidt over the whole flattened vector)."""
+    coef = dot(d2, d1) / max(dot(d1, d1), EPS)
+    return add_scaled(d2, (-coef, d1))
+
+
+def create_random_directions(theta0: Params, n: int, spec: DirectionSpec) -> list[Params]:
+    """n normalized random directions from spec.seed; the first is the same for n=1 and n=2, so a 1D curve is
+    the alpha axis of the 2D surface made with the same seed."""
+    if n not in (1, 2):
+        raise ValueError(f"1 or 2 directions, not {n}")
+    g = torch.Generator().manual_seed(spec.seed)
+    dirs = [normalize_direction(random_direction(theta0, g), theta0, spec.norm, spec.ignore) for _ in range(n)]
+    if n == 2 and spec.orthogonal:
+        dirs[1] = orthogonalize(dirs[1], dirs[0])
+    return dirs
+
+
+def target_direction(theta0: Params, theta1: Params) -> Params:
+    """theta1 - theta0, so theta0 + alpha*d is the linear interpolation (1-alpha)*theta0 + alpha*theta1."""
+    missing = sorted(set(theta0) ^ set(theta1))
+    if missing:
+        raise ValueError(f"the two checkpoints have different tensors (e.g. {missing[:3]}); they must be the same "
+                         "architecture")
+    bad = [k for k in theta0 if theta0[k].shape != theta1[k].shape]
+    if bad:
+        raise ValueError(f"the two checkpoints differ in shape at {bad[:3]}; they must be the same architecture")
+    return {k: (theta1[k].to(theta0[k].dtype) - theta0[k]) for k in theta0}
+
+
+def check_compatible(direction: Params, theta0: Params, what: str = "direction") -> None:
+    """Refuse a direction whose names or shapes do not match the model."""
+    if set(direction) != set(theta0):
+        extra, missing = sorted(set(direction) - set(theta0)), sorted(set(theta0) - set(direction))
+        raise ValueError(f"the {what} was made for another model (unknown tensors {extra[:3]}, missing "
+                         f"{missing[:3]}); make new directions for this checkpoint")
+    bad = [k for k in theta0 if tuple(direction[k].shape) != tuple(theta0[k].shape)]
+    if bad:
+        raise ValueError(f"the {what} was made for another model (shape differs at {bad[:3]}); make new directions")

@@ -1,0 +1,83 @@
+"""Pure plotting functions: arrays and an Axes in, the artist out. No file I/O, no savefig, no pyplot state.
+
+Non-finite values (NaN or inf far from the minimum) are masked, and levels are clipped to [vmin, vmax], so a
+surface that diverges at its corners still draws.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+
+
+def finite_range(z: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> tuple[float, float]:
+    """(vmin, vmax) over the finite values unless given; a flat or empty array still gets a valid range."""
+    finite = np.asarray(z, dtype=float)[np.isfinite(z)]
+    lo = float(finite.min()) if vmin is None and finite.size else (0.0 if vmin is None else vmin)
+    hi = float(finite.max()) if vmax is None and finite.size else (lo + 1.0 if vmax is None else vmax)
+    if hi <= lo:
+        hi = lo + max(abs(lo) * 1e-3, 1e-6)
+    return lo, hi
+
+
+def levels_for(z: np.ndarray, n: int = 20, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    lo, hi = finite_range(z, vmin, vmax)
+    return np.linspace(lo, hi, n)
+
+
+def _masked(z: np.ndarray) -> np.ma.MaskedArray:
+    return np.ma.masked_invalid(np.asarray(z, dtype=float))
+
+
+def contour(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels: np.ndarray | None = None,
+            label_levels: bool = True, **kw: Any) -> Any:
+    """Contour lines of z (shape (len(x), len(y))) with labelled levels: the paper's 2D plot."""
+    levels = levels_for(z) if levels is None else levels
+    cs = ax.contour(x, y, _masked(z).T, levels=levels, cmap=kw.pop("cmap", "summer"), **kw)
+    if label_levels and len(cs.levels):
+        ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt="%.3g")
+    ax.set_aspect("auto")
+    return cs
+
+
+def contourf(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels: np.ndarray | None = None,
+             **kw: Any) -> Any:
+    """Filled contours; values above the top level are drawn in the top colour (extend='both')."""
+    levels = levels_for(z) if levels is None else levels
+    zc = np.clip(_masked(z), levels[0], levels[-1])
+    return ax.contourf(x, y, zc.T, levels=levels, cmap=kw.pop("cmap", "viridis"), extend="both", **kw)
+
+
+def heatmap(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, vmin: float | None = None,
+            vmax: float | None = None, **kw: Any) -> Any:
+    lo, hi = finite_range(z, vmin, vmax)
+    return ax.pcolormesh(x, y, _masked(z).T, vmin=lo, vmax=hi, shading="nearest",
+                         cmap=kw.pop("cmap", "viridis"), **kw)
+
+
+def surface3d(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, vmin: float | None = None,
+              vmax: float | None = None, **kw: Any) -> Any:
+    """A 3D surface on an Axes3D (subplot_kw={'projection': '3d'}); values are clipped to [vmin, vmax]."""
+    lo, hi = finite_range(z, vmin, vmax)
+    zc = np.clip(np.where(np.isfinite(z), z, hi), lo, hi)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    return ax.plot_surface(xx, yy, zc, cmap=kw.pop("cmap", "viridis"), vmin=lo, vmax=hi, linewidth=0,
+                           antialiased=True, **kw)
+
+
+def curve_1d(ax: Axes, x: np.ndarray, loss: np.ndarray, acc: np.ndarray | None = None, label: str = "",
+             acc_ax: Axes | None = None, log: bool = False, loss_max: float | None = None, **line_kw: Any
+             ) -> list[Any]:
+    """Loss on `ax` in blue and accuracy on the twin `acc_ax` in red (the reference's 1D figure);
+    `line_kw` (linestyle, linewidth, alpha) tells curves of different models or splits apart."""
+    loss = np.where(np.isfinite(loss), loss, np.nan)
+    lines = ax.plot(x, loss, color="tab:blue", label=f"{label} loss".strip(), **line_kw)
+    ax.set_yscale("log" if log else "linear")
+    if loss_max is not None:
+        ax.set_ylim(top=loss_max)
+    if acc is not None and acc_ax is not None and np.isfinite(acc).any():
+        lines += acc_ax.plot(x, acc, color="tab:red", label=f"{label} accuracy".strip(), **line_kw)
+        acc_ax.set_ylim(0, 100)
+    return lines

@@ -1,0 +1,110 @@
+"""Figure files from surface files: the 2D set (contour, filled contour, heatmap, 3D) and 1D curves.
+
+Reads `Surface` objects (landscape.io), composes them with the pure functions of landscape.plot, and saves
+PNG and PDF. Used by the CLIs and the figure scripts; it never evaluates a model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is needed or wanted
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from landscape import plot  # noqa: E402
+from landscape.io import Surface  # noqa: E402
+
+KINDS_2D = ("contour", "contourf", "heatmap", "3d")
+
+
+def save(fig: plt.Figure, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[str]:
+    paths = []
+    for ext in formats:
+        path = f"{stem}.{ext}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _title(metric: str, title: str) -> str:
+    return f"{title}  {metric.replace('_', ' ')}".strip()
+
+
+def render_2d(s: Surface, out_stem: str, title: str = "", vmax_loss: float | None = None, n_levels: int = 20,
+              formats: Sequence[str] = ("png", "pdf")) -> list[str]:
+    """For each stored metric: contour lines with labels, filled contours, heatmap and 3D surface."""
+    assert s.y is not None
+    paths = []
+    for metric, z in s.values.items():
+        vmax = vmax_loss if metric.endswith("loss") else None
+        levels = plot.levels_for(z, n_levels, vmax=vmax)
+        for kind in KINDS_2D:
+            fig = plt.figure(figsize=(5, 4))
+            ax = fig.add_subplot(projection="3d") if kind == "3d" else fig.add_subplot()
+            if kind == "contour":
+                plot.contour(ax, s.x, s.y, z, levels)
+            elif kind == "contourf":
+                fig.colorbar(plot.contourf(ax, s.x, s.y, z, levels), ax=ax)
+            elif kind == "heatmap":
+                fig.colorbar(plot.heatmap(ax, s.x, s.y, z, vmax=vmax), ax=ax)
+            else:
+                plot.surface3d(ax, s.x, s.y, z, vmax=vmax)
+            ax.set_xlabel("alpha (d1)")
+            ax.set_ylabel("beta (d2)")
+            ax.set_title(_title(metric, title), fontsize=9)
+            paths += save(fig, f"{out_stem}_{metric}_{kind}", formats)
+    return paths
+
+
+def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, log: bool = False,
+              loss_max: float | None = None, title: str = "", formats: Sequence[str] = ("png", "pdf")) -> list[str]:
+    """One or more 1D surfaces overlaid: loss blue and accuracy red on twin axes; a line style per surface
+    (solid, dashed, ...); train drawn thick and test thin, or train solid and test dashed for one surface."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    acc_ax = ax.twinx()
+    styles = ["-", "--", ":", "-."]
+    for i, (label, s) in enumerate(surfaces):
+        for split in ("train", "test"):
+            if f"{split}_loss" not in s.values:
+                continue
+            if len(surfaces) == 1:
+                kw = {"linestyle": "-" if split == "train" else "--", "linewidth": 1.5}
+            else:
+                kw = {"linestyle": styles[i % len(styles)], "linewidth": 2.0 if split == "train" else 1.0,
+                      "alpha": 1.0 if split == "train" else 0.6}
+            plot.curve_1d(ax, s.x, s.values[f"{split}_loss"], s.values.get(f"{split}_acc"),
+                          f"{label} {split}".strip(), acc_ax, log, loss_max, **kw)
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("loss")
+    acc_ax.set_ylabel("accuracy (%)")
+    handles = ax.get_lines() + acc_ax.get_lines()
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center")
+    ax.set_title(title, fontsize=9)
+    return save(fig, out_stem, formats)
+
+
+def describe(s: Surface) -> str:
+    """A short title from the checkpoint's training config: WD, BS and test error, as in Li et al. Fig. 3."""
+    import json
+
+    cfg = json.loads(s.attrs.get("checkpoint_train_config", "{}") or "{}")
+    metrics = json.loads(s.attrs.get("checkpoint_metrics", "{}") or "{}")
+    parts = []
+    if cfg:
+        parts.append(f"WD={cfg.get('weight_decay', 0):g}, BS={cfg.get('batch_size')}")
+    if "test_acc" in metrics:
+        parts.append(f"test error {100 - metrics['test_acc']:.2f}%")
+    return ", ".join(parts)
+
+
+def stem_for(path: str) -> str:
+    return os.path.splitext(path)[0]
+
+
+def done_fraction(s: Surface) -> float:
+    return float(np.mean(s.done))

@@ -1,0 +1,174 @@
+"""The pipeline behind the CLIs: checkpoint -> model -> directions -> grid evaluation -> HDF5 file.
+
+`run_surface(SurfaceConfig, DistInfo)` is the one library call of `landscape.plot1d`/`plot2d`: it loads the
+checkpoint (weights_only), rebuilds model and data, makes or loads the directions, and computes (or resumes)
+the surface file. It never plots; the CLIs render the file afterwards on rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from landscape.cli import UserError
+from landscape.directions import (DirectionSpec, check_compatible, create_random_directions, target_direction)
+from landscape.distributed import DistInfo, run_on_main
+from landscape.evaluation import get_criterion
+from landscape.io import (SurfaceWriter, create_surface, directions_sha256, metric_names, read_directions)
+from landscape.params import Params, model_tensors, snapshot
+from landscape.surface import EvalSet, PointEvaluator, compute_surface, grid_points, parse_range, select_samples
+from trainers.checkpoint import file_sha256, load_data_for, load_model
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    checkpoint: str
+    out: str = "landscape_out"
+    x: str = "-1:1:51"
+    y: str | None = None  # None: a 1D curve
+    target: str | None = None  # a second checkpoint: x runs along theta1 - theta0 (linear interpolation)
+    directions_file: str | None = None  # reuse the directions stored in this surface/direction file
+    dir_type: str = "weights"
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    seed: int = 0
+    orthogonal: bool = False
+    splits: tuple[str, ...] = ("train", "test")
+    samples: int | None = None
+    loss: str = "cross_entropy"
+    batch_size: int | None = None  # default: 256 on CPU, 1024 on CUDA
+    precision: str = "fp32"
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = False
+    compile: bool = False
+    channels_last: bool | None = None  # default: on for image models
+    flush_seconds: float = 2.0
+    progress: bool = True
+    name: str | None = None  # file stem; default derived from the checkpoint path(s)
+
+    def __post_init__(self) -> None:
+        parse_range(self.x, "--x")
+        if self.y is not None:
+            parse_range(self.y, "--y")
+        DirectionSpec(self.dir_type, self.norm, self.ignore, self.seed, self.orthogonal)
+        bad = [s for s in self.splits if s not in ("train", "test")]
+        if bad or not self.splits:
+            raise ValueError(f"unknown split {bad[0] if bad else '(none)'}: use train, test or both")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}: use fp32 or bf16")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+        get_criterion(self.loss)
+
+    @property
+    def kind(self) -> str:
+        return ("interp" if self.target else "1d") if self.y is None else "2d"
+
+
+def run_tag(path: str) -> str:
+    """A readable, collision-resistant name for a checkpoint: its folder and file stem (runs/a/last.pt -> a_last)."""
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{parent}_{stem}" if parent else stem
+
+
+def surface_path(cfg: SurfaceConfig) -> str:
+    name = cfg.name or (run_tag(cfg.checkpoint) + (f"_to_{run_tag(cfg.target)}" if cfg.target else ""))
+    return os.path.join(cfg.out, f"{name}_{cfg.kind}.h5")
+
+
+def load_eval_sets(ckpt: dict[str, Any], cfg: SurfaceConfig, device: torch.device) -> list[EvalSet]:
+    data = load_data_for(ckpt, cfg.data_dir, cfg.download)
+    sets = []
+    for split in cfg.splits:
+        x, y = select_samples(*data.split(split), cfg.samples, split)
+        memory = torch.channels_last if (x.ndim == 4 and cfg.channels_last is not False) else torch.contiguous_format
+        sets.append(EvalSet(split, x.to(device).contiguous(memory_format=memory), y.to(device)))
+    return sets
+
+
+def make_directions(model: torch.nn.Module, cfg: SurfaceConfig) -> tuple[Params, list[Params]]:
+    """theta0 (float32, CPU) and the directions: from a file, toward a target checkpoint, or random."""
+    theta0 = snapshot(model_tensors(model, cfg.dir_type), device="cpu")
+    n = 1 if cfg.y is None else 2
+    spec = DirectionSpec(cfg.dir_type, cfg.norm, cfg.ignore, cfg.seed, cfg.orthogonal)
+    if cfg.directions_file:
+        dirs = read_directions(cfg.directions_file)
+        if len(dirs) < n:
+            raise UserError(f"{cfg.directions_file} holds {len(dirs)} direction(s) but a {cfg.kind} surface needs {n}")
+        for d in dirs[:n]:
+            check_compatible(d, theta0, f"direction in {cfg.directions_file}")
+        return theta0, dirs[:n]
+    if cfg.target:
+        model1, _ = load_model(cfg.target)
+        d1 = target_direction(theta0, snapshot(model_tensors(model1, cfg.dir_type), device="cpu"))
+        return theta0, [d1, *create_random_directions(theta0, 2, spec)[1:n]]
+    return theta0, create_random_directions(theta0, n, spec)
+
+
+def resolve_batch_size(cfg: SurfaceConfig, device: torch.device) -> int:
+    return cfg.batch_size or (1024 if device.type == "cuda" else 256)
+
+
+def run_surface(cfg: SurfaceConfig, info: DistInfo) -> dict[str, Any]:
+    """Compute or resume the surface file of cfg; returns its path, the point counts and the centre metrics."""
+    model, ckpt = load_model(cfg.checkpoint)
+    sets = load_eval_sets(ckpt, cfg, info.device)
+    theta0, dirs = make_directions(model, cfg)
+    x = parse_range(cfg.x, "--x")
+    y = parse_range(cfg.y, "--y") if cfg.y is not None else None
+    path = surface_path(cfg)
+    fingerprint = {"checkpoint_sha256": file_sha256(cfg.checkpoint), "directions_sha256": directions_sha256(dirs),
+                   "xcoordinates": x.tolist(), "ycoordinates": None if y is None else y.tolist(),
+                   "splits": list(cfg.splits), "samples": cfg.samples, "loss": cfg.loss,
+                   "precision": cfg.precision, "data": ckpt["data"]}
+    metrics = metric_names(cfg.splits)
+    attrs = {"config": json.dumps({**asdict(cfg), "splits": list(cfg.splits)}),
+             "checkpoint": os.path.abspath(cfg.checkpoint), "checkpoint_sha256": fingerprint["checkpoint_sha256"],
+             "directions_sha256": fingerprint["directions_sha256"], "model": json.dumps(ckpt["model"]),
+             "checkpoint_metrics": json.dumps(ckpt.get("metrics", {})), "acc_unit": "percent",
+             "checkpoint_train_config": json.dumps(ckpt.get("train_config", {})),
+             "target_checkpoint": os.path.abspath(cfg.target) if cfg.target else ""}
+
+    def open_writer() -> SurfaceWriter:
+        os.makedirs(cfg.out, exist_ok=True)
+        if not os.path.exists(path):
+            create_surface(path, x, y, metrics, dirs, fingerprint, attrs)
+        return SurfaceWriter(path, fingerprint, metrics)
+
+    evaluator = PointEvaluator(model, theta0, dirs, sets, cfg.dir_type, resolve_batch_size(cfg, info.device),
+                               get_criterion(cfg.loss), cfg.precision,
+                               channels_last=sets[0].x.ndim == 4 and cfg.channels_last is not False,
+                               compile=cfg.compile)
+    counts = compute_surface(evaluator, grid_points(x, y), len(metrics), open_writer, info, cfg.flush_seconds,
+                             cfg.progress)
+    return {"path": path, **counts, "checkpoint_metrics": ckpt.get("metrics", {})}
+
+
+def check_output_folder(folder: str, info: DistInfo) -> None:
+    """Create the output folder on rank 0 and fail early, on every rank, if it cannot be written."""
+
+    def probe() -> None:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            test = os.path.join(folder, f".write_test_{os.getpid()}")
+            with open(test, "w"):
+                pass
+            os.remove(test)
+        except OSError as exc:
+            raise UserError(f"cannot write to output folder {folder} ({exc.strerror}); choose a writable --out") from None
+
+    run_on_main(probe, info)
+
+
+def centre_summary(surface_values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray | None) -> dict[str, float]:
+    """The metrics at the grid point closest to (0, 0)."""
+    i = int(np.argmin(np.abs(x)))
+    j = None if y is None else int(np.argmin(np.abs(y)))
+    return {k: float(v[i] if j is None else v[i, j]) for k, v in surface_values.items()}

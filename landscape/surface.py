@@ -1,0 +1,157 @@
+"""Grid evaluation: the grid spec, the per-point engine, and the resumable, distributed sweep over a grid.
+
+Flat point i of the grid belongs to rank i % world_size among the points not yet done. Every rank evaluates
+the whole fixed evaluation set at each of its points. Ranks meet only once per flush (every ~`flush_seconds`
+of work, agreed after the first round), where rank 0 gathers the finished rows by a SUM reduction and writes
+them to the HDF5 file. No collective runs per point.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from landscape.distributed import DistInfo, all_reduce_sum, run_on_main
+from landscape.evaluation import Criterion, cross_entropy_sums, sums_tensor
+from landscape.io import SurfaceWriter
+from landscape.params import Params, PointSetter, model_tensors
+
+_RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*(\d+)\s*$")
+
+
+def parse_range(spec: str, flag: str = "--x") -> np.ndarray:
+    """'MIN:MAX:NUM' (the reference implementation's syntax) -> NUM evenly spaced values, MIN < MAX, NUM >= 2."""
+    m = _RANGE.match(spec)
+    if not m:
+        raise ValueError(f"{flag}={spec!r} is not MIN:MAX:NUM; write e.g. {flag}=-1:1:51")
+    try:
+        lo, hi, num = float(m.group(1)), float(m.group(2)), int(m.group(3))
+    except ValueError:
+        raise ValueError(f"{flag}={spec!r} is not MIN:MAX:NUM with numbers; write e.g. {flag}=-1:1:51") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{flag}={spec!r}: MIN and MAX must be finite numbers")
+    if num < 2:
+        raise ValueError(f"{flag}={spec!r}: NUM must be at least 2; write e.g. {flag}={lo:g}:{hi:g}:51")
+    if lo >= hi:
+        raise ValueError(f"{flag}={spec!r}: MIN must be below MAX; write e.g. {flag}={min(lo, hi):g}:{max(lo, hi):g}:{num}")
+    return np.linspace(lo, hi, num)
+
+
+def grid_points(x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    """(P, 1) or (P, 2) coordinates in C order, so flat index i is (i // ny, i % ny)."""
+    if y is None:
+        return x.reshape(-1, 1)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
+@dataclass
+class EvalSet:
+    """One split's inputs and targets, already on the evaluation device."""
+
+    name: str
+    x: Tensor
+    y: Tensor
+
+
+def select_samples(x: Tensor, y: Tensor, samples: int | None, split: str, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The whole split, or a fixed pseudo-random subset of `samples` points (same on every run and rank)."""
+    if samples is None:
+        return x, y
+    if samples < 1 or samples > len(x):
+        raise ValueError(f"--samples {samples} is outside 1..{len(x)} (the size of the {split} split); "
+                         f"pick a value in that range, or leave it out for the whole split")
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+    return x[idx], y[idx]
+
+
+class PointEvaluator:
+    """Evaluates the loss and accuracy of theta0 + sum_i c_i d_i on fixed data sets.
+
+    The model is deep-copied once; the copy's tensors are rewritten in place at each point (PointSetter), so
+    the caller's model is never perturbed and nothing is allocated per point.
+    """
+
+    def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], sets: list[EvalSet],
+                 dir_type: str = "weights", batch_size: int = 256, criterion: Criterion = cross_entropy_sums,
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+        device = sets[0].x.device
+        self.model = copy.deepcopy(model).to(device).eval()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.setter = PointSetter(model_tensors(self.model, dir_type), theta0, directions)
+        self.forward: nn.Module = torch.compile(self.model) if compile else self.model
+        self.sets, self.batch_size, self.criterion, self.precision = sets, batch_size, criterion, precision
+
+    def __call__(self, coords: tuple[float, ...]) -> Tensor:
+        """[loss, acc%] per set, concatenated: a float64 tensor on the device (no host sync)."""
+        self.setter(coords)
+        rows = []
+        for s in self.sets:
+            sums = sums_tensor(self.forward, s.x, s.y, self.batch_size, self.criterion, self.precision)
+            rows.append(torch.stack([sums[0] / sums[2], 100.0 * sums[1] / sums[2]]))
+        return torch.cat(rows)
+
+
+def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np.ndarray, n_metrics: int,
+                    open_writer: Callable[[], SurfaceWriter], info: DistInfo, flush_seconds: float = 2.0,
+                    progress: bool = True) -> dict[str, int]:
+    """Evaluate every point not yet done in the surface file and store it; returns counts of points.
+
+    Rank 0 alone opens the file (`open_writer`) and tells the others which points are done. Pending points
+    are dealt round-robin; in each round every rank evaluates up to k of its points, then one SUM reduction
+    brings the round's rows (and the ranks' seconds per point) to rank 0, which writes and flushes them.
+    k starts at 1 and is re-chosen after every round so that a round takes about `flush_seconds`; all ranks
+    derive it from the same reduced number, so they always agree on the number of rounds.
+    """
+    holder: dict[str, SurfaceWriter] = {}
+
+    def open_and_read_done() -> np.ndarray:
+        holder["writer"] = open_writer()
+        return holder["writer"].done.reshape(-1).copy()
+
+    done = run_on_main(open_and_read_done, info)
+    writer = holder.get("writer")
+    try:
+        pending = np.flatnonzero(~done)
+        mine = pending[info.rank::info.world_size]
+        per_rank = math.ceil(len(pending) / info.world_size)
+        bar = tqdm(total=len(points), initial=len(points) - len(pending), desc="surface", unit="pt",
+                   disable=not (progress and info.is_main), dynamic_ncols=True)
+        start, k, computed = 0, 1, 0
+        width = n_metrics + 1  # metrics, then a 'this row was computed' flag
+        while start < per_rank:
+            chunk = pending[start * info.world_size:(start + k) * info.world_size]
+            payload = torch.zeros(len(chunk) * width + 1, dtype=torch.float64, device=info.device)
+            rows = payload[:-1].view(len(chunk), width)
+            t0 = time.perf_counter()
+            todo = mine[start:start + k]
+            for j, p in enumerate(todo):
+                rows[j * info.world_size + info.rank, :n_metrics] = evaluator(tuple(float(c) for c in points[p]))
+                rows[j * info.world_size + info.rank, n_metrics] = 1.0
+            computed += len(todo)
+            payload[-1] = (time.perf_counter() - t0) / max(1, len(todo))
+            all_reduce_sum(payload)  # the only collective of the round
+            if writer is not None:
+                rows_np = rows.cpu().numpy()
+                ok = rows_np[:, n_metrics] > 0
+                writer.write(chunk[ok], rows_np[ok, :n_metrics])
+                bar.update(int(ok.sum()))
+            start += k
+            per_point = float(payload[-1]) / info.world_size
+            k = int(max(1, min(4096, flush_seconds / max(per_point, 1e-9))))
+        bar.close()
+    finally:
+        if writer is not None:
+            writer.close()
+    return {"total": len(points), "computed": len(pending), "already_done": len(points) - len(pending),
+            "computed_here": computed}
