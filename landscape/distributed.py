@@ -6,7 +6,10 @@ Launch examples:  torchrun --standalone --nproc_per_node=2 -m landscape.plot2d C
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -57,6 +60,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         return DistInfo(0, 0, 1, resolve_device(device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
+    _die_with_launcher()
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -65,6 +69,24 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     return DistInfo(rank, local_rank, world_size, dev)
+
+
+def _die_with_launcher() -> None:
+    """Under torchrun, ask Linux to SIGKILL this worker when the launcher dies.
+
+    torchrun starts each worker in a session of its own, so a SIGKILL of torchrun (or of its process group)
+    would otherwise leave the workers running: rank 0 would keep the HDF5 file locked and a rerun would be
+    refused. With this, killing the launcher stops the whole job, and a rerun resumes from the flushed points.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before we asked
+        os._exit(1)
 
 
 def cleanup_distributed() -> None:

@@ -19,14 +19,19 @@ from torch import Tensor, nn
 Criterion = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
+def _at_least_fp32(out: Tensor) -> Tensor:
+    """Losses are computed in fp32 even under bf16 autocast (and in fp64 for fp64 models)."""
+    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+
 def cross_entropy_sums(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    out = out.float()
+    out = _at_least_fp32(out)
     return F.cross_entropy(out, y, reduction="sum").double(), (out.argmax(1) == y).sum()
 
 
 def mse_sums(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Sum over samples of the squared error summed over outputs; regression has no accuracy (NaN)."""
-    err = (out.float() - y.float().view_as(out)).double()
+    err = out.double() - y.double().view_as(out)
     return err.pow(2).sum(), torch.tensor(float("nan"), device=out.device)
 
 

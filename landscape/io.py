@@ -71,7 +71,7 @@ def _open(path: str, mode: str) -> h5py.File:
     except OSError as exc:
         reason = " ".join(str(exc).split())
         if "lock" in reason.lower():
-            raise UserError(f"{path} is open for writing by another process; wait for it to finish or use "
+            raise UserError(f"{path} is open for writing by another process ({reason}); wait for it to finish or use "
                             "another --out") from None
         raise UserError(f"{path} is not a readable HDF5 file ({reason[:120]}); move it away or choose another "
                         "--out") from None

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny checkpoints trained on generated data, and helpers that run our CLIs as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from landscape.distributed import DistInfo
+from trainers.ddp import TrainConfig, fit
+
+SINGLE = DistInfo(0, 0, 1, torch.device("cpu"))
+
+# Small, fast data: 4 Gaussian classes in 16 dimensions (MLP) or 3x8x8 images (ResNet with BatchNorm).
+MLP_DATA = {"n_train": 512, "n_test": 256, "num_classes": 4, "input_shape": [16], "seed": 1}
+IMG_DATA = {"n_train": 256, "n_test": 128, "num_classes": 4, "input_shape": [3, 8, 8], "seed": 2}
+
+
+def train_config(out, **kw) -> TrainConfig:
+    base = TrainConfig(out=str(out), dataset="synthetic", data_kwargs=MLP_DATA, model="mlp",
+                       model_kwargs={"hidden": [32, 32]}, batch_size=64, epochs=3, lr=0.05, progress=False)
+    return replace(base, **kw)
+
+
+@pytest.fixture(scope="session")
+def mlp_ckpt(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("mlp_run")
+    fit(train_config(out), SINGLE)
+    return str(out / "last.pt")
+
+
+@pytest.fixture(scope="session")
+def mlp_ckpt_b(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("mlp_run_b")
+    fit(train_config(out, batch_size=256, seed=3), SINGLE)
+    return str(out / "last.pt")
+
+
+@pytest.fixture(scope="session")
+def bn_ckpt(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("resnet_run")
+    fit(train_config(out, data_kwargs=IMG_DATA, model="resnet20", model_kwargs={}, epochs=1, batch_size=32), SINGLE)
+    return str(out / "last.pt")
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LANDSCAPE_DEBUG")}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_module(module: str, *args: str, cwd: str | None = None, timeout: float = 300,
+               nproc: int | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m module args` (or under torchrun with nproc processes) and capture its output."""
+    cmd = [sys.executable, "-m", module, *args]
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", module, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=cli_env())

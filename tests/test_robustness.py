@@ -1,0 +1,284 @@
+"""Kills at random moments lose no flushed point; bad input gets one line, a non-zero exit, and no damage."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from landscape.cli import run_cli
+from landscape.io import read_surface
+from tests.conftest import SINGLE, cli_env, run_module, train_config
+from trainers.ddp import fit
+
+# ------------------------------------------------------------------------------------------- kills
+
+GRID = ["--x=-1:1:25", "--y=-1:1:25", "--no-progress", "--formats", "png", "--flush-seconds", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def slow_ckpt(tmp_path_factory) -> str:
+    """A model whose grid points take a few milliseconds each, so a 25x25 grid runs for seconds."""
+    out = tmp_path_factory.mktemp("slow_run")
+    data = {"n_train": 256, "n_test": 6000, "input_shape": [64], "num_classes": 10}
+    fit(train_config(out, data_kwargs=data, model_kwargs={"hidden": [256, 256]}, epochs=1), SINGLE)
+    return str(out / "last.pt")
+
+
+def _command(module: str, args: list[str], nproc: int | None) -> list[str]:
+    if nproc:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
+def _kill_at_random_moment(cmd: list[str], h5: str, rng: random.Random, max_delay: float) -> int:
+    """Start cmd in its own session, wait until it has written to its surface file, sleep a random time, then
+    SIGKILL the whole process group."""
+    started = time.time()
+    proc = subprocess.Popen(cmd, env=cli_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = started + 120
+    while proc.poll() is None and time.time() < deadline and not (
+            os.path.exists(h5) and os.stat(h5).st_mtime > started):
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0, max_delay))
+    workers = _worker_pids(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    rc = proc.wait(timeout=30)
+    _wait_gone(workers.values())  # torchrun workers die with their launcher (PR_SET_PDEATHSIG)
+    return rc
+
+
+def _alive(pid: int) -> bool:
+    """Running, or a zombie leader whose other threads are still exiting (and may still hold files open)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z" or len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
+def _wait_gone(pids, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while any(_alive(p) for p in pids):
+        assert time.time() < deadline, "a worker outlived its killed launcher"
+        time.sleep(0.02)
+
+
+def _assert_flushed_points_are_right(h5: str, reference) -> int:
+    s = read_surface(h5)  # must open cleanly after any kill
+    for k, v in reference.values.items():
+        np.testing.assert_array_equal(v[s.done], s.values[k][s.done], err_msg=k)
+        rest, ref_rest = s.values[k][~s.done], v[~s.done]  # not done: empty, or written just before the mask
+        assert (np.isnan(rest) | (rest == ref_rest)).all(), k
+    return int(s.done.sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_file(slow_ckpt, tmp_path, nproc):
+    ref = run_module("landscape.plot2d", slow_ckpt, *GRID, "--out", str(tmp_path / "ref"), nproc=nproc)
+    assert ref.returncode == 0, ref.stderr
+    name = "slow_run0_last_2d.h5"
+    reference = read_surface(str(tmp_path / "ref" / name))
+    h5 = str(tmp_path / "cut" / name)
+    cmd = _command("landscape.plot2d", [slow_ckpt, *GRID, "--out", str(tmp_path / "cut")], nproc)
+    rng = random.Random(1234 + (nproc or 1))
+    done_counts = []
+    for _ in range(3):
+        _kill_at_random_moment(cmd, h5, rng, max_delay=1.5)
+        done_counts.append(_assert_flushed_points_are_right(h5, reference))
+    assert done_counts == sorted(done_counts)  # never loses a flushed point
+    final = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert f"{done_counts[-1]} already done" in final.stdout
+    resumed = read_surface(h5)
+    assert resumed.done.all()
+    for k in reference.values:
+        np.testing.assert_array_equal(reference.values[k], resumed.values[k], err_msg=k)
+
+
+def _worker_pids(agent_pid: int) -> dict[int, int]:
+    """rank -> pid of the workers torchrun started (read from /proc)."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != agent_pid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            out[int(env[b"RANK"])] = int(pid)
+        except (OSError, KeyError, ValueError, IndexError):
+            continue
+    return out
+
+
+@pytest.mark.slow
+def test_when_one_rank_dies_the_others_exit_and_flushed_points_survive(slow_ckpt, tmp_path):
+    h5 = str(tmp_path / "slow_run0_last_2d.h5")
+    cmd = _command("landscape.plot2d", [slow_ckpt, *GRID, "--out", str(tmp_path)], 2)
+    proc = subprocess.Popen(cmd, env=cli_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(h5) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        workers = _worker_pids(proc.pid)
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGKILL)
+        t0 = time.time()
+        rc = proc.wait(timeout=120)  # torchrun stops the surviving rank; nobody hangs on a collective
+        assert rc != 0 and time.time() - t0 < 120
+        _wait_gone(workers.values())
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    s = read_surface(h5)
+    assert 0 < s.done.sum() < s.done.size or s.done.all()
+    final = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert read_surface(h5).done.all()
+
+
+@pytest.mark.slow
+def test_killed_trainer_resumes_and_never_leaves_a_partial_checkpoint(tmp_path):
+    args = ["--dataset", "synthetic", "--data-kwargs", '{"n_train": 4096, "input_shape": [64]}', "--model-kwargs",
+            '{"hidden": [256, 256]}', "--batch-size", "32", "--epochs", "6", "--no-progress", "--save-every", "1"]
+    full = run_module("trainers.train", *args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "cut"
+    cmd = _command("trainers.train", [*args, "--out", str(out)], None)
+    proc = subprocess.Popen(cmd, env=cli_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.exists(out / "epoch_0002.pt") and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for f in os.listdir(out):
+        if f.endswith(".pt"):
+            torch.load(out / f, weights_only=True)  # every file under a final name is complete
+    resumed = run_module("trainers.train", *args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+def _tree_digest(folder) -> dict[str, str]:
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, request):
+    """A folder with a good checkpoint, a finished surface and assorted broken files."""
+    mlp_ckpt = request.getfixturevalue("mlp_ckpt")
+    bn_ckpt = request.getfixturevalue("bn_ckpt")
+    d = tmp_path_factory.mktemp("bad")
+    res = run_module("landscape.plot2d", mlp_ckpt, "--x=-1:1:3", "--y=-1:1:3", "--out", str(d / "surf"),
+                     "--no-progress", "--formats", "png")
+    assert res.returncode == 0, res.stderr
+    bn = run_module("landscape.plot2d", bn_ckpt, "--x=-1:1:3", "--y=-1:1:3", "--out", str(d / "bn"),
+                    "--no-progress", "--formats", "png")
+    assert bn.returncode == 0, bn.stderr
+    raw = open(mlp_ckpt, "rb").read()
+    (d / "truncated.pt").write_bytes(raw[: len(raw) // 3])
+    ckpt = torch.load(mlp_ckpt, weights_only=True)
+    ckpt["extra"] = np.float64  # a pickled global: refused under weights_only
+    torch.save(ckpt, d / "pickled.pt")
+    with h5py.File(d / "foreign.h5", "w") as f:
+        f["data"] = np.arange(3)
+    (d / "notes.txt").write_text("not a folder")
+    (d / "fake.h5").write_text("not hdf5")
+    return {"dir": d, "ckpt": mlp_ckpt, "surf": str(d / "surf" / "mlp_run0_last_2d.h5"),
+            "bn_surf": str(d / "bn" / "resnet_run0_last_2d.h5")}
+
+
+CASES = [  # (module, argv template, words the error must contain)
+    ("landscape.plot2d", ["{dir}/missing.pt"], "not found"),
+    ("landscape.plot2d", ["{dir}/truncated.pt"], "truncated, corrupt"),
+    ("landscape.plot2d", ["{dir}/pickled.pt"], "pickled"),
+    ("landscape.plot2d", ["{ckpt}", "--x=-1:1:3", "--y=-1:1:3", "--directions", "{bn_surf}", "--out", "{dir}/o1"],
+     "another model"),
+    ("landscape.plot2d", ["{ckpt}", "--x=-2:2:3", "--y=-1:1:3", "--out", "{dir}/surf"], "another x grid"),
+    ("landscape.plot2d", ["{ckpt}", "--x=-1:1:3", "--y=-1:1:3", "--seed", "9", "--out", "{dir}/surf"],
+     "other directions"),
+    ("landscape.plot2d", ["{ckpt}", "--x=-1:1:0"], "at least 2"),
+    ("landscape.plot2d", ["{ckpt}", "--x=1:-1:5"], "below MAX"),
+    ("landscape.plot2d", ["{ckpt}", "--x=a:b:c"], "MIN:MAX:NUM"),
+    ("landscape.plot2d", ["{ckpt}", "--y=-1:1"], "MIN:MAX:NUM"),
+    ("landscape.plot2d", ["{ckpt}", "--norm", "filtre"], "unknown normalization"),
+    ("trainers.train", ["--model", "resnet21", "--out", "{dir}/t1"], "unknown model"),
+    ("trainers.train", ["--dataset", "cifar11", "--out", "{dir}/t2"], "unknown dataset"),
+    ("landscape.plot2d", ["{ckpt}", "--samples", "0", "--out", "{dir}/o2"], "--samples 0"),
+    ("landscape.plot2d", ["{ckpt}", "--samples", "100000", "--out", "{dir}/o3"], "size of the"),
+    ("trainers.train", ["--dataset", "cifar10", "--data-dir", "{dir}/nodata", "--out", "{dir}/t3"], "--download"),
+    ("landscape.plot2d", ["{ckpt}", "--out", "{dir}/notes.txt/sub"], "writable --out"),
+    ("trainers.train", ["--out", "{dir}/notes.txt/sub"], "writable --out"),
+    ("landscape.plot2d", ["{dir}/foreign.h5"], "not a landscape surface"),
+    ("landscape.plot2d", ["{dir}/fake.h5"], "not a readable HDF5"),
+    ("landscape.plot1d", ["{surf}"], "2D surface"),
+    ("trainers.train", ["--batch-size", "0", "--out", "{dir}/t4"], "--batch-size"),
+    ("trainers.train", ["--epochs", "x", "--out", "{dir}/t5"], "invalid int"),
+]
+
+
+@pytest.mark.parametrize("module, argv, words", CASES, ids=[f"{c[0].split('.')[1]}-{' '.join(c[1])[:40]}" for c in CASES])
+def test_bad_input_gives_one_line_nonzero_exit_and_changes_nothing(bad_inputs, capsys, module, argv, words):
+    argv = [a.format(**bad_inputs) for a in argv]
+    before = _tree_digest(bad_inputs["dir"])
+    main = __import__(module, fromlist=["main"]).main
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, argv)
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "error" in lines[0] and words in lines[0], lines[0]
+    assert "Traceback" not in err
+    after = _tree_digest(bad_inputs["dir"])
+    assert {p: h for p, h in after.items() if p in before} == before  # nothing that existed changed
+
+
+@pytest.mark.slow
+def test_bad_input_in_a_real_process_has_no_traceback(bad_inputs):
+    res = run_module("landscape.plot2d", str(bad_inputs["dir"] / "truncated.pt"))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_non_finite_points_are_stored_and_plotted(mlp_ckpt, tmp_path):
+    from landscape import render
+    from landscape.runner import SurfaceConfig, run_surface
+
+    far = run_surface(SurfaceConfig(mlp_ckpt, out=str(tmp_path), x="-1e6:1e6:3", y="-1e6:1e6:3", norm="none",
+                                    ignore="none", progress=False), SINGLE)
+    s = read_surface(far["path"])
+    assert s.done.all()
+    assert not np.isfinite(s.values["train_loss"]).all() or s.values["train_loss"].max() > 1e3
+    files = render.render_2d(s, str(tmp_path / "far"), formats=("png",))
+    assert len(files) == 16

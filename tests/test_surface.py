@@ -1,0 +1,143 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from landscape.cli import UserError
+from landscape.directions import DirectionSpec, create_random_directions
+from landscape.evaluation import mse_sums
+from landscape.io import read_surface
+from landscape.params import model_tensors, snapshot
+from landscape.runner import SurfaceConfig, run_surface, surface_path
+from landscape.surface import EvalSet, PointEvaluator, parse_range
+from tests.conftest import SINGLE
+
+
+def _cfg(ckpt, out, **kw):
+    return SurfaceConfig(checkpoint=ckpt, out=str(out), progress=False, **kw)
+
+
+@pytest.mark.parametrize("ckpt_fixture", ["mlp_ckpt", "bn_ckpt"])
+def test_centre_point_reproduces_the_checkpoint_metrics(request, tmp_path, ckpt_fixture):
+    ckpt = request.getfixturevalue(ckpt_fixture)
+    res = run_surface(_cfg(ckpt, tmp_path, x="-1:1:3", y="-1:1:3"), SINGLE)
+    s = read_surface(res["path"])
+    stored = res["checkpoint_metrics"]
+    for key in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        assert s.values[key][1, 1] == pytest.approx(stored[key], rel=1e-6, abs=1e-9), key
+        assert s.values[key][0, 0] != pytest.approx(stored[key], rel=1e-6)  # the corners really moved
+
+
+def test_evaluator_leaves_the_model_untouched(mlp_ckpt):
+    from trainers.checkpoint import load_data_for, load_model
+
+    model, ckpt = load_model(mlp_ckpt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    theta0 = snapshot(model_tensors(model))
+    dirs = create_random_directions(theta0, 2, DirectionSpec())
+    data = load_data_for(ckpt)
+    ev = PointEvaluator(model, theta0, dirs, [EvalSet("test", data.x_test, data.y_test)])
+    ev((0.5, -0.5))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_linear_model_with_squared_loss_gives_an_exact_parabola():
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    x, y = torch.randn(200, 5), torch.randn(200, 3)
+    theta0 = snapshot(model_tensors(model), dtype=torch.float64)
+    model = model.double()
+    d = create_random_directions(theta0, 1, DirectionSpec(ignore="none"))
+    ev = PointEvaluator(model, theta0, d, [EvalSet("train", x.double(), y.double())], criterion=mse_sums)
+    alphas = np.linspace(-2, 2, 9)
+    losses = np.array([ev((a,))[0].item() for a in alphas])
+    coeffs = np.polyfit(alphas, losses, 2)
+    assert np.abs(np.polyval(coeffs, alphas) - losses).max() < 1e-9 * losses.max()
+    assert coeffs[0] > 0
+
+
+@pytest.mark.parametrize("spec, msg", [("-1:1:0", "at least 2"), ("1:-1:5", "below MAX"), ("a:b:c", "MIN:MAX:NUM"),
+                                       ("-1:1", "MIN:MAX:NUM"), ("0:0:3", "below MAX"), ("nan:1:3", "MIN:MAX:NUM")])
+def test_bad_grid_specs(spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_range(spec)
+
+
+def test_grid_spec_is_the_reference_syntax():
+    assert np.allclose(parse_range("-1:1:5"), [-1, -0.5, 0, 0.5, 1])
+
+
+def test_hdf5_round_trip_with_dimension_scales(mlp_ckpt, tmp_path):
+    res = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:4", y="-0.5:0.5:3"), SINGLE)
+    with h5py.File(res["path"], "r") as f:
+        assert f["train_loss"].shape == (4, 3) and f["done"][...].all()
+        assert f["train_loss"].dims[0][0].name == "/xcoordinates"
+        assert f["train_loss"].dims[1][0].name == "/ycoordinates"
+        assert f["train_loss"].dims[0].label == "x"
+        assert f.attrs["schema_version"] == 1
+        assert set(f["directions/d1"]) == set(f["directions/d2"]) == set(dict(torch.load(
+            mlp_ckpt, weights_only=True)["state_dict"]))
+        assert len(f.attrs["checkpoint_sha256"]) == 64
+    s = read_surface(res["path"])
+    assert np.allclose(s.x, np.linspace(-1, 1, 4)) and np.allclose(s.y, np.linspace(-0.5, 0.5, 3))
+
+
+def test_1d_surface_shape_and_it_is_the_alpha_axis_of_the_2d_one(mlp_ckpt, tmp_path):
+    one = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:5"), SINGLE)["path"])
+    two = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:5", y="-1:1:3"), SINGLE)["path"])
+    assert one.values["test_loss"].shape == (5,)
+    np.testing.assert_allclose(one.values["test_loss"], two.values["test_loss"][:, 1], rtol=1e-12)
+
+
+def test_interrupted_run_resumes_to_the_same_file_without_recomputing(mlp_ckpt, tmp_path, monkeypatch):
+    full = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "full", x="-1:1:7", y="-1:1:5"), SINGLE)["path"])
+    calls = {"n": 0}
+    real = PointEvaluator.__call__
+
+    def dies_after_20(self, coords):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, coords)
+
+    monkeypatch.setattr(PointEvaluator, "__call__", dies_after_20)
+    cfg = _cfg(mlp_ckpt, tmp_path / "cut", x="-1:1:7", y="-1:1:5", flush_seconds=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        run_surface(cfg, SINGLE)
+    monkeypatch.setattr(PointEvaluator, "__call__", real)
+    partial = read_surface(surface_path(cfg))
+    assert partial.done.sum() == 20
+    res = run_surface(cfg, SINGLE)
+    assert (res["already_done"], res["computed"]) == (20, 15)
+    resumed = read_surface(res["path"])
+    for k in full.values:
+        assert np.array_equal(full.values[k], resumed.values[k]), k
+
+
+def test_mismatched_resume_is_refused_and_the_file_kept(mlp_ckpt, mlp_ckpt_b, tmp_path):
+    cfg = _cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", name="s")
+    path = run_surface(cfg, SINGLE)["path"]
+    before = open(path, "rb").read()
+    for change, msg in [({"x": "-2:2:3"}, "another x grid"), ({"seed": 1}, "other directions"),
+                        ({"checkpoint": mlp_ckpt_b}, "another checkpoint"), ({"samples": 10}, "samples")]:
+        with pytest.raises(UserError, match=msg):
+            run_surface(SurfaceConfig(**{**cfg.__dict__, **change}), SINGLE)
+    assert open(path, "rb").read() == before
+
+
+def test_directions_from_a_file_are_reused_and_checked(mlp_ckpt, mlp_ckpt_b, bn_ckpt, tmp_path):
+    first = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", seed=5), SINGLE)["path"]
+    again = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", name="reuse", directions_file=first), SINGLE)
+    np.testing.assert_array_equal(read_surface(first).values["test_loss"], read_surface(again["path"]).values["test_loss"])
+    with pytest.raises(ValueError, match="another model"):
+        run_surface(_cfg(bn_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", directions_file=first), SINGLE)
+
+
+def test_interpolation_reaches_the_second_checkpoint(mlp_ckpt, mlp_ckpt_b, tmp_path):
+    res = run_surface(_cfg(mlp_ckpt, tmp_path, x="0:1:3", target=mlp_ckpt_b, dir_type="states"), SINGLE)
+    s = read_surface(res["path"])
+    b = torch.load(mlp_ckpt_b, weights_only=True)["metrics"]
+    assert s.values["test_loss"][0] == pytest.approx(res["checkpoint_metrics"]["test_loss"], rel=1e-6)
+    assert s.values["test_loss"][-1] == pytest.approx(b["test_loss"], rel=1e-5)

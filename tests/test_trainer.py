@@ -1,0 +1,104 @@
+import json
+from dataclasses import replace
+import os
+
+import pytest
+import torch
+
+from landscape.cli import UserError
+from tests.conftest import SINGLE, run_module, train_config
+from trainers import ddp
+from trainers.ddp import fit, lr_factor, make_plan
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _assert_close(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=k)
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    fit(train_config(tmp_path / "big", batch_size=128, epochs=2), SINGLE)
+    fit(train_config(tmp_path / "acc", batch_size=128, micro_batch_size=32, epochs=2), SINGLE)
+    plan = torch.load(tmp_path / "acc" / "last.pt", weights_only=True)["plan"]
+    assert plan["accumulation_steps"] == 4 and plan["micro_batch_size"] == 32
+    _assert_close(_weights(tmp_path / "big" / "last.pt"), _weights(tmp_path / "acc" / "last.pt"))
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    fit(train_config(tmp_path / "full", epochs=4, schedule="cosine", warmup_epochs=1), SINGLE)
+    real = ddp.train_one_epoch
+
+    def crash_at_epoch_2(*args, **kw):
+        if args[7] == 2:  # epoch index: epochs 0 and 1 are done and saved
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ddp, "train_one_epoch", crash_at_epoch_2)
+    cfg = train_config(tmp_path / "cut", epochs=4, schedule="cosine", warmup_epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, SINGLE)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(ddp, "train_one_epoch", real)
+    fit(replace(cfg, resume=True), SINGLE)
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    epochs = [json.loads(line)["epoch"] for line in open(tmp_path / "cut" / "metrics.jsonl")]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_existing_run_is_not_overwritten_and_mismatched_resume_is_refused(tmp_path):
+    fit(train_config(tmp_path / "r", epochs=1), SINGLE)
+    before = open(tmp_path / "r" / "last.pt", "rb").read()
+    with pytest.raises(UserError, match="--resume"):
+        fit(train_config(tmp_path / "r", epochs=1), SINGLE)
+    with pytest.raises(UserError, match="weight_decay"):
+        fit(train_config(tmp_path / "r", epochs=1, weight_decay=1e-3, resume=True), SINGLE)
+    assert open(tmp_path / "r" / "last.pt", "rb").read() == before
+
+
+def test_plan_and_schedule():
+    cfg = train_config("x", batch_size=8192, micro_batch_size=256)
+    plan = make_plan(cfg, world_size=8, n_train=50_000)
+    assert (plan.per_rank_batch_size, plan.accumulation_steps, plan.steps_per_epoch) == (1024, 4, 6)
+    with pytest.raises(ValueError, match="divisible"):
+        make_plan(train_config("x", batch_size=100), 3, 1000)
+    with pytest.raises(ValueError, match="exceeds"):
+        make_plan(train_config("x", batch_size=256), 1, 100)
+    warm = train_config("x", epochs=10, warmup_epochs=2, schedule="cosine")
+    assert lr_factor(0, warm, 10) == pytest.approx(1 / 20)
+    assert lr_factor(19, warm, 10) == pytest.approx(1.0)
+    assert lr_factor(99, warm, 10) < 0.01
+    step = train_config("x", epochs=10, schedule="step", milestones=(5,), gamma=0.1)
+    assert lr_factor(49, step, 10) == 1.0 and lr_factor(50, step, 10) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    args = ["--dataset", "synthetic", "--data-kwargs", json.dumps({"n_train": 512, "input_shape": [16]}),
+            "--model", "mlp", "--model-kwargs", '{"hidden": [32]}', "--batch-size", "64", "--epochs", "2",
+            "--lr", "0.05", "--weight-decay", "5e-4", "--no-progress"]
+    one = run_module("trainers.train", *args, "--out", str(tmp_path / "one"))
+    two = run_module("trainers.train", *args, "--out", str(tmp_path / "two"), nproc=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert torch.load(tmp_path / "two" / "last.pt", weights_only=True)["plan"]["world_size"] == 2
+    _assert_close(_weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt"), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sweep_names_runs_deterministically_and_skips_finished_ones(tmp_path):
+    args = ["--root", str(tmp_path), "--batch-sizes", "32", "128", "--weight-decays", "0", "5e-4",
+            "--dataset", "synthetic", "--data-kwargs", '{"n_train": 256}', "--epochs", "1", "--no-progress"]
+    first = run_module("trainers.sweep", *args)
+    assert first.returncode == 0, first.stderr
+    runs = sorted(os.listdir(tmp_path / "synthetic_mlp"))
+    assert runs == ["bs128_wd0", "bs128_wd0.0005", "bs32_wd0", "bs32_wd0.0005"]
+    again = run_module("trainers.sweep", *args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already complete") == 4

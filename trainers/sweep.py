@@ -1,0 +1,83 @@
+"""Train a grid of global batch sizes x weight decays into ROOT/<dataset>_<model>/bs<B>_wd<W>/, skipping runs
+that are already complete and resuming interrupted ones.
+
+  python -m trainers.sweep --root runs --batch-sizes 128 8192 --weight-decays 0 5e-4 --dataset mnist1d --epochs 20
+  torchrun --standalone --nproc_per_node=8 -m trainers.sweep --root runs --dataset cifar10 --model vgg9 \
+      --batch-sizes 128 8192 --weight-decays 0 5e-4 --micro-batch-size 512 --epochs 300 --schedule step \
+      --milestones 150 225 275
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+
+from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
+from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
+from trainers.checkpoint import load_checkpoint
+from trainers.ddp import TrainConfig, fit
+from trainers.train import add_train_args, check_writable, config_from_args
+
+
+def run_name(batch_size: int, weight_decay: float) -> str:
+    """bs128_wd0.0005: the same name for the same numbers, whatever way they were written."""
+    return f"bs{batch_size}_wd{weight_decay:g}" if weight_decay else f"bs{batch_size}_wd0"
+
+
+def run_dir(root: str, cfg: TrainConfig) -> str:
+    tag = f"{cfg.dataset}_{cfg.model.replace(':', '.').replace('/', '_')}"
+    return os.path.join(root, tag, run_name(cfg.batch_size, cfg.weight_decay))
+
+
+def is_complete(out: str, epochs: int) -> bool:
+    last = os.path.join(out, "last.pt")
+    return os.path.exists(last) and int(load_checkpoint(last)["epoch"]) >= epochs
+
+
+def sweep(base: TrainConfig, root: str, batch_sizes: Sequence[int], weight_decays: Sequence[float],
+          info: DistInfo) -> list[str]:
+    """Train every (batch size, weight decay) pair; returns the run folders in grid order."""
+    outs = []
+    for bs in batch_sizes:
+        for wd in weight_decays:
+            cfg = replace(base, batch_size=bs, weight_decay=wd, resume=True)
+            cfg = replace(cfg, out=run_dir(root, cfg))
+            outs.append(cfg.out)
+            if is_complete(cfg.out, cfg.epochs):
+                print0(f"{cfg.out}: already complete, skipped")
+                continue
+            print0(f"== {cfg.out}")
+            if info.is_main:
+                check_writable(cfg.out)
+            fit(cfg, info)
+    return outs
+
+
+def get_parser(add_help: bool = True) -> ArgumentParser:
+    p = ArgumentParser(prog="python -m trainers.sweep", description=__doc__, formatter_class=DefaultsFormatter,
+                       add_help=add_help)
+    p.add_argument("--root", default="runs", help="root folder of the sweep")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 8192], help="global batch sizes")
+    p.add_argument("--weight-decays", type=float, nargs="+", default=[0.0, 5e-4])
+    add_train_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    base = config_from_args(args, out="")
+    info = init_distributed(base.device)
+    try:
+        outs = sweep(base, args.root, args.batch_sizes, args.weight_decays, info)
+        print0("runs:\n  " + "\n  ".join(os.path.join(o, "last.pt") for o in outs))
+    finally:
+        cleanup_distributed()
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
