@@ -162,25 +162,7 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     t0 = time.perf_counter()
     for step in range(plan.steps_per_epoch):
         batch = idx[step * plan.per_rank_batch_size:(step + 1) * plan.per_rank_batch_size]
-        for micro in range(plan.accumulation_steps):
-            mb = batch[micro * plan.micro_batch_size:(micro + 1) * plan.micro_batch_size]
-            x, y = data.x_train[mb], data.y_train[mb]
-            if data.augment:
-                x = augment(x, gen)
-            if x.ndim == 4 and info.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            last_micro = micro == plan.accumulation_steps - 1
-            sync = contextlib.nullcontext() if last_micro or not info.is_distributed else ddp_model.no_sync()
-            with sync:
-                with autocast_context(info.device, precision):
-                    out = ddp_model(x)
-                loss = nn.functional.cross_entropy(out.float(), y)
-                (loss / plan.accumulation_steps).backward()
-            sums += torch.stack([loss.detach().double() * len(mb), (out.argmax(1) == y).sum().double(),
-                                 torch.tensor(float(len(mb)), dtype=torch.float64, device=info.device)])
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        sums += train_step(ddp_model, opt, sched, data, batch, plan, gen, precision, info)
         bar.update()
     if info.device.type == "cuda":
         torch.cuda.synchronize(info.device)
@@ -189,6 +171,34 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     loss_sum, correct, count = all_reduce_sum(sums).tolist()
     return {"train_loss_running": loss_sum / count, "train_acc_running": 100 * correct / count,
             "images_per_second": count / seconds, "train_seconds": seconds}
+
+
+def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset, batch: Tensor,
+               plan: BatchPlan, gen: torch.Generator, precision: str, info: DistInfo) -> Tensor:
+    """One optimizer step on this rank's `batch` of train indices, accumulating over micro-batches under
+    no_sync(); returns [loss_sum, correct, count] of the step (train mode), on the device."""
+    sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+    for micro in range(plan.accumulation_steps):
+        mb = batch[micro * plan.micro_batch_size:(micro + 1) * plan.micro_batch_size]
+        x, y = data.x_train[mb], data.y_train[mb]
+        if data.augment:
+            x = augment(x, gen)
+        if x.ndim == 4 and info.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        last_micro = micro == plan.accumulation_steps - 1
+        sync = contextlib.nullcontext() if last_micro or not info.is_distributed else ddp_model.no_sync()
+        with sync:
+            with autocast_context(info.device, precision):
+                out = ddp_model(x)
+            loss = nn.functional.cross_entropy(out.float(), y)
+            (loss / plan.accumulation_steps).backward()
+        sums[0] += loss.detach().double() * len(mb)
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += len(mb)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+    return sums
 
 
 def evaluate(model: nn.Module, data: Dataset, info: DistInfo, batch_size: int, precision: str = "fp32"

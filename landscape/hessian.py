@@ -1,0 +1,133 @@
+"""Sharpness measured, not only drawn: Hessian eigenvalues by Lanczos, the Hutchinson trace, and the width of
+a 1D loss curve.
+
+The loss is the mean over a fixed data set: per-batch sums of Hessian-vector products (forward-over-reverse
+with torch.func) are added up, reduced across ranks with one SUM per product, and divided by the sample
+count, so batches and ranks of any size weigh exactly by their samples. scipy's ARPACK (eigsh) runs the
+Lanczos iteration on every rank from the same start vector; the reduced products are identical everywhere,
+so every rank follows the same iterations and gets the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp
+
+from landscape.distributed import all_reduce_sum
+from landscape.evaluation import Criterion, cross_entropy_sums
+
+
+class HessianOperator:
+    """v -> H v for the mean loss of `model` over (x, y), with respect to its parameters (all of them).
+
+    Args: x, y: this rank's share of the data (the loss is averaged over every rank's samples together);
+    batch_size bounds memory. The model is used in eval mode (BatchNorm with running statistics).
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512,
+                 criterion: Criterion = cross_entropy_sums):
+        self.model = model.eval()
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params = {n: p.detach() for n, p in model.named_parameters()}
+        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self.shapes = [p.shape for p in self.params.values()]
+        self.sizes = [p.numel() for p in self.params.values()]
+        self.dim = sum(self.sizes)
+        self.batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        self.count = float(all_reduce_sum(torch.tensor([float(len(x))], dtype=torch.float64, device=x.device)))
+        self.device, self.dtype = x.device, next(iter(self.params.values())).dtype
+        self.criterion = criterion
+
+        def loss_sum(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+            out = functional_call(self.model, {**params, **self.buffers}, (xb,))
+            return self.criterion(out, yb)[0]
+
+        self._grad = grad(loss_sum)
+
+    def _unflatten(self, v: Tensor) -> dict[str, Tensor]:
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(v, self.sizes), self.shapes)}
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """H v for a flat vector v (float64 in and out; products are computed in the model's dtype)."""
+        tangent = self._unflatten(v.to(self.device, self.dtype))
+        total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        for xb, yb in self.batches:
+            _, hv = jvp(lambda p: self._grad(p, xb, yb), (self.params,), (tangent,))  # noqa: B023
+            total += torch.cat([hv[n].reshape(-1) for n in self.names]).double()
+        return all_reduce_sum(total) / self.count
+
+    def linear_operator(self) -> LinearOperator:
+        def mv(v: np.ndarray) -> np.ndarray:
+            return self.matvec(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).ravel()).cpu().numpy()
+
+        return LinearOperator((self.dim, self.dim), matvec=mv, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Eigen:
+    top: list[float]  # largest eigenvalues, descending
+    min: float  # the most negative (smallest algebraic) eigenvalue
+    matvecs: int
+
+
+def eigenvalues(op: HessianOperator, k: int = 1, tol: float = 1e-3, seed: int = 0, max_iter: int = 1000) -> Eigen:
+    """Top-k and smallest eigenvalues by Lanczos (ARPACK's eigsh) on Hessian-vector products."""
+    if not 1 <= k < op.dim:
+        raise ValueError(f"k must be in 1..{op.dim - 1}, got {k}")
+    v0 = np.random.default_rng(seed).standard_normal(op.dim)
+    lin = op.linear_operator()
+    calls = {"n": 0}
+    counted = LinearOperator(lin.shape, matvec=lambda v: (calls.__setitem__("n", calls["n"] + 1), lin.matvec(v))[1],
+                             dtype=np.float64)
+    top = eigsh(counted, k=k, which="LA", v0=v0, tol=tol, maxiter=max_iter, return_eigenvectors=False)
+    low = eigsh(counted, k=1, which="SA", v0=v0, tol=tol, maxiter=max_iter, return_eigenvectors=False)
+    return Eigen(sorted((float(t) for t in top), reverse=True), float(low[0]), calls["n"])
+
+
+@dataclass(frozen=True)
+class Trace:
+    estimate: float
+    stderr: float
+    samples: int
+
+
+def hutchinson_trace(op: HessianOperator, samples: int = 100, seed: int = 0) -> Trace:
+    """tr(H) ~ mean of v^T H v over Rademacher v, with its standard error (std / sqrt(samples))."""
+    if samples < 2:
+        raise ValueError("at least 2 Hutchinson samples are needed for a standard error")
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(samples):
+        v = torch.randint(0, 2, (op.dim,), generator=g, dtype=torch.float64) * 2 - 1
+        vals.append(float(v @ op.matvec(v).cpu()))
+    arr = np.asarray(vals)
+    return Trace(float(arr.mean()), float(arr.std(ddof=1) / np.sqrt(samples)), samples)
+
+
+def width_1d(alpha: Sequence[float], loss: Sequence[float], threshold: float) -> float:
+    """Width of the basin of a 1D curve: the length of the alpha interval around the minimum where the loss
+    stays below min + threshold, with the crossings linearly interpolated. A side that never crosses is cut
+    at the grid's edge (the width is then a lower bound)."""
+    a, f = np.asarray(alpha, float), np.asarray(loss, float)
+    f = np.where(np.isfinite(f), f, np.inf)
+    i0 = int(np.argmin(f))
+    level = f[i0] + threshold
+
+    def crossing(step: int) -> float:
+        i = i0
+        while 0 <= i + step < len(a) and f[i + step] <= level:
+            i += step
+        j = i + step
+        if not 0 <= j < len(a):
+            return float(a[i])
+        if not np.isfinite(f[j]):
+            return float(a[i])
+        return float(a[i] + (a[j] - a[i]) * (level - f[i]) / (f[j] - f[i]))
+
+    return crossing(1) - crossing(-1)
