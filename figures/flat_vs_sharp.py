@@ -1,0 +1,223 @@
+"""Li et al. (2018) Fig. 3: small- vs large-batch minima at weight decay 0 and 5e-4, with sharpness measured.
+
+  python -m figures.flat_vs_sharp --preset quick --out demo          # MNIST-1D MLP, minutes on 2 CPU cores
+  torchrun --standalone --nproc_per_node=8 -m figures.flat_vs_sharp --preset paper --out fig3   # VGG-9, CIFAR-10
+
+Trains (or reuses) the four runs, computes (or resumes) for each a filter-normalized 1D curve and 2D surface on
+the same grid, an un-normalized 1D curve, and the Hessian's lambda_max/lambda_min/trace on the same data; then
+writes flat_vs_sharp.{png,pdf} (1D row + 2D contour row), no_filter_norm.{png,pdf}, summary.csv and the .h5
+files behind every panel. Rerunning reuses everything already finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
+from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
+from landscape.hessian import width_1d
+from landscape.io import Surface, read_surface
+from landscape.runner import SurfaceConfig, check_output_folder, run_surface
+from landscape.sharpness import measure_sharpness
+from trainers.ddp import TrainConfig
+from trainers.sweep import run_name, sweep
+
+
+@dataclass(frozen=True)
+class Preset:
+    dataset: str
+    model: str
+    batch_sizes: tuple[int, int]  # (small, large)
+    weight_decays: tuple[float, ...]
+    epochs: int
+    lr: float
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()
+    micro_batch_size: int | None = None
+    x_1d: str = "-0.5:0.5:51"
+    x_2d: str = "-0.5:0.5:21"
+    contour_levels: tuple[float, float, int] = (0.02, 5.0, 15)  # the same log-spaced loss levels in every panel
+    x_raw: str = "-0.25:0.25:41"  # un-normalized directions: a range in absolute weight units
+    samples: int | None = None  # evaluation subset of each split (None: all), shared by surfaces and Hessian
+    width_threshold: float = 0.1  # loss above the minimum that bounds the 1D basin
+    trace_samples: int = 30
+
+
+PRESETS = {
+    "quick": Preset(dataset="mnist1d", model="mlp", batch_sizes=(64, 1000), weight_decays=(0.0, 5e-4),
+                    epochs=200, lr=0.05, model_kwargs={"hidden": [100, 100]}),
+    "paper": Preset(dataset="cifar10", model="vgg9", batch_sizes=(128, 8192), weight_decays=(0.0, 5e-4),
+                    epochs=300, lr=0.1, schedule="step", milestones=(150, 225, 275), micro_batch_size=512,
+                    x_1d="-1:1:51", x_2d="-1:1:51", contour_levels=(0.1, 10.0, 20), x_raw="-0.05:0.05:51", samples=None, trace_samples=20),
+}
+
+
+def train_runs(p: Preset, out: str, info: DistInfo, device: str) -> dict[tuple[int, float], str]:
+    base = TrainConfig(out="", dataset=p.dataset, data_kwargs=p.data_kwargs, model=p.model,
+                       model_kwargs=p.model_kwargs, epochs=p.epochs, lr=p.lr, schedule=p.schedule,
+                       milestones=p.milestones, micro_batch_size=p.micro_batch_size, eval_every=p.epochs,
+                       save_every=p.epochs, device=device)
+    outs = sweep(base, os.path.join(out, "runs"), p.batch_sizes, p.weight_decays, info)
+    keys = [(bs, wd) for bs in p.batch_sizes for wd in p.weight_decays]
+    return {k: os.path.join(o, "last.pt") for k, o in zip(keys, outs)}
+
+
+def surfaces_for(ckpt: str, tag: str, p: Preset, out: str, info: DistInfo, device: str) -> dict[str, str]:
+    """The three surface files of one run: filter-normalized 1D (train+test) and 2D (train), raw 1D."""
+    common = dict(checkpoint=ckpt, out=os.path.join(out, "surfaces"), samples=p.samples, device=device, progress=False)
+    jobs = {"1d": SurfaceConfig(**common, x=p.x_1d, name=tag),
+            "2d": SurfaceConfig(**common, x=p.x_2d, y=p.x_2d, splits=("train",), name=tag),
+            "raw": SurfaceConfig(**common, x=p.x_raw, norm="none", name=f"{tag}_nofilternorm")}
+    paths = {}
+    for kind, cfg in jobs.items():
+        res = run_surface(cfg, info)
+        print0(f"surface {kind:>3}: {res['computed']} points computed, {res['already_done']} reused -> {res['path']}")
+        paths[kind] = res["path"]
+    return paths
+
+
+def title(bs: int, wd: float, metrics: dict[str, float]) -> str:
+    return f"WD={wd:g}, BS={bs}, test error {100 - metrics['test_acc']:.1f}%"
+
+
+def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[str, Surface]], p: Preset,
+            out: str) -> list[str]:
+    """The paper's layout: 1D curves (small and large batch overlaid) per weight decay, then one 2D contour per
+    run; and a second figure of the un-normalized 1D curves."""
+    from landscape import plot, render
+
+    plt = render.plt
+    n_wd, n_runs = len(p.weight_decays), len(rows)
+    fig = plt.figure(figsize=(3.6 * n_runs, 7))
+    grid = fig.add_gridspec(2, n_runs)
+    for i, wd in enumerate(p.weight_decays):
+        ax = fig.add_subplot(grid[0, i * n_runs // n_wd:(i + 1) * n_runs // n_wd])
+        acc_ax = ax.twinx()
+        for style, bs in zip(("-", "--"), p.batch_sizes):
+            s = surfaces[(bs, wd)]["1d"]
+            plot.curve_1d(ax, s.x, s.values["train_loss"], s.values["train_acc"], f"BS={bs} train", acc_ax,
+                          linestyle=style, linewidth=2.0)
+            plot.curve_1d(ax, s.x, s.values["test_loss"], s.values["test_acc"], f"BS={bs} test", acc_ax,
+                          linestyle=style, linewidth=1.0, alpha=0.6)
+        ax.set_title(f"WD={wd:g}: solid BS={p.batch_sizes[0]}, dashed BS={p.batch_sizes[1]}", fontsize=9)
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("loss")
+        acc_ax.set_ylabel("accuracy (%)")
+    levels = np.geomspace(*p.contour_levels)
+    for j, row in enumerate(rows):
+        s = surfaces[(row["batch_size"], row["weight_decay"])]["2d"]
+        ax = fig.add_subplot(grid[1, j])
+        plot.contour(ax, s.x, s.y, s.values["train_loss"], levels)
+        ax.set_title(title(row["batch_size"], row["weight_decay"], row) + f"\nlambda_max={row['lambda_max']:.3g}",
+                     fontsize=8)
+    fig.tight_layout()
+    files = render.save(fig, os.path.join(out, "flat_vs_sharp"))
+    fig, axes = plt.subplots(1, n_wd, figsize=(5 * n_wd, 3.8), squeeze=False)
+    for ax, wd in zip(axes[0], p.weight_decays):
+        for style, bs in zip(("-", "--"), p.batch_sizes):
+            s = surfaces[(bs, wd)]["raw"]
+            plot.curve_1d(ax, s.x, s.values["train_loss"], None, f"BS={bs} train", linestyle=style)
+        ax.set_title(f"WD={wd:g}, no filter normalization", fontsize=9)
+        ax.set_xlabel("alpha (raw Gaussian direction)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return files + render.save(fig, os.path.join(out, "no_filter_norm"))
+
+
+COLUMNS = ["batch_size", "weight_decay", "train_loss", "train_acc", "test_loss", "test_acc", "test_error",
+           "lambda_max", "lambda_min", "trace", "trace_stderr", "width_1d", "width_1d_nofilternorm"]
+
+
+def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, float], dict[str, Surface]],
+              p: Preset, info: DistInfo, out: str) -> list[dict[str, Any]]:
+    rows = []
+    for (bs, wd), ckpt in runs.items():
+        import torch
+
+        metrics = torch.load(ckpt, map_location="cpu", weights_only=True)["metrics"]
+        sharp = measure_sharpness(ckpt, info, "train", p.samples, trace_samples=p.trace_samples,
+                                  cache=os.path.join(out, "sharpness", f"{run_name(bs, wd)}.json"))
+        s, raw = surfaces[(bs, wd)]["1d"], surfaces[(bs, wd)]["raw"]
+        rows.append({"batch_size": bs, "weight_decay": wd, **{k: metrics[k] for k in COLUMNS[2:6]},
+                     "test_error": 100 - metrics["test_acc"], **{k: sharp[k] for k in COLUMNS[7:11]},
+                     "width_1d": width_1d(s.x, s.values["train_loss"], p.width_threshold),
+                     "width_1d_nofilternorm": width_1d(raw.x, raw.values["train_loss"], p.width_threshold)})
+    return rows
+
+
+def write_table(rows: list[dict[str, Any]], path: str) -> str:
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    os.replace(path + ".tmp", path)
+    head = " ".join(f"{c:>12}" for c in COLUMNS)
+    body = "\n".join(" ".join(f"{r[c]:>12.4g}" if isinstance(r[c], float) else f"{r[c]:>12}" for c in COLUMNS)
+                     for r in rows)
+    return f"{head}\n{body}"
+
+
+def verdict(rows: list[dict[str, Any]], p: Preset) -> str:
+    """Plain words: is the large-batch minimum sharper, and does the small batch generalize better?"""
+    lines = []
+    by = {(r["batch_size"], r["weight_decay"]): r for r in rows}
+    small, large = p.batch_sizes
+    for wd in p.weight_decays:
+        a, b = by[(small, wd)], by[(large, wd)]
+        sharper = b["lambda_max"] > a["lambda_max"] and b["width_1d"] < a["width_1d"]
+        lines.append(f"WD={wd:g}: lambda_max {a['lambda_max']:.3g} (BS={small}) vs {b['lambda_max']:.3g} (BS={large}); "
+                     f"width_1d {a['width_1d']:.3g} vs {b['width_1d']:.3g} -> large batch "
+                     f"{'sharper by both' if sharper else 'NOT sharper by both measures'}; test error "
+                     f"{a['test_error']:.2f}% vs {b['test_error']:.2f}% -> small batch "
+                     f"{'generalizes better' if a['test_error'] < b['test_error'] else 'does NOT generalize better'}")
+    return "\n".join(lines)
+
+
+def get_parser(add_help: bool = True) -> ArgumentParser:
+    p = ArgumentParser(prog="python -m figures.flat_vs_sharp", description=__doc__, formatter_class=DefaultsFormatter,
+                       add_help=add_help)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument("--out", default="figures_out/flat_vs_sharp", help="folder for runs, surfaces, figures, table")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    preset = PRESETS[args.preset]
+    if args.epochs:
+        preset = dataclasses.replace(preset, epochs=args.epochs)
+    info = init_distributed(args.device)
+    try:
+        check_output_folder(args.out, info)
+        runs = train_runs(preset, args.out, info, args.device)
+        paths = {k: surfaces_for(c, run_name(*k), preset, args.out, info, args.device) for k, c in runs.items()}
+        surfaces = {k: {kind: read_surface(p) for kind, p in v.items()} for k, v in paths.items()}
+        rows = summarize(runs, surfaces, preset, info, args.out)
+    finally:
+        cleanup_distributed()
+    if not info.is_main:
+        return
+    files = compose(rows, surfaces, preset, args.out)
+    table = write_table(rows, os.path.join(args.out, "summary.csv"))
+    print0(f"\n{table}\n\n{verdict(rows, preset)}\n")
+    print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"
+           f"data: {os.path.join(args.out, 'surfaces')}/*.h5, {os.path.join(args.out, 'runs')}/")
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
