@@ -58,6 +58,9 @@ PRESETS = {
     "paper": Preset(dataset="cifar10", model="vgg9", batch_sizes=(128, 8192), weight_decays=(0.0, 5e-4),
                     epochs=300, lr=0.1, schedule="step", milestones=(150, 225, 275), micro_batch_size=512,
                     x_1d="-1:1:51", x_2d="-1:1:51", contour_levels=(0.1, 10.0, 20), x_raw="-0.05:0.05:51", samples=None, trace_samples=20),
+    "smoke": Preset(dataset="synthetic", model="mlp", batch_sizes=(16, 256), weight_decays=(0.0, 5e-4), epochs=3,
+                    lr=0.05, data_kwargs={"n_train": 512, "n_test": 256}, model_kwargs={"hidden": [16]},
+                    x_1d="-0.5:0.5:7", x_2d="-0.5:0.5:5", x_raw="-0.1:0.1:5", trace_samples=4),
 }
 
 

@@ -1,0 +1,38 @@
+"""The figure scripts end to end on their seconds-long 'smoke' presets (generated data)."""
+
+import csv
+import os
+
+import pytest
+
+from tests.conftest import run_module
+
+pytestmark = pytest.mark.slow
+
+
+def test_flat_vs_sharp_writes_figures_and_summary_and_reuses_everything(tmp_path):
+    res = run_module("figures.flat_vs_sharp", "--preset", "smoke", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert len(rows) == 4
+    for col in ("batch_size", "weight_decay", "test_error", "lambda_max", "trace", "width_1d"):
+        assert all(r[col] not in ("", "nan") for r in rows), col
+    for name in ("flat_vs_sharp", "no_filter_norm"):
+        assert os.path.getsize(tmp_path / f"{name}.png") > 10_000 and os.path.exists(tmp_path / f"{name}.pdf")
+    assert len(os.listdir(tmp_path / "surfaces")) == 12
+    again = run_module("figures.flat_vs_sharp", "--preset", "smoke", "--out", str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already complete") == 4
+    assert again.stdout.count("0 points computed") == 12
+
+
+def test_batch_scaling_writes_three_plots_and_tables(tmp_path):
+    res = run_module("figures.batch_scaling", "--preset", "smoke", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [int(r["batch_size"]) for r in rows] == [16, 64, 256]
+    assert all(float(r["images_per_second"]) > 0 for r in rows)
+    assert "B_simple =" in res.stdout
+    for name in ("scaling", "throughput", "steps_to_target", "noise_scale"):
+        assert os.path.exists(tmp_path / f"{name}.png") and os.path.exists(tmp_path / f"{name}.pdf")
+    assert len(list(csv.DictReader(open(tmp_path / "noise_scale.csv")))) >= 2
