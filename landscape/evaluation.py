@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# A criterion maps (outputs, targets) to (sum of per-sample losses, number correct); float64/int64 scalars.
+# A criterion maps (outputs, targets) to (sum of per-sample losses, number correct), float64 scalar tensors.
 Criterion = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -26,13 +26,15 @@ def _at_least_fp32(out: Tensor) -> Tensor:
 
 def cross_entropy_sums(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     out = _at_least_fp32(out)
-    return F.cross_entropy(out, y, reduction="sum").double(), (out.argmax(1) == y).sum()
+    # per-sample losses summed in float64: a float32 sum over 50,000 samples would lose digits
+    return (F.cross_entropy(out, y, reduction="none").sum(dtype=torch.float64),
+            (out.argmax(1) == y).sum(dtype=torch.float64))
 
 
 def mse_sums(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Sum over samples of the squared error summed over outputs; regression has no accuracy (NaN)."""
     err = out.double() - y.double().view_as(out)
-    return err.pow(2).sum(), torch.tensor(float("nan"), device=out.device)
+    return err.pow(2).sum(), torch.tensor(float("nan"), dtype=torch.float64, device=out.device)
 
 
 CRITERIA: dict[str, Criterion] = {"cross_entropy": cross_entropy_sums, "mse": mse_sums}
@@ -69,20 +71,26 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     raise ValueError(f"unknown precision {precision!r}: use fp32 or bf16")
 
 
-def sums_tensor(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, criterion: Criterion = cross_entropy_sums,
-                precision: str = "fp32") -> Tensor:
-    """[loss_sum, correct, count] as a float64 tensor on x's device; no host sync, so it can be all-reduced."""
+def batched_sums(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, criterion: Criterion = cross_entropy_sums,
+                 precision: str = "fp32") -> tuple[Tensor, Tensor]:
+    """(loss_sum, correct) over (x, y) as float64 scalar tensors on x's device, with no host sync.
+
+    The batches' outputs are gathered and the criterion runs once over all of them: for small models each
+    kernel launch costs about as much as a batch's forward pass, so per-batch losses would cost a third of
+    the time (measured on the MNIST-1D MLP).
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    acc = torch.zeros(3, dtype=torch.float64, device=x.device)
     with torch.inference_mode(), autocast_context(x.device, precision):
-        for start in range(0, x.shape[0], batch_size):
-            out = model(x[start:start + batch_size])
-            loss_sum, correct = criterion(out, y[start:start + batch_size])
-            acc[0] += loss_sum
-            acc[1] += correct
-    acc[2] = x.shape[0]
-    return acc
+        outs = [model(x[start:start + batch_size]) for start in range(0, x.shape[0], batch_size)]
+        return criterion(outs[0] if len(outs) == 1 else torch.cat(outs), y)
+
+
+def sums_tensor(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, criterion: Criterion = cross_entropy_sums,
+                precision: str = "fp32") -> Tensor:
+    """[loss_sum, correct, count] as one float64 tensor, ready to be all-reduced across ranks."""
+    loss_sum, correct = batched_sums(model, x, y, batch_size, criterion, precision)
+    return torch.stack([loss_sum, correct, torch.tensor(float(len(x)), dtype=torch.float64, device=x.device)])
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256,

@@ -1,5 +1,5 @@
 """Named tensors (`Params = dict[str, Tensor]`): which tensors a direction covers, whole-model vector math,
-and the fused in-place update theta = theta0 + alpha*d1 + beta*d2 used at every grid point.
+and the flat-buffer update theta = theta0 + alpha*d1 + beta*d2 used at every grid point.
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ def add_scaled(base: Params, *terms: tuple[float, Params]) -> Params:
 
 
 class PointSetter:
-    """Writes theta0 + alpha*d1 (+ beta*d2) into a model's own tensors, with fused foreach kernels.
+    """Writes theta0 + alpha*d1 (+ beta*d2) into a model's own tensors.
 
-    Works in place on the model it is given (the surface engine gives it a private copy), so each grid
-    point costs three fused ops over the parameter list rather than a state_dict load or a deepcopy.
+    The model it is given (the surface engine gives it a private copy) has its covered tensors re-pointed
+    into one flat buffer, so a grid point costs one `torch.add(..., out=)` plus one `add_` per extra
+    direction, instead of a state_dict load, a deepcopy, or three kernels per tensor.
     """
 
     def __init__(self, targets: Params, theta0: Params, directions: list[Params]):
@@ -58,17 +59,32 @@ class PointSetter:
         if missing:
             raise ValueError(f"the model has no tensors named {missing[:3]}; directions were made for another model")
         names = list(theta0)
-        self.targets = [targets[k].data for k in names]
-        dev = self.targets[0].device
-        cast = lambda p: [p[k].to(device=dev, dtype=t.dtype) for k, t in zip(names, self.targets)]  # noqa: E731
-        self.theta0 = cast(theta0)
-        self.dirs = [cast(d) for d in directions]
+        tensors = [targets[k] for k in names]
+        dtypes = {t.dtype for t in tensors}
+        if len(dtypes) != 1:
+            raise ValueError(f"the covered tensors mix dtypes {sorted(map(str, dtypes))}; cast the model to one dtype")
+        dtype, device = dtypes.pop(), tensors[0].device
+        sizes = [t.numel() for t in tensors]
+        self.flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        with torch.no_grad():
+            for t, view in zip(tensors, torch.split(self.flat, sizes)):
+                view.copy_(t.reshape(-1))
+                t.data = view.view_as(t)  # the model now reads its weights from self.flat
+
+        def flatten(p: Params) -> torch.Tensor:
+            return torch.cat([p[k].reshape(-1).to(device=device, dtype=dtype) for k in names])
+
+        self.theta0 = flatten(theta0)
+        self.dirs = [flatten(d) for d in directions]
 
     @torch.no_grad()
     def __call__(self, coords: tuple[float, ...]) -> None:
         if len(coords) != len(self.dirs):
             raise ValueError(f"{len(coords)} coordinates for {len(self.dirs)} directions")
-        torch._foreach_copy_(self.targets, self.theta0)
-        for c, d in zip(coords, self.dirs):
+        if not coords or coords[0] == 0.0:
+            self.flat.copy_(self.theta0)
+        else:
+            torch.add(self.theta0, self.dirs[0], alpha=float(coords[0]), out=self.flat)
+        for c, d in zip(coords[1:], self.dirs[1:]):
             if c != 0.0:
-                torch._foreach_add_(self.targets, d, alpha=float(c))
+                self.flat.add_(d, alpha=float(c))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from landscape.distributed import DistInfo, all_reduce_sum, run_on_main
-from landscape.evaluation import Criterion, cross_entropy_sums, sums_tensor
+from landscape.evaluation import Criterion, batched_sums, cross_entropy_sums
 from landscape.io import SurfaceWriter
 from landscape.params import Params, PointSetter, model_tensors
 
@@ -91,15 +91,19 @@ class PointEvaluator:
         self.setter = PointSetter(model_tensors(self.model, dir_type), theta0, directions)
         self.forward: nn.Module = torch.compile(self.model) if compile else self.model
         self.sets, self.batch_size, self.criterion, self.precision = sets, batch_size, criterion, precision
+        # sums -> means: [loss_sum, correct] per set times [1/n, 100/n]; one multiply per point
+        self.scale = torch.tensor([f / len(s.x) for s in sets for f in (1.0, 100.0)], dtype=torch.float64,
+                                  device=device)
 
     def __call__(self, coords: tuple[float, ...]) -> Tensor:
-        """[loss, acc%] per set, concatenated: a float64 tensor on the device (no host sync)."""
+        """[loss, acc%] per set, concatenated: a float64 tensor on the device (no host sync).
+
+        Kept to a handful of kernel launches, since for small models launches are what a point costs."""
         self.setter(coords)
-        rows = []
+        sums = []
         for s in self.sets:
-            sums = sums_tensor(self.forward, s.x, s.y, self.batch_size, self.criterion, self.precision)
-            rows.append(torch.stack([sums[0] / sums[2], 100.0 * sums[1] / sums[2]]))
-        return torch.cat(rows)
+            sums += batched_sums(self.forward, s.x, s.y, self.batch_size, self.criterion, self.precision)
+        return torch.stack(sums).mul_(self.scale)
 
 
 def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np.ndarray, n_metrics: int,
@@ -109,7 +113,8 @@ def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np
 
     Rank 0 alone opens the file (`open_writer`) and tells the others which points are done. Pending points
     are dealt round-robin; in each round every rank evaluates up to k of its points, then one SUM reduction
-    brings the round's rows (and the ranks' seconds per point) to rank 0, which writes and flushes them.
+    (each row is non-zero on one rank only) brings the round's rows and the ranks' seconds per point to
+    rank 0, which writes and flushes them.
     k starts at 1 and is re-chosen after every round so that a round takes about `flush_seconds`; all ranks
     derive it from the same reduced number, so they always agree on the number of rounds.
     """
@@ -128,24 +133,21 @@ def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np
         bar = tqdm(total=len(points), initial=len(points) - len(pending), desc="surface", unit="pt",
                    disable=not (progress and info.is_main), dynamic_ncols=True)
         start, k, computed = 0, 1, 0
-        width = n_metrics + 1  # metrics, then a 'this row was computed' flag
         while start < per_rank:
+            # Every rank evaluates all of its points of the round, so every row of the chunk gets filled.
             chunk = pending[start * info.world_size:(start + k) * info.world_size]
-            payload = torch.zeros(len(chunk) * width + 1, dtype=torch.float64, device=info.device)
-            rows = payload[:-1].view(len(chunk), width)
+            payload = torch.zeros(len(chunk) * n_metrics + 1, dtype=torch.float64, device=info.device)
+            rows = payload[:-1].view(len(chunk), n_metrics)
             t0 = time.perf_counter()
             todo = mine[start:start + k]
             for j, p in enumerate(todo):
-                rows[j * info.world_size + info.rank, :n_metrics] = evaluator(tuple(float(c) for c in points[p]))
-                rows[j * info.world_size + info.rank, n_metrics] = 1.0
+                rows[j * info.world_size + info.rank] = evaluator(tuple(float(c) for c in points[p]))
             computed += len(todo)
             payload[-1] = (time.perf_counter() - t0) / max(1, len(todo))
             all_reduce_sum(payload)  # the only collective of the round
             if writer is not None:
-                rows_np = rows.cpu().numpy()
-                ok = rows_np[:, n_metrics] > 0
-                writer.write(chunk[ok], rows_np[ok, :n_metrics])
-                bar.update(int(ok.sum()))
+                writer.write(chunk, rows.cpu().numpy())
+                bar.update(len(chunk))
             start += k
             per_point = float(payload[-1]) / info.world_size
             k = int(max(1, min(4096, flush_seconds / max(per_point, 1e-9))))

@@ -150,34 +150,33 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: BatchPlan):
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
                     sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
                     info: DistInfo) -> dict[str, float]:
-    """One pass over this rank's shard; returns the running train loss/acc (train mode) and images/second."""
+    """One pass over this rank's shard; returns the running train loss (train mode) and images/second (all ranks)."""
     ddp_model.train()
     sampler.set_epoch(epoch)
     idx = torch.tensor(list(iter(sampler)), device=info.device)
     gen = torch.Generator(device=info.device).manual_seed(cfg.seed * 100_003 + epoch * 1009 + info.rank)
     precision = resolve_precision(cfg, info.device)
-    sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
     bar = tqdm(total=plan.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in range(plan.steps_per_epoch):
         batch = idx[step * plan.per_rank_batch_size:(step + 1) * plan.per_rank_batch_size]
-        sums += train_step(ddp_model, opt, sched, data, batch, plan, gen, precision, info)
+        train_step(ddp_model, opt, sched, data, batch, plan, gen, precision, info, loss_sum)
         bar.update()
     if info.device.type == "cuda":
         torch.cuda.synchronize(info.device)
     seconds = time.perf_counter() - t0
     bar.close()
-    loss_sum, correct, count = all_reduce_sum(sums).tolist()
-    return {"train_loss_running": loss_sum / count, "train_acc_running": 100 * correct / count,
+    count = plan.steps_per_epoch * plan.global_batch_size
+    return {"train_loss_running": float(all_reduce_sum(loss_sum)) / count,
             "images_per_second": count / seconds, "train_seconds": seconds}
 
 
 def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset, batch: Tensor,
-               plan: BatchPlan, gen: torch.Generator, precision: str, info: DistInfo) -> Tensor:
+               plan: BatchPlan, gen: torch.Generator, precision: str, info: DistInfo, loss_sum: Tensor) -> None:
     """One optimizer step on this rank's `batch` of train indices, accumulating over micro-batches under
-    no_sync(); returns [loss_sum, correct, count] of the step (train mode), on the device."""
-    sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+    no_sync(); adds the step's summed loss to `loss_sum` (one kernel: the step must stay as lean as a bare loop)."""
     for micro in range(plan.accumulation_steps):
         mb = batch[micro * plan.micro_batch_size:(micro + 1) * plan.micro_batch_size]
         x, y = data.x_train[mb], data.y_train[mb]
@@ -192,13 +191,10 @@ def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, dat
                 out = ddp_model(x)
             loss = nn.functional.cross_entropy(out.float(), y)
             (loss / plan.accumulation_steps).backward()
-        sums[0] += loss.detach().double() * len(mb)
-        sums[1] += (out.argmax(1) == y).sum()
-        sums[2] += len(mb)
+        loss_sum.add_(loss.detach(), alpha=len(mb))
     opt.step()
     opt.zero_grad(set_to_none=True)
     sched.step()
-    return sums
 
 
 def evaluate(model: nn.Module, data: Dataset, info: DistInfo, batch_size: int, precision: str = "fp32"

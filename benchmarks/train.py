@@ -1,0 +1,88 @@
+"""Trainer benchmark: images/second of trainers.train's training step against a bare PyTorch loop.
+
+  python benchmarks/train.py
+
+Same model, data tensors, global batch, optimizer and threads, one process, measured side by side in this run:
+  trainer: trainers.ddp.train_one_epoch (the code `python -m trainers.train` runs), its own timing
+  bare:    for each batch: x[idx] -> forward -> cross_entropy -> backward -> SGD step -> zero_grad
+Epochs alternate between the two; the best epoch of each counts. Prints the ratios, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from landscape.distributed import DistInfo
+from trainers.data import load_dataset
+from trainers.ddp import TrainConfig, make_optimizer, make_plan, train_one_epoch
+from trainers.models import build_model
+
+CASES = {  # name: (dataset, dataset kwargs, model, model kwargs, global batch)
+    "mlp": ("mnist1d", {}, "mlp", {"hidden": [100, 100]}, 128),
+    "resnet20": ("synthetic", {"n_train": 2048, "n_test": 16, "num_classes": 10, "input_shape": [3, 32, 32]},
+                 "resnet20", {}, 128),
+}
+
+
+def bare_epoch(model, opt, x, y, batch: int, gen: torch.Generator) -> float:
+    """A plain training loop over one epoch; returns images/second."""
+    model.train()
+    order = torch.randperm(len(x), generator=gen)
+    steps = len(x) // batch
+    t0 = time.perf_counter()
+    for i in range(steps):
+        idx = order[i * batch:(i + 1) * batch]
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def run_case(name: str, epochs: int) -> dict:
+    dataset, dkw, model_name, mkw, batch = CASES[name]
+    data = load_dataset(dataset, **dkw)
+    info = DistInfo(0, 0, 1, torch.device("cpu"))
+    cfg = TrainConfig(out="", dataset=dataset, data_kwargs=dkw, model=model_name, model_kwargs=mkw, batch_size=batch,
+                      epochs=epochs, lr=0.01, progress=False)
+    plan = make_plan(cfg, 1, len(data.x_train))
+    torch.manual_seed(0)
+    ours = build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape, **mkw)
+    bare = build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape, **mkw)
+    bare.load_state_dict(ours.state_dict())
+    opt, sched = make_optimizer(ours, cfg, plan)
+    bare_opt = torch.optim.SGD(bare.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    sampler = DistributedSampler(range(len(data.x_train)), num_replicas=1, rank=0, shuffle=True, seed=0,
+                                 drop_last=True)
+    gen = torch.Generator().manual_seed(0)
+    best_ours, best_bare = 0.0, 0.0
+    for epoch in range(epochs):
+        rec = train_one_epoch(ours, opt, sched, data, sampler, plan, cfg, epoch, info)
+        best_ours = max(best_ours, rec["images_per_second"])
+        best_bare = max(best_bare, bare_epoch(bare, bare_opt, data.x_train, data.y_train, batch, gen))
+    return {"trainer_images_per_s": best_ours, "bare_images_per_s": best_bare, "ratio": best_ours / best_bare,
+            "batch_size": batch, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--epochs", type=int, default=5, help="alternating epochs per side")
+    args = p.parse_args()
+    results = {}
+    for name in args.cases:
+        r = run_case(name, args.epochs)
+        results[name] = r
+        print(f"{name:>9}: trainer {r['trainer_images_per_s']:9.0f} img/s  bare loop {r['bare_images_per_s']:9.0f} "
+              f"img/s  ratio {r['ratio']:.3f}  (batch {r['batch_size']}, {r['threads']} threads)", flush=True)
+    print(json.dumps({"ratio": round(min(r["ratio"] for r in results.values()), 3), "per_case": results,
+                      "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
