@@ -31,7 +31,8 @@ MODELS = {  # name: (dataset, dataset kwargs, model, model kwargs, eval batch, g
 
 
 def make_checkpoint(name: str, folder: str) -> str:
-    from trainers.checkpoint import make_checkpoint as make, save_checkpoint
+    from trainers.checkpoint import make_checkpoint as make
+    from trainers.checkpoint import save_checkpoint
     from trainers.data import load_dataset
     from trainers.models import build_model
 
@@ -47,8 +48,8 @@ def make_checkpoint(name: str, folder: str) -> str:
 def worker(args: argparse.Namespace) -> None:
     """Times the engine (and, in one process, the ceiling) on the grid; rank 0 prints one JSON line."""
     from landscape.distributed import cleanup_distributed, init_distributed
-    from landscape.runner import SurfaceConfig, load_eval_sets, make_directions, surface_path
     from landscape.io import SurfaceWriter, create_surface, metric_names
+    from landscape.runner import SurfaceConfig, load_eval_sets, make_directions, surface_path
     from landscape.surface import PointEvaluator, compute_surface, grid_points, parse_range
     from trainers.checkpoint import load_model
 
@@ -136,15 +137,17 @@ def main() -> None:
             ckpt = make_checkpoint(name, tmp)
             one = launch(name, ckpt, tmp, 1, cores, args.repeats)
             two = launch(name, ckpt, tmp, 2, max(1, cores // 2), args.repeats)
-            row = {"engine_points_per_s": one["engine_points_per_s"], "ceiling_points_per_s": one["ceiling_points_per_s"],
+            row = {"engine_points_per_s": one["engine_points_per_s"],
+                   "ceiling_points_per_s": one["ceiling_points_per_s"],
                    "ratio_to_ceiling": one["engine_points_per_s"] / one["ceiling_points_per_s"],
                    "two_process_points_per_s": two["engine_points_per_s"],
                    "two_process_speedup": two["engine_points_per_s"] / one["engine_points_per_s"],
                    "grid_points": one["points"], "samples_per_point": one["samples_per_point"],
                    "batch_size": one["batch_size"]}
             summary[name] = row
-            print(f"{name:>9}: engine {row['engine_points_per_s']:8.2f} pt/s  ceiling {row['ceiling_points_per_s']:8.2f} "
-                  f"pt/s  ratio {row['ratio_to_ceiling']:.3f}  |  2 procs x {max(1, cores // 2)} thread "
+            print(f"{name:>9}: engine {row['engine_points_per_s']:8.2f} pt/s  "
+                  f"ceiling {row['ceiling_points_per_s']:8.2f} pt/s  ratio {row['ratio_to_ceiling']:.3f}  |  "
+                  f"2 procs x {max(1, cores // 2)} thread "
                   f"{row['two_process_points_per_s']:8.2f} pt/s vs 1 proc x {cores} threads: speedup "
                   f"{row['two_process_speedup']:.2f}  ({row['grid_points']} points x {row['samples_per_point']} "
                   f"samples, batch {row['batch_size']})", flush=True)

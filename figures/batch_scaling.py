@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for bs in p.batch_sizes:
         r = cached_run(p, bs, data, info, args.out)
         results.append(r)
-        print(f"batch {bs:>5}: lr {r['lr']:.4g}  {r['images_per_second']:>9.0f} img/s  steps to target "
-              f"{r['steps_to_target'] if r['steps_to_target'] is not None else 'not reached in ' + str(r['steps_run'])}",
+        steps = r["steps_to_target"] if r["steps_to_target"] is not None else f"not reached in {r['steps_run']}"
+        print(f"batch {bs:>5}: lr {r['lr']:.4g}  {r['images_per_second']:>9.0f} img/s  steps to target {steps}",
               flush=True)
     noise = next(r["noise"] for r in results if r["batch_size"] == p.noise_batch)
     critical = b_simple(noise)

@@ -28,6 +28,18 @@ _USER_ERRORS = (UserError, ValueError, KeyError, FileNotFoundError, PermissionEr
                 IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
+def check_writable(folder: str) -> None:
+    """Create `folder` if needed and fail early, before any work, if a file cannot be written in it."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write_test_{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write to output folder {folder} ({exc.strerror}); choose a writable --out") from None
+
+
 def error_message(exc: BaseException) -> str:
     """The one-line text of a user-facing exception."""
     if isinstance(exc, OSError) and exc.filename is not None:

@@ -30,7 +30,8 @@ def add_surface_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
                    help="bf16 autocast is faster on GPUs; fp32 is what the stored numbers default to")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
-    g.add_argument("--data-dir", default=None, help="folder of torchvision datasets (default $LANDSCAPE_DATA or ./data)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder of torchvision datasets (default $LANDSCAPE_DATA or ./data)")
     g.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on large grids)")
     g.add_argument("--flush-seconds", type=float, default=d.flush_seconds,
@@ -45,7 +46,8 @@ def add_surface_args(p: argparse.ArgumentParser) -> None:
 def surface_config(args: argparse.Namespace, checkpoint: str, **overrides: Any) -> SurfaceConfig:
     d = SurfaceConfig(checkpoint="")
     fields = dict(checkpoint=checkpoint, out=args.out, x=args.x, y=getattr(args, "y", None),
-                  directions_file=args.directions_file, dir_type=args.dir_type or d.dir_type, norm=args.norm, ignore=args.ignore,
+                  directions_file=args.directions_file, dir_type=args.dir_type or d.dir_type, norm=args.norm,
+                  ignore=args.ignore,
                   seed=args.seed, orthogonal=args.orthogonal, splits=tuple(args.splits), samples=args.samples,
                   loss=args.loss, batch_size=args.batch_size, precision=args.precision, device=args.device,
                   data_dir=args.data_dir, download=args.download, compile=args.compile,

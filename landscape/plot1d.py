@@ -45,8 +45,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     interp = len(args.sources) == 2 and len(ckpts) == 2 and not args.overlay
     x = args.x or ("-0.5:1.5:41" if interp else "-1:1:51")
     # Interpolating BatchNorm networks needs their running statistics too, or alpha=1 would not be model B.
-    jobs = [surface_config(args, ckpts[0], x=x, target=ckpts[1], y=None, dir_type=args.dir_type or "states")] if interp \
-        else [surface_config(args, c, x=x, y=None) for c in ckpts]
+    if interp:
+        jobs = [surface_config(args, ckpts[0], x=x, target=ckpts[1], y=None, dir_type=args.dir_type or "states")]
+    else:
+        jobs = [surface_config(args, c, x=x, y=None) for c in ckpts]
     paths = {s: s for s in args.sources if s.endswith(".h5")}
     if jobs:
         info = init_distributed(jobs[0].device)

@@ -12,14 +12,13 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from landscape.cli import UserError
-from landscape.directions import (DirectionSpec, check_compatible, create_random_directions, target_direction)
+from landscape.cli import UserError, check_writable
+from landscape.directions import DirectionSpec, check_compatible, create_random_directions, target_direction
 from landscape.distributed import DistInfo, run_on_main
 from landscape.evaluation import get_criterion
-from landscape.io import (SurfaceWriter, create_surface, directions_sha256, metric_names, read_directions)
+from landscape.io import SurfaceWriter, create_surface, directions_sha256, metric_names, read_directions
 from landscape.params import Params, model_tensors, snapshot
 from landscape.surface import EvalSet, PointEvaluator, compute_surface, grid_points, parse_range, select_samples
 from trainers.checkpoint import file_sha256, load_data_for, load_model
@@ -153,22 +152,4 @@ def run_surface(cfg: SurfaceConfig, info: DistInfo) -> dict[str, Any]:
 
 def check_output_folder(folder: str, info: DistInfo) -> None:
     """Create the output folder on rank 0 and fail early, on every rank, if it cannot be written."""
-
-    def probe() -> None:
-        try:
-            os.makedirs(folder, exist_ok=True)
-            test = os.path.join(folder, f".write_test_{os.getpid()}")
-            with open(test, "w"):
-                pass
-            os.remove(test)
-        except OSError as exc:
-            raise UserError(f"cannot write to output folder {folder} ({exc.strerror}); choose a writable --out") from None
-
-    run_on_main(probe, info)
-
-
-def centre_summary(surface_values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray | None) -> dict[str, float]:
-    """The metrics at the grid point closest to (0, 0)."""
-    i = int(np.argmin(np.abs(x)))
-    j = None if y is None else int(np.argmin(np.abs(y)))
-    return {k: float(v[i] if j is None else v[i, j]) for k, v in surface_values.items()}
+    run_on_main(lambda: check_writable(folder), info)

@@ -42,7 +42,8 @@ def parse_range(spec: str, flag: str = "--x") -> np.ndarray:
     if num < 2:
         raise ValueError(f"{flag}={spec!r}: NUM must be at least 2; write e.g. {flag}={lo:g}:{hi:g}:51")
     if lo >= hi:
-        raise ValueError(f"{flag}={spec!r}: MIN must be below MAX; write e.g. {flag}={min(lo, hi):g}:{max(lo, hi):g}:{num}")
+        raise ValueError(f"{flag}={spec!r}: MIN must be below MAX; write e.g. "
+                         f"{flag}={min(lo, hi):g}:{max(lo, hi):g}:{num}")
     return np.linspace(lo, hi, num)
 
 

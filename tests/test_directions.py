@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from landscape.directions import (DirectionSpec, create_random_directions, normalize_direction, orthogonalize,
-                                  target_direction)
+from landscape.directions import (
+    DirectionSpec,
+    create_random_directions,
+    normalize_direction,
+    orthogonalize,
+    target_direction,
+)
 from landscape.params import dot, model_tensors, snapshot
 from trainers.models import build_model
 

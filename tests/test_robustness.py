@@ -247,7 +247,8 @@ CASES = [  # (module, argv template, words the error must contain)
 ]
 
 
-@pytest.mark.parametrize("module, argv, words", CASES, ids=[f"{c[0].split('.')[1]}-{' '.join(c[1])[:40]}" for c in CASES])
+@pytest.mark.parametrize("module, argv, words", CASES,
+                         ids=[f"{c[0].split('.')[1]}-{' '.join(c[1])[:40]}" for c in CASES])
 def test_bad_input_gives_one_line_nonzero_exit_and_changes_nothing(bad_inputs, capsys, module, argv, words):
     argv = [a.format(**bad_inputs) for a in argv]
     before = _tree_digest(bad_inputs["dir"])

@@ -130,7 +130,8 @@ def test_mismatched_resume_is_refused_and_the_file_kept(mlp_ckpt, mlp_ckpt_b, tm
 def test_directions_from_a_file_are_reused_and_checked(mlp_ckpt, mlp_ckpt_b, bn_ckpt, tmp_path):
     first = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", seed=5), SINGLE)["path"]
     again = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", name="reuse", directions_file=first), SINGLE)
-    np.testing.assert_array_equal(read_surface(first).values["test_loss"], read_surface(again["path"]).values["test_loss"])
+    np.testing.assert_array_equal(read_surface(first).values["test_loss"],
+                                  read_surface(again["path"]).values["test_loss"])
     with pytest.raises(ValueError, match="another model"):
         run_surface(_cfg(bn_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", directions_file=first), SINGLE)
 

@@ -1,6 +1,6 @@
 import json
-from dataclasses import replace
 import os
+from dataclasses import replace
 
 import pytest
 import torch

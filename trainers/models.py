@@ -38,7 +38,8 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise KeyError(f"cannot import model {name!r} ({exc}); give an importable package.module:callable")
+            raise KeyError(f"cannot import model {name!r} ({exc}); "
+                           "give an importable package.module:callable") from None
         if not callable(fn):
             raise KeyError(f"model {name!r} is not callable")
         return fn

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from landscape.cli import ArgumentParser, DefaultsFormatter, UserError, run_cli
+from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run_cli
 from landscape.distributed import cleanup_distributed, init_distributed
 from trainers.ddp import TrainConfig, fit
 
@@ -23,7 +23,7 @@ def json_dict(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} (example: '{{\"hidden\": [256, 256]}}')")
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} (example: '{{\"hidden\": [256, 256]}}')") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
@@ -35,12 +35,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default=d.dataset, help="mnist1d, synthetic, cifar10, cifar100, mnist, fashion-mnist")
     g.add_argument("--data-kwargs", type=json_dict, default={}, help="JSON options of the dataset")
-    g.add_argument("--data-dir", default=None, help="folder of torchvision datasets (default $LANDSCAPE_DATA or ./data)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder of torchvision datasets (default $LANDSCAPE_DATA or ./data)")
     g.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     g.add_argument("--model", default=d.model, help="registered name (see trainers.models) or package.module:callable")
     g.add_argument("--model-kwargs", type=json_dict, default={}, help="JSON keyword arguments of the model")
     g = p.add_argument_group("optimization")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (all ranks, all micro-batches)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="global batch size (all ranks, all micro-batches)")
     g.add_argument("--micro-batch-size", type=int, default=None, help="largest per-rank forward; larger per-rank "
                    "batches use gradient accumulation")
     g.add_argument("--epochs", type=int, default=d.epochs)
@@ -82,18 +84,6 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
               "progress": not args.no_progress}
     fields.update(overrides)
     return TrainConfig(**fields)
-
-
-def check_writable(folder: str) -> None:
-    """Fail early, before any training, if the output folder cannot be created or written."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".write_test_{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as exc:
-        raise UserError(f"cannot write to output folder {folder} ({exc.strerror}); choose a writable --out") from None
 
 
 def get_parser(add_help: bool = True) -> argparse.ArgumentParser:
