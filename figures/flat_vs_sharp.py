@@ -69,7 +69,7 @@ def train_runs(p: Preset, out: str, info: DistInfo, device: str) -> dict[tuple[i
     base = TrainConfig(out="", dataset=p.dataset, data_kwargs=p.data_kwargs, model=p.model,
                        model_kwargs=p.model_kwargs, epochs=p.epochs, lr=p.lr, schedule=p.schedule,
                        milestones=p.milestones, micro_batch_size=p.micro_batch_size, eval_every=p.epochs,
-                       save_every=p.epochs, device=device)
+                       save_every=p.epochs, log_every=max(1, p.epochs // 5), progress=False, device=device)
     outs = sweep(base, os.path.join(out, "runs"), p.batch_sizes, p.weight_decays, info)
     keys = [(bs, wd) for bs in p.batch_sizes for wd in p.weight_decays]
     return {k: os.path.join(o, "last.pt") for k, o in zip(keys, outs)}

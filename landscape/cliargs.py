@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from landscape.distributed import DistInfo, print0
+from landscape.distributed import DistInfo
 from landscape.runner import SurfaceConfig, check_output_folder, run_surface
 
 
@@ -57,12 +57,12 @@ def surface_config(args: argparse.Namespace, checkpoint: str, **overrides: Any) 
 
 
 def compute(cfg: SurfaceConfig, info: DistInfo) -> dict[str, Any]:
-    """run_surface with timing and a one-line report on rank 0."""
+    """run_surface, timed; result["report"] is a one-line summary for the CLI to print."""
     check_output_folder(cfg.out, info)
     t0 = time.perf_counter()
     result = run_surface(cfg, info)
     seconds = time.perf_counter() - t0
     procs = f" on {info.world_size} processes" if info.is_distributed else ""
-    print0(f"computed {result['computed']} of {result['total']} points ({result['already_done']} already done) "
-           f"in {seconds:.1f}s{procs} -> {result['path']}")
-    return {**result, "seconds": seconds}
+    report = (f"computed {result['computed']} of {result['total']} points ({result['already_done']} already done) "
+              f"in {seconds:.1f}s{procs} -> {result['path']}")
+    return {**result, "seconds": seconds, "report": report}

@@ -10,6 +10,7 @@ so every rank follows the same iterations and gets the same answer.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,9 +58,11 @@ class HessianOperator:
         """H v for a flat vector v (float64 in and out; products are computed in the model's dtype)."""
         tangent = self._unflatten(v.to(self.device, self.dtype))
         total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
-        for xb, yb in self.batches:
-            _, hv = jvp(lambda p: self._grad(p, xb, yb), (self.params,), (tangent,))  # noqa: B023
-            total += torch.cat([hv[n].reshape(-1) for n in self.names]).double()
+        with warnings.catch_warnings():  # torch's own forward-AD decompositions still call torch.jit.script
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+            for xb, yb in self.batches:
+                _, hv = jvp(lambda p: self._grad(p, xb, yb), (self.params,), (tangent,))  # noqa: B023
+                total += torch.cat([hv[n].reshape(-1) for n in self.names]).double()
         return all_reduce_sum(total) / self.count
 
     def linear_operator(self) -> LinearOperator:

@@ -54,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         info = init_distributed(jobs[0].device)
         try:
             for cfg in jobs:
-                paths[cfg.checkpoint] = compute(cfg, info)["path"]
+                result = compute(cfg, info)
+                paths[cfg.checkpoint] = result["path"]
+                if info.is_main:
+                    print(result["report"], flush=True)
         finally:
             cleanup_distributed()
         if not info.is_main:

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from landscape import render
     from landscape.io import read_surface
 
-    path = args.source
+    path, report = args.source, f"re-plotted {args.source}"
     if not path.endswith(".h5"):
         cfg = surface_config(args, path)
         info = init_distributed(cfg.device)
@@ -44,13 +44,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             cleanup_distributed()
         if not info.is_main:
             return
-        path = result["path"]
+        path, report = result["path"], result["report"]
     surface = read_surface(path)
     if not surface.is_2d:
         raise ValueError(f"{path} holds a 1D curve; plot it with python -m landscape.plot1d {path}")
     files = render.render_2d(surface, render.stem_for(path), render.describe(surface), args.vmax, args.levels,
                              args.formats)
-    print(f"figures: {len(files)} files {render.stem_for(path)}_*.{{{','.join(args.formats)}}} "
+    print(f"{report}; {len(files)} figures {render.stem_for(path)}_*.{{{','.join(args.formats)}}} "
           f"({100 * render.done_fraction(surface):.0f}% of points done)", flush=True)
 
 

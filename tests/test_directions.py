@@ -95,3 +95,17 @@ def test_target_direction_interpolates_between_checkpoints():
         assert torch.allclose(ta[k] + 1.0 * d[k], tb[k], atol=1e-6)
     with pytest.raises(ValueError, match="same architecture"):
         target_direction(ta, snapshot(model_tensors(build_model("cnn1d"))))
+
+
+def test_direction_file_round_trip_keyed_by_name(resnet, tmp_path):
+    from landscape.io import directions_sha256, read_directions, save_directions
+
+    theta = snapshot(model_tensors(resnet))
+    dirs = create_random_directions(theta, 2, DirectionSpec(seed=4))
+    save_directions(str(tmp_path / "d.h5"), dirs, {"seed": 4})
+    back = read_directions(str(tmp_path / "d.h5"))
+    assert len(back) == 2 and set(back[0]) == set(theta)
+    for a, b in zip(dirs, back):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert directions_sha256(dirs) == directions_sha256(back)

@@ -60,6 +60,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     eval_every: int = 1
     save_every: int = 10
+    log_every: int = 1  # epochs between printed lines (metrics.jsonl gets every epoch)
     resume: bool = False
     progress: bool = True
 
@@ -74,7 +75,8 @@ class TrainConfig:
                   (self.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16"),
                   (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
                   (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
-                  (self.eval_every >= 1 and self.save_every >= 1, "--eval-every/--save-every must be >= 1")]
+                  (min(self.eval_every, self.save_every, self.log_every) >= 1,
+                   "--eval-every/--save-every/--log-every must be >= 1")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -82,7 +84,7 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that define the run: a resume must match them all."""
         skip = {"out", "data_dir", "download", "device", "compile", "eval_batch_size", "eval_every",
-                "save_every", "resume", "progress"}
+                "save_every", "log_every", "resume", "progress"}
         return {k: v for k, v in _plain(dataclasses.asdict(self)).items() if k not in skip}
 
 
@@ -327,7 +329,8 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
             ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
             _append_jsonl(log_path, record)
-            print0(_format_record(record, cfg.epochs))
+            if done % cfg.log_every == 0 or done == cfg.epochs:
+                print0(_format_record(record, cfg.epochs))
     return ckpt
 
 

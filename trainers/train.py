@@ -67,6 +67,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between full train/test evaluations")
     g.add_argument("--save-every", type=int, default=d.save_every, help="epochs between kept epoch_N.pt files "
                    "(last.pt is written every epoch)")
+    g.add_argument("--log-every", type=int, default=d.log_every, help="epochs between printed lines")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -80,7 +81,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
               "gamma": args.gamma, "warmup_epochs": args.warmup_epochs, "scale_lr": args.scale_lr,
               "base_batch_size": args.base_batch_size, "seed": args.seed, "precision": args.precision,
               "device": args.device, "compile": args.compile, "eval_batch_size": args.eval_batch_size,
-              "eval_every": args.eval_every, "save_every": args.save_every, "resume": args.resume,
+              "eval_every": args.eval_every, "save_every": args.save_every, "log_every": args.log_every,
+              "resume": args.resume,
               "progress": not args.no_progress}
     fields.update(overrides)
     return TrainConfig(**fields)
