@@ -22,7 +22,7 @@ from trainers.ddp import fit
 
 # ------------------------------------------------------------------------------------------- kills
 
-GRID = ["--x=-1:1:25", "--y=-1:1:25", "--no-progress", "--formats", "png", "--flush-seconds", "0.05"]
+GRID = ["--x=-1:1:21", "--y=-1:1:21", "--no-progress", "--formats", "png", "--flush-seconds", "0.05"]
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,8 @@ def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, dat
             with autocast_context(info.device, precision):
                 out = ddp_model(x)
             loss = nn.functional.cross_entropy(out.float(), y)
-            (loss / plan.accumulation_steps).backward()
+            # mean over the per-rank batch; no extra division kernel when there is nothing to accumulate
+            (loss if plan.accumulation_steps == 1 else loss / plan.accumulation_steps).backward()
         loss_sum.add_(loss.detach(), alpha=len(mb))
     opt.step()
     opt.zero_grad(set_to_none=True)
