@@ -276,8 +276,9 @@ def _truncate_log(path: str, keep_epochs: int) -> None:
     os.replace(path + ".tmp", path)
 
 
-def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
-    """Train (or resume) the run described by cfg; returns the final checkpoint dict (on every rank)."""
+def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
+    """Train (or resume) the run described by cfg; returns the final checkpoint dict on rank 0 (None on the
+    other ranks, unless the run was already complete)."""
     state = _resume_state(cfg)
     data = _to_device(load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.data_kwargs), info.device)
     torch.manual_seed(cfg.seed)
@@ -323,9 +324,9 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         done = epoch + 1
         if done % cfg.eval_every == 0 or done == cfg.epochs:
             metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
-        ckpt = _checkpoint(model, cfg, plan, data, done, step, metrics, opt, sched)
         record = {"epoch": done, "step": step, "lr": lr, **run, **metrics, "wall_seconds": time.perf_counter() - t0}
-        if info.is_main:
+        if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
+            ckpt = _checkpoint(model, cfg, plan, data, done, step, metrics, opt, sched)
             if done % cfg.save_every == 0 or done == cfg.epochs:
                 ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
             ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
