@@ -26,7 +26,7 @@ import torch
 MODELS = {  # name: (dataset, dataset kwargs, model, model kwargs, eval batch, grid points per axis)
     "resnet20": ("synthetic", {"n_train": 512, "n_test": 16, "num_classes": 10, "input_shape": [3, 32, 32]},
                  "resnet20", {}, 256, 5),
-    "mlp": ("mnist1d", {}, "mlp", {"hidden": [100, 100]}, 1000, 15),
+    "mlp": ("mnist1d", {}, "mlp", {"hidden": [100, 100]}, 1000, 51),  # the paper's 51x51 grid
 }
 
 
