@@ -107,11 +107,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """rank `src`'s Python object on every rank (pickled by torch.distributed; our own data only)."""
@@ -121,10 +116,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     dist.broadcast_object_list(box, src=src)
     return box[0]
 
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def run_on_main(fn: Any, info: DistInfo) -> Any:

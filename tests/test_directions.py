@@ -8,7 +8,7 @@ from landscape.directions import (
     orthogonalize,
     target_direction,
 )
-from landscape.params import dot, model_tensors, snapshot
+from landscape.params import dot, model_tensors, norm, snapshot
 from trainers.models import build_model
 
 
@@ -79,6 +79,7 @@ def test_orthogonalize_after_normalization(resnet):
     assert abs(dot(d1, d2)) < 1e-6 * dot(d1, d1)
     d2b = orthogonalize(d2, d1)
     assert abs(dot(d1, d2b)) < 1e-6 * dot(d1, d1)
+    assert 0 < norm(d2) <= norm(create_random_directions(theta, 2, DirectionSpec(seed=1))[1])  # projection shrinks
 
 
 def test_states_directions_cover_batchnorm_statistics(resnet):
