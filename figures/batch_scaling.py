@@ -12,8 +12,6 @@ summary.csv and noise_scale.csv.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -26,6 +24,7 @@ import torch
 from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
 from landscape.distributed import DistInfo, init_distributed
 from landscape.evaluation import evaluate
+from landscape.records import read_cached, write_cached, write_csv
 from trainers.data import Dataset, load_dataset
 from trainers.ddp import TrainConfig, make_optimizer, make_plan, train_step
 from trainers.models import build_model
@@ -96,16 +95,10 @@ def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_no
 def cached_run(p: Preset, bs: int, data: Dataset, info: DistInfo, out: str) -> dict[str, Any]:
     path = os.path.join(out, "runs", f"bs{bs}.json")
     key = {**asdict(p), "batch_size": bs}
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored.get("key") == json.loads(json.dumps(key)):
-            return stored["result"]
-    result = run_batch_size(p, bs, data, info, measure_noise=bs == p.noise_batch)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"key": key, "result": result}, f)
-    os.replace(path + ".tmp", path)
+    result = read_cached(path, key)
+    if result is None:
+        result = run_batch_size(p, bs, data, info, measure_noise=bs == p.noise_batch)
+        write_cached(path, key, result)
     return result
 
 
@@ -157,14 +150,6 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
         fig.tight_layout()
         files += render.save(fig, os.path.join(out, name))
     return files
-
-
-def write_csv(path: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    with open(path + ".tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(path + ".tmp", path)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

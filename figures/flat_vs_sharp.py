@@ -11,7 +11,6 @@ files behind every panel. Rerunning reuses everything already finished.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
 from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
 from landscape.hessian import width_1d
 from landscape.io import Surface, read_surface
+from landscape.records import write_csv
 from landscape.runner import SurfaceConfig, check_output_folder, run_surface
 from landscape.sharpness import measure_sharpness
 from trainers.ddp import TrainConfig
@@ -159,11 +159,8 @@ def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, floa
 
 
 def write_table(rows: list[dict[str, Any]], path: str) -> str:
-    with open(path + ".tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    os.replace(path + ".tmp", path)
+    """summary.csv, and the same table as text for the terminal."""
+    write_csv(path, rows, COLUMNS, float_format=".6g")
     head = " ".join(f"{c:>12}" for c in COLUMNS)
     body = "\n".join(" ".join(f"{r[c]:>12.4g}" if isinstance(r[c], float) else f"{r[c]:>12}" for c in COLUMNS)
                      for r in rows)

@@ -3,12 +3,11 @@ evaluation data as its surfaces, with the data split across ranks; cached as JSO
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 from landscape.distributed import DistInfo, run_on_main
 from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace
+from landscape.records import read_cached, write_cached
 from landscape.surface import select_samples
 from trainers.checkpoint import file_sha256, load_data_for, load_model
 
@@ -19,11 +18,9 @@ def measure_sharpness(checkpoint: str, info: DistInfo, split: str = "train", sam
     """Hessian spectrum ends and trace of the mean loss on `split` (a fixed subset of `samples` if given)."""
     key = {"checkpoint_sha256": file_sha256(checkpoint), "split": split, "samples": samples, "k": k,
            "trace_samples": trace_samples, "seed": seed}
-    if cache and os.path.exists(cache):
-        with open(cache) as f:
-            stored = json.load(f)
-        if stored.get("key") == key:
-            return stored["result"]
+    cached = read_cached(cache, key) if cache else None
+    if cached is not None:
+        return cached
     model, ckpt = load_model(checkpoint)
     x, y = select_samples(*load_data_for(ckpt).split(split), samples, split)
     shard = slice(info.rank, None, info.world_size)
@@ -34,11 +31,5 @@ def measure_sharpness(checkpoint: str, info: DistInfo, split: str = "train", sam
               "lambda_min_converged": eig.min_converged, "trace": tr.estimate,
               "trace_stderr": tr.stderr, "hvp_count": eig.matvecs + trace_samples, "parameters": op.dim}
     if cache:
-        def write() -> None:
-            os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
-            with open(cache + ".tmp", "w") as f:
-                json.dump({"key": key, "result": result}, f, indent=2)
-            os.replace(cache + ".tmp", cache)
-
-        run_on_main(write, info)
+        run_on_main(lambda: write_cached(cache, key, result), info)
     return result
