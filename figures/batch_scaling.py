@@ -45,6 +45,7 @@ class Preset:
     data_kwargs: dict[str, Any] = field(default_factory=dict)
     noise_batch: int = 64  # the run in which the noise scale is measured
     noise_every: int = 20  # steps between noise measurements
+    noise_micro_batches: int = 32  # micro-batches per measurement: fewer gave estimates 3x apart run to run
     seed: int = 0
 
 
@@ -80,7 +81,8 @@ def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_no
             train_seconds += time.perf_counter() - t0
             step += 1
             if measure_noise and step % p.noise_every == 0:
-                est = estimate_noise(model, data.x_train, data.y_train, min(bs, 64), noise_gen)
+                est = estimate_noise(model, data.x_train, data.y_train, min(bs, 64), noise_gen,
+                                     p.noise_micro_batches)
                 noise.append({"step": step, "g2": est.g2, "trace_sigma": est.trace_sigma, "b_simple": est.b_simple})
             model.eval()
             if evaluate(model, data.x_test, data.y_test, 4096).acc >= p.target_acc:

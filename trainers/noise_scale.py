@@ -31,6 +31,9 @@ def estimate_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, gen
     The model's .grad fields are left as they were."""
     if n_micro < 2:
         raise ValueError("n_micro must be >= 2")
+    if micro_batch * n_micro > len(x):
+        raise ValueError(f"{n_micro} micro-batches of {micro_batch} need {micro_batch * n_micro} samples, "
+                         f"but there are {len(x)}; use fewer or smaller micro-batches")
     params = [p for p in model.parameters() if p.requires_grad]
     idx = torch.randperm(len(x), generator=generator)[: micro_batch * n_micro].to(x.device)
     grads = []
