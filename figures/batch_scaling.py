@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
+from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run_cli
 from landscape.distributed import DistInfo, init_distributed
 from landscape.evaluation import evaluate
 from landscape.records import read_cached, write_cached, write_csv
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = init_distributed("cpu")
     if info.is_distributed:
         raise ValueError("figures.batch_scaling runs in one process; start it with python -m, not torchrun")
-    os.makedirs(args.out, exist_ok=True)
+    check_writable(args.out)
     data = load_dataset(p.dataset, **p.data_kwargs)
     results = []
     for bs in p.batch_sizes:
