@@ -34,6 +34,9 @@ def add_surface_args(p: argparse.ArgumentParser) -> None:
                    help="folder of torchvision datasets (default $LANDSCAPE_DATA or ./data)")
     g.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on large grids)")
+    g.add_argument("--points-per-pass", type=int, default=d.points_per_pass, metavar="K",
+                   help="evaluate K grid points per forward pass with torch.func.vmap; pays for small models "
+                   "on a GPU, not on a CPU (default 1)")
     g.add_argument("--flush-seconds", type=float, default=d.flush_seconds,
                    help="about how much work may be in flight between two flushes of the HDF5 file")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,6 +54,7 @@ def surface_config(args: argparse.Namespace, checkpoint: str, **overrides: Any) 
                   seed=args.seed, orthogonal=args.orthogonal, splits=tuple(args.splits), samples=args.samples,
                   loss=args.loss, batch_size=args.batch_size, precision=args.precision, device=args.device,
                   data_dir=args.data_dir, download=args.download, compile=args.compile,
+                  points_per_pass=args.points_per_pass,
                   flush_seconds=args.flush_seconds, progress=not args.no_progress, name=args.name)
     fields.update(overrides)
     return SurfaceConfig(**fields)

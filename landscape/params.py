@@ -65,6 +65,7 @@ class PointSetter:
             raise ValueError(f"the covered tensors mix dtypes {sorted(map(str, dtypes))}; cast the model to one dtype")
         dtype, device = dtypes.pop(), tensors[0].device
         sizes = [t.numel() for t in tensors]
+        self.layout = [(k, t.shape) for k, t in zip(names, tensors)]
         self.flat = torch.empty(sum(sizes), dtype=dtype, device=device)
         with torch.no_grad():
             for t, view in zip(tensors, torch.split(self.flat, sizes)):
@@ -88,3 +89,21 @@ class PointSetter:
         for c, d in zip(coords[1:], self.dirs[1:]):
             if c != 0.0:
                 self.flat.add_(d, alpha=float(c))
+
+    @torch.no_grad()
+    def stacked(self, coords: Tensor) -> Params:
+        """theta0 + sum_i c_i d_i for K points at once, as named (K, *shape) views of one new (K, P) buffer.
+
+        `coords` is (K, n_directions); one broadcast multiply-add per direction. The model is not touched."""
+        if coords.ndim != 2 or coords.shape[1] != len(self.dirs):
+            raise ValueError(f"coordinates of shape {tuple(coords.shape)} for {len(self.dirs)} directions")
+        c = coords.to(device=self.flat.device, dtype=self.flat.dtype)
+        buf = self.theta0.expand(len(c), -1).clone()
+        for j, d in enumerate(self.dirs):
+            buf.addcmul_(c[:, j:j + 1], d)
+        out, start = {}, 0
+        for name, shape in self.layout:
+            n = shape.numel()
+            out[name] = buf[:, start:start + n].view(len(c), *shape)
+            start += n
+        return out

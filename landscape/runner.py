@@ -46,6 +46,7 @@ class SurfaceConfig:
     data_dir: str | None = None
     download: bool = False
     compile: bool = False
+    points_per_pass: int = 1  # > 1: several grid points per forward pass (torch.func.vmap)
     channels_last: bool | None = None  # default: on for image models
     flush_seconds: float = 2.0
     progress: bool = True
@@ -63,6 +64,10 @@ class SurfaceConfig:
             raise ValueError(f"unknown precision {self.precision!r}: use fp32 or bf16")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
+        if self.points_per_pass < 1:
+            raise ValueError(f"--points-per-pass must be >= 1, got {self.points_per_pass}")
+        if self.compile and self.points_per_pass > 1:
+            raise ValueError("--compile and --points-per-pass > 1 do not combine; pick one")
         get_criterion(self.loss)
 
     @property
@@ -144,7 +149,7 @@ def run_surface(cfg: SurfaceConfig, info: DistInfo) -> dict[str, Any]:
     evaluator = PointEvaluator(model, theta0, dirs, sets, cfg.dir_type, resolve_batch_size(cfg, info.device),
                                get_criterion(cfg.loss), cfg.precision,
                                channels_last=sets[0].x.ndim == 4 and cfg.channels_last is not False,
-                               compile=cfg.compile)
+                               compile=cfg.compile, points_per_pass=cfg.points_per_pass)
     counts = compute_surface(evaluator, grid_points(x, y), len(metrics), open_writer, info, cfg.flush_seconds,
                              cfg.progress)
     return {"path": path, **counts, "checkpoint_metrics": ckpt.get("metrics", {})}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from landscape.distributed import DistInfo, all_reduce_sum, run_on_main
@@ -80,11 +81,20 @@ class PointEvaluator:
 
     The model is deep-copied once; the copy's tensors are rewritten in place at each point (PointSetter), so
     the caller's model is never perturbed and nothing is allocated per point.
+
+    With `points_per_pass` K > 1, `many` evaluates K points per forward pass: torch.func.vmap over K stacked
+    weight sets (functional_call), the criterion vmapped alike. It pays where one point leaves the device idle
+    (small models on a GPU); on a CPU, sequential points are faster (benchmarks/surface.py measures both).
     """
 
     def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], sets: list[EvalSet],
                  dir_type: str = "weights", batch_size: int = 256, criterion: Criterion = cross_entropy_sums,
-                 precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                 points_per_pass: int = 1):
+        if points_per_pass < 1:
+            raise ValueError(f"--points-per-pass must be >= 1, got {points_per_pass}")
+        if compile and points_per_pass > 1:
+            raise ValueError("--compile and --points-per-pass > 1 do not combine; pick one")
         device = sets[0].x.device
         self.model = copy.deepcopy(model).to(device).eval()
         if channels_last:
@@ -92,6 +102,9 @@ class PointEvaluator:
         self.setter = PointSetter(model_tensors(self.model, dir_type), theta0, directions)
         self.forward: nn.Module = torch.compile(self.model) if compile else self.model
         self.sets, self.batch_size, self.criterion, self.precision = sets, batch_size, criterion, precision
+        self.points_per_pass = points_per_pass
+        self._forward_many = vmap(lambda w, xb: functional_call(self.model, w, (xb,)), in_dims=(0, None))
+        self._criterion_many = vmap(criterion, in_dims=(0, None))
         # sums -> means: [loss_sum, correct] per set times [1/n, 100/n]; one multiply per point
         self.scale = torch.tensor([f / len(s.x) for s in sets for f in (1.0, 100.0)], dtype=torch.float64,
                                   device=device)
@@ -106,6 +119,15 @@ class PointEvaluator:
             sums += batched_sums(self.forward, s.x, s.y, self.batch_size, self.criterion, self.precision)
         return torch.stack(sums).mul_(self.scale)
 
+    def many(self, coords: np.ndarray) -> Tensor:
+        """(K, n_metrics) for the K points of `coords` (K, n_directions), in one vmapped pass per batch."""
+        weights = self.setter.stacked(torch.as_tensor(coords))
+        sums = []
+        for s in self.sets:
+            sums += batched_sums(lambda xb: self._forward_many(weights, xb), s.x, s.y, self.batch_size,
+                                 self._criterion_many, self.precision, sample_dim=1)
+        return torch.stack(sums, dim=1).mul_(self.scale)
+
 
 def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np.ndarray, n_metrics: int,
                     open_writer: Callable[[], SurfaceWriter], info: DistInfo, flush_seconds: float = 2.0,
@@ -117,7 +139,8 @@ def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np
     (each row is non-zero on one rank only) brings the round's rows and the ranks' seconds per point to
     rank 0, which writes and flushes them.
     k starts at 1 and is re-chosen after every round so that a round takes about `flush_seconds`; all ranks
-    derive it from the same reduced number, so they always agree on the number of rounds.
+    derive it from the same reduced number, so they always agree on the number of rounds. An evaluator with
+    `points_per_pass` K > 1 is called as `evaluator.many` on up to K points at a time, and k is a multiple of K.
     """
     holder: dict[str, SurfaceWriter] = {}
 
@@ -133,7 +156,8 @@ def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np
         per_rank = math.ceil(len(pending) / info.world_size)
         bar = tqdm(total=len(points), initial=len(points) - len(pending), desc="surface", unit="pt",
                    disable=not (progress and info.is_main), dynamic_ncols=True)
-        start, k, computed = 0, 1, 0
+        group = getattr(evaluator, "points_per_pass", 1)  # points per call of evaluator.many
+        start, k, computed = 0, group, 0
         while start < per_rank:
             # Every rank evaluates all of its points of the round, so every row of the chunk gets filled.
             chunk = pending[start * info.world_size:(start + k) * info.world_size]
@@ -141,8 +165,13 @@ def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np
             rows = payload[:-1].view(len(chunk), n_metrics)
             t0 = time.perf_counter()
             todo = mine[start:start + k]
-            for j, p in enumerate(todo):
-                rows[j * info.world_size + info.rank] = evaluator(tuple(float(c) for c in points[p]))
+            for j in range(0, len(todo), group):
+                ids = todo[j:j + group]
+                at = np.arange(j, j + len(ids)) * info.world_size + info.rank
+                if group == 1:
+                    rows[int(at[0])] = evaluator(tuple(float(c) for c in points[ids[0]]))
+                else:
+                    rows[torch.as_tensor(at, device=rows.device)] = evaluator.many(points[ids])
             computed += len(todo)
             payload[-1] = (time.perf_counter() - t0) / max(1, len(todo))
             all_reduce_sum(payload)  # the only collective of the round
@@ -152,6 +181,7 @@ def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np
             start += k
             per_point = float(payload[-1]) / info.world_size
             k = int(max(1, min(4096, flush_seconds / max(per_point, 1e-9))))
+            k = -(-k // group) * group  # whole passes
         bar.close()
     finally:
         if writer is not None:

@@ -40,6 +40,11 @@ def test_plot2d_one_and_two_processes_write_equal_surfaces_and_figures(mlp_ckpt,
     b = read_surface(str(tmp_path / "two" / "mlp_run0_last_2d.h5"))
     for k in a.values:
         np.testing.assert_allclose(a.values[k], b.values[k], rtol=1e-7, err_msg=k)
+    vmapped = run_module("landscape.plot2d", *args, "--out", str(tmp_path / "vmap"), "--points-per-pass", "3", nproc=2)
+    assert vmapped.returncode == 0, vmapped.stderr
+    c = read_surface(str(tmp_path / "vmap" / "mlp_run0_last_2d.h5"))
+    for k in a.values:
+        np.testing.assert_allclose(c.values[k], a.values[k], rtol=1e-5, err_msg=k)
     pngs = [f for f in os.listdir(tmp_path / "two") if f.endswith(".png")]
     assert len(pngs) == 16  # 4 metrics x (contour, contourf, heatmap, 3d)
     again = run_module("landscape.plot2d", *args, "--out", str(tmp_path / "one"))

@@ -232,6 +232,8 @@ CASES = [  # (module, argv template, words the error must contain)
     ("landscape.plot2d", ["{ckpt}", "--x=a:b:c"], "MIN:MAX:NUM"),
     ("landscape.plot2d", ["{ckpt}", "--y=-1:1"], "MIN:MAX:NUM"),
     ("landscape.plot2d", ["{ckpt}", "--norm", "filtre"], "unknown normalization"),
+    ("landscape.plot2d", ["{ckpt}", "--points-per-pass", "0", "--out", "{dir}/o4"], "--points-per-pass must be"),
+    ("landscape.plot2d", ["{ckpt}", "--compile", "--points-per-pass", "4", "--out", "{dir}/o5"], "pick one"),
     ("trainers.train", ["--model", "resnet21", "--out", "{dir}/t1"], "unknown model"),
     ("trainers.train", ["--dataset", "cifar11", "--out", "{dir}/t2"], "unknown dataset"),
     ("landscape.plot2d", ["{ckpt}", "--samples", "0", "--out", "{dir}/o2"], "--samples 0"),

@@ -8,7 +8,7 @@ from landscape.cli import UserError
 from landscape.directions import DirectionSpec, create_random_directions
 from landscape.evaluation import mse_sums
 from landscape.io import read_surface
-from landscape.params import model_tensors, snapshot
+from landscape.params import PointSetter, model_tensors, snapshot
 from landscape.runner import SurfaceConfig, run_surface, surface_path
 from landscape.surface import EvalSet, PointEvaluator, parse_range
 from tests.conftest import SINGLE
@@ -41,6 +41,38 @@ def test_evaluator_leaves_the_model_untouched(mlp_ckpt):
     ev((0.5, -0.5))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("ckpt_fixture, dir_type", [("mlp_ckpt", "weights"), ("bn_ckpt", "weights"),
+                                                    ("bn_ckpt", "states")])
+def test_several_points_per_pass_give_the_values_of_one_point_per_pass(request, tmp_path, ckpt_fixture, dir_type):
+    """vmap over stacked weight sets (BatchNorm running statistics batched too, for 'states'); 20 points in
+    passes of 3 leave a short last pass."""
+    ckpt = request.getfixturevalue(ckpt_fixture)
+    kw = dict(x="-1:1:5", y="-1:1:4", dir_type=dir_type, samples=64, flush_seconds=0.0)
+    one = read_surface(run_surface(_cfg(ckpt, tmp_path / "one", **kw), SINGLE)["path"])
+    res = run_surface(_cfg(ckpt, tmp_path / "many", points_per_pass=3, **kw), SINGLE)
+    assert (res["computed"], res["total"]) == (20, 20)
+    many = read_surface(res["path"])
+    assert many.done.all()
+    for k in one.values:
+        np.testing.assert_allclose(many.values[k], one.values[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert np.ptp(one.values["train_loss"]) > 0.1  # the points really differ
+
+
+def test_stacked_weights_are_the_points_weights(mlp_ckpt):
+    from trainers.checkpoint import load_model
+
+    model, _ = load_model(mlp_ckpt)
+    theta0 = snapshot(model_tensors(model))
+    dirs = create_random_directions(theta0, 2, DirectionSpec())
+    setter = PointSetter(model_tensors(model), theta0, dirs)
+    coords = torch.tensor([[0.0, 0.0], [0.5, -0.25], [-1.0, 2.0]])
+    stacked = setter.stacked(coords)
+    for i, (a, b) in enumerate(coords.tolist()):
+        setter((a, b))
+        for name, t in model.named_parameters():
+            torch.testing.assert_close(stacked[name][i], t.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_linear_model_with_squared_loss_gives_an_exact_parabola():
