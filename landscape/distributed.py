@@ -90,7 +90,13 @@ def _die_with_launcher() -> None:
 
 
 def cleanup_distributed() -> None:
+    """Destroy the process group; on a normal exit, after a barrier. A gloo rank that tears down while its peer
+    is still finishing can make the peer abort at exit (SIGABRT, "terminate called without an active
+    exception": 5 of 33 two-process Hessian runs here, 0 of 33 with the barrier). Called while an exception
+    is propagating, it skips the barrier, which a failed peer would never reach."""
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -61,6 +61,8 @@ def _spawned_top_eigenvalue(rank, world, port, x, y, state, out):
 
     import torch.distributed as dist
 
+    from landscape.distributed import cleanup_distributed
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -71,7 +73,7 @@ def _spawned_top_eigenvalue(rank, world, port, x, y, state, out):
     tr = hutchinson_trace(op, samples=5, seed=3)
     if rank == 0:
         out.put((eig.top, tr.estimate))
-    dist.destroy_process_group()
+    cleanup_distributed()
 
 
 @pytest.mark.slow
