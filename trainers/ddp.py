@@ -175,25 +175,29 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
             "images_per_second": count / seconds, "train_seconds": seconds}
 
 
+_NO_CONTEXT = contextlib.nullcontext()  # reusable; saves building one per micro-batch
+
+
 def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset, batch: Tensor,
                plan: BatchPlan, gen: torch.Generator, precision: str, info: DistInfo, loss_sum: Tensor) -> None:
     """One optimizer step on this rank's `batch` of train indices, accumulating over micro-batches under
     no_sync(); adds the step's summed loss to `loss_sum` (one kernel: the step must stay as lean as a bare loop)."""
+    accumulate = plan.accumulation_steps > 1
     for micro in range(plan.accumulation_steps):
-        mb = batch[micro * plan.micro_batch_size:(micro + 1) * plan.micro_batch_size]
+        mb = batch[micro * plan.micro_batch_size:(micro + 1) * plan.micro_batch_size] if accumulate else batch
         x, y = data.x_train[mb], data.y_train[mb]
         if data.augment:
             x = augment(x, gen)
         if x.ndim == 4 and info.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         last_micro = micro == plan.accumulation_steps - 1
-        sync = contextlib.nullcontext() if last_micro or not info.is_distributed else ddp_model.no_sync()
+        sync = ddp_model.no_sync() if info.is_distributed and not last_micro else _NO_CONTEXT
         with sync:
             with autocast_context(info.device, precision):
                 out = ddp_model(x)
             loss = nn.functional.cross_entropy(out.float(), y)
             # mean over the per-rank batch; no extra division kernel when there is nothing to accumulate
-            (loss if plan.accumulation_steps == 1 else loss / plan.accumulation_steps).backward()
+            (loss / plan.accumulation_steps if accumulate else loss).backward()
         loss_sum.add_(loss.detach(), alpha=len(mb))
     opt.step()
     opt.zero_grad(set_to_none=True)
