@@ -20,7 +20,15 @@ from landscape.distributed import DistInfo, run_on_main
 from landscape.evaluation import get_criterion
 from landscape.io import SurfaceWriter, create_surface, directions_sha256, metric_names, read_directions
 from landscape.params import Params, model_tensors, snapshot
-from landscape.surface import EvalSet, PointEvaluator, compute_surface, grid_points, parse_range, select_samples
+from landscape.surface import (
+    EvalSet,
+    PointEvaluator,
+    check_points_per_pass,
+    compute_surface,
+    grid_points,
+    parse_range,
+    select_samples,
+)
 from trainers.checkpoint import file_sha256, load_data_for, load_model
 
 
@@ -64,10 +72,7 @@ class SurfaceConfig:
             raise ValueError(f"unknown precision {self.precision!r}: use fp32 or bf16")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
-        if self.points_per_pass < 1:
-            raise ValueError(f"--points-per-pass must be >= 1, got {self.points_per_pass}")
-        if self.compile and self.points_per_pass > 1:
-            raise ValueError("--compile and --points-per-pass > 1 do not combine; pick one")
+        check_points_per_pass(self.points_per_pass, self.compile)
         get_criterion(self.loss)
 
     @property

@@ -56,6 +56,13 @@ def grid_points(x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
     return np.stack([xx.ravel(), yy.ravel()], axis=1)
 
 
+def check_points_per_pass(points_per_pass: int, compile: bool) -> None:
+    if points_per_pass < 1:
+        raise ValueError(f"--points-per-pass must be >= 1, got {points_per_pass}")
+    if compile and points_per_pass > 1:
+        raise ValueError("--compile and --points-per-pass > 1 do not combine; pick one")
+
+
 @dataclass
 class EvalSet:
     """One split's inputs and targets, already on the evaluation device."""
@@ -91,10 +98,7 @@ class PointEvaluator:
                  dir_type: str = "weights", batch_size: int = 256, criterion: Criterion = cross_entropy_sums,
                  precision: str = "fp32", channels_last: bool = False, compile: bool = False,
                  points_per_pass: int = 1):
-        if points_per_pass < 1:
-            raise ValueError(f"--points-per-pass must be >= 1, got {points_per_pass}")
-        if compile and points_per_pass > 1:
-            raise ValueError("--compile and --points-per-pass > 1 do not combine; pick one")
+        check_points_per_pass(points_per_pass, compile)
         device = sets[0].x.device
         self.model = copy.deepcopy(model).to(device).eval()
         if channels_last:
