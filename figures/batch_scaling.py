@@ -71,13 +71,14 @@ def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_no
     gen = torch.Generator().manual_seed(p.seed)
     noise_gen = torch.Generator().manual_seed(p.seed + 1)
     step, train_seconds, reached, noise = 0, 0.0, None, []
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    losses: list[torch.Tensor] = []  # train_step's per-micro-batch losses; not needed here
     while step < p.max_steps and reached is None:
         order = torch.randperm(len(data.x_train), generator=gen)
         for i in range(plan.steps_per_epoch):
             model.train()
             t0 = time.perf_counter()
-            train_step(model, opt, sched, data, order[i * bs:(i + 1) * bs], plan, gen, "fp32", info, loss_sum)
+            train_step(model, opt, sched, data, order[i * bs:(i + 1) * bs], plan, gen, "fp32", info, losses)
+            losses.clear()
             train_seconds += time.perf_counter() - t0
             step += 1
             if measure_noise and step % p.noise_every == 0:
