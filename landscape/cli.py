@@ -74,16 +74,11 @@ def _exit(code: int) -> None:
     an active exception") and torchrun reports the finished job as failed: 1 in 10 two-process trainer runs
     here, even with a barrier before the teardown. Skipping finalization avoids that; every file of ours is
     closed, or written atomically, before this point."""
-    _cleanup()
+    from landscape.distributed import cleanup_distributed  # here: a bad flag is reported before torch loads
+
+    cleanup_distributed()  # no barrier while an error is being handled: a failed peer would never reach it
     if "TORCHELASTIC_RUN_ID" in os.environ:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
-
-
-def _cleanup() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
