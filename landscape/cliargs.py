@@ -36,7 +36,7 @@ def add_surface_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on large grids)")
     g.add_argument("--points-per-pass", type=int, default=d.points_per_pass, metavar="K",
                    help="evaluate K grid points per forward pass with torch.func.vmap; pays for small models "
-                   "on a GPU, not on a CPU (default 1)")
+                   "on a GPU, not on a CPU")
     g.add_argument("--flush-seconds", type=float, default=d.flush_seconds,
                    help="about how much work may be in flight between two flushes of the HDF5 file")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -95,9 +95,14 @@ def cleanup_distributed() -> None:
     exception": 5 of 33 two-process Hessian runs here, 0 of 33 with the barrier). Called while an exception
     is propagating, it skips the barrier, which a failed peer would never reach."""
     if dist.is_available() and dist.is_initialized():
-        if sys.exc_info()[0] is None and dist.get_world_size() > 1:
+        if sys.exc_info()[0] is None and _several_ranks():
             dist.barrier()
         dist.destroy_process_group()
+
+
+def _several_ranks() -> bool:
+    """A process group with more than one rank: collectives have something to do."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def print0(*args: Any, **kwargs: Any) -> None:
@@ -108,20 +113,18 @@ def print0(*args: Any, **kwargs: Any) -> None:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place SUM across ranks; a no-op in a single process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several_ranks():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
-
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """rank `src`'s Python object on every rank (pickled by torch.distributed; our own data only)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several_ranks():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
 
 
 def run_on_main(fn: Any, info: DistInfo) -> Any:
