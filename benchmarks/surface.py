@@ -37,10 +37,10 @@ MODELS = {  # name: (dataset, dataset kwargs, model, model kwargs, eval batch, g
 
 
 def make_checkpoint(name: str, folder: str) -> str:
-    from trainers.checkpoint import make_checkpoint as make
-    from trainers.checkpoint import save_checkpoint
-    from trainers.data import load_dataset
-    from trainers.models import build_model
+    from landscape.checkpoint import make_checkpoint as make
+    from landscape.checkpoint import save_checkpoint
+    from landscape.data import load_dataset
+    from landscape.models import build_model
 
     dataset, dkw, model_name, mkw, *_ = MODELS[name]
     data = load_dataset(dataset, **dkw)
@@ -57,11 +57,11 @@ def worker(args: argparse.Namespace) -> None:
     Under torchrun the ceiling loop runs on every rank, each doing its share of the passes between barriers."""
     import torch.distributed as dist
 
+    from landscape.checkpoint import load_model
     from landscape.distributed import cleanup_distributed, init_distributed
     from landscape.io import SurfaceWriter, create_surface, metric_names
     from landscape.runner import SurfaceConfig, load_eval_sets, make_directions, surface_path
     from landscape.surface import PointEvaluator, compute_surface, grid_points, parse_range
-    from trainers.checkpoint import load_model
 
     torch.set_num_threads(args.threads)
     info = init_distributed("cpu")

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
+from landscape.data import load_dataset
 from landscape.distributed import DistInfo
-from trainers.data import load_dataset
+from landscape.models import build_model
 from trainers.ddp import TrainConfig, make_optimizer, make_plan, train_one_epoch
-from trainers.models import build_model
 
 CASES = {  # name: (dataset, dataset kwargs, model, model kwargs, global batch)
     "mlp": ("mnist1d", {}, "mlp", {"hidden": [100, 100]}, 128),

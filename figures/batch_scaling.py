@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run_cli
+from landscape.data import Dataset, load_dataset
 from landscape.distributed import DistInfo, init_distributed
 from landscape.evaluation import evaluate
-from landscape.records import read_cached, write_cached, write_csv
-from trainers.data import Dataset, load_dataset
+from landscape.files import read_cached, write_cached, write_csv
+from landscape.models import build_model
 from trainers.ddp import TrainConfig, make_optimizer, make_plan, train_step
-from trainers.models import build_model
 from trainers.noise_scale import estimate_noise
 
 

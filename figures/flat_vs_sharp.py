@@ -21,9 +21,9 @@ import numpy as np
 
 from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
 from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
+from landscape.files import write_csv
 from landscape.hessian import width_1d
 from landscape.io import Surface, read_surface
-from landscape.records import write_csv
 from landscape.runner import SurfaceConfig, check_output_folder, run_surface
 from landscape.sharpness import measure_sharpness
 from trainers.ddp import TrainConfig

@@ -7,9 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-
-class UserError(Exception):
-    """A problem with the user's input or files; the message names the problem and the fix."""
+from landscape.errors import UserError, error_message
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -40,14 +38,6 @@ def check_writable(folder: str) -> None:
         raise UserError(f"cannot write to output folder {folder} ({exc.strerror}); choose a writable --out") from None
 
 
-def error_message(exc: BaseException) -> str:
-    """The one-line text of a user-facing exception."""
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
-    text = str(exc.args[0]) if exc.args else type(exc).__name__
-    return " ".join(text.split())  # one line, whatever the exception carried
-
-
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI main; user errors become `error: ...` on stderr and exit status 2, with no traceback."""
     try:
@@ -67,16 +57,14 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
 
 
 def _exit(code: int) -> None:
-    """Tear down the process group, then sys.exit; a torchrun worker flushes and leaves at once instead.
+    """sys.exit; a torchrun worker flushes and leaves at once instead.
 
-    After destroy_process_group, gloo's worker threads can still hold their last work item (tensors); if the
-    interpreter is being finalized when they drop it, the process aborts (SIGABRT, "terminate called without
-    an active exception") and torchrun reports the finished job as failed: 1 in 10 two-process trainer runs
-    here, even with a barrier before the teardown. Skipping finalization avoids that; every file of ours is
-    closed, or written atomically, before this point."""
-    from landscape.distributed import cleanup_distributed  # here: a bad flag is reported before torch loads
-
-    cleanup_distributed()  # no barrier while an error is being handled: a failed peer would never reach it
+    Every CLI main tears its process group down (landscape.distributed.cleanup_distributed) before this point,
+    but gloo's worker threads can still hold their last work item (tensors); if the interpreter is being
+    finalized when they drop it, the process aborts (SIGABRT, "terminate called without an active exception")
+    and torchrun reports the finished job as failed: 1 in 10 two-process trainer runs here, even with a barrier
+    before the teardown. Skipping finalization avoids that; every file of ours is closed, or written
+    atomically, before this point."""
     if "TORCHELASTIC_RUN_ID" in os.environ:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from landscape.errors import UserError, error_message
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -151,8 +153,6 @@ def _portable(exc: BaseException | None) -> BaseException | None:
     """An exception that survives pickling to another rank: keep the type for ours, else wrap the text."""
     if exc is None:
         return None
-    from landscape.cli import UserError, error_message
-
     if isinstance(exc, (UserError, ValueError, KeyError)):
         return type(exc)(error_message(exc))
     return RuntimeError(f"{type(exc).__name__} on rank 0: {error_message(exc)}")

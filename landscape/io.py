@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from landscape import __version__
-from landscape.cli import UserError
+from landscape.errors import UserError
+from landscape.files import atomic_path
 from landscape.params import Params
 
 SCHEMA_VERSION = 1
@@ -96,8 +97,7 @@ def create_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list
                    fingerprint: dict[str, Any], attrs: dict[str, Any]) -> None:
     """Write a new, empty surface file atomically (temporary name, then os.replace)."""
     shape = (len(x),) if y is None else (len(x), len(y))
-    tmp = f"{path}.tmp"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["producer"] = PRODUCER
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["created_by"] = f"landscape {__version__}"
@@ -116,7 +116,6 @@ def create_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list
                 ds.dims[dim].attach_scale(scale)
                 ds.dims[dim].label = axis
         _write_directions(f.create_group("directions"), directions)
-    os.replace(tmp, path)
 
 
 class SurfaceWriter:
@@ -193,12 +192,10 @@ def read_directions(path: str) -> list[Params]:
 
 def save_directions(path: str, directions: list[Params], attrs: dict[str, Any]) -> None:
     """A standalone direction file (same layout as in a surface file), written atomically."""
-    tmp = f"{path}.tmp"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["producer"] = PRODUCER
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["directions_sha256"] = directions_sha256(directions)
         for k, v in attrs.items():
             f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
         _write_directions(f.create_group("directions"), directions)
-    os.replace(tmp, path)

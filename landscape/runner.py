@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 
-from landscape.cli import UserError, check_writable
+from landscape.checkpoint import file_sha256, load_data_for, load_model
+from landscape.cli import check_writable
 from landscape.directions import DirectionSpec, check_compatible, create_random_directions, target_direction
 from landscape.distributed import DistInfo, run_on_main
+from landscape.errors import UserError
 from landscape.evaluation import get_criterion
 from landscape.io import SurfaceWriter, create_surface, directions_sha256, metric_names, read_directions
 from landscape.params import Params, model_tensors, snapshot
@@ -29,7 +31,6 @@ from landscape.surface import (
     parse_range,
     select_samples,
 )
-from trainers.checkpoint import file_sha256, load_data_for, load_model
 
 
 @dataclass(frozen=True)

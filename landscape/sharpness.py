@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from landscape.checkpoint import file_sha256, load_data_for, load_model
 from landscape.distributed import DistInfo, run_on_main
+from landscape.files import read_cached, write_cached
 from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace
-from landscape.records import read_cached, write_cached
 from landscape.surface import select_samples
-from trainers.checkpoint import file_sha256, load_data_for, load_model
 
 
 def measure_sharpness(checkpoint: str, info: DistInfo, split: str = "train", samples: int | None = None,

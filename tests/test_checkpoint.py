@@ -3,10 +3,10 @@ import os
 import pytest
 import torch
 
-from landscape.cli import UserError
+from landscape.checkpoint import load_checkpoint, load_data_for, load_model, make_checkpoint, save_checkpoint
+from landscape.errors import UserError
 from landscape.evaluation import evaluate
-from trainers.checkpoint import load_checkpoint, load_data_for, load_model, make_checkpoint, save_checkpoint
-from trainers.models import build_model
+from landscape.models import build_model
 
 
 def test_round_trip_with_weights_only(tmp_path):

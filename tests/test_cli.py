@@ -18,8 +18,8 @@ def test_trainer_cli_on_two_processes_writes_a_checkpoint_that_reproduces_its_ac
                      "--weight-decay", "5e-4", "--epochs", "2", "--out", str(out), "--no-progress", nproc=2)
     assert res.returncode == 0, res.stderr
     assert "img/s" in res.stdout and "done:" in res.stdout
+    from landscape.checkpoint import load_data_for, load_model
     from landscape.evaluation import evaluate
-    from trainers.checkpoint import load_data_for, load_model
 
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["plan"]["world_size"] == 2 and ckpt["plan"]["global_batch_size"] == 256

@@ -8,8 +8,8 @@ from landscape.directions import (
     orthogonalize,
     target_direction,
 )
+from landscape.models import build_model
 from landscape.params import dot, model_tensors, norm, snapshot
-from trainers.models import build_model
 
 
 @pytest.fixture

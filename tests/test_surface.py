@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.cli import UserError
 from landscape.directions import DirectionSpec, create_random_directions
+from landscape.errors import UserError
 from landscape.evaluation import mse_sums
 from landscape.io import read_surface
 from landscape.params import PointSetter, model_tensors, snapshot
@@ -30,7 +30,7 @@ def test_centre_point_reproduces_the_checkpoint_metrics(request, tmp_path, ckpt_
 
 
 def test_evaluator_leaves_the_model_untouched(mlp_ckpt):
-    from trainers.checkpoint import load_data_for, load_model
+    from landscape.checkpoint import load_data_for, load_model
 
     model, ckpt = load_model(mlp_ckpt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -61,7 +61,7 @@ def test_several_points_per_pass_give_the_values_of_one_point_per_pass(request, 
 
 
 def test_stacked_weights_are_the_points_weights(mlp_ckpt):
-    from trainers.checkpoint import load_model
+    from landscape.checkpoint import load_model
 
     model, _ = load_model(mlp_ckpt)
     theta0 = snapshot(model_tensors(model))

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from landscape.cli import UserError
+from landscape.errors import UserError
 from tests.conftest import SINGLE, run_module, train_config
 from trainers import ddp
 from trainers.ddp import fit, lr_factor, make_plan

@@ -22,12 +22,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from landscape.cli import UserError
+from landscape import checkpoint as ckpt_io
+from landscape.data import Dataset, augment, load_dataset
 from landscape.distributed import DistInfo, all_reduce_sum, print0
+from landscape.errors import UserError
 from landscape.evaluation import autocast_context, sums_tensor
-from trainers import checkpoint as ckpt_io
-from trainers.data import Dataset, augment, load_dataset
-from trainers.models import build_model
+from landscape.files import write_json, write_text
+from landscape.models import build_model
 
 
 @dataclass(frozen=True)
@@ -273,14 +274,19 @@ def _append_jsonl(path: str, record: dict[str, Any]) -> None:
 
 
 def _truncate_log(path: str, keep_epochs: int) -> None:
-    """On resume, drop log lines of epochs after the checkpoint (they are about to be redone)."""
+    """On resume, drop log lines of epochs after the checkpoint (they are about to be redone), and a last line
+    torn by a kill in the middle of an append."""
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= keep_epochs]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(path + ".tmp", path)
+        for line in f:
+            try:
+                if json.loads(line)["epoch"] <= keep_epochs:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    write_text(path, "".join(kept))
 
 
 def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
@@ -316,8 +322,8 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     if info.is_main:
         os.makedirs(cfg.out, exist_ok=True)
         _truncate_log(log_path, start_epoch)
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump({"train_config": _plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan)}, f, indent=2)
+        write_json(os.path.join(cfg.out, "config.json"),
+                   {"train_config": _plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan)})
         print0(f"global batch {plan.global_batch_size} = {plan.micro_batch_size} per forward x "
                f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
                f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}")

@@ -13,9 +13,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 
+from landscape.checkpoint import load_checkpoint
 from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run_cli
 from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
-from trainers.checkpoint import load_checkpoint
 from trainers.ddp import TrainConfig, fit
 from trainers.train import add_train_args, config_from_args
 
