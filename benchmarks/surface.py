@@ -59,9 +59,11 @@ def worker(args: argparse.Namespace) -> None:
 
     from landscape.checkpoint import load_model
     from landscape.distributed import cleanup_distributed, init_distributed
-    from landscape.io import SurfaceWriter, create_surface, metric_names
+    from landscape.grid import grid_points, parse_range
+    from landscape.io import Origin, open_surface
+    from landscape.params import to_numpy
     from landscape.runner import SurfaceConfig, load_eval_sets, make_directions, surface_path
-    from landscape.surface import PointEvaluator, compute_surface, grid_points, parse_range
+    from landscape.surface import PointEvaluator, compute_surface
 
     torch.set_num_threads(args.threads)
     info = init_distributed("cpu")
@@ -80,21 +82,21 @@ def worker(args: argparse.Namespace) -> None:
         evaluators["vmap"] = PointEvaluator(model, theta0, dirs, sets, batch_size=batch, channels_last=channels_last,
                                             points_per_pass=per_pass)
     for ev in evaluators.values():  # warm-up
-        ev((0.0, 0.0))
-        if ev.points_per_pass > 1:
-            ev.many(points[:per_pass])
+        ev.evaluate(points[:ev.points_per_pass])
+    dirs_np = [to_numpy(d) for d in dirs]
 
     def engine(ev: PointEvaluator) -> float:
+        """The whole sweep as run_surface does it: a new file opened on rank 0, every point computed, flushed."""
         path = surface_path(cfg)
-        if info.is_main and os.path.exists(path):
-            os.remove(path)
-
-        def open_writer() -> SurfaceWriter:
-            create_surface(path, x, x, metric_names(cfg.splits), dirs, {"bench": 1}, {})
-            return SurfaceWriter(path, {"bench": 1}, metric_names(cfg.splits))
-
         t0 = time.perf_counter()
-        compute_surface(ev, points, 2, open_writer, info, progress=False)
+        sink = None
+        if info.is_main:
+            if os.path.exists(path):
+                os.remove(path)
+            sink = open_surface(path, x, x, ev.metric_names, dirs_np, Origin(), {"bench": 1}, {})
+        compute_surface(ev, points, sink, info, progress=False)
+        if sink is not None:
+            sink.close()
         return time.perf_counter() - t0
 
     def ceiling() -> float:

@@ -83,9 +83,9 @@ def surfaces_for(ckpt: str, tag: str, p: Preset, out: str, info: DistInfo, devic
             "raw": SurfaceConfig(**common, x=p.x_raw, norm="none", name=f"{tag}_nofilternorm")}
     paths = {}
     for kind, cfg in jobs.items():
-        res = run_surface(cfg, info)
-        print0(f"surface {kind:>3}: {res['computed']} points computed, {res['already_done']} reused -> {res['path']}")
-        paths[kind] = res["path"]
+        run = run_surface(cfg, info)
+        print0(f"surface {kind:>3}: {run.computed} points computed, {run.already_done} reused -> {run.path}")
+        paths[kind] = run.path
     return paths
 
 
@@ -145,9 +145,7 @@ def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, floa
               p: Preset, info: DistInfo, out: str) -> list[dict[str, Any]]:
     rows = []
     for (bs, wd), ckpt in runs.items():
-        import torch
-
-        metrics = torch.load(ckpt, map_location="cpu", weights_only=True)["metrics"]
+        metrics = surfaces[(bs, wd)]["1d"].origin.metrics  # the checkpoint's own, as its surface file recorded them
         sharp = measure_sharpness(ckpt, info, "train", p.samples, trace_samples=p.trace_samples,
                                   cache=os.path.join(out, "sharpness", f"{run_name(bs, wd)}.json"))
         s, raw = surfaces[(bs, wd)]["1d"], surfaces[(bs, wd)]["raw"]

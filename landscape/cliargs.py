@@ -60,13 +60,11 @@ def surface_config(args: argparse.Namespace, checkpoint: str, **overrides: Any) 
     return SurfaceConfig(**fields)
 
 
-def compute(cfg: SurfaceConfig, info: DistInfo) -> dict[str, Any]:
-    """run_surface, timed; result["report"] is a one-line summary for the CLI to print."""
+def compute(cfg: SurfaceConfig, info: DistInfo) -> tuple[str, str]:
+    """run_surface, timed: the file's path and a one-line summary for the CLI to print."""
     check_output_folder(cfg.out, info)
     t0 = time.perf_counter()
-    result = run_surface(cfg, info)
-    seconds = time.perf_counter() - t0
+    run = run_surface(cfg, info)
     procs = f" on {info.world_size} processes" if info.is_distributed else ""
-    report = (f"computed {result['computed']} of {result['total']} points ({result['already_done']} already done) "
-              f"in {seconds:.1f}s{procs} -> {result['path']}")
-    return {**result, "seconds": seconds, "report": report}
+    return run.path, (f"computed {run.computed} of {run.total} points ({run.already_done} already done) "
+                      f"in {time.perf_counter() - t0:.1f}s{procs} -> {run.path}")

@@ -10,14 +10,17 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from landscape.errors import UserError, error_message
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,11 +132,10 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def run_on_main(fn: Any, info: DistInfo) -> Any:
-    """Run fn() on rank 0 and hand its result, or its exception, to every rank.
-
-    Rank 0 alone touches files; without this, a refusal on rank 0 would leave the other ranks waiting in
-    the next collective until the timeout.
+def run_on_main(fn: Callable[[], T], info: DistInfo) -> T | None:
+    """Run fn() on rank 0 alone and return its result there (None on the other ranks); if it raises, every rank
+    raises. Rank 0 alone touches files; without this, a refusal on rank 0 would leave the other ranks waiting
+    in the next collective until the timeout.
     """
     result, error = None, None
     if info.is_main:
@@ -141,12 +143,12 @@ def run_on_main(fn: Any, info: DistInfo) -> Any:
             result = fn()
         except Exception as exc:  # re-raised below on every rank, after the others are told
             error = exc
-    shared_result, shared_error = broadcast_object((result, _portable(error) if info.is_distributed else error))
+    shared_error = broadcast_object(_portable(error) if info.is_distributed else error)
     if info.is_main and error is not None:
         raise error  # the original, with its traceback
     if shared_error is not None:
         raise shared_error
-    return shared_result
+    return result
 
 
 def _portable(exc: BaseException | None) -> BaseException | None:

@@ -1,14 +1,21 @@
-"""The HDF5 surface schema: the reference implementation's datasets plus what resuming needs.
+"""The HDF5 surface file and its one owner: every dataset and attribute of a surface (or direction) file is
+written and read here, through typed fields (`Surface`, `Origin`, `Training`); nothing else opens these files.
 
-  /xcoordinates (nx,) and /ycoordinates (ny,)   dimension scales, attached to every metric
-  /train_loss /train_acc /test_loss /test_acc    (nx, ny) or (nx,) in 1D; acc in percent; NaN where not done
-  /done                                          uint8 mask of finished points, same shape
-  /directions/d1/<param name>, /directions/d2/<param name>   float32, keyed by parameter name
-  root attributes: schema_version, fingerprint (JSON: what must match to resume), config (JSON),
-                   checkpoint path and sha256, directions_sha256, created_by
-
-Only one process (rank 0) opens a file for writing. New files are built under a temporary name and
-renamed into place; points are written and flushed as they finish, so a kill loses only points in flight.
+Schema 2 (landscape 0.2):
+  /xcoordinates (nx,), /ycoordinates (ny,)   dimension scales, attached to every metric and to /done
+  /<metric>   (ny, nx) in 2D: row i is y[i] and column j is x[j], the reference implementation's and
+              matplotlib's layout; (nx,) in 1D. float64, NaN where not done, accuracies in percent. The
+              reference implementation's names: train_loss, train_acc, test_loss, test_acc.
+  /done       uint8 mask of the finished points, same shape
+  /directions/d1/<parameter name>, /directions/d2/<parameter name>   float32, keyed by parameter name
+  root attributes: producer, schema_version, created_by, metrics (JSON list of the metric datasets),
+    fingerprint (JSON: what a resume must match), config (JSON: the request as resolved), checkpoint,
+    checkpoint_sha256, target_checkpoint, directions_sha256, model, checkpoint_metrics and
+    checkpoint_train_config (JSON, as the checkpoint holds them), acc_unit
+Schema 1 (landscape 0.1) laid 2D arrays out as (nx, ny): it is read transposed, and resuming one rewrites it in
+schema 2 first. Only one process (rank 0) opens a file for writing. A new file is written whole under a temporary
+name and renamed; points are then written and flushed as they finish, so a kill loses only the points in flight.
+Arrays only: the caller turns tensors into numpy (landscape.params.to_numpy), so reading a file needs no torch.
 """
 
 from __future__ import annotations
@@ -21,49 +28,78 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from landscape import __version__
 from landscape.errors import UserError
 from landscape.files import atomic_path
-from landscape.params import Params
+from landscape.grid import grid_shape
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PRODUCER = "landscape"
+_SCHEMA1_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+Arrays = dict[str, np.ndarray]  # one direction: parameter name -> float32 array
 
 
-def metric_names(splits: tuple[str, ...] | list[str]) -> list[str]:
-    return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
+@dataclass(frozen=True)
+class Training:
+    """How the centre checkpoint was trained, as the trainer's config stored in it says (empty for weights that
+    trainers.train did not write)."""
+
+    global_batch_size: int | None = None
+    weight_decay: float | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    epochs: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the trainer's whole config, verbatim
+
+    @classmethod
+    def from_train_config(cls, config: dict[str, Any]) -> Training:
+        """The typed fields of a trainers.train config, whose `batch_size` is the global batch."""
+        return cls(config.get("batch_size"), config.get("weight_decay"), config.get("optimizer"), config.get("lr"),
+                   config.get("epochs"), dict(config))
 
 
-def directions_sha256(directions: list[Params]) -> str:
-    """A content hash of the directions (names, shapes and float32 bytes), independent of device."""
-    h = hashlib.sha256()
-    for i, d in enumerate(directions):
-        for k in sorted(d):
-            t = d[k].detach().to("cpu", torch.float32).contiguous()
-            h.update(f"{i}/{k}/{tuple(t.shape)}".encode())
-            h.update(t.numpy().tobytes())
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Origin:
+    """The weights at the centre of a surface, and what their checkpoint says about them."""
+
+    checkpoint: str = ""  # absolute path of the checkpoint when the surface was made
+    checkpoint_sha256: str = ""
+    target: str = ""  # the second checkpoint of an interpolation, "" if none
+    model: dict[str, Any] = field(default_factory=dict)  # {"name": ..., "kwargs": {...}}
+    metrics: dict[str, float] = field(default_factory=dict)  # the checkpoint's own (train_loss, test_acc, ...)
+    training: Training = field(default_factory=Training)
 
 
 @dataclass
 class Surface:
-    """A surface file's content in memory."""
+    """A surface file's content in memory; its directions are read apart (read_directions)."""
 
     x: np.ndarray
-    y: np.ndarray | None
-    values: dict[str, np.ndarray]
-    done: np.ndarray
-    attrs: dict[str, Any] = field(default_factory=dict)
+    y: np.ndarray | None  # None: a 1D curve
+    values: dict[str, np.ndarray]  # metric name -> (ny, nx), or (nx,) in 1D
+    done: np.ndarray  # bool, same shape
+    origin: Origin = field(default_factory=Origin)
+    config: dict[str, Any] = field(default_factory=dict)  # the request as resolved (a SurfaceConfig)
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # what a resume must match
+    directions_sha256: str = ""
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def is_2d(self) -> bool:
         return self.y is not None
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return json.loads(self.attrs.get("config", "{}"))
+
+def directions_sha256(directions: list[Arrays]) -> str:
+    """A content hash of the directions: names, shapes and float32 bytes (schema 1 hashed the same way)."""
+    h = hashlib.sha256()
+    for i, d in enumerate(directions):
+        for k in sorted(d):
+            a = np.ascontiguousarray(d[k], dtype=np.float32)
+            h.update(f"{i}/{k}/{tuple(a.shape)}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _open(path: str, mode: str) -> h5py.File:
@@ -78,63 +114,92 @@ def _open(path: str, mode: str) -> h5py.File:
                         "--out") from None
 
 
-def _check_ours(f: h5py.File, path: str) -> None:
+def _check_ours(f: h5py.File, path: str) -> int:
+    """The schema version of a file of ours; refuse foreign and newer files."""
     if f.attrs.get("producer") != PRODUCER or "schema_version" not in f.attrs:
         raise UserError(f"{path} is an HDF5 file but not a landscape surface; move it away or choose another --out")
-    if int(f.attrs["schema_version"]) > SCHEMA_VERSION:
-        raise UserError(f"{path} has schema version {int(f.attrs['schema_version'])}, newer than this landscape "
-                        f"({SCHEMA_VERSION}); upgrade landscape")
+    version = int(f.attrs["schema_version"])
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{path} has schema version {version}, newer than this landscape ({SCHEMA_VERSION}); "
+                        "upgrade landscape")
+    return version
 
 
-def _write_directions(group: h5py.Group, directions: list[Params]) -> None:
+def _write_directions(f: h5py.File, directions: list[Arrays]) -> None:
+    group = f.create_group("directions")
     for i, d in enumerate(directions):
         sub = group.create_group(f"d{i + 1}")
         for k, v in d.items():
-            sub.create_dataset(k, data=v.detach().to("cpu", torch.float32).numpy())
+            sub.create_dataset(k, data=np.asarray(v, dtype=np.float32))
 
 
-def create_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[str], directions: list[Params],
-                   fingerprint: dict[str, Any], attrs: dict[str, Any]) -> None:
-    """Write a new, empty surface file atomically (temporary name, then os.replace)."""
-    shape = (len(x),) if y is None else (len(x), len(y))
+def _write(path: str, s: Surface, directions: list[Arrays]) -> None:
+    """`s` and its directions as a new file in the current schema, written atomically."""
+    o = s.origin
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["producer"] = PRODUCER
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["created_by"] = f"landscape {__version__}"
-        f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
-        for k, v in attrs.items():
-            f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
-        scales = [f.create_dataset("xcoordinates", data=np.asarray(x, np.float64))]
-        if y is not None:
-            scales.append(f.create_dataset("ycoordinates", data=np.asarray(y, np.float64)))
-        for axis, ds in zip("xy", scales):
-            ds.make_scale(axis)
-        for name in [*metrics, "done"]:
-            ds = f.create_dataset(name, shape=shape, dtype=np.uint8 if name == "done" else np.float64,
-                                  fillvalue=0 if name == "done" else np.nan)
-            for dim, (axis, scale) in enumerate(zip("xy", scales)):
+        f.attrs.update({
+            "producer": PRODUCER, "schema_version": SCHEMA_VERSION, "created_by": f"landscape {__version__}",
+            "metrics": json.dumps(list(s.values)), "fingerprint": json.dumps(s.fingerprint, sort_keys=True),
+            "config": json.dumps(s.config), "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256,
+            "target_checkpoint": o.target, "directions_sha256": s.directions_sha256, "model": json.dumps(o.model),
+            "checkpoint_metrics": json.dumps(o.metrics), "checkpoint_train_config": json.dumps(o.training.config),
+            "acc_unit": "percent"})
+        axes = [("x", f.create_dataset("xcoordinates", data=np.asarray(s.x, np.float64)))]
+        if s.y is not None:  # dimension 0 (rows) is y, dimension 1 (columns) is x
+            axes.insert(0, ("y", f.create_dataset("ycoordinates", data=np.asarray(s.y, np.float64))))
+        for label, scale in axes:
+            scale.make_scale(label)
+        for name, data in [*s.values.items(), ("done", s.done.astype(np.uint8))]:
+            ds = f.create_dataset(name, data=data)
+            for dim, (label, scale) in enumerate(axes):
                 ds.dims[dim].attach_scale(scale)
-                ds.dims[dim].label = axis
-        _write_directions(f.create_group("directions"), directions)
+                ds.dims[dim].label = label
+        _write_directions(f, directions)
+
+
+def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[str], directions: list[Arrays],
+                 origin: Origin, evaluation: dict[str, Any], config: dict[str, Any]) -> SurfaceWriter:
+    """The writer of a request's surface file, which is created if missing (rank 0 only).
+
+    An existing file must have been made from the same checkpoint, directions, grid and `evaluation` (the
+    splits, samples, loss, precision and data that decide the values), or it is refused and left untouched.
+    A schema-1 file is then rewritten in the current schema, its points kept.
+    """
+    dir_hash = directions_sha256(directions)
+    fingerprint = json.loads(json.dumps({
+        "checkpoint_sha256": origin.checkpoint_sha256, "directions_sha256": dir_hash, "xcoordinates": x.tolist(),
+        "ycoordinates": None if y is None else y.tolist(), **evaluation}))
+    if os.path.exists(path):
+        old = read_surface(path)
+        check_fingerprint(path, old.fingerprint, fingerprint)
+        missing = [m for m in metrics if m not in old.values]
+        if missing:
+            raise UserError(f"{path} lacks {missing}; it was made for other splits: use another --out")
+        if old.schema_version < SCHEMA_VERSION:
+            _write(path, old, read_directions(path))
+    else:
+        shape = grid_shape(x, y)
+        new = Surface(x, y, {m: np.full(shape, np.nan) for m in metrics}, np.zeros(shape, bool), origin, config,
+                      fingerprint, dir_hash)
+        _write(path, new, directions)
+    return SurfaceWriter(path, metrics)
 
 
 class SurfaceWriter:
-    """Holds one surface file open (rank 0 only), keeps its arrays in memory and flushes finished points."""
+    """Holds one surface file open (rank 0 only), keeps its arrays in memory and flushes finished points.
 
-    def __init__(self, path: str, fingerprint: dict[str, Any], metrics: list[str]):
+    The `Sink` of landscape.surface.compute_surface: rows arrive by flat point index (landscape.grid's order).
+    """
+
+    def __init__(self, path: str, metrics: list[str]):
         self.path = path
         self.file = _open(path, "r+")
-        try:
-            _check_ours(self.file, path)
-            check_fingerprint(path, json.loads(self.file.attrs["fingerprint"]), fingerprint)
-            missing = [m for m in metrics if m not in self.file]
-            if missing:
-                raise UserError(f"{path} lacks {missing}; it was made for other splits: use another --out")
-            self.values = {m: self.file[m][...] for m in metrics}
-            self.done = self.file["done"][...].astype(bool)
-        except BaseException:
-            self.file.close()
-            raise
+        self.values = {m: self.file[m][...] for m in metrics}
+        self.done = self.file["done"][...].astype(bool)
+
+    def done_points(self) -> np.ndarray:
+        """Flat bool mask of the points already stored."""
+        return self.done.reshape(-1).copy()
 
     def write(self, flat_idx: np.ndarray, rows: np.ndarray) -> None:
         """Store rows (len(flat_idx), n_metrics) at flat point indices, then mark them done; flush after each."""
@@ -149,12 +214,6 @@ class SurfaceWriter:
     def close(self) -> None:
         self.file.close()
 
-    def __enter__(self) -> SurfaceWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
 
 def check_fingerprint(path: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to mix points: every field that determines the values must match."""
@@ -167,19 +226,32 @@ def check_fingerprint(path: str, stored: dict[str, Any], current: dict[str, Any]
                         "the file to start over")
 
 
+def _json(attrs: dict[str, Any], key: str) -> Any:
+    return json.loads(attrs.get(key) or "{}")
+
+
 def read_surface(path: str) -> Surface:
+    """A surface file of either schema, 2D values as (ny, nx)."""
     if not os.path.exists(path):
         raise UserError(f"surface file not found: {path}")
     with _open(path, "r") as f:
-        _check_ours(f, path)
-        names = [k for k in ("train_loss", "train_acc", "test_loss", "test_acc") if k in f]
-        return Surface(x=f["xcoordinates"][...], y=f["ycoordinates"][...] if "ycoordinates" in f else None,
-                       values={k: f[k][...] for k in names}, done=f["done"][...].astype(bool),
-                       attrs={k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()})
+        version = _check_ours(f, path)
+        a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        x = f["xcoordinates"][...]
+        y = f["ycoordinates"][...] if "ycoordinates" in f else None
+        transpose = version == 1 and y is not None  # schema 1 stored (nx, ny)
+        metrics = json.loads(a["metrics"]) if "metrics" in a else [k for k in _SCHEMA1_METRICS if k in f]
+        values = {m: f[m][...].T if transpose else f[m][...] for m in metrics}
+        done = (f["done"][...].T if transpose else f["done"][...]).astype(bool)
+    origin = Origin(a.get("checkpoint", ""), a.get("checkpoint_sha256", ""), a.get("target_checkpoint", ""),
+                    _json(a, "model"), _json(a, "checkpoint_metrics"),
+                    Training.from_train_config(_json(a, "checkpoint_train_config")))
+    return Surface(x, y, values, done, origin, _json(a, "config"), _json(a, "fingerprint"),
+                   a.get("directions_sha256", ""), version)
 
 
-def read_directions(path: str) -> list[Params]:
-    """The directions stored in a surface (or direction) file, keyed by parameter name, float32 on CPU."""
+def read_directions(path: str) -> list[Arrays]:
+    """The directions stored in a surface (or direction) file, keyed by parameter name, float32."""
     if not os.path.exists(path):
         raise UserError(f"direction file not found: {path}")
     with _open(path, "r") as f:
@@ -187,15 +259,14 @@ def read_directions(path: str) -> list[Params]:
         if "directions" not in f:
             raise UserError(f"{path} holds no directions; give a surface file written by landscape")
         g = f["directions"]
-        return [{k: torch.from_numpy(g[name][k][...]) for k in g[name]} for name in sorted(g)]
+        return [{k: g[name][k][...] for k in g[name]} for name in sorted(g)]
 
 
-def save_directions(path: str, directions: list[Params], attrs: dict[str, Any]) -> None:
-    """A standalone direction file (same layout as in a surface file), written atomically."""
+def save_directions(path: str, directions: list[Arrays], config: dict[str, Any] | None = None) -> None:
+    """A standalone direction file (the layout of a surface file's /directions), written atomically; `--directions`
+    and read_directions take it like a surface file."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["producer"] = PRODUCER
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["directions_sha256"] = directions_sha256(directions)
-        for k, v in attrs.items():
-            f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
-        _write_directions(f.create_group("directions"), directions)
+        f.attrs.update({"producer": PRODUCER, "schema_version": SCHEMA_VERSION,
+                        "created_by": f"landscape {__version__}", "directions_sha256": directions_sha256(directions),
+                        "config": json.dumps(config or {})})
+        _write_directions(f, directions)

@@ -4,12 +4,11 @@ and the flat-buffer update theta = theta0 + alpha*d1 + beta*d2 used at every gri
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 Params = dict[str, Tensor]
-
-DIR_TYPES = ("weights", "states")
 
 
 def model_tensors(model: nn.Module, dir_type: str = "weights") -> Params:
@@ -26,6 +25,15 @@ def snapshot(params: Params, dtype: torch.dtype | None = torch.float32, device: 
              ) -> Params:
     """Detached copies (by default float32), e.g. theta0 taken from a model before it is moved."""
     return {k: v.detach().to(device=device or v.device, dtype=dtype or v.dtype, copy=True) for k, v in params.items()}
+
+
+def to_numpy(p: Params) -> dict[str, np.ndarray]:
+    """float32 numpy copies on the CPU: what an HDF5 file stores (landscape.io takes arrays, not tensors)."""
+    return {k: v.detach().to("cpu", torch.float32).numpy() for k, v in p.items()}
+
+
+def from_numpy(arrays: dict[str, np.ndarray]) -> Params:
+    return {k: torch.from_numpy(np.asarray(a)) for k, a in arrays.items()}
 
 
 def dot(a: Params, b: Params) -> float:

@@ -1,7 +1,8 @@
 """Pure plotting functions: arrays and an Axes in, the artist out. No file I/O, no savefig, no pyplot state.
 
-Non-finite values (NaN or inf far from the minimum) are masked, and levels are clipped to [vmin, vmax], so a
-surface that diverges at its corners still draws.
+2D values z have shape (len(y), len(x)), row = y (landscape.grid, and matplotlib's own convention), so they go
+to matplotlib as they are. Non-finite values (NaN or inf far from the minimum) are masked, and levels are clipped
+to [vmin, vmax], so a surface that diverges at its corners still draws.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def _masked(z: np.ndarray) -> np.ma.MaskedArray:
 
 def contour(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels: np.ndarray | None = None,
             label_levels: bool = True, **kw: Any) -> Any:
-    """Contour lines of z (shape (len(x), len(y))) with labelled levels: the paper's 2D plot."""
+    """Contour lines of z (shape (len(y), len(x))) with labelled levels: the paper's 2D plot."""
     levels = levels_for(z) if levels is None else levels
-    cs = ax.contour(x, y, _masked(z).T, levels=levels, cmap=kw.pop("cmap", "summer"), **kw)
+    cs = ax.contour(x, y, _masked(z), levels=levels, cmap=kw.pop("cmap", "summer"), **kw)
     if label_levels and len(cs.levels):
         ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt="%.3g")
     ax.set_aspect("auto")
@@ -47,13 +48,13 @@ def contourf(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels: np.n
     """Filled contours; values above the top level are drawn in the top colour (extend='both')."""
     levels = levels_for(z) if levels is None else levels
     zc = np.clip(_masked(z), levels[0], levels[-1])
-    return ax.contourf(x, y, zc.T, levels=levels, cmap=kw.pop("cmap", "viridis"), extend="both", **kw)
+    return ax.contourf(x, y, zc, levels=levels, cmap=kw.pop("cmap", "viridis"), extend="both", **kw)
 
 
 def heatmap(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, vmin: float | None = None,
             vmax: float | None = None, **kw: Any) -> Any:
     lo, hi = finite_range(z, vmin, vmax)
-    return ax.pcolormesh(x, y, _masked(z).T, vmin=lo, vmax=hi, shading="nearest",
+    return ax.pcolormesh(x, y, _masked(z), vmin=lo, vmax=hi, shading="nearest",
                          cmap=kw.pop("cmap", "viridis"), **kw)
 
 
@@ -62,7 +63,7 @@ def surface3d(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, vmin: float
     """A 3D surface on an Axes3D (subplot_kw={'projection': '3d'}); values are clipped to [vmin, vmax]."""
     lo, hi = finite_range(z, vmin, vmax)
     zc = np.clip(np.where(np.isfinite(z), z, hi), lo, hi)
-    xx, yy = np.meshgrid(x, y, indexing="ij")
+    xx, yy = np.meshgrid(x, y)
     return ax.plot_surface(xx, yy, zc, cmap=kw.pop("cmap", "viridis"), vmin=lo, vmax=hi, linewidth=0,
                            antialiased=True, **kw)
 

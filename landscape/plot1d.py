@@ -54,10 +54,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         info = init_distributed(jobs[0].device)
         try:
             for cfg in jobs:
-                result = compute(cfg, info)
-                paths[cfg.checkpoint] = result["path"]
+                paths[cfg.checkpoint], report = compute(cfg, info)
                 if info.is_main:
-                    print(result["report"], flush=True)
+                    print(report, flush=True)
         finally:
             cleanup_distributed()
         if not info.is_main:

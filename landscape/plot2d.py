@@ -39,12 +39,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg = surface_config(args, path)
         info = init_distributed(cfg.device)
         try:
-            result = compute(cfg, info)
+            path, report = compute(cfg, info)
         finally:
             cleanup_distributed()
         if not info.is_main:
             return
-        path, report = result["path"], result["report"]
     surface = read_surface(path)
     if not surface.is_2d:
         raise ValueError(f"{path} holds a 1D curve; plot it with python -m landscape.plot1d {path}")

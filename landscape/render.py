@@ -89,16 +89,12 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, log: bool 
 
 
 def describe(s: Surface) -> str:
-    """A short title from the checkpoint's training config: WD, BS and test error, as in Li et al. Fig. 3."""
-    import json
-
-    cfg = json.loads(s.attrs.get("checkpoint_train_config", "{}") or "{}")
-    metrics = json.loads(s.attrs.get("checkpoint_metrics", "{}") or "{}")
-    parts = []
-    if cfg:
-        parts.append(f"WD={cfg.get('weight_decay', 0):g}, BS={cfg.get('batch_size')}")
-    if "test_acc" in metrics:
-        parts.append(f"test error {100 - metrics['test_acc']:.2f}%")
+    """A short title from how the centre was trained: WD, BS and test error, as in Li et al. Fig. 3."""
+    t, parts = s.origin.training, []
+    if t.global_batch_size is not None:
+        parts.append(f"WD={t.weight_decay or 0:g}, BS={t.global_batch_size}")
+    if "test_acc" in s.origin.metrics:
+        parts.append(f"test error {100 - s.origin.metrics['test_acc']:.2f}%")
     return ", ".join(parts)
 
 

@@ -7,7 +7,6 @@ the surface file. It never plots; the CLIs render the file afterwards on rank 0.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,17 +19,10 @@ from landscape.directions import DirectionSpec, check_compatible, create_random_
 from landscape.distributed import DistInfo, run_on_main
 from landscape.errors import UserError
 from landscape.evaluation import get_criterion
-from landscape.io import SurfaceWriter, create_surface, directions_sha256, metric_names, read_directions
-from landscape.params import Params, model_tensors, snapshot
-from landscape.surface import (
-    EvalSet,
-    PointEvaluator,
-    check_points_per_pass,
-    compute_surface,
-    grid_points,
-    parse_range,
-    select_samples,
-)
+from landscape.grid import grid_points, parse_range
+from landscape.io import Origin, Training, open_surface, read_directions
+from landscape.params import Params, from_numpy, model_tensors, snapshot, to_numpy
+from landscape.surface import EvalSet, PointEvaluator, check_points_per_pass, compute_surface, select_samples
 
 
 @dataclass(frozen=True)
@@ -109,7 +101,7 @@ def make_directions(model: torch.nn.Module, cfg: SurfaceConfig) -> tuple[Params,
     n = 1 if cfg.y is None else 2
     spec = DirectionSpec(cfg.dir_type, cfg.norm, cfg.ignore, cfg.seed, cfg.orthogonal)
     if cfg.directions_file:
-        dirs = read_directions(cfg.directions_file)
+        dirs = [from_numpy(d) for d in read_directions(cfg.directions_file)]
         if len(dirs) < n:
             raise UserError(f"{cfg.directions_file} holds {len(dirs)} direction(s) but a {cfg.kind} surface needs {n}")
         for d in dirs[:n]:
@@ -126,39 +118,51 @@ def resolve_batch_size(cfg: SurfaceConfig, device: torch.device) -> int:
     return cfg.batch_size or (1024 if device.type == "cuda" else 256)
 
 
-def run_surface(cfg: SurfaceConfig, info: DistInfo) -> dict[str, Any]:
-    """Compute or resume the surface file of cfg; returns its path, the point counts and the centre metrics."""
+@dataclass(frozen=True)
+class SurfaceRun:
+    """What run_surface did: the file, its number of points, and how many of them this call computed."""
+
+    path: str
+    total: int
+    computed: int
+
+    @property
+    def already_done(self) -> int:
+        return self.total - self.computed
+
+
+def origin_of(cfg: SurfaceConfig, ckpt: dict[str, Any]) -> Origin:
+    """What the surface file records about its centre checkpoint."""
+    return Origin(os.path.abspath(cfg.checkpoint), file_sha256(cfg.checkpoint),
+                  os.path.abspath(cfg.target) if cfg.target else "", ckpt["model"], ckpt.get("metrics", {}),
+                  Training.from_train_config(ckpt.get("train_config", {})))
+
+
+def run_surface(cfg: SurfaceConfig, info: DistInfo) -> SurfaceRun:
+    """Compute or resume the surface file of cfg, with every rank of the process group taking part."""
     model, ckpt = load_model(cfg.checkpoint)
     sets = load_eval_sets(ckpt, cfg, info.device)
     theta0, dirs = make_directions(model, cfg)
     x = parse_range(cfg.x, "--x")
     y = parse_range(cfg.y, "--y") if cfg.y is not None else None
-    path = surface_path(cfg)
-    fingerprint = {"checkpoint_sha256": file_sha256(cfg.checkpoint), "directions_sha256": directions_sha256(dirs),
-                   "xcoordinates": x.tolist(), "ycoordinates": None if y is None else y.tolist(),
-                   "splits": list(cfg.splits), "samples": cfg.samples, "loss": cfg.loss,
-                   "precision": cfg.precision, "data": ckpt["data"]}
-    metrics = metric_names(cfg.splits)
-    attrs = {"config": json.dumps({**asdict(cfg), "splits": list(cfg.splits)}),
-             "checkpoint": os.path.abspath(cfg.checkpoint), "checkpoint_sha256": fingerprint["checkpoint_sha256"],
-             "directions_sha256": fingerprint["directions_sha256"], "model": json.dumps(ckpt["model"]),
-             "checkpoint_metrics": json.dumps(ckpt.get("metrics", {})), "acc_unit": "percent",
-             "checkpoint_train_config": json.dumps(ckpt.get("train_config", {})),
-             "target_checkpoint": os.path.abspath(cfg.target) if cfg.target else ""}
-
-    def open_writer() -> SurfaceWriter:
-        os.makedirs(cfg.out, exist_ok=True)
-        if not os.path.exists(path):
-            create_surface(path, x, y, metrics, dirs, fingerprint, attrs)
-        return SurfaceWriter(path, fingerprint, metrics)
-
     evaluator = PointEvaluator(model, theta0, dirs, sets, cfg.dir_type, resolve_batch_size(cfg, info.device),
                                get_criterion(cfg.loss), cfg.precision,
                                channels_last=sets[0].x.ndim == 4 and cfg.channels_last is not False,
                                compile=cfg.compile, points_per_pass=cfg.points_per_pass)
-    counts = compute_surface(evaluator, grid_points(x, y), len(metrics), open_writer, info, cfg.flush_seconds,
-                             cfg.progress)
-    return {"path": path, **counts, "checkpoint_metrics": ckpt.get("metrics", {})}
+    origin = origin_of(cfg, ckpt)
+    # What decides the values besides the checkpoint, the directions and the grid: a resume must match it.
+    evaluation = {"splits": list(cfg.splits), "samples": cfg.samples, "loss": cfg.loss, "precision": cfg.precision,
+                  "data": ckpt["data"]}
+    path = surface_path(cfg)
+    sink = run_on_main(lambda: open_surface(path, x, y, evaluator.metric_names, [to_numpy(d) for d in dirs], origin,
+                                            evaluation, {**asdict(cfg), "splits": list(cfg.splits)}), info)
+    points = grid_points(x, y)
+    try:
+        computed = compute_surface(evaluator, points, sink, info, cfg.flush_seconds, cfg.progress)
+    finally:
+        if sink is not None:
+            sink.close()
+    return SurfaceRun(path, len(points), computed)
 
 
 def check_output_folder(folder: str, info: DistInfo) -> None:

@@ -1,19 +1,19 @@
-"""Grid evaluation: the grid spec, the per-point engine, and the resumable, distributed sweep over a grid.
+"""Grid evaluation: the per-point engine (PointEvaluator) and the resumable, distributed sweep over a grid
+(compute_surface), which meet the model and the file through two small protocols, Evaluator and Sink.
 
 Flat point i of the grid belongs to rank i % world_size among the points not yet done. Every rank evaluates
 the whole fixed evaluation set at each of its points. Ranks meet only once per flush (every ~`flush_seconds`
 of work, agreed after the first round), where rank 0 gathers the finished rows by a SUM reduction and writes
-them to the HDF5 file. No collective runs per point.
+them to the sink (the HDF5 file). No collective runs per point.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,39 +21,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
-from landscape.distributed import DistInfo, all_reduce_sum, run_on_main
+from landscape.distributed import DistInfo, all_reduce_sum, broadcast_object
 from landscape.evaluation import Criterion, batched_sums, cross_entropy_sums
-from landscape.io import SurfaceWriter
 from landscape.params import Params, PointSetter, model_tensors
-
-_RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*(\d+)\s*$")
-
-
-def parse_range(spec: str, flag: str = "--x") -> np.ndarray:
-    """'MIN:MAX:NUM' (the reference implementation's syntax) -> NUM evenly spaced values, MIN < MAX, NUM >= 2."""
-    m = _RANGE.match(spec)
-    if not m:
-        raise ValueError(f"{flag}={spec!r} is not MIN:MAX:NUM; write e.g. {flag}=-1:1:51")
-    try:
-        lo, hi, num = float(m.group(1)), float(m.group(2)), int(m.group(3))
-    except ValueError:
-        raise ValueError(f"{flag}={spec!r} is not MIN:MAX:NUM with numbers; write e.g. {flag}=-1:1:51") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{flag}={spec!r}: MIN and MAX must be finite numbers")
-    if num < 2:
-        raise ValueError(f"{flag}={spec!r}: NUM must be at least 2; write e.g. {flag}={lo:g}:{hi:g}:51")
-    if lo >= hi:
-        raise ValueError(f"{flag}={spec!r}: MIN must be below MAX; write e.g. "
-                         f"{flag}={min(lo, hi):g}:{max(lo, hi):g}:{num}")
-    return np.linspace(lo, hi, num)
-
-
-def grid_points(x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-    """(P, 1) or (P, 2) coordinates in C order, so flat index i is (i // ny, i % ny)."""
-    if y is None:
-        return x.reshape(-1, 1)
-    xx, yy = np.meshgrid(x, y, indexing="ij")
-    return np.stack([xx.ravel(), yy.ravel()], axis=1)
 
 
 def check_points_per_pass(points_per_pass: int, compile: bool) -> None:
@@ -61,6 +31,29 @@ def check_points_per_pass(points_per_pass: int, compile: bool) -> None:
         raise ValueError(f"--points-per-pass must be >= 1, got {points_per_pass}")
     if compile and points_per_pass > 1:
         raise ValueError("--compile and --points-per-pass > 1 do not combine; pick one")
+
+
+class Evaluator(Protocol):
+    """What compute_surface needs of a model evaluator: metric values for a few grid points at a time."""
+
+    metric_names: list[str]
+    points_per_pass: int  # the most points one call of `evaluate` takes
+
+    def evaluate(self, coords: np.ndarray) -> Tensor:
+        """Values (K, len(metric_names)) for the K points of `coords` (K, n_directions), K <= points_per_pass."""
+        ...
+
+
+class Sink(Protocol):
+    """Where compute_surface stores finished rows (landscape.io.SurfaceWriter is one)."""
+
+    def done_points(self) -> np.ndarray:
+        """Flat bool mask of the points already stored."""
+        ...
+
+    def write(self, flat_idx: np.ndarray, rows: np.ndarray) -> None:
+        """Store rows (len(flat_idx), n_metrics) at these flat point indices, then mark them done."""
+        ...
 
 
 @dataclass
@@ -89,7 +82,7 @@ class PointEvaluator:
     The model is deep-copied once; the copy's tensors are rewritten in place at each point (PointSetter), so
     the caller's model is never perturbed and nothing is allocated per point.
 
-    With `points_per_pass` K > 1, `many` evaluates K points per forward pass: torch.func.vmap over K stacked
+    With `points_per_pass` K > 1, `evaluate` takes K points per forward pass: torch.func.vmap over K stacked
     weight sets (functional_call), the criterion vmapped alike. It pays where one point leaves the device idle
     (small models on a GPU); on a CPU, sequential points are faster (benchmarks/surface.py measures both).
     """
@@ -107,6 +100,7 @@ class PointEvaluator:
         self.forward: nn.Module = torch.compile(self.model) if compile else self.model
         self.sets, self.batch_size, self.criterion, self.precision = sets, batch_size, criterion, precision
         self.points_per_pass = points_per_pass
+        self.metric_names = [f"{s.name}_{m}" for s in sets for m in ("loss", "acc")]
         self._forward_many = vmap(lambda w, xb: functional_call(self.model, w, (xb,)), in_dims=(0, None))
         self._criterion_many = vmap(criterion, in_dims=(0, None))
         # sums -> means: [loss_sum, correct] per set times [1/n, 100/n]; one multiply per point
@@ -123,8 +117,12 @@ class PointEvaluator:
             sums += batched_sums(self.forward, s.x, s.y, self.batch_size, self.criterion, self.precision)
         return torch.stack(sums).mul_(self.scale)
 
-    def many(self, coords: np.ndarray) -> Tensor:
-        """(K, n_metrics) for the K points of `coords` (K, n_directions), in one vmapped pass per batch."""
+    def evaluate(self, coords: np.ndarray) -> Tensor:
+        """(K, n_metrics) for the K points of `coords` (K, n_directions): one point at a time through the model's
+        own weights, or all K in one vmapped pass per batch when points_per_pass > 1."""
+        if self.points_per_pass == 1:
+            rows = [self(tuple(float(c) for c in point)) for point in coords]
+            return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)  # a view for the usual 1 point
         weights = self.setter.stacked(torch.as_tensor(coords))
         sums = []
         for s in self.sets:
@@ -133,62 +131,52 @@ class PointEvaluator:
         return torch.stack(sums, dim=1).mul_(self.scale)
 
 
-def compute_surface(evaluator: Callable[[tuple[float, ...]], Tensor], points: np.ndarray, n_metrics: int,
-                    open_writer: Callable[[], SurfaceWriter], info: DistInfo, flush_seconds: float = 2.0,
-                    progress: bool = True) -> dict[str, int]:
-    """Evaluate every point not yet done in the surface file and store it; returns counts of points.
+def compute_surface(evaluator: Evaluator, points: np.ndarray, sink: Sink | None, info: DistInfo,
+                    flush_seconds: float = 2.0, progress: bool = True) -> int:
+    """Evaluate every point of `points` (P, n_directions) that the sink does not hold yet and store it; returns
+    how many points were computed, on all ranks together.
 
-    Rank 0 alone opens the file (`open_writer`) and tells the others which points are done. Pending points
+    Rank 0, and only rank 0, passes the sink; it tells the other ranks which points are done. Pending points
     are dealt round-robin; in each round every rank evaluates up to k of its points, then one SUM reduction
     (each row is non-zero on one rank only) brings the round's rows and the ranks' seconds per point to
-    rank 0, which writes and flushes them.
-    k starts at 1 and is re-chosen after every round so that a round takes about `flush_seconds`; all ranks
-    derive it from the same reduced number, so they always agree on the number of rounds. An evaluator with
-    `points_per_pass` K > 1 is called as `evaluator.many` on up to K points at a time, and k is a multiple of K.
+    rank 0, which hands them to the sink.
+    k starts at one pass and is re-chosen after every round so that a round takes about `flush_seconds`; all
+    ranks derive it from the same reduced number, so they always agree on the number of rounds. The evaluator
+    is called on up to `points_per_pass` points at a time, and k is a whole number of passes.
     """
-    holder: dict[str, SurfaceWriter] = {}
-
-    def open_and_read_done() -> np.ndarray:
-        holder["writer"] = open_writer()
-        return holder["writer"].done.reshape(-1).copy()
-
-    done = run_on_main(open_and_read_done, info)
-    writer = holder.get("writer")
-    try:
-        pending = np.flatnonzero(~done)
-        mine = pending[info.rank::info.world_size]
-        per_rank = math.ceil(len(pending) / info.world_size)
-        bar = tqdm(total=len(points), initial=len(points) - len(pending), desc="surface", unit="pt",
-                   disable=not (progress and info.is_main), dynamic_ncols=True)
-        group = getattr(evaluator, "points_per_pass", 1)  # points per call of evaluator.many
-        start, k, computed = 0, group, 0
-        while start < per_rank:
-            # Every rank evaluates all of its points of the round, so every row of the chunk gets filled.
-            chunk = pending[start * info.world_size:(start + k) * info.world_size]
-            payload = torch.zeros(len(chunk) * n_metrics + 1, dtype=torch.float64, device=info.device)
-            rows = payload[:-1].view(len(chunk), n_metrics)
-            t0 = time.perf_counter()
-            todo = mine[start:start + k]
-            for j in range(0, len(todo), group):
-                ids = todo[j:j + group]
+    if (sink is not None) != info.is_main:
+        raise ValueError("rank 0, and only rank 0, passes compute_surface a sink")
+    done = broadcast_object(sink.done_points() if sink is not None else None)
+    pending = np.flatnonzero(~done)
+    mine = pending[info.rank::info.world_size]
+    per_rank = math.ceil(len(pending) / info.world_size)
+    n_metrics, group = len(evaluator.metric_names), evaluator.points_per_pass
+    bar = tqdm(total=len(points), initial=len(points) - len(pending), desc="surface", unit="pt",
+               disable=not (progress and info.is_main), dynamic_ncols=True)
+    start, k = 0, group
+    while start < per_rank:
+        # Every rank evaluates all of its points of the round, so every row of the chunk gets filled.
+        chunk = pending[start * info.world_size:(start + k) * info.world_size]
+        payload = torch.zeros(len(chunk) * n_metrics + 1, dtype=torch.float64, device=info.device)
+        rows = payload[:-1].view(len(chunk), n_metrics)
+        t0 = time.perf_counter()
+        todo = mine[start:start + k]
+        for j in range(0, len(todo), group):
+            ids = todo[j:j + group]
+            values = evaluator.evaluate(points[ids])
+            if len(ids) == 1:  # plain row assignment: no index tensor built per point
+                rows[j * info.world_size + info.rank] = values[0]
+            else:
                 at = np.arange(j, j + len(ids)) * info.world_size + info.rank
-                if group == 1:
-                    rows[int(at[0])] = evaluator(tuple(float(c) for c in points[ids[0]]))
-                else:
-                    rows[torch.as_tensor(at, device=rows.device)] = evaluator.many(points[ids])
-            computed += len(todo)
-            payload[-1] = (time.perf_counter() - t0) / max(1, len(todo))
-            all_reduce_sum(payload)  # the only collective of the round
-            if writer is not None:
-                writer.write(chunk, rows.cpu().numpy())
-                bar.update(len(chunk))
-            start += k
-            per_point = float(payload[-1]) / info.world_size
-            k = int(max(1, min(4096, flush_seconds / max(per_point, 1e-9))))
-            k = -(-k // group) * group  # whole passes
-        bar.close()
-    finally:
-        if writer is not None:
-            writer.close()
-    return {"total": len(points), "computed": len(pending), "already_done": len(points) - len(pending),
-            "computed_here": computed}
+                rows[torch.as_tensor(at, device=rows.device)] = values
+        payload[-1] = (time.perf_counter() - t0) / max(1, len(todo))
+        all_reduce_sum(payload)  # the only collective of the round
+        if sink is not None:
+            sink.write(chunk, rows.cpu().numpy())
+            bar.update(len(chunk))
+        start += k
+        per_point = float(payload[-1]) / info.world_size
+        k = int(max(1, min(4096, flush_seconds / max(per_point, 1e-9))))
+        k = -(-k // group) * group  # whole passes
+    bar.close()
+    return len(pending)

@@ -11,7 +11,7 @@ from landscape.io import Surface  # noqa: E402
 
 def _bowl(nan_corner: bool):
     x, y = np.linspace(-1, 1, 9), np.linspace(-1, 1, 7)
-    z = np.add.outer(x**2, 2 * y**2) + 0.1
+    z = np.add.outer(2 * y**2, x**2) + 0.1  # (len(y), len(x)): row = y
     if nan_corner:
         z[0, 0], z[-1, -1] = np.nan, np.inf
     return x, y, z

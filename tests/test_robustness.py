@@ -280,7 +280,7 @@ def test_non_finite_points_are_stored_and_plotted(mlp_ckpt, tmp_path):
 
     far = run_surface(SurfaceConfig(mlp_ckpt, out=str(tmp_path), x="-1e6:1e6:3", y="-1e6:1e6:3", norm="none",
                                     ignore="none", progress=False), SINGLE)
-    s = read_surface(far["path"])
+    s = read_surface(far.path)
     assert s.done.all()
     assert not np.isfinite(s.values["train_loss"]).all() or s.values["train_loss"].max() > 1e3
     files = render.render_2d(s, str(tmp_path / "far"), formats=("png",))

@@ -1,3 +1,5 @@
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -7,10 +9,11 @@ from torch import nn
 from landscape.directions import DirectionSpec, create_random_directions
 from landscape.errors import UserError
 from landscape.evaluation import mse_sums
+from landscape.grid import parse_range
 from landscape.io import read_surface
 from landscape.params import PointSetter, model_tensors, snapshot
 from landscape.runner import SurfaceConfig, run_surface, surface_path
-from landscape.surface import EvalSet, PointEvaluator, parse_range
+from landscape.surface import EvalSet, PointEvaluator
 from tests.conftest import SINGLE
 
 
@@ -21,9 +24,9 @@ def _cfg(ckpt, out, **kw):
 @pytest.mark.parametrize("ckpt_fixture", ["mlp_ckpt", "bn_ckpt"])
 def test_centre_point_reproduces_the_checkpoint_metrics(request, tmp_path, ckpt_fixture):
     ckpt = request.getfixturevalue(ckpt_fixture)
-    res = run_surface(_cfg(ckpt, tmp_path, x="-1:1:3", y="-1:1:3"), SINGLE)
-    s = read_surface(res["path"])
-    stored = res["checkpoint_metrics"]
+    s = read_surface(run_surface(_cfg(ckpt, tmp_path, x="-1:1:3", y="-1:1:3"), SINGLE).path)
+    stored = torch.load(ckpt, weights_only=True)["metrics"]
+    assert s.origin.metrics == stored
     for key in ("train_loss", "test_loss", "train_acc", "test_acc"):
         assert s.values[key][1, 1] == pytest.approx(stored[key], rel=1e-6, abs=1e-9), key
         assert s.values[key][0, 0] != pytest.approx(stored[key], rel=1e-6)  # the corners really moved
@@ -50,10 +53,10 @@ def test_several_points_per_pass_give_the_values_of_one_point_per_pass(request, 
     passes of 3 leave a short last pass."""
     ckpt = request.getfixturevalue(ckpt_fixture)
     kw = dict(x="-1:1:5", y="-1:1:4", dir_type=dir_type, samples=64, flush_seconds=0.0)
-    one = read_surface(run_surface(_cfg(ckpt, tmp_path / "one", **kw), SINGLE)["path"])
+    one = read_surface(run_surface(_cfg(ckpt, tmp_path / "one", **kw), SINGLE).path)
     res = run_surface(_cfg(ckpt, tmp_path / "many", points_per_pass=3, **kw), SINGLE)
-    assert (res["computed"], res["total"]) == (20, 20)
-    many = read_surface(res["path"])
+    assert (res.computed, res.total) == (20, 20)
+    many = read_surface(res.path)
     assert many.done.all()
     for k in one.values:
         np.testing.assert_allclose(many.values[k], one.values[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -102,29 +105,33 @@ def test_grid_spec_is_the_reference_syntax():
 
 
 def test_hdf5_round_trip_with_dimension_scales(mlp_ckpt, tmp_path):
-    res = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:4", y="-0.5:0.5:3"), SINGLE)
-    with h5py.File(res["path"], "r") as f:
-        assert f["train_loss"].shape == (4, 3) and f["done"][...].all()
-        assert f["train_loss"].dims[0][0].name == "/xcoordinates"
-        assert f["train_loss"].dims[1][0].name == "/ycoordinates"
-        assert f["train_loss"].dims[0].label == "x"
-        assert f.attrs["schema_version"] == 1
+    path = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:4", y="-0.5:0.5:3"), SINGLE).path
+    with h5py.File(path, "r") as f:
+        for name in ("train_loss", "done"):
+            assert f[name].shape == (3, 4)  # (len(y), len(x))
+            assert [d[0].name for d in f[name].dims] == ["/ycoordinates", "/xcoordinates"]
+            assert [d.label for d in f[name].dims] == ["y", "x"]
+        assert f["done"][...].all()
+        assert f.attrs["schema_version"] == 2
         assert set(f["directions/d1"]) == set(f["directions/d2"]) == set(dict(torch.load(
             mlp_ckpt, weights_only=True)["state_dict"]))
         assert len(f.attrs["checkpoint_sha256"]) == 64
-    s = read_surface(res["path"])
+    s = read_surface(path)
     assert np.allclose(s.x, np.linspace(-1, 1, 4)) and np.allclose(s.y, np.linspace(-0.5, 0.5, 3))
+    assert s.origin.checkpoint == os.path.abspath(mlp_ckpt) and s.origin.model["name"] == "mlp"
+    assert (s.origin.training.global_batch_size, s.origin.training.weight_decay) == (64, 0.0)
+    assert s.config["x"] == "-1:1:4" and s.schema_version == 2
 
 
 def test_1d_surface_shape_and_it_is_the_alpha_axis_of_the_2d_one(mlp_ckpt, tmp_path):
-    one = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:5"), SINGLE)["path"])
-    two = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:5", y="-1:1:3"), SINGLE)["path"])
+    one = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:5"), SINGLE).path)
+    two = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:5", y="-1:1:3"), SINGLE).path)
     assert one.values["test_loss"].shape == (5,)
-    np.testing.assert_allclose(one.values["test_loss"], two.values["test_loss"][:, 1], rtol=1e-12)
+    np.testing.assert_allclose(one.values["test_loss"], two.values["test_loss"][1, :], rtol=1e-12)  # the row y=0
 
 
 def test_interrupted_run_resumes_to_the_same_file_without_recomputing(mlp_ckpt, tmp_path, monkeypatch):
-    full = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "full", x="-1:1:7", y="-1:1:5"), SINGLE)["path"])
+    full = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "full", x="-1:1:7", y="-1:1:5"), SINGLE).path)
     calls = {"n": 0}
     real = PointEvaluator.__call__
 
@@ -142,15 +149,15 @@ def test_interrupted_run_resumes_to_the_same_file_without_recomputing(mlp_ckpt, 
     partial = read_surface(surface_path(cfg))
     assert partial.done.sum() == 20
     res = run_surface(cfg, SINGLE)
-    assert (res["already_done"], res["computed"]) == (20, 15)
-    resumed = read_surface(res["path"])
+    assert (res.already_done, res.computed) == (20, 15)
+    resumed = read_surface(res.path)
     for k in full.values:
         assert np.array_equal(full.values[k], resumed.values[k]), k
 
 
 def test_mismatched_resume_is_refused_and_the_file_kept(mlp_ckpt, mlp_ckpt_b, tmp_path):
     cfg = _cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", name="s")
-    path = run_surface(cfg, SINGLE)["path"]
+    path = run_surface(cfg, SINGLE).path
     before = open(path, "rb").read()
     for change, msg in [({"x": "-2:2:3"}, "another x grid"), ({"seed": 1}, "other directions"),
                         ({"checkpoint": mlp_ckpt_b}, "another checkpoint"), ({"samples": 10}, "samples")]:
@@ -160,17 +167,17 @@ def test_mismatched_resume_is_refused_and_the_file_kept(mlp_ckpt, mlp_ckpt_b, tm
 
 
 def test_directions_from_a_file_are_reused_and_checked(mlp_ckpt, mlp_ckpt_b, bn_ckpt, tmp_path):
-    first = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", seed=5), SINGLE)["path"]
+    first = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", seed=5), SINGLE).path
     again = run_surface(_cfg(mlp_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", name="reuse", directions_file=first), SINGLE)
     np.testing.assert_array_equal(read_surface(first).values["test_loss"],
-                                  read_surface(again["path"]).values["test_loss"])
+                                  read_surface(again.path).values["test_loss"])
     with pytest.raises(ValueError, match="another model"):
         run_surface(_cfg(bn_ckpt, tmp_path, x="-1:1:3", y="-1:1:3", directions_file=first), SINGLE)
 
 
 def test_interpolation_reaches_the_second_checkpoint(mlp_ckpt, mlp_ckpt_b, tmp_path):
-    res = run_surface(_cfg(mlp_ckpt, tmp_path, x="0:1:3", target=mlp_ckpt_b, dir_type="states"), SINGLE)
-    s = read_surface(res["path"])
+    s = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path, x="0:1:3", target=mlp_ckpt_b, dir_type="states"),
+                                 SINGLE).path)
     b = torch.load(mlp_ckpt_b, weights_only=True)["metrics"]
-    assert s.values["test_loss"][0] == pytest.approx(res["checkpoint_metrics"]["test_loss"], rel=1e-6)
+    assert s.values["test_loss"][0] == pytest.approx(s.origin.metrics["test_loss"], rel=1e-6)
     assert s.values["test_loss"][-1] == pytest.approx(b["test_loss"], rel=1e-5)
