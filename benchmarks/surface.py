@@ -58,18 +58,19 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from landscape.checkpoint import load_model
+    from landscape.config import SurfaceConfig
     from landscape.distributed import cleanup_distributed, init_distributed
     from landscape.grid import grid_points, parse_range
     from landscape.io import Origin, open_surface
     from landscape.params import to_numpy
-    from landscape.runner import SurfaceConfig, load_eval_sets, make_directions, surface_path
+    from landscape.runner import load_eval_sets, make_directions
     from landscape.surface import PointEvaluator, compute_surface
 
     torch.set_num_threads(args.threads)
     info = init_distributed("cpu")
     _, _, _, _, batch, n, per_pass = MODELS[args.model]
     spec = f"-1:1:{n}"
-    cfg = SurfaceConfig(args.ckpt, out=args.tmp, x=spec, y=spec, splits=("train",), batch_size=batch,
+    cfg = SurfaceConfig(args.ckpt, out=args.tmp, x=spec, y=spec, splits=("train",), eval_batch_size=batch,
                         progress=False, name=f"bench_{args.model}_{info.world_size}_{args.threads}")
     model, ckpt = load_model(args.ckpt)
     sets = load_eval_sets(ckpt, cfg, info.device)
@@ -87,7 +88,7 @@ def worker(args: argparse.Namespace) -> None:
 
     def engine(ev: PointEvaluator) -> float:
         """The whole sweep as run_surface does it: a new file opened on rank 0, every point computed, flushed."""
-        path = surface_path(cfg)
+        path = cfg.path
         t0 = time.perf_counter()
         sink = None
         if info.is_main:

@@ -24,6 +24,7 @@ import torch
 from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run_cli
 from landscape.data import Dataset, load_dataset
 from landscape.distributed import DistInfo, init_distributed
+from landscape.errors import UserError
 from landscape.evaluation import evaluate
 from landscape.files import read_cached, write_cached, write_csv
 from landscape.models import build_model
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = PRESETS[args.preset]
     info = init_distributed("cpu")
     if info.is_distributed:
-        raise ValueError("figures.batch_scaling runs in one process; start it with python -m, not torchrun")
+        raise UserError("figures.batch_scaling runs in one process; start it with python -m, not torchrun")
     check_writable(args.out)
     data = load_dataset(p.dataset, **p.data_kwargs)
     results = []

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
+from landscape.config import DEVICES, SurfaceConfig
 from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
 from landscape.files import write_csv
 from landscape.hessian import width_1d
 from landscape.io import Surface, read_surface
-from landscape.runner import SurfaceConfig, check_output_folder, run_surface
+from landscape.runner import check_output_folder, run_surface
 from landscape.sharpness import measure_sharpness
 from trainers.ddp import TrainConfig
 from trainers.sweep import run_name, sweep
@@ -187,7 +188,8 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     p.add_argument("--out", default="figures_out/flat_vs_sharp", help="folder for runs, surfaces, figures, table")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU")
     return p
 
 

@@ -4,4 +4,4 @@ The importable core: `directions` (sampling, normalization), `surface` (grid eva
 `io` (the HDF5 schema), `plot` (pure plotting functions) and `hessian` (sharpness by Lanczos/Hutchinson).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

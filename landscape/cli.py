@@ -1,13 +1,26 @@
-"""Shared CLI plumbing: one-line errors instead of tracebacks, and a parser that reports like that too."""
+"""CLI plumbing shared by every command: flags derived from config dataclasses (one source of names, defaults,
+help and choices), old flag spellings kept for a release, one-line errors, and a parser that reports like that.
+
+A config field declared with `option(...)` is a flag: `--eval-batch-size` for `eval_batch_size`, unless the field
+names another. `add_config_args` adds a config's flags to a parser and `config_from_args` builds the config back
+from the parsed flags, so a command never lists the fields by hand.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from landscape.errors import UserError, error_message
+
+C = TypeVar("C")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -17,8 +30,118 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows each option's default and keeps the description's line breaks."""
+class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each option's default where it has one, and keeps the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        d, text = action.default, action.help or ""
+        if (not action.option_strings or d in (None, argparse.SUPPRESS) or isinstance(d, bool)
+                or d == () or d == [] or "default" in text):
+            return action.help
+        shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+           choices: Sequence[Any] | None = None, type: Callable[[str], Any] | None = None, group: str | None = None,
+           metavar: str | None = None, deprecated: Sequence[str] = (),
+           default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that is also a command-line flag (see add_config_args). `flag` overrides the flag's
+    name; `deprecated` lists old spellings that keep working for one release with a notice."""
+    meta = {"cli": {"help": help, "flag": flag, "choices": choices, "type": type, "group": group,
+                    "metavar": metavar, "deprecated": tuple(deprecated)}}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A flag value that is a JSON object, e.g. --model-kwargs '{"hidden": [256, 256]}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} (example: '{{\"hidden\": [256, 256]}}')") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _value_type(hint: Any) -> tuple[Any, bool]:
+    """(the type of one flag value, whether the field is a tuple of them), through `X | None`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = ()) -> None:
+    """One flag per `option` field of the dataclass `cls`, except those in `skip`, with the field's default,
+    help and choices. A bool field is a switch (a field that defaults to True is switched off by its flag, e.g.
+    --no-progress); a tuple field takes several values; a field without a default is a required flag."""
+    hints, groups = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("cli")
+        if meta is None or f.name in skip:
+            continue
+        group = parser if meta["group"] is None else groups.setdefault(
+            meta["group"], parser.add_argument_group(meta["group"]))
+        name = meta["flag"] or "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value_type, several = _value_type(hints[f.name])
+        if value_type is bool:
+            kw["action"] = "store_false" if kw.get("default") else "store_true"
+        else:
+            kw.update(type=meta["type"] or value_type, choices=meta["choices"], metavar=meta["metavar"])
+            if several:
+                kw["nargs"] = "+" if kw.get("default") else "*"
+        group.add_argument(name, **kw)
+        for old in meta["deprecated"]:
+            add_renamed_flag(group, old, name, f.name, type=kw.get("type"), nargs=kw.get("nargs"))
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
+    """The dataclass `cls` from parsed flags, matched by field name, then `overrides`."""
+    hints, values = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if f.name in overrides or not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        values[f.name] = tuple(value) if isinstance(value, list) and _value_type(hints[f.name])[1] else value
+    return cls(**values, **overrides)
+
+
+class _RenamedFlag(argparse.Action):
+    """An old spelling of a flag: sets the same field, says once (on rank 0) what to write instead."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kw: Any):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{parser.prog}: warning: {option_string} is renamed {self.new}; the old name goes in the next "
+                  "release", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed_flag(parser: argparse.ArgumentParser | Any, old: str, new: str, dest: str, **kw: Any) -> None:
+    """Keep accepting `old` for the flag now called `new` (same dest and value type), hidden from --help."""
+    parser.add_argument(old, dest=dest, action=_RenamedFlag, new=new, **{k: v for k, v in kw.items() if v is not None})
+
+
+def renamed_command(old: str, new: str, cli: Callable[[], None]) -> Callable[[], None]:
+    """A console script under its old name: says what it is called now, then runs it."""
+    def run() -> None:
+        print(f"warning: {old} is renamed {new}; the old name goes in the next release", file=sys.stderr)
+        cli()
+
+    return run
 
 
 # Exceptions that mean "bad input" rather than "bug": reported in one line unless LANDSCAPE_DEBUG is set.

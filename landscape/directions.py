@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape.config import DIR_TYPES, IGNORES, NORMS, check_choice
+from landscape.errors import ConfigError
 from landscape.params import Params, add_scaled, dot
 
-NORMS = ("filter", "layer", "weight", "none")
-IGNORES = ("biasbn", "none")
 EPS = 1e-10
 
 
@@ -30,12 +30,9 @@ class DirectionSpec:
     orthogonal: bool = False
 
     def __post_init__(self) -> None:
-        if self.dir_type not in ("weights", "states"):
-            raise ValueError(f"unknown direction type {self.dir_type!r}: use weights or states")
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown normalization {self.norm!r}: use one of {', '.join(NORMS)}")
-        if self.ignore not in IGNORES:
-            raise ValueError(f"unknown ignore option {self.ignore!r}: use biasbn or none")
+        check_choice(self.dir_type, DIR_TYPES, "dir_type")
+        check_choice(self.norm, NORMS, "norm")
+        check_choice(self.ignore, IGNORES, "ignore")
 
 
 def random_direction(theta: Params, generator: torch.Generator) -> Params:
@@ -51,10 +48,8 @@ def normalize_direction(d: Params, theta: Params, norm: str = "filter", ignore: 
             slice of theta; layer: each tensor gets theta's tensor norm; weight: d * theta elementwise.
     1-D tensors are zeroed with ignore='biasbn', else set to theta (reference semantics) unless norm='none'.
     """
-    if norm not in NORMS:
-        raise ValueError(f"unknown normalization {norm!r}: use one of {', '.join(NORMS)}")
-    if ignore not in IGNORES:
-        raise ValueError(f"unknown ignore option {ignore!r}: use biasbn or none")
+    check_choice(norm, NORMS, "norm")
+    check_choice(ignore, IGNORES, "ignore")
     out: Params = {}
     for k, dk in d.items():
         w = theta[k].to(dk.dtype)
@@ -95,11 +90,11 @@ def target_direction(theta0: Params, theta1: Params) -> Params:
     """theta1 - theta0, so theta0 + alpha*d is the linear interpolation (1-alpha)*theta0 + alpha*theta1."""
     missing = sorted(set(theta0) ^ set(theta1))
     if missing:
-        raise ValueError(f"the two checkpoints have different tensors (e.g. {missing[:3]}); they must be the same "
+        raise ConfigError(f"the two checkpoints have different tensors (e.g. {missing[:3]}); they must be the same "
                          "architecture")
     bad = [k for k in theta0 if theta0[k].shape != theta1[k].shape]
     if bad:
-        raise ValueError(f"the two checkpoints differ in shape at {bad[:3]}; they must be the same architecture")
+        raise ConfigError(f"the two checkpoints differ in shape at {bad[:3]}; they must be the same architecture")
     return {k: (theta1[k].to(theta0[k].dtype) - theta0[k]) for k in theta0}
 
 
@@ -107,8 +102,8 @@ def check_compatible(direction: Params, theta0: Params, what: str = "direction")
     """Refuse a direction whose names or shapes do not match the model."""
     if set(direction) != set(theta0):
         extra, missing = sorted(set(direction) - set(theta0)), sorted(set(theta0) - set(direction))
-        raise ValueError(f"the {what} was made for another model (unknown tensors {extra[:3]}, missing "
+        raise ConfigError(f"the {what} was made for another model (unknown tensors {extra[:3]}, missing "
                          f"{missing[:3]}); make new directions for this checkpoint")
     bad = [k for k in theta0 if tuple(direction[k].shape) != tuple(theta0[k].shape)]
     if bad:
-        raise ValueError(f"the {what} was made for another model (shape differs at {bad[:3]}); make new directions")
+        raise ConfigError(f"the {what} was made for another model (shape differs at {bad[:3]}); make new directions")

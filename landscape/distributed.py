@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from landscape.errors import UserError, error_message
+from landscape.config import DEVICES, check_choice
+from landscape.errors import ConfigError, UserError, error_message
 
 T = TypeVar("T")
 
@@ -46,12 +47,14 @@ def is_torchrun() -> bool:
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' is cuda:<local_rank> when CUDA is present, else cpu; 'cpu' and 'cuda' force one."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    check_choice(device, DEVICES, "--device")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available: use --device cpu")
+        raise ConfigError("--device cuda was asked for but CUDA is not available: use --device cpu")
     if device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"local rank {local_rank} needs cuda:{local_rank}, but {torch.cuda.device_count()} GPU(s) "
+                          "are visible: start at most that many processes per node, or pass --device cpu")
     return torch.device("cuda", local_rank)
 
 

@@ -62,6 +62,13 @@ class Sums:
         return 100.0 * self.correct / self.count
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 autocast on CUDA and fp32 on a CPU; 'fp32' and 'bf16' are themselves."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast when asked for ('bf16'); full fp32 otherwise."""
     if precision == "fp32":

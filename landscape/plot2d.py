@@ -12,44 +12,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
-from landscape.cliargs import add_surface_args, compute, surface_config
-from landscape.distributed import cleanup_distributed, init_distributed
+from landscape import cliargs, render
+from landscape.cli import ArgumentParser, add_renamed_flag, config_from_args, run_cli
+from landscape.config import AXIS, PlotConfig, SurfaceConfig
+from landscape.errors import UserError
+from landscape.io import read_surface
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = ArgumentParser(prog="python -m landscape.plot2d", description=__doc__, formatter_class=DefaultsFormatter,
-                       add_help=add_help)
+    p = cliargs.get_parser("python -m landscape.plot2d", __doc__, add_help, skip=("log",))
     p.add_argument("source", help="a checkpoint (.pt) to compute from, or a surface file (.h5) to re-plot")
-    p.add_argument("--x", default="-1:1:51", help="alpha grid MIN:MAX:NUM")
-    p.add_argument("--y", default="-1:1:51", help="beta grid MIN:MAX:NUM")
-    p.add_argument("--vmax", type=float, default=None, help="clip loss levels at this value (default: max finite)")
-    p.add_argument("--levels", type=int, default=20, help="number of contour levels")
-    add_surface_args(p)
+    p.set_defaults(y=AXIS)  # a 2D command: the beta axis like the alpha one
+    add_renamed_flag(p, "--vmax", "--loss-max", "loss_max", type=float)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    from landscape import render
-    from landscape.io import read_surface
-
+    plot = config_from_args(PlotConfig, args)
     path, report = args.source, f"re-plotted {args.source}"
     if not path.endswith(".h5"):
-        cfg = surface_config(args, path)
-        info = init_distributed(cfg.device)
-        try:
-            path, report = compute(cfg, info)
-        finally:
-            cleanup_distributed()
-        if not info.is_main:
+        done = cliargs.compute([config_from_args(SurfaceConfig, args, checkpoint=path)])
+        if done is None:  # not rank 0: rank 0 alone plots
             return
+        (path, report), = done
     surface = read_surface(path)
     if not surface.is_2d:
-        raise ValueError(f"{path} holds a 1D curve; plot it with python -m landscape.plot1d {path}")
-    files = render.render_2d(surface, render.stem_for(path), render.describe(surface), args.vmax, args.levels,
-                             args.formats)
-    print(f"{report}; {len(files)} figures {render.stem_for(path)}_*.{{{','.join(args.formats)}}} "
+        raise UserError(f"{path} holds a 1D curve; plot it with python -m landscape.plot1d {path}")
+    stem = cliargs.figure_stem(path)
+    files = render.render_2d(surface, stem, plot)
+    print(f"{report}; {len(files)} figures {stem}_*.{{{','.join(plot.formats)}}} "
           f"({100 * render.done_fraction(surface):.0f}% of points done)", flush=True)
 
 

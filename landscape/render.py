@@ -6,7 +6,6 @@ PNG and PDF. Used by the CLIs and the figure scripts; it never evaluates a model
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -16,9 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from landscape import plot  # noqa: E402
+from landscape.config import PlotConfig  # noqa: E402
 from landscape.io import Surface  # noqa: E402
 
 KINDS_2D = ("contour", "contourf", "heatmap", "3d")
+DEFAULTS = PlotConfig()  # frozen, so one shared default is safe
 
 
 def save(fig: plt.Figure, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[str]:
@@ -35,14 +36,15 @@ def _title(metric: str, title: str) -> str:
     return f"{title}  {metric.replace('_', ' ')}".strip()
 
 
-def render_2d(s: Surface, out_stem: str, title: str = "", vmax_loss: float | None = None, n_levels: int = 20,
-              formats: Sequence[str] = ("png", "pdf")) -> list[str]:
-    """For each stored metric: contour lines with labels, filled contours, heatmap and 3D surface."""
+def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
+    """For each stored metric: contour lines with labels, filled contours, heatmap and 3D surface; the loss
+    clipped at cfg.loss_max. Titled cfg.title, or from the centre's training (describe)."""
     assert s.y is not None
+    title = describe(s) if cfg.title is None else cfg.title
     paths = []
     for metric, z in s.values.items():
-        vmax = vmax_loss if metric.endswith("loss") else None
-        levels = plot.levels_for(z, n_levels, vmax=vmax)
+        vmax = cfg.loss_max if metric.endswith("loss") else None
+        levels = plot.levels_for(z, cfg.levels, vmax=vmax)
         for kind in KINDS_2D:
             fig = plt.figure(figsize=(5, 4))
             ax = fig.add_subplot(projection="3d") if kind == "3d" else fig.add_subplot()
@@ -57,14 +59,15 @@ def render_2d(s: Surface, out_stem: str, title: str = "", vmax_loss: float | Non
             ax.set_xlabel("alpha (d1)")
             ax.set_ylabel("beta (d2)")
             ax.set_title(_title(metric, title), fontsize=9)
-            paths += save(fig, f"{out_stem}_{metric}_{kind}", formats)
+            paths += save(fig, f"{out_stem}_{metric}_{kind}", cfg.formats)
     return paths
 
 
-def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, log: bool = False,
-              loss_max: float | None = None, title: str = "", formats: Sequence[str] = ("png", "pdf")) -> list[str]:
+def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotConfig = DEFAULTS,
+              title: str = "") -> list[str]:
     """One or more 1D surfaces overlaid: loss blue and accuracy red on twin axes; a line style per surface
-    (solid, dashed, ...); train drawn thick and test thin, or train solid and test dashed for one surface."""
+    (solid, dashed, ...); train drawn thick and test thin, or train solid and test dashed for one surface.
+    Titled cfg.title if given, else `title`."""
     fig, ax = plt.subplots(figsize=(6, 4))
     acc_ax = ax.twinx()
     styles = ["-", "--", ":", "-."]
@@ -78,14 +81,14 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, log: bool 
                 kw = {"linestyle": styles[i % len(styles)], "linewidth": 2.0 if split == "train" else 1.0,
                       "alpha": 1.0 if split == "train" else 0.6}
             plot.curve_1d(ax, s.x, s.values[f"{split}_loss"], s.values.get(f"{split}_acc"),
-                          f"{label} {split}".strip(), acc_ax, log, loss_max, **kw)
+                          f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
     ax.set_xlabel("alpha")
     ax.set_ylabel("loss")
     acc_ax.set_ylabel("accuracy (%)")
     handles = ax.get_lines() + acc_ax.get_lines()
     ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center")
-    ax.set_title(title, fontsize=9)
-    return save(fig, out_stem, formats)
+    ax.set_title(title if cfg.title is None else cfg.title, fontsize=9)
+    return save(fig, out_stem, cfg.formats)
 
 
 def describe(s: Surface) -> str:
@@ -96,10 +99,6 @@ def describe(s: Surface) -> str:
     if "test_acc" in s.origin.metrics:
         parts.append(f"test error {100 - s.origin.metrics['test_acc']:.2f}%")
     return ", ".join(parts)
-
-
-def stem_for(path: str) -> str:
-    return os.path.splitext(path)[0]
 
 
 def done_fraction(s: Surface) -> float:

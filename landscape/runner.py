@@ -15,74 +15,15 @@ import torch
 
 from landscape.checkpoint import file_sha256, load_data_for, load_model
 from landscape.cli import check_writable
+from landscape.config import SurfaceConfig
 from landscape.directions import DirectionSpec, check_compatible, create_random_directions, target_direction
 from landscape.distributed import DistInfo, run_on_main
 from landscape.errors import UserError
-from landscape.evaluation import get_criterion
+from landscape.evaluation import get_criterion, resolve_precision
 from landscape.grid import grid_points, parse_range
 from landscape.io import Origin, Training, open_surface, read_directions
 from landscape.params import Params, from_numpy, model_tensors, snapshot, to_numpy
-from landscape.surface import EvalSet, PointEvaluator, check_points_per_pass, compute_surface, select_samples
-
-
-@dataclass(frozen=True)
-class SurfaceConfig:
-    checkpoint: str
-    out: str = "landscape_out"
-    x: str = "-1:1:51"
-    y: str | None = None  # None: a 1D curve
-    target: str | None = None  # a second checkpoint: x runs along theta1 - theta0 (linear interpolation)
-    directions_file: str | None = None  # reuse the directions stored in this surface/direction file
-    dir_type: str = "weights"
-    norm: str = "filter"
-    ignore: str = "biasbn"
-    seed: int = 0
-    orthogonal: bool = False
-    splits: tuple[str, ...] = ("train", "test")
-    samples: int | None = None
-    loss: str = "cross_entropy"
-    batch_size: int | None = None  # default: 256 on CPU, 1024 on CUDA
-    precision: str = "fp32"
-    device: str = "auto"
-    data_dir: str | None = None
-    download: bool = False
-    compile: bool = False
-    points_per_pass: int = 1  # > 1: several grid points per forward pass (torch.func.vmap)
-    channels_last: bool | None = None  # default: on for image models
-    flush_seconds: float = 2.0
-    progress: bool = True
-    name: str | None = None  # file stem; default derived from the checkpoint path(s)
-
-    def __post_init__(self) -> None:
-        parse_range(self.x, "--x")
-        if self.y is not None:
-            parse_range(self.y, "--y")
-        DirectionSpec(self.dir_type, self.norm, self.ignore, self.seed, self.orthogonal)
-        bad = [s for s in self.splits if s not in ("train", "test")]
-        if bad or not self.splits:
-            raise ValueError(f"unknown split {bad[0] if bad else '(none)'}: use train, test or both")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"unknown precision {self.precision!r}: use fp32 or bf16")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError("--batch-size must be >= 1")
-        check_points_per_pass(self.points_per_pass, self.compile)
-        get_criterion(self.loss)
-
-    @property
-    def kind(self) -> str:
-        return ("interp" if self.target else "1d") if self.y is None else "2d"
-
-
-def run_tag(path: str) -> str:
-    """A readable, collision-resistant name for a checkpoint: its folder and file stem (runs/a/last.pt -> a_last)."""
-    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return f"{parent}_{stem}" if parent else stem
-
-
-def surface_path(cfg: SurfaceConfig) -> str:
-    name = cfg.name or (run_tag(cfg.checkpoint) + (f"_to_{run_tag(cfg.target)}" if cfg.target else ""))
-    return os.path.join(cfg.out, f"{name}_{cfg.kind}.h5")
+from landscape.surface import EvalSet, PointEvaluator, compute_surface, select_samples
 
 
 def load_eval_sets(ckpt: dict[str, Any], cfg: SurfaceConfig, device: torch.device) -> list[EvalSet]:
@@ -115,7 +56,7 @@ def make_directions(model: torch.nn.Module, cfg: SurfaceConfig) -> tuple[Params,
 
 
 def resolve_batch_size(cfg: SurfaceConfig, device: torch.device) -> int:
-    return cfg.batch_size or (1024 if device.type == "cuda" else 256)
+    return cfg.eval_batch_size or (1024 if device.type == "cuda" else 256)
 
 
 @dataclass(frozen=True)
@@ -145,15 +86,16 @@ def run_surface(cfg: SurfaceConfig, info: DistInfo) -> SurfaceRun:
     theta0, dirs = make_directions(model, cfg)
     x = parse_range(cfg.x, "--x")
     y = parse_range(cfg.y, "--y") if cfg.y is not None else None
+    precision = resolve_precision(cfg.precision, info.device)
     evaluator = PointEvaluator(model, theta0, dirs, sets, cfg.dir_type, resolve_batch_size(cfg, info.device),
-                               get_criterion(cfg.loss), cfg.precision,
+                               get_criterion(cfg.loss), precision,
                                channels_last=sets[0].x.ndim == 4 and cfg.channels_last is not False,
                                compile=cfg.compile, points_per_pass=cfg.points_per_pass)
     origin = origin_of(cfg, ckpt)
     # What decides the values besides the checkpoint, the directions and the grid: a resume must match it.
-    evaluation = {"splits": list(cfg.splits), "samples": cfg.samples, "loss": cfg.loss, "precision": cfg.precision,
+    evaluation = {"splits": list(cfg.splits), "samples": cfg.samples, "loss": cfg.loss, "precision": precision,
                   "data": ckpt["data"]}
-    path = surface_path(cfg)
+    path = cfg.path
     sink = run_on_main(lambda: open_surface(path, x, y, evaluator.metric_names, [to_numpy(d) for d in dirs], origin,
                                             evaluation, {**asdict(cfg), "splits": list(cfg.splits)}), info)
     points = grid_points(x, y)

@@ -21,16 +21,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
+from landscape.config import check_points_per_pass
 from landscape.distributed import DistInfo, all_reduce_sum, broadcast_object
 from landscape.evaluation import Criterion, batched_sums, cross_entropy_sums
 from landscape.params import Params, PointSetter, model_tensors
-
-
-def check_points_per_pass(points_per_pass: int, compile: bool) -> None:
-    if points_per_pass < 1:
-        raise ValueError(f"--points-per-pass must be >= 1, got {points_per_pass}")
-    if compile and points_per_pass > 1:
-        raise ValueError("--compile and --points-per-pass > 1 do not combine; pick one")
 
 
 class Evaluator(Protocol):

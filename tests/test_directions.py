@@ -49,7 +49,7 @@ def test_layer_and_weight_normalization(resnet):
     assert torch.allclose(weight["conv1.weight"], raw["conv1.weight"] * theta["conv1.weight"])
     none = normalize_direction(raw, theta, "none")
     assert torch.equal(none["conv1.weight"], raw["conv1.weight"])
-    with pytest.raises(ValueError, match="unknown normalization"):
+    with pytest.raises(ValueError, match="'filterr' is not one of"):
         normalize_direction(raw, theta, "filterr")
 
 

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from landscape.checkpoint import load_data_for, load_model
+from landscape.config import SurfaceConfig
 from landscape.errors import UserError
 from landscape.io import read_directions, read_surface
-from landscape.runner import SurfaceConfig, run_surface
+from landscape.runner import run_surface
 from tests.conftest import SINGLE
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

@@ -6,6 +6,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from landscape import plot, render  # noqa: E402
+from landscape.config import PlotConfig  # noqa: E402
 from landscape.io import Surface  # noqa: E402
 
 
@@ -50,9 +51,9 @@ def test_1d_curves_and_file_rendering(tmp_path):
     x = np.linspace(-1, 1, 11)
     s = Surface(x=x, y=None, values={"train_loss": x**2, "train_acc": 90 - 10 * x**2, "test_loss": x**2 + 0.1,
                                      "test_acc": np.where(x > 0.8, np.nan, 80.0)}, done=np.ones(11, bool))
-    files = render.render_1d([("a", s), ("b", s)], str(tmp_path / "o"), log=True)
+    files = render.render_1d([("a", s), ("b", s)], str(tmp_path / "o"), PlotConfig(log=True))
     assert sorted(p.rsplit(".", 1)[1] for p in files) == ["pdf", "png"]
     x2, y2, z = _bowl(True)
     s2 = Surface(x=x2, y=y2, values={"test_loss": z}, done=np.ones(z.shape, bool))
-    files = render.render_2d(s2, str(tmp_path / "s"), formats=("png",))
+    files = render.render_2d(s2, str(tmp_path / "s"), PlotConfig(formats=("png",)))
     assert len(files) == 4 and all((tmp_path / f.split("/")[-1]).stat().st_size > 1000 for f in files)

@@ -231,12 +231,12 @@ CASES = [  # (module, argv template, words the error must contain)
     ("landscape.plot2d", ["{ckpt}", "--x=1:-1:5"], "below MAX"),
     ("landscape.plot2d", ["{ckpt}", "--x=a:b:c"], "MIN:MAX:NUM"),
     ("landscape.plot2d", ["{ckpt}", "--y=-1:1"], "MIN:MAX:NUM"),
-    ("landscape.plot2d", ["{ckpt}", "--norm", "filtre"], "unknown normalization"),
+    ("landscape.plot2d", ["{ckpt}", "--norm", "filtre"], "invalid choice: 'filtre'"),
     ("landscape.plot2d", ["{ckpt}", "--points-per-pass", "0", "--out", "{dir}/o4"], "--points-per-pass must be"),
     ("landscape.plot2d", ["{ckpt}", "--compile", "--points-per-pass", "4", "--out", "{dir}/o5"], "pick one"),
     ("trainers.train", ["--model", "resnet21", "--out", "{dir}/t1"], "unknown model"),
-    ("trainers.train", ["--dataset", "cifar11", "--out", "{dir}/t2"], "unknown dataset"),
-    ("landscape.plot2d", ["{ckpt}", "--samples", "0", "--out", "{dir}/o2"], "--samples 0"),
+    ("trainers.train", ["--dataset", "cifar11", "--out", "{dir}/t2"], "invalid choice: 'cifar11'"),
+    ("landscape.plot2d", ["{ckpt}", "--samples", "0", "--out", "{dir}/o2"], "--samples must be >= 1"),
     ("landscape.plot2d", ["{ckpt}", "--samples", "100000", "--out", "{dir}/o3"], "size of the"),
     ("trainers.train", ["--dataset", "cifar10", "--data-dir", "{dir}/nodata", "--out", "{dir}/t3"], "--download"),
     ("landscape.plot2d", ["{ckpt}", "--out", "{dir}/notes.txt/sub"], "writable --out"),
@@ -276,12 +276,13 @@ def test_bad_input_in_a_real_process_has_no_traceback(bad_inputs):
 
 def test_non_finite_points_are_stored_and_plotted(mlp_ckpt, tmp_path):
     from landscape import render
-    from landscape.runner import SurfaceConfig, run_surface
+    from landscape.config import PlotConfig, SurfaceConfig
+    from landscape.runner import run_surface
 
     far = run_surface(SurfaceConfig(mlp_ckpt, out=str(tmp_path), x="-1e6:1e6:3", y="-1e6:1e6:3", norm="none",
                                     ignore="none", progress=False), SINGLE)
     s = read_surface(far.path)
     assert s.done.all()
     assert not np.isfinite(s.values["train_loss"]).all() or s.values["train_loss"].max() > 1e3
-    files = render.render_2d(s, str(tmp_path / "far"), formats=("png",))
+    files = render.render_2d(s, str(tmp_path / "far"), PlotConfig(formats=("png",)))
     assert len(files) == 16

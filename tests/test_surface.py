@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from landscape.config import SurfaceConfig
 from landscape.directions import DirectionSpec, create_random_directions
 from landscape.errors import UserError
 from landscape.evaluation import mse_sums
 from landscape.grid import parse_range
 from landscape.io import read_surface
 from landscape.params import PointSetter, model_tensors, snapshot
-from landscape.runner import SurfaceConfig, run_surface, surface_path
+from landscape.runner import run_surface
 from landscape.surface import EvalSet, PointEvaluator
 from tests.conftest import SINGLE
 
@@ -146,7 +147,7 @@ def test_interrupted_run_resumes_to_the_same_file_without_recomputing(mlp_ckpt, 
     with pytest.raises(KeyboardInterrupt):
         run_surface(cfg, SINGLE)
     monkeypatch.setattr(PointEvaluator, "__call__", real)
-    partial = read_surface(surface_path(cfg))
+    partial = read_surface(cfg.path)
     assert partial.done.sum() == 20
     res = run_surface(cfg, SINGLE)
     assert (res.already_done, res.computed) == (20, 15)

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,64 +23,80 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from landscape import checkpoint as ckpt_io
-from landscape.data import Dataset, augment, load_dataset
+from landscape.cli import json_object, option
+from landscape.config import DEVICES, PRECISIONS, check_choice
+from landscape.data import Dataset, augment, list_datasets, load_dataset
 from landscape.distributed import DistInfo, all_reduce_sum, print0
-from landscape.errors import UserError
-from landscape.evaluation import autocast_context, sums_tensor
+from landscape.errors import ConfigError, UserError
+from landscape.evaluation import autocast_context, resolve_precision, sums_tensor
 from landscape.files import write_json, write_text
-from landscape.models import build_model
+from landscape.models import build_model, list_models
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    out: str
-    dataset: str = "mnist1d"
-    data_kwargs: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    download: bool = False
-    model: str = "mlp"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 128  # global
-    micro_batch_size: int | None = None  # largest per-rank forward; more is reached by accumulation
-    epochs: int = 10
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | step | cosine
-    milestones: tuple[int, ...] = ()  # epochs at which `step` multiplies the lr by gamma
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0  # gradual warmup (Goyal et al. 2017)
-    scale_lr: bool = False  # linear scaling rule: lr * batch_size / base_batch_size
-    base_batch_size: int = 128
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    device: str = "auto"
-    compile: bool = False
-    eval_batch_size: int = 1024
-    eval_every: int = 1
-    save_every: int = 10
-    log_every: int = 1  # epochs between printed lines (metrics.jsonl gets every epoch)
-    resume: bool = False
-    progress: bool = True
+    """One training run; every field is a flag of `python -m trainers.train` under the same name."""
+
+    out: str = option(help="run folder: epoch_N.pt, last.pt, metrics.jsonl, config.json", metavar="DIR")
+    dataset: str = option("mnist1d", "the dataset", choices=list_datasets(), group="data and model")
+    data_kwargs: dict[str, Any] = option(help="JSON options of the dataset", type=json_object, default_factory=dict,
+                                         metavar="JSON", group="data and model")
+    data_dir: str | None = option(None, "folder of torchvision datasets (default: $LANDSCAPE_DATA or ./data)",
+                                  metavar="DIR", group="data and model")
+    download: bool = option(False, "let torchvision download a missing dataset", group="data and model")
+    model: str = option("mlp", f"a registered model ({', '.join(list_models())}) or package.module:callable",
+                        group="data and model")
+    model_kwargs: dict[str, Any] = option(help="JSON keyword arguments of the model", type=json_object,
+                                          default_factory=dict, metavar="JSON", group="data and model")
+    batch_size: int = option(128, "global batch size (all ranks, all micro-batches)", group="optimization")
+    micro_batch_size: int | None = option(None, "largest per-rank forward; larger per-rank batches use gradient "
+                                          "accumulation", group="optimization")
+    epochs: int = option(10, "epochs to train", group="optimization")
+    optimizer: str = option("sgd", "the optimizer", choices=OPTIMIZERS, group="optimization")
+    lr: float = option(0.1, "peak learning rate (at --base-batch-size with --scale-lr)", group="optimization")
+    momentum: float = option(0.9, "SGD momentum", group="optimization")
+    nesterov: bool = option(False, "Nesterov momentum", group="optimization")
+    weight_decay: float = option(0.0, "L2 weight decay", group="optimization")
+    schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES, group="optimization")
+    milestones: tuple[int, ...] = option((), "epochs where --schedule step multiplies the lr by --gamma",
+                                         group="optimization")
+    gamma: float = option(0.1, "lr decay factor at each milestone", group="optimization")
+    warmup_epochs: float = option(0.0, "linear warmup (Goyal et al. 2017)", group="optimization")
+    scale_lr: bool = option(False, "linear scaling rule: lr x batch-size / base-batch-size", group="optimization")
+    base_batch_size: int = option(128, "the batch size --lr is given for, with --scale-lr", group="optimization")
+    seed: int = option(0, "seed of the initialization and the data order", group="optimization")
+    precision: str = option("auto", "fp32, or bf16 autocast; auto: bf16 on CUDA, fp32 on a CPU (stored metrics "
+                            "are always fp32)", choices=PRECISIONS, group="runtime")
+    device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES,
+                         group="runtime")
+    compile: bool = option(False, "torch.compile the model", group="runtime")
+    eval_batch_size: int = option(1024, "samples per forward pass when evaluating", metavar="N", group="runtime")
+    eval_every: int = option(1, "epochs between full train/test evaluations", group="runtime")
+    save_every: int = option(10, "epochs between kept epoch_N.pt files (last.pt is written every epoch)",
+                             group="runtime")
+    log_every: int = option(1, "epochs between printed lines (metrics.jsonl gets every epoch)", group="runtime")
+    resume: bool = option(False, "continue from OUT/last.pt", group="runtime")
+    progress: bool = option(True, "no progress bar", flag="--no-progress", group="runtime")
 
     def __post_init__(self) -> None:
         checks = [(self.batch_size >= 1, "--batch-size must be >= 1"),
                   (self.epochs >= 1, "--epochs must be >= 1"),
                   (self.lr > 0, "--lr must be > 0"),
                   (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-                  (self.optimizer in ("sgd", "adam"), f"unknown optimizer {self.optimizer!r}: use sgd or adam"),
-                  (self.schedule in ("constant", "step", "cosine"),
-                   f"unknown schedule {self.schedule!r}: use constant, step or cosine"),
-                  (self.precision in ("auto", "fp32", "bf16"), "--precision must be auto, fp32 or bf16"),
                   (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
                   (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
-                  (min(self.eval_every, self.save_every, self.log_every) >= 1,
-                   "--eval-every/--save-every/--log-every must be >= 1")]
+                  (min(self.eval_every, self.save_every, self.log_every, self.eval_batch_size) >= 1,
+                   "--eval-every/--save-every/--log-every/--eval-batch-size must be >= 1")]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ConfigError(msg)
+        for value, choices, flag in [(self.optimizer, OPTIMIZERS, "--optimizer"),
+                                     (self.schedule, SCHEDULES, "--schedule"),
+                                     (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device")]:
+            check_choice(value, choices, flag)
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the run: a resume must match them all."""
@@ -111,16 +127,16 @@ class BatchPlan:
 def make_plan(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
     """Split the global batch over ranks and accumulation steps; every piece must divide exactly."""
     if cfg.batch_size % world_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes; "
+        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes; "
                          f"use a multiple of {world_size}")
     per_rank = cfg.batch_size // world_size
     micro = min(cfg.micro_batch_size or per_rank, per_rank)
     if per_rank % micro:
-        raise ValueError(f"per-rank batch {per_rank} is not a multiple of --micro-batch-size {micro}; "
+        raise ConfigError(f"per-rank batch {per_rank} is not a multiple of --micro-batch-size {micro}; "
                          "choose a divisor of it")
     steps = (n_train // world_size) // per_rank
     if steps == 0:
-        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {n_train} training samples; use a smaller batch")
+        raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the {n_train} training samples; use a smaller batch")
     return BatchPlan(cfg.batch_size, per_rank, micro, per_rank // micro, world_size, steps)
 
 
@@ -158,7 +174,7 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     sampler.set_epoch(epoch)
     idx = torch.tensor(list(iter(sampler)), device=info.device)
     gen = torch.Generator(device=info.device).manual_seed(cfg.seed * 100_003 + epoch * 1009 + info.rank)
-    precision = resolve_precision(cfg, info.device)
+    precision = resolve_precision(cfg.precision, info.device)
     losses: list[Tensor] = []  # one detached loss per micro-batch, summed once at the end of the epoch
     bar = tqdm(total=plan.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
@@ -220,12 +236,6 @@ def evaluate(model: nn.Module, data: Dataset, info: DistInfo, batch_size: int, p
             sums_tensor(model, x[shard], y[shard], batch_size, precision=precision)).tolist()
         metrics[f"{split}_loss"], metrics[f"{split}_acc"] = loss_sum / count, 100.0 * correct / count
     return metrics
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return cfg.precision
 
 
 def _to_device(data: Dataset, device: torch.device) -> Dataset:

@@ -1,8 +1,8 @@
-"""Train a grid of global batch sizes x weight decays into ROOT/<dataset>_<model>/bs<B>_wd<W>/, skipping runs
+r"""Train a grid of global batch sizes x weight decays into OUT/<dataset>_<model>/bs<B>_wd<W>/, skipping runs
 that are already complete and resuming interrupted ones.
 
-  python -m trainers.sweep --root runs --batch-sizes 128 8192 --weight-decays 0 5e-4 --dataset mnist1d --epochs 20
-  torchrun --standalone --nproc_per_node=8 -m trainers.sweep --root runs --dataset cifar10 --model vgg9 \
+  python -m trainers.sweep --out runs --batch-sizes 128 8192 --weight-decays 0 5e-4 --dataset mnist1d --epochs 20
+  torchrun --standalone --nproc_per_node=8 -m trainers.sweep --out runs --dataset cifar10 --model vgg9 \
       --batch-sizes 128 8192 --weight-decays 0 5e-4 --micro-batch-size 512 --epochs 300 --schedule step \
       --milestones 150 225 275
 """
@@ -14,10 +14,18 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from landscape.checkpoint import load_checkpoint
-from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run_cli
+from landscape.cli import (
+    ArgumentParser,
+    DefaultsFormatter,
+    add_config_args,
+    add_renamed_flag,
+    check_writable,
+    config_from_args,
+    renamed_command,
+    run_cli,
+)
 from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
 from trainers.ddp import TrainConfig, fit
-from trainers.train import add_train_args, config_from_args
 
 
 def run_name(batch_size: int, weight_decay: float) -> str:
@@ -57,19 +65,20 @@ def sweep(base: TrainConfig, root: str, batch_sizes: Sequence[int], weight_decay
 def get_parser(add_help: bool = True) -> ArgumentParser:
     p = ArgumentParser(prog="python -m trainers.sweep", description=__doc__, formatter_class=DefaultsFormatter,
                        add_help=add_help)
-    p.add_argument("--root", default="runs", help="root folder of the sweep")
+    p.add_argument("--out", default="runs", metavar="DIR", help="root folder of the sweep")
+    add_renamed_flag(p, "--root", "--out", "out")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 8192], help="global batch sizes")
-    p.add_argument("--weight-decays", type=float, nargs="+", default=[0.0, 5e-4])
-    add_train_args(p)
+    p.add_argument("--weight-decays", type=float, nargs="+", default=[0.0, 5e-4], help="weight decays")
+    add_config_args(p, TrainConfig, skip=("out", "batch_size", "weight_decay", "resume"))  # set per run
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    base = config_from_args(args, out="")
+    base = config_from_args(TrainConfig, args, out="")
     info = init_distributed(base.device)
     try:
-        outs = sweep(base, args.root, args.batch_sizes, args.weight_decays, info)
+        outs = sweep(base, args.out, args.batch_sizes, args.weight_decays, info)
         print0("runs:\n  " + "\n  ".join(os.path.join(o, "last.pt") for o in outs))
     finally:
         cleanup_distributed()
@@ -78,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def cli() -> None:
     run_cli(main)
 
+
+train_sweep = renamed_command("train-sweep", "trainers-sweep", cli)  # the 0.1 console script
 
 if __name__ == "__main__":
     cli()

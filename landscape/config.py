@@ -1,0 +1,148 @@
+"""What a user asks for, validated where it enters: `SurfaceConfig` (one surface to compute) and `PlotConfig` (how
+surface files become figure files), and the vocabularies of their enumerated options. Their fields are the flags
+of `landscape.plot1d` and `landscape.plot2d` (landscape.cli derives the flags from them). No torch here: a
+re-plot parses these flags without loading it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from landscape.cli import option
+from landscape.errors import ConfigError
+from landscape.grid import parse_range
+
+DEVICES = ("auto", "cpu", "cuda")  # auto: cuda:LOCAL_RANK when CUDA is there, else the CPU
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on a CPU
+DIR_TYPES = ("weights", "states")
+NORMS = ("filter", "layer", "weight", "none")
+IGNORES = ("biasbn", "none")
+SPLITS = ("train", "test")
+LOSSES = ("cross_entropy", "mse")  # landscape.evaluation.CRITERIA, by name
+FORMATS = ("png", "pdf", "svg")
+
+AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
+INTERPOLATION_AXIS = "-0.5:1.5:41"  # theta_A at 0, theta_B at 1, and half the way again beyond each
+
+
+def check_choice(value: object, choices: tuple[str, ...], flag: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+
+
+def check_points_per_pass(points_per_pass: int, compile: bool) -> None:
+    if points_per_pass < 1:
+        raise ConfigError(f"--points-per-pass must be >= 1, got {points_per_pass}")
+    if compile and points_per_pass > 1:
+        raise ConfigError("--compile and --points-per-pass > 1 do not combine; pick one")
+
+
+def run_tag(path: str) -> str:
+    """A readable, collision-resistant name for a checkpoint: its folder and file stem (runs/a/last.pt -> a_last)."""
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{parent}_{stem}" if parent else stem
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    """One surface around a checkpoint: `landscape.runner.run_surface` computes it, and every field with a flag
+    is a flag of plot1d/plot2d under the same name. Defaults that depend on the request (the x axis and the
+    direction type of an interpolation) are resolved here, so Python and the CLI make the same surface."""
+
+    checkpoint: str
+    target: str | None = None  # a second checkpoint: d1 = theta_B - theta_A, x runs along the interpolation
+    x: str | None = option(None, f"alpha axis MIN:MAX:NUM (default: {AXIS}, or {INTERPOLATION_AXIS} along an "
+                           "interpolation)", metavar="MIN:MAX:NUM", group="grid")
+    y: str | None = option(None, "beta axis MIN:MAX:NUM", metavar="MIN:MAX:NUM", group="grid")  # None: a 1D curve
+    directions_file: str | None = option(None, "reuse the directions of this surface or direction file (.h5)",
+                                         flag="--directions", metavar="FILE", group="directions")
+    dir_type: str | None = option(None, "move the parameters only (weights), or also BatchNorm's running statistics "
+                                  "(states) (default: states along an interpolation, else weights)",
+                                  choices=DIR_TYPES, group="directions")
+    norm: str = option("filter", "rescale each random direction per filter, per layer, elementwise by the "
+                       "weights, or not at all", choices=NORMS, group="directions")
+    ignore: str = option("biasbn", "biasbn: zero the directions on 1-D tensors (biases, BatchNorm); none: keep "
+                         "them", choices=IGNORES, group="directions")
+    seed: int = option(0, "seed of the random directions", group="directions")
+    orthogonal: bool = option(False, "make d2 orthogonal to d1 (after normalization)", group="directions")
+    splits: tuple[str, ...] = option(("train", "test"), "data splits to evaluate", choices=SPLITS,
+                                     group="evaluation")
+    samples: int | None = option(None, "a fixed subset of N samples per split (default: all)", metavar="N",
+                                 group="evaluation")
+    loss: str = option("cross_entropy", "the loss to map", choices=LOSSES, group="evaluation")
+    eval_batch_size: int | None = option(None, "samples per forward pass (default: 256 on a CPU, 1024 on CUDA)",
+                                         metavar="N", deprecated=("--batch-size",), group="evaluation")
+    precision: str = option("fp32", "fp32, or bf16 autocast (faster on GPUs); auto: bf16 on CUDA, fp32 on a CPU",
+                            choices=PRECISIONS, group="evaluation")
+    device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES,
+                         group="evaluation")
+    data_dir: str | None = option(None, "folder of torchvision datasets (default: $LANDSCAPE_DATA or ./data)",
+                                  metavar="DIR", group="evaluation")
+    download: bool = option(False, "let torchvision download a missing dataset", group="evaluation")
+    compile: bool = option(False, "torch.compile the model (pays off on large grids)", group="evaluation")
+    points_per_pass: int = option(1, "evaluate K grid points per forward pass with torch.func.vmap; pays for "
+                                  "small models on a GPU, not on a CPU", metavar="K", group="evaluation")
+    channels_last: bool | None = None  # None: channels_last for image batches
+    flush_seconds: float = option(2.0, "about how much work may be in flight between two flushes of the file",
+                                  metavar="S", group="evaluation")
+    progress: bool = option(True, "no progress bar", flag="--no-progress", group="evaluation")
+    out: str = option("landscape_out", "folder for the .h5 surface and its figures", metavar="DIR", group="output")
+    name: str | None = option(None, "file stem (default: from the checkpoint's folder and name)", group="output")
+
+    def __post_init__(self) -> None:
+        resolve = object.__setattr__  # frozen: the resolved defaults are set once, here
+        resolve(self, "x", self.x or (INTERPOLATION_AXIS if self.target else AXIS))
+        resolve(self, "dir_type", self.dir_type or ("states" if self.target else "weights"))
+        parse_range(self.x, "--x")
+        if self.y is not None:
+            parse_range(self.y, "--y")
+        for value, choices, flag in [(self.dir_type, DIR_TYPES, "--dir-type"), (self.norm, NORMS, "--norm"),
+                                     (self.ignore, IGNORES, "--ignore"), (self.loss, LOSSES, "--loss"),
+                                     (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device")]:
+            check_choice(value, choices, flag)
+        if not self.splits:
+            raise ConfigError("--splits needs at least one of: train, test")
+        for split in self.splits:
+            check_choice(split, SPLITS, "--splits")
+        for value, flag in [(self.samples, "--samples"), (self.eval_batch_size, "--eval-batch-size")]:
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if self.directions_file and self.target:
+            raise ConfigError("--directions and a second checkpoint both set the first direction; give one")
+        check_points_per_pass(self.points_per_pass, self.compile)
+        if not self.flush_seconds >= 0:
+            raise ConfigError(f"--flush-seconds must be >= 0, got {self.flush_seconds}")
+
+    @property
+    def kind(self) -> str:
+        return ("interp" if self.target else "1d") if self.y is None else "2d"
+
+    @property
+    def path(self) -> str:
+        """The surface file: OUT/<checkpoint's folder>_<stem>[_to_<target>]_<kind>.h5, or OUT/<name>_<kind>.h5."""
+        name = self.name or (run_tag(self.checkpoint) + (f"_to_{run_tag(self.target)}" if self.target else ""))
+        return os.path.join(self.out, f"{name}_{self.kind}.h5")
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    """How surface files become figure files (landscape.render): the figure flags of plot1d and plot2d."""
+
+    loss_max: float | None = option(None, "clip the plotted loss at this value: the top contour level in 2D, the "
+                                    "top of the loss axis in 1D (default: the largest finite loss)", group="figures")
+    levels: int = option(20, "number of contour levels (2D)", group="figures")
+    log: bool = option(False, "log scale for the loss axis (1D)", group="figures")
+    title: str | None = option(None, "figure title (default: from the checkpoint: weight decay, batch size, test "
+                               "error)", group="figures")
+    formats: tuple[str, ...] = option(("png", "pdf"), "figure file formats", choices=FORMATS, group="figures")
+
+    def __post_init__(self) -> None:
+        if self.levels < 2:
+            raise ConfigError(f"--levels must be >= 2, got {self.levels}")
+        if self.loss_max is not None and not math.isfinite(self.loss_max):
+            raise ConfigError(f"--loss-max must be a finite number, got {self.loss_max}")
+        for fmt in self.formats:
+            check_choice(fmt, FORMATS, "--formats")

@@ -1,0 +1,119 @@
+"""One CLI vocabulary: the same flag means the same field with the same choices in every command, every config
+field is a flag, old spellings keep working for a release, and re-plotting a file loads neither torch nor the
+trainer."""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import dataclasses
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from landscape.config import PlotConfig, SurfaceConfig
+from landscape.io import read_surface
+from landscape.runner import run_surface
+from tests.conftest import SINGLE, cli_env
+from trainers.ddp import TrainConfig
+
+COMMANDS = ["landscape.plot1d", "landscape.plot2d", "trainers.train", "trainers.sweep", "figures.flat_vs_sharp",
+            "figures.batch_scaling"]
+OWN_CHOICES = {"--preset"}  # every figure script has presets of its own: same meaning, other names
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parser_of(module: str) -> argparse.ArgumentParser:
+    return importlib.import_module(module).get_parser()
+
+
+def visible_flags(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Flag -> action, without --help and the hidden old spellings."""
+    return {s: a for a in p._actions if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)
+            for s in a.option_strings}
+
+
+def test_a_flag_means_the_same_field_with_the_same_choices_in_every_command():
+    seen: dict[str, tuple] = {}
+    by_field: dict[str, set[str]] = {}
+    for module in COMMANDS:
+        for flag, a in visible_flags(parser_of(module)).items():
+            choices = tuple(a.choices) if a.choices and flag not in OWN_CHOICES else None
+            meaning = (a.dest, choices, a.type or str)  # argparse reads type None as str
+            assert seen.setdefault(flag, meaning) == meaning, f"{flag} in {module}: {meaning} vs {seen[flag]}"
+            by_field.setdefault(a.dest, set()).add(flag)
+    assert {f: s for f, s in by_field.items() if len(s) > 1} == {}  # one name per field
+    assert "--eval-batch-size" in seen and "--loss-max" in seen and "--vmax" not in seen and "--root" not in seen
+    assert seen["--batch-size"][0] == "batch_size"  # the trainer's global batch; the evaluation batch has its own
+
+
+@pytest.mark.parametrize("cls, module, without", [
+    (SurfaceConfig, "landscape.plot2d", {"checkpoint", "target", "channels_last"}),  # positionals; image default
+    (PlotConfig, "landscape.plot2d", {"log"}), (PlotConfig, "landscape.plot1d", {"levels"}),
+    (TrainConfig, "trainers.train", set())])
+def test_every_config_field_is_a_flag_of_its_command(cls, module, without):
+    dests = {a.dest for a in parser_of(module)._actions}
+    assert {f.name for f in dataclasses.fields(cls)} - without <= dests
+
+
+def test_enumerated_flags_offer_their_choices():
+    flags = visible_flags(parser_of("landscape.plot2d")) | visible_flags(parser_of("trainers.train"))
+    for flag in ("--norm", "--ignore", "--loss", "--dir-type", "--splits", "--precision", "--device", "--formats",
+                 "--optimizer", "--schedule", "--dataset"):
+        assert flags[flag].choices, flag
+
+
+def test_renamed_flags_still_work_and_say_their_new_name_once(capsys):
+    args = parser_of("landscape.plot2d").parse_args(["c.pt", "--batch-size", "64", "--vmax", "3"])
+    assert (args.eval_batch_size, args.loss_max) == (64, 3.0)
+    assert parser_of("trainers.sweep").parse_args(["--root", "r"]).out == "r"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all("is renamed" in line for line in err)
+    assert parser_of("landscape.plot2d").parse_args(["c.pt"]).eval_batch_size is None  # no notice, no value
+
+
+def test_console_scripts_are_named_like_their_modules():
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines()
+                   if " = " in line)
+    current = {name: target for name, target in scripts.items() if target.endswith(":cli")}
+    assert {name: target.split(":")[0].replace(".", "-") for name, target in current.items()} == {
+        name: name for name in current}
+    assert set(current.values()) == {f"{m}:cli" for m in COMMANDS if not m.startswith("figures")}
+    for target in scripts.values():  # the renamed ones still resolve
+        module, attr = target.split(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+
+
+@pytest.mark.slow
+def test_replotting_a_file_loads_neither_torch_nor_the_trainer(mlp_ckpt, tmp_path):
+    two = run_surface(SurfaceConfig(mlp_ckpt, out=str(tmp_path), x="-1:1:3", y="-1:1:3", progress=False), SINGLE)
+    one = run_surface(SurfaceConfig(mlp_ckpt, out=str(tmp_path), x="-1:1:3", progress=False), SINGLE)
+    code = ("import sys\nfrom landscape import plot1d, plot2d\n"
+            "plot2d.main([sys.argv[1], '--formats', 'png'])\nplot1d.main([sys.argv[2], '--formats', 'png'])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'trainers', 'figures'}))")
+    res = subprocess.run([sys.executable, "-c", code, two.path, one.path], capture_output=True, text=True,
+                         env=cli_env(), cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "re-plotted" in res.stdout and "figures:" in res.stdout
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_python_and_the_cli_make_the_same_interpolation(mlp_ckpt, mlp_ckpt_b, tmp_path):
+    """Both move BatchNorm statistics along an interpolation (dir_type 'states') and take its default axis."""
+    from landscape.plot1d import main
+
+    main([mlp_ckpt, mlp_ckpt_b, "--out", str(tmp_path / "cli"), "--no-progress", "--formats", "png"])
+    cfg = SurfaceConfig(mlp_ckpt, target=mlp_ckpt_b, out=str(tmp_path / "api"), progress=False)
+    assert (cfg.dir_type, cfg.x) == ("states", "-0.5:1.5:41")
+    api = read_surface(run_surface(cfg, SINGLE).path)
+    cli = read_surface(cfg.path.replace(str(tmp_path / "api"), str(tmp_path / "cli")))
+    assert cli.config["dir_type"] == api.config["dir_type"] == "states"
+    for k in api.values:
+        np.testing.assert_array_equal(api.values[k], cli.values[k], err_msg=k)
