@@ -144,11 +144,6 @@ def renamed_command(old: str, new: str, cli: Callable[[], None]) -> Callable[[],
     return run
 
 
-# Exceptions that mean "bad input" rather than "bug": reported in one line unless LANDSCAPE_DEBUG is set.
-_USER_ERRORS = (UserError, ValueError, KeyError, FileNotFoundError, PermissionError,
-                IsADirectoryError, NotADirectoryError, FileExistsError)
-
-
 def check_writable(folder: str) -> None:
     """Create `folder` if needed and fail early, before any work, if a file cannot be written in it."""
     try:
@@ -162,10 +157,12 @@ def check_writable(folder: str) -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
-    """Run a CLI main; user errors become `error: ...` on stderr and exit status 2, with no traceback."""
+    """Run a CLI main. A UserError (raised on purpose where the input enters) becomes one line, `error: ...`, on
+    stderr and exit status 2, unless LANDSCAPE_DEBUG is set; any other exception is a bug of ours and keeps its
+    traceback."""
     try:
         main(argv)
-    except _USER_ERRORS as exc:
+    except UserError as exc:
         if os.environ.get("LANDSCAPE_DEBUG"):
             raise
         rank = os.environ.get("RANK")

@@ -9,6 +9,7 @@ augmentation (random crop with 4-pixel padding and horizontal flip) is applied b
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.errors import UserError
+from landscape.errors import ConfigError, UnknownNameError, UserError
 
 
 @dataclass
@@ -64,8 +65,15 @@ def default_data_dir() -> str:
 def load_dataset(name: str, data_dir: str | None = None, download: bool = False, **kwargs: Any) -> Dataset:
     """Load a dataset by name. torchvision sets are read from `data_dir` (default $LANDSCAPE_DATA or ./data)."""
     if name not in _DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
-    return _DATASETS[name](data_dir=data_dir or default_data_dir(), download=download, **kwargs)
+        raise UnknownNameError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
+    fn = _DATASETS[name]
+    try:
+        inspect.signature(fn).bind(data_dir="", download=False, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"dataset {name!r} does not take these options ({exc}); its options are "
+                          f"{[p for p in inspect.signature(fn).parameters if p not in ('data_dir', 'download')]}"
+                          ) from None
+    return fn(data_dir=data_dir or default_data_dir(), download=download, **kwargs)
 
 
 def _labels(y: Any) -> torch.Tensor:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape.errors import UnknownNameError
+
 # A criterion maps (outputs, targets) to (sum of per-sample losses, number correct), float64 scalar tensors.
 Criterion = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -42,7 +44,7 @@ CRITERIA: dict[str, Criterion] = {"cross_entropy": cross_entropy_sums, "mse": ms
 
 def get_criterion(name: str) -> Criterion:
     if name not in CRITERIA:
-        raise KeyError(f"unknown loss {name!r}; choose one of: {', '.join(CRITERIA)}")
+        raise UnknownNameError(f"unknown loss {name!r}; choose one of: {', '.join(CRITERIA)}")
     return CRITERIA[name]
 
 

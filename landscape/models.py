@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.errors import ConfigError, UnknownNameError
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -38,13 +40,13 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise KeyError(f"cannot import model {name!r} ({exc}); "
+            raise UnknownNameError(f"cannot import model {name!r} ({exc}); "
                            "give an importable package.module:callable") from None
         if not callable(fn):
-            raise KeyError(f"model {name!r} is not callable")
+            raise UnknownNameError(f"model {name!r} is not callable")
         return fn
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, "
+        raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, "
                        "or give package.module:callable")
     return _REGISTRY[name]
 
@@ -59,9 +61,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     try:
         model = fn(**accepted)
     except TypeError as exc:
-        raise ValueError(f"model {name!r} rejected its arguments {accepted}: {exc}") from None
+        raise ConfigError(f"model {name!r} rejected its arguments {accepted}: {exc}") from None
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ConfigError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -160,7 +162,7 @@ class CifarResNet(nn.Module):
                  width: int = 1, shortcut: bool = True):
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"ResNet depth must be 6n+2, got {depth}")
+            raise ConfigError(f"ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         widths = [16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(input_shape[0], 16, 3, 1, 1, bias=False)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape.errors import ConfigError
+
 Params = dict[str, Tensor]
 
 
@@ -70,7 +72,7 @@ class PointSetter:
         tensors = [targets[k] for k in names]
         dtypes = {t.dtype for t in tensors}
         if len(dtypes) != 1:
-            raise ValueError(f"the covered tensors mix dtypes {sorted(map(str, dtypes))}; cast the model to one dtype")
+            raise ConfigError(f"the covered tensors mix dtypes {sorted(map(str, dtypes))}; cast the model to one dtype")
         dtype, device = dtypes.pop(), tensors[0].device
         sizes = [t.numel() for t in tensors]
         self.layout = [(k, t.shape) for k, t in zip(names, tensors)]

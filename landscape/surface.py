@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from landscape.config import check_points_per_pass
 from landscape.distributed import DistInfo, all_reduce_sum, broadcast_object
+from landscape.errors import ConfigError
 from landscape.evaluation import Criterion, batched_sums, cross_entropy_sums
 from landscape.params import Params, PointSetter, model_tensors
 
@@ -64,7 +65,7 @@ def select_samples(x: Tensor, y: Tensor, samples: int | None, split: str, seed: 
     if samples is None:
         return x, y
     if samples < 1 or samples > len(x):
-        raise ValueError(f"--samples {samples} is outside 1..{len(x)} (the size of the {split} split); "
+        raise ConfigError(f"--samples {samples} is outside 1..{len(x)} (the size of the {split} split); "
                          f"pick a value in that range, or leave it out for the whole split")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
     return x[idx], y[idx]

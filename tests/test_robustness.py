@@ -246,6 +246,10 @@ CASES = [  # (module, argv template, words the error must contain)
     ("landscape.plot1d", ["{surf}"], "2D surface"),
     ("trainers.train", ["--batch-size", "0", "--out", "{dir}/t4"], "--batch-size"),
     ("trainers.train", ["--epochs", "x", "--out", "{dir}/t5"], "invalid int"),
+    ("trainers.train", ["--dataset", "synthetic", "--data-kwargs", '{{"n_trian": 64}}', "--out", "{dir}/t6"],
+     "does not take these options"),
+    ("trainers.train", ["--model-kwargs", '{{"hiden": [8]}}', "--out", "{dir}/t7"], "rejected its arguments"),
+    ("landscape.plot2d", ["{ckpt}", "--loss-max", "nan", "--out", "{dir}/o6"], "--loss-max must be a finite"),
 ]
 
 
@@ -265,6 +269,16 @@ def test_bad_input_gives_one_line_nonzero_exit_and_changes_nothing(bad_inputs, c
     assert "Traceback" not in err
     after = _tree_digest(bad_inputs["dir"])
     assert {p: h for p, h in after.items() if p in before} == before  # nothing that existed changed
+
+
+@pytest.mark.parametrize("bug", [ValueError("an invariant of ours broke"), KeyError("state"), TypeError("x")])
+def test_a_bug_of_ours_keeps_its_traceback(bug):
+    """Only UserError (raised on purpose where the input enters) becomes one line; anything else propagates."""
+    def main(argv):
+        raise bug
+
+    with pytest.raises(type(bug)):
+        run_cli(main, [])
 
 
 @pytest.mark.slow
