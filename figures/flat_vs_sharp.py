@@ -139,7 +139,9 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
 
 
 COLUMNS = ["batch_size", "weight_decay", "train_loss", "train_acc", "test_loss", "test_acc", "test_error",
-           "lambda_max", "lambda_min", "trace", "trace_stderr", "width_1d", "width_1d_nofilternorm"]
+           "lambda_max", "lambda_min", "lambda_min_converged", "trace", "trace_stderr", "width_1d",
+           "width_1d_nofilternorm"]
+SHARPNESS = ["lambda_max", "lambda_min", "lambda_min_converged", "trace", "trace_stderr"]  # measure_sharpness's
 
 
 def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, float], dict[str, Surface]],
@@ -151,7 +153,7 @@ def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, floa
                                   cache=os.path.join(out, "sharpness", f"{run_name(bs, wd)}.json"))
         s, raw = surfaces[(bs, wd)]["1d"], surfaces[(bs, wd)]["raw"]
         rows.append({"batch_size": bs, "weight_decay": wd, **{k: metrics[k] for k in COLUMNS[2:6]},
-                     "test_error": 100 - metrics["test_acc"], **{k: sharp[k] for k in COLUMNS[7:11]},
+                     "test_error": 100 - metrics["test_acc"], **{k: sharp[k] for k in SHARPNESS},
                      "width_1d": width_1d(s.x, s.values["train_loss"], p.width_threshold),
                      "width_1d_nofilternorm": width_1d(raw.x, raw.values["train_loss"], p.width_threshold)})
     return rows
@@ -160,9 +162,10 @@ def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, floa
 def write_table(rows: list[dict[str, Any]], path: str) -> str:
     """summary.csv, and the same table as text for the terminal."""
     write_csv(path, rows, COLUMNS, float_format=".6g")
-    head = " ".join(f"{c:>12}" for c in COLUMNS)
-    body = "\n".join(" ".join(f"{r[c]:>12.4g}" if isinstance(r[c], float) else f"{r[c]:>12}" for c in COLUMNS)
-                     for r in rows)
+    widths = [max(12, len(c)) for c in COLUMNS]
+    head = " ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, widths))
+    body = "\n".join(" ".join(f"{r[c]:>{w}.4g}" if isinstance(r[c], float) else f"{str(r[c]):>{w}}"
+                              for c, w in zip(COLUMNS, widths)) for r in rows)
     return f"{head}\n{body}"
 
 

@@ -27,9 +27,8 @@ def measure_sharpness(checkpoint: str, info: DistInfo, split: str = "train", sam
     op = HessianOperator(model.to(info.device), x[shard].to(info.device), y[shard].to(info.device), batch_size)
     eig = eigenvalues(op, k=k, seed=seed)
     tr = hutchinson_trace(op, trace_samples, seed=seed)
-    result = {"lambda_max": eig.top[0], "lambda_top": eig.top, "lambda_min": eig.min,
-              "lambda_min_converged": eig.min_converged, "trace": tr.estimate,
-              "trace_stderr": tr.stderr, "hvp_count": eig.matvecs + trace_samples, "parameters": op.dim}
+    result = {"lambda_max": eig.top[0], "lambda_min": eig.min, "lambda_min_converged": eig.min_converged,
+              "trace": tr.estimate, "trace_stderr": tr.stderr}
     if cache:
         run_on_main(lambda: write_cached(cache, key, result), info)
     return result

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 def test_trainer_cli_on_two_processes_writes_a_checkpoint_that_reproduces_its_accuracy(tmp_path):
     out = tmp_path / "run"
     res = run_module("trainers.train", "--dataset", "mnist1d", "--model", "mlp", "--batch-size", "256",
-                     "--weight-decay", "5e-4", "--epochs", "2", "--out", str(out), "--no-progress", nproc=2)
+                     "--weight-decay", "5e-4", "--epochs", "2", "--out", str(out), "--no-progress", "--device", "cpu",
+                     nproc=2)
     assert res.returncode == 0, res.stderr
     assert "img/s" in res.stdout and "done:" in res.stdout
     from landscape.checkpoint import load_data_for, load_model
@@ -30,7 +31,7 @@ def test_trainer_cli_on_two_processes_writes_a_checkpoint_that_reproduces_its_ac
 
 
 def test_plot2d_one_and_two_processes_write_equal_surfaces_and_figures(mlp_ckpt, tmp_path):
-    args = [mlp_ckpt, "--x=-1:1:5", "--y=-1:1:4", "--no-progress", "--formats", "png"]
+    args = [mlp_ckpt, "--x=-1:1:5", "--y=-1:1:4", "--no-progress", "--formats", "png", "--device", "cpu"]
     one = run_module("landscape.plot2d", *args, "--out", str(tmp_path / "one"))
     two = run_module("landscape.plot2d", *args, "--out", str(tmp_path / "two"), nproc=2)
     assert one.returncode == 0, one.stderr

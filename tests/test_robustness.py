@@ -22,7 +22,8 @@ from trainers.ddp import fit
 
 # ------------------------------------------------------------------------------------------- kills
 
-GRID = ["--x=-1:1:21", "--y=-1:1:21", "--no-progress", "--formats", "png", "--flush-seconds", "0.05"]
+# --device cpu: one process per CPU rank, also on a machine with fewer GPUs than ranks
+GRID = ["--x=-1:1:21", "--y=-1:1:21", "--no-progress", "--formats", "png", "--flush-seconds", "0.05", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +143,8 @@ def test_when_one_rank_dies_the_others_exit_and_flushed_points_survive(slow_ckpt
         workers = _worker_pids(proc.pid)
         assert set(workers) == {0, 1}, workers
         os.kill(workers[1], signal.SIGKILL)
-        t0 = time.time()
         rc = proc.wait(timeout=120)  # torchrun stops the surviving rank; nobody hangs on a collective
-        assert rc != 0 and time.time() - t0 < 120
+        assert rc != 0
         _wait_gone(workers.values())
     finally:
         if proc.poll() is None:

@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 from dataclasses import replace
@@ -34,7 +35,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     real = ddp.train_one_epoch
 
     def crash_at_epoch_2(*args, **kw):
-        if args[7] == 2:  # epoch index: epochs 0 and 1 are done and saved
+        if inspect.signature(real).bind(*args, **kw).arguments["epoch"] == 2:  # epochs 0 and 1 are saved
             raise KeyboardInterrupt("simulated kill")
         return real(*args, **kw)
 
@@ -82,7 +83,7 @@ def test_plan_and_schedule():
 def test_two_gloo_processes_equal_one_process(tmp_path):
     args = ["--dataset", "synthetic", "--data-kwargs", json.dumps({"n_train": 512, "input_shape": [16]}),
             "--model", "mlp", "--model-kwargs", '{"hidden": [32]}', "--batch-size", "64", "--epochs", "2",
-            "--lr", "0.05", "--weight-decay", "5e-4", "--no-progress"]
+            "--lr", "0.05", "--weight-decay", "5e-4", "--no-progress", "--device", "cpu"]
     one = run_module("trainers.train", *args, "--out", str(tmp_path / "one"))
     two = run_module("trainers.train", *args, "--out", str(tmp_path / "two"), nproc=2)
     assert one.returncode == 0, one.stderr
@@ -102,3 +103,20 @@ def test_sweep_names_runs_deterministically_and_skips_finished_ones(tmp_path):
     again = run_module("trainers.sweep", *args)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already complete") == 4
+
+
+def test_a_resume_restores_the_rank_s_own_cuda_rng_state(monkeypatch):
+    """The plumbing only (no CUDA here): which state is saved, and which one a resume hands back, for a
+    checkpoint of this release and for one of 0.1, which saved a list with every visible device's state."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: f"state of {device}")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, str(device))))
+    gpu1 = torch.device("cuda", 1)
+    rng = ddp._rng_state(gpu1)
+    assert rng["cuda"] == "state of cuda:1" and torch.equal(rng["torch"], torch.get_rng_state())
+    assert "cuda" not in ddp._rng_state(torch.device("cpu"))
+    ddp._restore_rng_state(rng, gpu1)
+    ddp._restore_rng_state({**rng, "cuda": ["s0", "s1"]}, gpu1)  # 0.1's list: this rank's device
+    ddp._restore_rng_state({**rng, "cuda": ["s0"]}, gpu1)  # saved with fewer devices: nothing for cuda:1
+    ddp._restore_rng_state(rng, torch.device("cpu"))  # a CUDA run resumed on a CPU
+    assert restored == [("state of cuda:1", "cuda:1"), ("s1", "cuda:1")]

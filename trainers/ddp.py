@@ -245,12 +245,29 @@ def _to_device(data: Dataset, device: torch.device) -> Dataset:
                                         for k in ("x_train", "y_train", "x_test", "y_test")})
 
 
-def _checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Dataset, epoch: int, step: int,
-                metrics: dict[str, float], opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
-    model_kwargs = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), **cfg.model_kwargs}
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The global RNG states a resume restores (dropout and the like draw from them): the CPU's, and the rank's
+    own CUDA device's. Every rank seeds them alike and draws alike, so rank 0's state serves every rank."""
     rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _restore_rng_state(rng: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    cuda = rng.get("cuda")
+    if device.type == "cuda" and isinstance(cuda, list):  # landscape 0.1 saved every visible device's state
+        cuda = cuda[device.index] if device.index < len(cuda) else None
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Dataset, epoch: int, step: int,
+                metrics: dict[str, float], opt: torch.optim.Optimizer, sched: Any, device: torch.device
+                ) -> dict[str, Any]:
+    model_kwargs = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), **cfg.model_kwargs}
+    rng = _rng_state(device)
     return ckpt_io.make_checkpoint(
         model, cfg.model, _plain(model_kwargs), cfg.dataset, _plain(cfg.data_kwargs), metrics,
         train_config=_plain(dataclasses.asdict(cfg)), plan=dataclasses.asdict(plan), epoch=epoch, step=step,
@@ -317,7 +334,7 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
+        _restore_rng_state(state["rng"], info.device)
         if start_epoch >= cfg.epochs:
             print0(f"{cfg.out}: already complete ({start_epoch} epochs); nothing to do")
             return state
@@ -349,7 +366,7 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
             metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
         record = {"epoch": done, "step": step, "lr": lr, **run, **metrics, "wall_seconds": time.perf_counter() - t0}
         if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
-            ckpt = _checkpoint(model, cfg, plan, data, done, step, metrics, opt, sched)
+            ckpt = _checkpoint(model, cfg, plan, data, done, step, metrics, opt, sched, info.device)
             if done % cfg.save_every == 0 or done == cfg.epochs:
                 ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
             ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
