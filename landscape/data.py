@@ -70,9 +70,8 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
     try:
         inspect.signature(fn).bind(data_dir="", download=False, **kwargs)
     except TypeError as exc:
-        raise ConfigError(f"dataset {name!r} does not take these options ({exc}); its options are "
-                          f"{[p for p in inspect.signature(fn).parameters if p not in ('data_dir', 'download')]}"
-                          ) from None
+        options = [p for p in inspect.signature(fn).parameters if p not in ("data_dir", "download")]
+        raise ConfigError(f"dataset {name!r} does not take these options ({exc}); its options are {options}") from None
     return fn(data_dir=data_dir or default_data_dir(), download=download, **kwargs)
 
 

@@ -91,7 +91,7 @@ def target_direction(theta0: Params, theta1: Params) -> Params:
     missing = sorted(set(theta0) ^ set(theta1))
     if missing:
         raise ConfigError(f"the two checkpoints have different tensors (e.g. {missing[:3]}); they must be the same "
-                         "architecture")
+                          "architecture")
     bad = [k for k in theta0 if theta0[k].shape != theta1[k].shape]
     if bad:
         raise ConfigError(f"the two checkpoints differ in shape at {bad[:3]}; they must be the same architecture")
@@ -103,7 +103,7 @@ def check_compatible(direction: Params, theta0: Params, what: str = "direction")
     if set(direction) != set(theta0):
         extra, missing = sorted(set(direction) - set(theta0)), sorted(set(theta0) - set(direction))
         raise ConfigError(f"the {what} was made for another model (unknown tensors {extra[:3]}, missing "
-                         f"{missing[:3]}); make new directions for this checkpoint")
+                          f"{missing[:3]}); make new directions for this checkpoint")
     bad = [k for k in theta0 if tuple(direction[k].shape) != tuple(theta0[k].shape)]
     if bad:
         raise ConfigError(f"the {what} was made for another model (shape differs at {bad[:3]}); make new directions")

@@ -41,13 +41,13 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise UnknownNameError(f"cannot import model {name!r} ({exc}); "
-                           "give an importable package.module:callable") from None
+                                   "give an importable package.module:callable") from None
         if not callable(fn):
             raise UnknownNameError(f"model {name!r} is not callable")
         return fn
     if name not in _REGISTRY:
         raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, "
-                       "or give package.module:callable")
+                               "or give package.module:callable")
     return _REGISTRY[name]
 
 

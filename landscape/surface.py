@@ -66,7 +66,7 @@ def select_samples(x: Tensor, y: Tensor, samples: int | None, split: str, seed: 
         return x, y
     if samples < 1 or samples > len(x):
         raise ConfigError(f"--samples {samples} is outside 1..{len(x)} (the size of the {split} split); "
-                         f"pick a value in that range, or leave it out for the whole split")
+                          f"pick a value in that range, or leave it out for the whole split")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
     return x[idx], y[idx]
 

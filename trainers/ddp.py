@@ -128,12 +128,12 @@ def make_plan(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
     """Split the global batch over ranks and accumulation steps; every piece must divide exactly."""
     if cfg.batch_size % world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes; "
-                         f"use a multiple of {world_size}")
+                          f"use a multiple of {world_size}")
     per_rank = cfg.batch_size // world_size
     micro = min(cfg.micro_batch_size or per_rank, per_rank)
     if per_rank % micro:
         raise ConfigError(f"per-rank batch {per_rank} is not a multiple of --micro-batch-size {micro}; "
-                         "choose a divisor of it")
+                          "choose a divisor of it")
     steps = (n_train // world_size) // per_rank
     if steps == 0:
         raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the {n_train} training samples; use a smaller batch")
