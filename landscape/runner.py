@@ -97,7 +97,7 @@ def run_surface(cfg: SurfaceConfig, info: DistInfo) -> SurfaceRun:
                   "data": ckpt["data"]}
     path = cfg.path
     sink = run_on_main(lambda: open_surface(path, x, y, evaluator.metric_names, [to_numpy(d) for d in dirs], origin,
-                                            evaluation, {**asdict(cfg), "splits": list(cfg.splits)}), info)
+                                            evaluation, asdict(cfg)), info)
     points = grid_points(x, y)
     try:
         computed = compute_surface(evaluator, points, sink, info, cfg.flush_seconds, cfg.progress)
