@@ -133,15 +133,20 @@ def _write_directions(f: h5py.File, directions: list[Arrays]) -> None:
             sub.create_dataset(k, data=np.asarray(v, dtype=np.float32))
 
 
+def _header() -> dict[str, Any]:
+    """The attributes every file of ours opens with: what made it, and in which schema."""
+    return {"producer": PRODUCER, "schema_version": SCHEMA_VERSION, "created_by": f"landscape {__version__}"}
+
+
 def _write(path: str, s: Surface, directions: list[Arrays]) -> None:
     """`s` and its directions as a new file in the current schema, written atomically."""
     o = s.origin
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({
-            "producer": PRODUCER, "schema_version": SCHEMA_VERSION, "created_by": f"landscape {__version__}",
-            "metrics": json.dumps(list(s.values)), "fingerprint": json.dumps(s.fingerprint, sort_keys=True),
-            "config": json.dumps(s.config), "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256,
-            "target_checkpoint": o.target, "directions_sha256": s.directions_sha256, "model": json.dumps(o.model),
+            **_header(), "metrics": json.dumps(list(s.values)),
+            "fingerprint": json.dumps(s.fingerprint, sort_keys=True), "config": json.dumps(s.config),
+            "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256, "target_checkpoint": o.target,
+            "directions_sha256": s.directions_sha256, "model": json.dumps(o.model),
             "checkpoint_metrics": json.dumps(o.metrics), "checkpoint_train_config": json.dumps(o.training.config),
             "acc_unit": "percent"})
         axes = [("x", f.create_dataset("xcoordinates", data=np.asarray(s.x, np.float64)))]
@@ -266,7 +271,6 @@ def save_directions(path: str, directions: list[Arrays], config: dict[str, Any] 
     """A standalone direction file (the layout of a surface file's /directions), written atomically; `--directions`
     and read_directions take it like a surface file."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({"producer": PRODUCER, "schema_version": SCHEMA_VERSION,
-                        "created_by": f"landscape {__version__}", "directions_sha256": directions_sha256(directions),
+        f.attrs.update({**_header(), "directions_sha256": directions_sha256(directions),
                         "config": json.dumps(config or {})})
         _write_directions(f, directions)
