@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-check clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/surface.py
 	$(PY) benchmarks/train.py
+
+# On a machine with CUDA: the GPU tests and measurements (benchmarks/gpu.py); without CUDA it says so and exits 0.
+# It runs on the bare GPU image too (torch, torchvision, h5py, scipy, matplotlib, tqdm, pytest; no mnist1d needed).
+gpu-check:
+	$(if $(wildcard $(STAMP)),$(PY),$(PYTHON)) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) demo

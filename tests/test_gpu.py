@@ -1,0 +1,110 @@
+"""CUDA paths: every CLI once on a GPU, bf16 against fp32, K vmapped points against K single points, NCCL with one
+rank, the trainer with bf16 autocast and resume. Run by `make gpu-check` (benchmarks/gpu.py) on a machine with a
+GPU; skipped elsewhere. Tolerances are stated where they are used, with the reason.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from landscape.distributed import DistInfo
+from landscape.io import read_surface
+from tests.conftest import run_module
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+CUDA = DistInfo(0, 0, 1, torch.device("cuda", 0)) if torch.cuda.is_available() else None
+GRID = ["--x=-1:1:5", "--y=-1:1:4", "--no-progress", "--formats", "png"]
+
+
+def _surface(ckpt, out, *flags, nproc=None):
+    res = run_module("landscape.plot2d", ckpt, *GRID, "--out", str(out), *flags, nproc=nproc)
+    assert res.returncode == 0, res.stderr
+    (h5,) = [f for f in os.listdir(out) if f.endswith(".h5")]
+    return read_surface(str(out / h5)), res.stdout
+
+
+def _assert_values_close(a, b, loss_rtol, acc_atol):
+    for k in a.values:
+        if k.endswith("_acc"):  # percent; a sample whose top two logits nearly tie may flip
+            np.testing.assert_allclose(a.values[k], b.values[k], atol=acc_atol, err_msg=k)
+        else:
+            np.testing.assert_allclose(a.values[k], b.values[k], rtol=loss_rtol, err_msg=k)
+
+
+def test_plot2d_fp32_on_cuda_equals_the_cpu(mlp_ckpt, bn_ckpt, tmp_path):
+    # fp32 means fp32: the engine turns TF32 off, so only summation order separates the devices
+    for name, ckpt in [("mlp", mlp_ckpt), ("resnet", bn_ckpt)]:
+        cpu, _ = _surface(ckpt, tmp_path / f"{name}_cpu", "--device", "cpu")
+        gpu, out = _surface(ckpt, tmp_path / f"{name}_gpu", "--device", "cuda", "--precision", "fp32")
+        _assert_values_close(cpu, gpu, loss_rtol=1e-5, acc_atol=1e-9)
+        assert gpu.fingerprint["precision"] == "fp32"
+        assert len([f for f in os.listdir(tmp_path / f"{name}_gpu") if f.endswith(".png")]) == 16
+
+
+def test_bf16_values_are_within_two_percent_of_fp32(bn_ckpt, tmp_path):
+    # bf16 keeps 8 bits of mantissa (~0.4% per product); over a ResNet-20 the mean loss moves by well under 2%
+    fp32, _ = _surface(bn_ckpt, tmp_path / "fp32", "--device", "cuda", "--precision", "fp32")
+    bf16, _ = _surface(bn_ckpt, tmp_path / "bf16", "--device", "cuda")  # auto is bf16 on CUDA
+    assert bf16.fingerprint["precision"] == "bf16"
+    _assert_values_close(fp32, bf16, loss_rtol=2e-2, acc_atol=3.0)
+
+
+def test_vmapped_points_equal_single_points_on_cuda(mlp_ckpt, tmp_path):
+    one, _ = _surface(mlp_ckpt, tmp_path / "one", "--device", "cuda", "--precision", "fp32")
+    many, _ = _surface(mlp_ckpt, tmp_path / "many", "--device", "cuda", "--precision", "fp32",
+                       "--points-per-pass", "8")
+    _assert_values_close(one, many, loss_rtol=1e-5, acc_atol=1e-9)
+
+
+def test_nccl_with_one_rank_equals_a_plain_process(mlp_ckpt, tmp_path):
+    plain, _ = _surface(mlp_ckpt, tmp_path / "plain", "--device", "cuda")
+    ranked, stdout = _surface(mlp_ckpt, tmp_path / "nccl", "--device", "cuda", nproc=1)
+    for k in plain.values:  # the same device, kernels and order: equal to the last bit
+        np.testing.assert_array_equal(plain.values[k], ranked.values[k], err_msg=k)
+
+
+def test_plot1d_on_cuda(mlp_ckpt, mlp_ckpt_b, tmp_path):
+    res = run_module("landscape.plot1d", mlp_ckpt, mlp_ckpt_b, "--out", str(tmp_path), "--x=-0.5:1.5:9",
+                     "--no-progress", "--device", "cuda", "--formats", "png")
+    assert res.returncode == 0, res.stderr
+    assert read_surface(str(tmp_path / "mlp_run0_last_to_mlp_run_b0_last_interp.h5")).done.all()
+
+
+def test_trainer_bf16_on_cuda_resumes_to_the_uninterrupted_run(tmp_path):
+    flags = ["--dataset", "synthetic", "--data-kwargs", '{"n_train": 512, "n_test": 256, "input_shape": [3, 8, 8]}',
+             "--model", "resnet20", "--batch-size", "64", "--lr", "0.05", "--no-progress", "--device", "cuda",
+             "--precision", "bf16"]
+    full = run_module("trainers.train", *flags, "--epochs", "2", "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    cut = run_module("trainers.train", *flags, "--epochs", "1", "--out", str(tmp_path / "cut"))
+    assert cut.returncode == 0, cut.stderr
+    resumed = run_module("trainers.train", *flags, "--epochs", "2", "--out", str(tmp_path / "cut"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["state_dict"]:  # cuDNN may pick other kernels in a new process: equal up to their rounding
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-3, atol=1e-4, msg=k)
+    assert a["metrics"]["test_acc"] == pytest.approx(b["metrics"]["test_acc"], abs=1.0)
+
+
+def test_sweep_on_cuda(tmp_path):
+    res = run_module("trainers.sweep", "--dataset", "synthetic", "--model", "mlp", "--batch-sizes", "32", "128",
+                     "--weight-decays", "0", "--epochs", "1", "--out", str(tmp_path), "--no-progress",
+                     "--device", "cuda")
+    assert res.returncode == 0, res.stderr
+    assert len([d for d in os.listdir(tmp_path) if os.path.exists(tmp_path / d / "last.pt")]) == 2
+
+
+def test_hessian_on_cuda_equals_the_cpu(mlp_ckpt):
+    from landscape.sharpness import measure_sharpness
+    from tests.conftest import SINGLE
+
+    cpu = measure_sharpness(mlp_ckpt, SINGLE, samples=256, trace_samples=10)
+    gpu = measure_sharpness(mlp_ckpt, CUDA, samples=256, trace_samples=10)
+    assert gpu["lambda_max"] == pytest.approx(cpu["lambda_max"], rel=1e-4)
+    assert gpu["trace"] == pytest.approx(cpu["trace"], rel=1e-4)
