@@ -136,7 +136,7 @@ def mlp(args, device, folder) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=10_000, help="CIFAR-shaped images resident on the GPU (b)")
-    p.add_argument("--batch", type=int, default=1000, help="evaluation batch for ResNet-56")
+    p.add_argument("--batch", type=int, default=5000, help="evaluation batch for ResNet-56")
     p.add_argument("--grid", type=int, default=5, help="points per axis of the ResNet-56 grid (b)")
     p.add_argument("--skip-tests", action="store_true", help="only the measurements (b)-(d)")
     args = p.parse_args()

@@ -59,7 +59,7 @@ class HessianOperator:
         tangent = self._unflatten(v.to(self.device, self.dtype))
         total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         with warnings.catch_warnings():  # torch's own forward-AD decompositions still call torch.jit.script
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # Future- or Deprecation-
             for xb, yb in self.batches:
                 _, hv = jvp(lambda p: self._grad(p, xb, yb), (self.params,), (tangent,))  # noqa: B023
                 total += torch.cat([hv[n].reshape(-1) for n in self.names]).double()
