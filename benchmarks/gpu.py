@@ -49,14 +49,16 @@ def synthetic_model(name: str, samples: int, input_shape: list[int], kwargs: dic
 def evaluator_for(model, x, y, batch: int, precision: str, compile: bool = False, points_per_pass: int = 1):
     from landscape.directions import DirectionSpec, create_random_directions
     from landscape.params import model_tensors, snapshot
+    from landscape.sources import TensorSource
     from landscape.surface import EvalSet, PointEvaluator
 
     theta0 = snapshot(model_tensors(model), device="cpu")
     dirs = create_random_directions(theta0, 2, DirectionSpec())
     images = x.ndim == 4
     data = x.contiguous(memory_format=torch.channels_last) if images else x
-    return PointEvaluator(model, theta0, dirs, [EvalSet("train", data, y)], batch_size=batch, precision=precision,
-                          channels_last=images, compile=compile, points_per_pass=points_per_pass)
+    sets = [EvalSet("train", TensorSource(data, y, x.device, batch))]
+    return PointEvaluator(model, theta0, dirs, sets, precision=precision, channels_last=images, compile=compile,
+                          points_per_pass=points_per_pass)
 
 
 def engine_points_per_s(ev, n: int, folder: str) -> float:
@@ -73,7 +75,7 @@ def engine_points_per_s(ev, n: int, folder: str) -> float:
     path = os.path.join(folder, "bench.h5")
     if os.path.exists(path):
         os.remove(path)
-    info = DistInfo(0, 0, 1, ev.sets[0].x.device)
+    info = DistInfo(0, 0, 1, ev.sets[0].source.device)
     t0 = time.perf_counter()
     sink = open_surface(path, axis, axis, ev.metric_names, [{}, {}], Origin(), {"bench": 1}, {})
     compute_surface(ev, points, sink, info, progress=False)
@@ -85,7 +87,7 @@ def ceiling_points_per_s(ev, passes: int) -> float:
     """model(x) over the same samples, batches, precision and memory format, `passes` times: nothing else."""
     from landscape.evaluation import autocast_context
 
-    net, x, batch = ev.forward, ev.sets[0].x, ev.batch_size
+    net, x, batch = ev.forward, ev.sets[0].source.x, ev.sets[0].source.batch_size
     with torch.inference_mode(), autocast_context(x.device, ev.precision):
         for s in range(0, len(x), batch):  # warm-up
             net(x[s:s + batch])

@@ -63,7 +63,7 @@ def worker(args: argparse.Namespace) -> None:
     from landscape.grid import grid_points, parse_range
     from landscape.io import Origin, open_surface
     from landscape.params import to_numpy
-    from landscape.runner import load_eval_sets, make_directions
+    from landscape.runner import load_sets, make_directions
     from landscape.surface import PointEvaluator, compute_surface
 
     torch.set_num_threads(args.threads)
@@ -73,14 +73,14 @@ def worker(args: argparse.Namespace) -> None:
     cfg = SurfaceConfig(args.ckpt, out=args.tmp, x=spec, y=spec, splits=("train",), eval_batch_size=batch,
                         progress=False, name=f"bench_{args.model}_{info.world_size}_{args.threads}")
     model, ckpt = load_model(args.ckpt)
-    sets = load_eval_sets(ckpt, cfg, info.device)
+    sets, _ = load_sets(cfg, ckpt, info.device, batch)
     theta0, dirs = make_directions(model, cfg)
     x = parse_range(spec)
     points = grid_points(x, x)
-    channels_last = sets[0].x.ndim == 4
-    evaluators = {"engine": PointEvaluator(model, theta0, dirs, sets, batch_size=batch, channels_last=channels_last)}
+    channels_last = sets[0].source.x.ndim == 4
+    evaluators = {"engine": PointEvaluator(model, theta0, dirs, sets, channels_last=channels_last)}
     if not info.is_distributed:
-        evaluators["vmap"] = PointEvaluator(model, theta0, dirs, sets, batch_size=batch, channels_last=channels_last,
+        evaluators["vmap"] = PointEvaluator(model, theta0, dirs, sets, channels_last=channels_last,
                                             points_per_pass=per_pass)
     for ev in evaluators.values():  # warm-up
         ev.evaluate(points[:ev.points_per_pass])
@@ -102,7 +102,7 @@ def worker(args: argparse.Namespace) -> None:
 
     def ceiling() -> float:
         net = evaluators["engine"].model  # the same module, memory format and data
-        xs = sets[0].x
+        xs = sets[0].source.x
         passes = len(range(info.rank, len(points), info.world_size))
         if info.is_distributed:
             dist.barrier()
@@ -118,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
 
     def paired() -> float:
         """Engine points and ceiling passes interleaved one by one, so both meet the same load: ceiling/engine."""
-        ev, net, xs = evaluators["engine"], evaluators["engine"].model, sets[0].x
+        ev, net, xs = evaluators["engine"], evaluators["engine"].model, sets[0].source.x
         spent = np.zeros(2)
         with torch.inference_mode():
             for p in points:
@@ -141,7 +141,7 @@ def worker(args: argparse.Namespace) -> None:
     if not info.is_distributed:
         out["paired_ratio"] = paired()
     if info.is_main:
-        print("RESULT " + json.dumps({**out, "points": len(points), "samples_per_point": len(sets[0].x),
+        print("RESULT " + json.dumps({**out, "points": len(points), "samples_per_point": len(sets[0].source.x),
                                       "batch_size": batch, "points_per_pass": per_pass}), flush=True)
     cleanup_distributed()
 

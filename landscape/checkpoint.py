@@ -99,3 +99,57 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")  # how training scripts nest it
+PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def _tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file: a plain state dict, one nested under a usual key (our checkpoints,
+    the paper's code and many training scripts nest it), with any DDP `module.` or compile `_orig_mod.` prefix
+    stripped. Read with weights_only=True."""
+    if not os.path.isfile(path):
+        raise UserError(f"weights file not found: {path}; check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the file's problem, reported in one line
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(f"{path} cannot be read with weights_only=True ({reason}); save a plain state_dict "
+                        "(torch.save(model.state_dict(), path))") from None
+    if isinstance(obj, dict) and not _tensor_dict(obj):
+        nested = [obj[k] for k in STATE_DICT_KEYS if _tensor_dict(obj.get(k))]
+        if not nested:
+            raise UserError(f"{path} holds a dict with keys {sorted(map(str, obj))[:6]} but no state dict (under "
+                            f"{', '.join(STATE_DICT_KEYS)}, or at the top); save model.state_dict()")
+        obj = nested[0]
+    if not _tensor_dict(obj):
+        raise UserError(f"{path} holds {type(obj).__name__}, not a state dict; save model.state_dict()")
+    out = {}
+    for k, v in obj.items():
+        for prefix in PREFIXES:
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Load `state` into `model`, refusing missing, unexpected or misshapen tensors with their first names."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    problems = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})" if extra else "",
+                f"{len(shapes)} of another shape (e.g. {'; '.join(shapes[:2])})" if shapes else ""]
+    if any(problems):
+        raise UserError(f"the weights in {path} do not fit the model: {'; '.join(p for p in problems if p)}; "
+                        "check --model and --model-kwargs")
+    model.load_state_dict(state)
+

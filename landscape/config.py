@@ -6,12 +6,14 @@ re-plot parses these flags without loading it.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
-from landscape.cli import option
-from landscape.errors import ConfigError
+from landscape.cli import json_object, option
+from landscape.errors import ConfigError, UnknownNameError
 from landscape.grid import parse_range
 
 DEVICES = ("auto", "cpu", "cuda")  # auto: cuda:LOCAL_RANK when CUDA is there, else the CPU
@@ -20,7 +22,7 @@ DIR_TYPES = ("weights", "states")
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
 SPLITS = ("train", "test")
-LOSSES = ("cross_entropy", "mse")  # landscape.evaluation.CRITERIA, by name
+METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm")  # landscape.metrics.METRICS, by name
 FORMATS = ("png", "pdf", "svg")
 
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
@@ -39,6 +41,32 @@ def check_points_per_pass(points_per_pass: int, compile: bool) -> None:
         raise ConfigError("--compile and --points-per-pass > 1 do not combine; pick one")
 
 
+def import_object(spec: str, flag: str) -> Any:
+    """The object a user names as `package.module:attribute`, imported; a one-line error naming what failed."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownNameError(f"{flag} {spec!r}: cannot import {module_name!r} ({exc}); check the module path and "
+                               "that its folder is on PYTHONPATH") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UnknownNameError(f"{flag} {spec!r}: {module_name!r} has no {attr!r}; check the name after ':'")
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_axis(spec: str, flag: str) -> None:
+    """MIN:MAX:NUM, or auto / auto:NUM (resolved when computing)."""
+    if spec.split(":")[0] != "auto":
+        parse_range(spec, flag)
+        return
+    num = spec.split(":")[1:]
+    if len(num) > 1 or (num and not (num[0].isdigit() and int(num[0]) >= 2)):
+        raise ConfigError(f"{flag} {spec!r}: write auto or auto:NUM with NUM >= 2 points")
+
+
 def run_tag(path: str) -> str:
     """A readable, collision-resistant name for a checkpoint: its folder and file stem (runs/a/last.pt -> a_last)."""
     parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
@@ -54,9 +82,27 @@ class SurfaceConfig:
 
     checkpoint: str
     target: str | None = None  # a second checkpoint: d1 = theta_B - theta_A, x runs along the interpolation
-    x: str | None = option(None, f"alpha axis MIN:MAX:NUM (default: {AXIS}, or {INTERPOLATION_AXIS} along an "
-                           "interpolation)", metavar="MIN:MAX:NUM", group="grid")
-    y: str | None = option(None, "beta axis MIN:MAX:NUM", metavar="MIN:MAX:NUM", group="grid")  # None: a 1D curve
+    x: str | None = option(None, f"alpha axis MIN:MAX:NUM, or auto[:NUM] (see --auto-rise) (default: {AXIS}, or "
+                           f"{INTERPOLATION_AXIS} along an interpolation)", metavar="MIN:MAX:NUM", group="grid")
+    y: str | None = option(None, "beta axis MIN:MAX:NUM, or auto[:NUM]", metavar="MIN:MAX:NUM",
+                           group="grid")  # None: a 1D curve
+    auto_rise: float = option(1.0, "an auto axis spans +-t, t where the loss first rises this much above the centre "
+                              "along its direction (either side)", metavar="DL", group="grid")
+    model: str | None = option(None, "build the model with package.module:function (e.g. torchvision.models:resnet18);"
+                               " the weights file is then a state dict, plain or under a key", metavar="FN",
+                               group="your own code")
+    model_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --model", type=json_object,
+                                          default_factory=dict, metavar="JSON", group="your own code")
+    data: str | None = option(None, "package.module:function returning a DataLoader or iterable of batches, or a "
+                              "dict of them by split name", metavar="FN", group="your own code")
+    data_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --data", type=json_object,
+                                         default_factory=dict, metavar="JSON", group="your own code")
+    max_batches: int | None = option(None, "evaluate the first N batches of --data at every point", metavar="N",
+                                     group="your own code")
+    params: tuple[str, ...] = option((), "move only the tensors whose names match these globs (e.g. 'layer4.*')",
+                                     metavar="GLOB", group="directions")
+    trainable_only: bool = option(False, "move only parameters with requires_grad (adapters, LoRA)",
+                                  group="directions")
     directions_file: str | None = option(None, "reuse the directions of this surface or direction file (.h5)",
                                          flag="--directions", metavar="FILE", group="directions")
     dir_type: str | None = option(None, "move the parameters only (weights), or also BatchNorm's running statistics "
@@ -72,7 +118,8 @@ class SurfaceConfig:
                                      group="evaluation")
     samples: int | None = option(None, "a fixed subset of N samples per split (default: all)", metavar="N",
                                  group="evaluation")
-    loss: str = option("cross_entropy", "the loss to map", choices=LOSSES, group="evaluation")
+    metric: str = option("cross_entropy", f"what to map: {', '.join(METRICS)}, or package.module:function "
+                         "(see landscape.metrics)", deprecated=("--loss",), group="evaluation")
     eval_batch_size: int | None = option(None, "samples per forward pass (default: 256 on a CPU, 1024 on CUDA)",
                                          metavar="N", deprecated=("--batch-size",), group="evaluation")
     precision: str = option("fp32", "fp32, or bf16 autocast (faster on GPUs); auto: bf16 on CUDA, fp32 on a CPU",
@@ -97,18 +144,26 @@ class SurfaceConfig:
         resolve = object.__setattr__  # frozen: the resolved defaults are set once, here
         resolve(self, "x", self.x or (INTERPOLATION_AXIS if self.target else AXIS))
         resolve(self, "dir_type", self.dir_type or ("states" if self.target else "weights"))
-        parse_range(self.x, "--x")
-        if self.y is not None:
-            parse_range(self.y, "--y")
+        for flag, axis in [("--x", self.x), ("--y", self.y)]:
+            if axis is not None:
+                check_axis(axis, flag)
+        if not self.auto_rise > 0:
+            raise ConfigError(f"--auto-rise must be > 0, got {self.auto_rise}")
         for value, choices, flag in [(self.dir_type, DIR_TYPES, "--dir-type"), (self.norm, NORMS, "--norm"),
-                                     (self.ignore, IGNORES, "--ignore"), (self.loss, LOSSES, "--loss"),
+                                     (self.ignore, IGNORES, "--ignore"),
                                      (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device")]:
             check_choice(value, choices, flag)
         if not self.splits:
             raise ConfigError("--splits needs at least one of: train, test")
         for split in self.splits:
             check_choice(split, SPLITS, "--splits")
-        for value, flag in [(self.samples, "--samples"), (self.eval_batch_size, "--eval-batch-size")]:
+        if self.metric not in METRICS and ":" not in self.metric:
+            raise ConfigError(f"--metric {self.metric!r} is not one of: {', '.join(METRICS)}, nor "
+                              "package.module:function")
+        if self.model and not self.data:
+            raise ConfigError("--model needs --data: a package.module:function returning your DataLoader")
+        for value, flag in [(self.samples, "--samples"), (self.eval_batch_size, "--eval-batch-size"),
+                            (self.max_batches, "--max-batches")]:
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
         if self.directions_file and self.target:

@@ -8,6 +8,8 @@ take the weights' own values. A second direction can be made orthogonal to the f
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,13 +76,40 @@ def orthogonalize(d2: Params, d1: Params) -> Params:
     return add_scaled(d2, (-coef, d1))
 
 
-def create_random_directions(theta0: Params, n: int, spec: DirectionSpec) -> list[Params]:
+def select_tensors(names: Iterable[str], params: str | Sequence[str] | Callable[[str], bool] | None = None,
+                   keep: Collection[str] | None = None) -> set[str]:
+    """The tensor names a direction moves: all of `names`, or those matching `params` (fnmatch globs such as
+    "blocks.*.attn.*", or a predicate on the name), further limited to `keep` (e.g. the trainable ones).
+    A glob that matches no tensor is refused, naming a few real names."""
+    names = list(names)
+    chosen = set(names)
+    if params is not None:
+        if callable(params):
+            chosen = {k for k in names if params(k)}
+        else:
+            globs = [params] if isinstance(params, str) else list(params)
+            for g in globs:
+                if not fnmatch.filter(names, g):
+                    raise ConfigError(f"params pattern {g!r} matches no tensor; names look like {', '.join(names[:3])}")
+            chosen = {k for k in names if any(fnmatch.fnmatchcase(k, g) for g in globs)}
+    if keep is not None:
+        chosen &= set(keep)
+    if not chosen:
+        raise ConfigError("the parameter selection leaves no tensor to move; widen params= or drop trainable_only")
+    return chosen
+
+
+def create_random_directions(theta0: Params, n: int, spec: DirectionSpec, moved: Collection[str] | None = None
+                             ) -> list[Params]:
     """n normalized random directions from spec.seed; the first is the same for n=1 and n=2, so a 1D curve is
-    the alpha axis of the 2D surface made with the same seed."""
+    the alpha axis of the 2D surface made with the same seed. Tensors outside `moved` (default: all) get zeros;
+    the random draw is the same whatever is moved, so a subset's direction is the full one masked."""
     if n not in (1, 2):
         raise ValueError(f"1 or 2 directions, not {n}")
     g = torch.Generator().manual_seed(spec.seed)
     dirs = [normalize_direction(random_direction(theta0, g), theta0, spec.norm, spec.ignore) for _ in range(n)]
+    if moved is not None:
+        dirs = [{k: v if k in moved else torch.zeros_like(v) for k, v in d.items()} for d in dirs]
     if n == 2 and spec.orthogonal:
         dirs[1] = orthogonalize(dirs[1], dirs[0])
     return dirs

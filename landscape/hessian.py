@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
 from landscape.distributed import all_reduce_sum
-from landscape.evaluation import Criterion, cross_entropy_sums
+from landscape.metrics import Metric, cross_entropy
 
 
 class HessianOperator:
@@ -32,7 +32,7 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512,
-                 criterion: Criterion = cross_entropy_sums):
+                 metric: Metric = cross_entropy):
         self.model = model.eval()
         self.names = [n for n, _ in model.named_parameters()]
         self.params = {n: p.detach() for n, p in model.named_parameters()}
@@ -43,11 +43,11 @@ class HessianOperator:
         self.batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         self.count = float(all_reduce_sum(torch.tensor([float(len(x))], dtype=torch.float64, device=x.device)))
         self.device, self.dtype = x.device, next(iter(self.params.values())).dtype
-        self.criterion = criterion
+        self.metric = metric
 
         def loss_sum(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
             out = functional_call(self.model, {**params, **self.buffers}, (xb,))
-            return self.criterion(out, yb)[0]
+            return self.metric(out, (xb, yb))["loss"]
 
         self._grad = grad(loss_sum)
 

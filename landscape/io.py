@@ -11,7 +11,7 @@ Schema 2 (landscape 0.2):
   root attributes: producer, schema_version, created_by, metrics (JSON list of the metric datasets),
     fingerprint (JSON: what a resume must match), config (JSON: the request as resolved), checkpoint,
     checkpoint_sha256, target_checkpoint, directions_sha256, model, checkpoint_metrics and
-    checkpoint_train_config (JSON, as the checkpoint holds them), acc_unit
+    checkpoint_train_config (JSON, as the checkpoint holds them), acc_unit, report (JSON: the sanity report)
 Schema 1 (landscape 0.1) laid 2D arrays out as (nx, ny): it is read transposed, and resuming one rewrites it in
 schema 2 first. Only one process (rank 0) opens a file for writing. A new file is written whole under a temporary
 name and renamed; points are then written and flushed as they finish, so a kill loses only the points in flight.
@@ -85,10 +85,23 @@ class Surface:
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what a resume must match
     directions_sha256: str = ""
     schema_version: int = SCHEMA_VERSION
+    report: dict[str, Any] = field(default_factory=dict)  # the sanity report made before computing
 
     @property
     def is_2d(self) -> bool:
         return self.y is not None
+
+    def plot(self, kind: str = "contour", metric: str | None = None, ax: Any = None, **kwargs: Any) -> Any:
+        """Draw one metric (default: the first loss) on `ax` (default: a new figure) and return the artist.
+
+        kind: contour, filled, heatmap or 3d for a 2D surface; line (loss, with accuracy on a twin axis when
+        there is one) for a 1D curve. kwargs go to the landscape.plot function (levels, vmin, vmax, ...)."""
+        from landscape.plot import plot_surface  # matplotlib only when something is drawn
+
+        metric = metric or next((m for m in self.values if m.endswith("loss")), next(iter(self.values)))
+        if metric not in self.values:
+            raise UserError(f"no metric {metric!r} in this surface; it has {', '.join(self.values)}")
+        return plot_surface(self.x, self.y, self.values, metric, kind, ax, **kwargs)
 
 
 def directions_sha256(directions: list[Arrays]) -> str:
@@ -148,7 +161,7 @@ def _write(path: str, s: Surface, directions: list[Arrays]) -> None:
             "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256, "target_checkpoint": o.target,
             "directions_sha256": s.directions_sha256, "model": json.dumps(o.model),
             "checkpoint_metrics": json.dumps(o.metrics), "checkpoint_train_config": json.dumps(o.training.config),
-            "acc_unit": "percent"})
+            "acc_unit": "percent", "report": json.dumps(s.report)})
         axes = [("x", f.create_dataset("xcoordinates", data=np.asarray(s.x, np.float64)))]
         if s.y is not None:  # dimension 0 (rows) is y, dimension 1 (columns) is x
             axes.insert(0, ("y", f.create_dataset("ycoordinates", data=np.asarray(s.y, np.float64))))
@@ -163,12 +176,14 @@ def _write(path: str, s: Surface, directions: list[Arrays]) -> None:
 
 
 def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[str], directions: list[Arrays],
-                 origin: Origin, evaluation: dict[str, Any], config: dict[str, Any]) -> SurfaceWriter:
+                 origin: Origin, evaluation: dict[str, Any], config: dict[str, Any],
+                 report: dict[str, Any] | None = None) -> SurfaceWriter:
     """The writer of a request's surface file, which is created if missing (rank 0 only).
 
     An existing file must have been made from the same checkpoint, directions, grid and `evaluation` (the
     splits, samples, loss, precision and data that decide the values), or it is refused and left untouched.
-    A schema-1 file is then rewritten in the current schema, its points kept.
+    A schema-1 file is then rewritten in the current schema, its points kept. `report` (the sanity report) is
+    stored with a new file.
     """
     dir_hash = directions_sha256(directions)
     fingerprint = json.loads(json.dumps({
@@ -185,7 +200,7 @@ def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[s
     else:
         shape = grid_shape(x, y)
         new = Surface(x, y, {m: np.full(shape, np.nan) for m in metrics}, np.zeros(shape, bool), origin, config,
-                      fingerprint, dir_hash)
+                      fingerprint, dir_hash, report=report or {})
         _write(path, new, directions)
     return SurfaceWriter(path, metrics)
 
@@ -252,7 +267,7 @@ def read_surface(path: str) -> Surface:
                     _json(a, "model"), _json(a, "checkpoint_metrics"),
                     Training.from_train_config(_json(a, "checkpoint_train_config")))
     return Surface(x, y, values, done, origin, _json(a, "config"), _json(a, "fingerprint"),
-                   a.get("directions_sha256", ""), version)
+                   a.get("directions_sha256", ""), version, _json(a, "report"))
 
 
 def read_directions(path: str) -> list[Arrays]:

@@ -6,7 +6,6 @@ checkpoint that stores the name and the kwargs rebuilds the model with nothing e
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.config import import_object
 from landscape.errors import ConfigError, UnknownNameError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -36,14 +36,9 @@ def list_models() -> list[str]:
 def get_builder(name: str) -> Callable[..., nn.Module]:
     """A registered builder, or `package.module:callable` imported on demand."""
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UnknownNameError(f"cannot import model {name!r} ({exc}); "
-                                   "give an importable package.module:callable") from None
+        fn = import_object(name, "model")
         if not callable(fn):
-            raise UnknownNameError(f"model {name!r} is not callable")
+            raise UnknownNameError(f"model {name!r} is not callable; name a function or class that builds it")
         return fn
     if name not in _REGISTRY:
         raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, "

@@ -82,3 +82,25 @@ def curve_1d(ax: Axes, x: np.ndarray, loss: np.ndarray, acc: np.ndarray | None =
         lines += acc_ax.plot(x, acc, color="tab:red", label=f"{label} accuracy".strip(), **line_kw)
         acc_ax.set_ylim(0, 100)
     return lines
+
+
+def plot_surface(x: np.ndarray, y: np.ndarray | None, values: dict[str, np.ndarray], metric: str,
+                 kind: str = "contour", ax: Axes | None = None, **kw: Any) -> Any:
+    """One metric of a surface drawn as `kind` on `ax`, or on a new figure's Axes when ax is None.
+
+    2D kinds: contour, filled, heatmap, 3d. A 1D curve takes kind "line" (or the default): the loss metric,
+    with the accuracy of the same prefix on a twin axis when it is there."""
+    if ax is None:
+        import matplotlib.pyplot as plt  # a figure is only made when the caller has none
+
+        _, ax = plt.subplots(subplot_kw={"projection": "3d"} if kind == "3d" else {})
+    z = values[metric]
+    if y is None:
+        if kind not in ("contour", "line"):
+            raise ValueError(f"a 1D curve is drawn as 'line', not {kind!r}")
+        acc = values.get(metric[:-len("loss")] + "acc") if metric.endswith("loss") else None
+        return curve_1d(ax, x, z, acc, acc_ax=ax.twinx() if acc is not None else None, **kw)
+    kinds = {"contour": contour, "filled": contourf, "heatmap": heatmap, "3d": surface3d}
+    if kind not in kinds:
+        raise ValueError(f"unknown kind {kind!r}; choose one of: {', '.join(kinds)}")
+    return kinds[kind](ax, x, y, z, **kw)

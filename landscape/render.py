@@ -72,15 +72,15 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotC
     acc_ax = ax.twinx()
     styles = ["-", "--", ":", "-."]
     for i, (label, s) in enumerate(surfaces):
-        for split in ("train", "test"):
-            if f"{split}_loss" not in s.values:
-                continue
+        prefixes = [m[:-len("loss")] for m in s.values if m.endswith("loss")]  # "train_", "test_", or ""
+        for j, prefix in enumerate(prefixes):
+            first, split = j == 0, prefix.rstrip("_")
             if len(surfaces) == 1:
-                kw = {"linestyle": "-" if split == "train" else "--", "linewidth": 1.5}
+                kw = {"linestyle": "-" if first else "--", "linewidth": 1.5}
             else:
-                kw = {"linestyle": styles[i % len(styles)], "linewidth": 2.0 if split == "train" else 1.0,
-                      "alpha": 1.0 if split == "train" else 0.6}
-            plot.curve_1d(ax, s.x, s.values[f"{split}_loss"], s.values.get(f"{split}_acc"),
+                kw = {"linestyle": styles[i % len(styles)], "linewidth": 2.0 if first else 1.0,
+                      "alpha": 1.0 if first else 0.6}
+            plot.curve_1d(ax, s.x, s.values[f"{prefix}loss"], s.values.get(f"{prefix}acc"),
                           f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
     ax.set_xlabel("alpha")
     ax.set_ylabel("loss")

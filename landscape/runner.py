@@ -1,42 +1,273 @@
-"""The pipeline behind the CLIs: checkpoint -> model -> directions -> grid evaluation -> HDF5 file.
+"""The pipeline behind the CLIs and the Python API: a model with its data -> directions -> grid evaluation -> HDF5
+file (or an in-memory Surface).
 
-`run_surface(SurfaceConfig, DistInfo)` is the one library call of `landscape.plot1d`/`plot2d`: it loads the
-checkpoint (weights_only), rebuilds model and data, makes or loads the directions, and computes (or resumes)
-the surface file. It never plots; the CLIs render the file afterwards on rank 0.
+`run_grid(GridJob, DistInfo)` is the one computing step; `landscape.api.surface` builds its job from the caller's
+objects, and `run_surface(SurfaceConfig, DistInfo)` builds it from a checkpoint of ours or, with `--model`/`--data`,
+from a weights file and the user's own code. Before computing, a sanity report is printed and stored (direction
+scales, the centre against the checkpoint's own metrics, BatchNorm left unmoved); `auto` axes are resolved first.
+It never plots.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
-from landscape.checkpoint import file_sha256, load_data_for, load_model
+from landscape.checkpoint import file_sha256, load_data_for, load_model, load_state_dict_strict, read_state_dict
 from landscape.cli import check_writable
-from landscape.config import SurfaceConfig
-from landscape.directions import DirectionSpec, check_compatible, create_random_directions, target_direction
-from landscape.distributed import DistInfo, run_on_main
+from landscape.config import SurfaceConfig, import_object
+from landscape.directions import (
+    DirectionSpec,
+    check_compatible,
+    create_random_directions,
+    select_tensors,
+    target_direction,
+)
+from landscape.distributed import DistInfo, broadcast_object, print0, run_on_main
 from landscape.errors import UserError
-from landscape.evaluation import get_criterion, resolve_precision
+from landscape.evaluation import resolve_precision
 from landscape.grid import grid_points, parse_range
-from landscape.io import Origin, Training, open_surface, read_directions
-from landscape.params import Params, from_numpy, model_tensors, snapshot, to_numpy
+from landscape.io import Origin, Surface, Training, open_surface, read_directions, read_surface
+from landscape.metrics import get_metric
+from landscape.models import build_model
+from landscape.params import Params, from_numpy, model_tensors, norm, snapshot, to_numpy
+from landscape.sources import as_source
 from landscape.surface import EvalSet, PointEvaluator, compute_surface, select_samples
 
 
-def load_eval_sets(ckpt: dict[str, Any], cfg: SurfaceConfig, device: torch.device) -> list[EvalSet]:
+@dataclass
+class GridJob:
+    """Everything a surface needs, wherever it came from. `x`/`y` are "MIN:MAX:NUM", "auto[:NUM]" or arrays."""
+
+    model: nn.Module
+    theta0: Params
+    directions: list[Params]
+    sets: list[EvalSet]
+    x: Any
+    y: Any = None
+    path: str | None = None  # None: keep the surface in memory
+    dir_type: str = "weights"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    points_per_pass: int = 1
+    flush_seconds: float = 2.0
+    progress: bool = True
+    auto_rise: float = 1.0
+    origin: Origin = field(default_factory=Origin)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # what decides the values: a resume must match it
+    config: dict[str, Any] = field(default_factory=dict)  # the request as resolved, stored in the file
+
+
+@dataclass(frozen=True)
+class SurfaceRun:
+    """What run_grid did: the file (or None), its number of points, how many this call computed, and the
+    surface itself (on every rank)."""
+
+    path: str | None
+    total: int
+    computed: int
+    surface: Surface
+
+    @property
+    def already_done(self) -> int:
+        return self.total - self.computed
+
+
+class MemorySink:
+    """compute_surface's sink when no file is asked for: rows kept in arrays."""
+
+    def __init__(self, n_points: int, n_metrics: int):
+        self.rows = np.full((n_points, n_metrics), np.nan)
+        self.done = np.zeros(n_points, bool)
+
+    def done_points(self) -> np.ndarray:
+        return self.done.copy()
+
+    def write(self, flat_idx: np.ndarray, rows: np.ndarray) -> None:
+        self.rows[flat_idx], self.done[flat_idx] = rows, True
+
+    def close(self) -> None:
+        pass
+
+
+def run_grid(job: GridJob, info: DistInfo) -> SurfaceRun:
+    """Compute or resume the job's surface with every rank of the process group; the Surface on every rank."""
+    evaluator = PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type, job.precision,
+                               job.channels_last, job.compile, job.points_per_pass)
+    x, y, picked = resolve_axes(job, evaluator, info)
+    report = run_on_main(lambda: sanity_report(job, evaluator, picked), info)
+    points = grid_points(x, y)
+    names = evaluator.metric_names
+    if job.path is not None:
+        sink = run_on_main(lambda: open_surface(job.path, x, y, names, [to_numpy(d) for d in job.directions],
+                                                job.origin, job.evaluation, job.config, report), info)
+    else:
+        sink = MemorySink(len(points), len(names)) if info.is_main else None
+    try:
+        computed = compute_surface(evaluator, points, sink, info, job.flush_seconds, job.progress)
+    finally:
+        if sink is not None:
+            sink.close()
+    surface = None
+    if info.is_main:
+        surface = read_surface(job.path) if job.path is not None else memory_surface(job, x, y, names, sink, report)
+        warn_if_off_centre(surface)
+    return SurfaceRun(job.path, len(points), computed, broadcast_object(surface))
+
+
+def memory_surface(job: GridJob, x: np.ndarray, y: np.ndarray | None, names: list[str], sink: Any,
+                   report: dict[str, Any] | None) -> Surface:
+    shape = (len(y), len(x)) if y is not None else (len(x),)
+    values = {m: sink.rows[:, j].reshape(shape) for j, m in enumerate(names)}
+    return Surface(x, y, values, sink.done.reshape(shape), job.origin, job.config, dict(job.evaluation),
+                   report=report or {})
+
+
+# ----------------------------------------------------------------------------- sanity report and auto range
+
+def has_batchnorm_statistics(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules())
+
+
+def sanity_report(job: GridJob, evaluator: PointEvaluator, picked: dict[str, float]) -> dict[str, Any]:
+    """Printed before computing and stored in the file: how far each direction reaches relative to the weights,
+    the centre's metrics against those stored with the checkpoint, BatchNorm left unmoved, auto-picked axes."""
+    theta_norm = norm(job.theta0)
+    ratios = [norm(d) / max(theta_norm, 1e-12) for d in job.directions]
+    centre = evaluator.evaluate(np.zeros((1, len(job.directions))))[0].tolist()
+    centre = dict(zip(evaluator.metric_names, centre))
+    report: dict[str, Any] = {"direction_norm_ratio": ratios, "centre": centre, "auto_range": picked}
+    lines = [f"directions: |d{i + 1}|/|theta0| = {r:.3g}" for i, r in enumerate(ratios)]
+    lines.append("centre: " + ", ".join(f"{k} {v:.5g}" for k, v in centre.items()))
+    stored = {k: v for k, v in job.origin.metrics.items() if k in centre}
+    if stored:
+        worst = max(abs(centre[k] - v) / max(abs(v), 1e-12) for k, v in stored.items())
+        report["checkpoint_metrics_rel_diff"] = worst
+        lines.append(f"checkpoint's own metrics: {', '.join(f'{k} {v:.5g}' for k, v in stored.items())} "
+                     f"(largest relative difference {worst:.2g})")
+    if job.dir_type == "weights" and has_batchnorm_statistics(job.model):
+        report["batchnorm_unmoved"] = True
+        lines.append("warning: the model has BatchNorm running statistics and the directions do not move them "
+                     "(--dir-type states moves them too)")
+    for name, half in picked.items():
+        lines.append(f"--{name} auto: loss rises by {job.auto_rise:g} within +-{half:.4g}")
+    print0("\n".join(lines))
+    return report
+
+
+def warn_if_off_centre(s: Surface) -> None:
+    """A checkpoint that is not a minimum along these directions is worth a line: the picture is not a basin."""
+    loss = next((m for m in s.values if m.endswith("loss")), None)
+    if loss is None or not s.done.any():
+        return
+    z = np.where(s.done, s.values[loss], np.nan)
+    axes = [s.y, s.x] if s.y is not None else [s.x]
+    centre = tuple(int(np.argmin(np.abs(a))) for a in axes)
+    if not s.done[centre] or not np.isfinite(z).any():
+        return
+    low = np.unravel_index(np.nanargmin(z), z.shape)
+    if z[low] < z[centre] and low != centre:
+        where = ", ".join(f"{n}={a[i]:.3g}" for n, a, i in zip(("beta", "alpha") if s.y is not None else ("alpha",),
+                                                                axes, low))
+        print(f"warning: the lowest {loss} ({z[low]:.5g}) is at {where}, not at the centre ({z[centre]:.5g}): the "
+              "weights are not a minimum along these directions", flush=True)
+
+
+def _loss_index(evaluator: PointEvaluator) -> int:
+    names = evaluator.metric_names
+    return next((i for i, m in enumerate(names) if m.endswith("loss")), 0)
+
+
+def find_rise(evaluator: PointEvaluator, axis: int, n_dirs: int, rise: float, start: float = 1 / 32,
+              limit: float = 64.0, steps: int = 5) -> float:
+    """The smallest t (to a few percent) where the loss along +-t*d_axis rises by `rise` above the centre, on
+    either side (the larger of the two); `limit` if it never does. About 2 x (log2(limit/start) + steps) points."""
+    k = _loss_index(evaluator)
+
+    def loss_at(t: float) -> float:
+        p = np.zeros((1, n_dirs))
+        p[0, axis] = t
+        return float(evaluator.evaluate(p)[0, k])
+
+    base = loss_at(0.0)
+    sides = []
+    for sign in (1.0, -1.0):
+        lo, hi = 0.0, start
+        while hi <= limit and not loss_at(sign * hi) - base >= rise:  # NaN and inf count as risen
+            lo, hi = hi, hi * 2
+        if hi > limit:
+            sides.append(limit)
+            continue
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if loss_at(sign * mid) - base >= rise else (mid, hi)
+        sides.append(hi)
+    return max(sides)
+
+
+def resolve_axes(job: GridJob, evaluator: PointEvaluator, info: DistInfo
+                 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """The grid's coordinates; an "auto[:NUM]" axis is found by find_rise on rank 0 and shared with every rank."""
+    picked: dict[str, float] = {}
+    axes = []
+    for i, (name, spec) in enumerate([("x", job.x), ("y", job.y)]):
+        if spec is None:
+            axes.append(None)
+        elif isinstance(spec, str) and spec.split(":")[0] == "auto":
+            num = int(spec.split(":")[1]) if ":" in spec else 51
+            half = run_on_main(lambda i=i: find_rise(evaluator, i, len(job.directions), job.auto_rise), info)
+            half = broadcast_object(half)
+            picked[name] = half
+            axes.append(np.linspace(-half, half, num))
+        elif isinstance(spec, str):
+            axes.append(parse_range(spec, f"--{name}"))
+        else:
+            axes.append(np.asarray(spec, dtype=np.float64))
+    return axes[0], axes[1], picked
+
+
+# ----------------------------------------------------------------------------- the CLI's job
+
+def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.device, batch_size: int
+              ) -> tuple[list[EvalSet], dict[str, Any]]:
+    """The evaluation sets and what describes their data: the user's --data, or the checkpoint's own dataset."""
+    metric = get_metric(cfg.metric)
+    if cfg.data:
+        made = import_object(cfg.data, "--data")
+        data = made(**cfg.data_kwargs) if callable(made) and not isinstance(made, Iterable) else made
+        named = data if isinstance(data, dict) else {"": data}
+        sets = [EvalSet(name, as_source(d, device, batch_size, cfg.samples, cfg.max_batches), metric)
+                for name, d in named.items()]
+        return sets, {"name": cfg.data, "kwargs": dict(cfg.data_kwargs)}
+    if ckpt is None:
+        raise UserError("--model needs --data: a package.module:function that returns your DataLoader (or a dict of "
+                        "them by split name)")
     data = load_data_for(ckpt, cfg.data_dir, cfg.download)
     sets = []
     for split in cfg.splits:
         x, y = select_samples(*data.split(split), cfg.samples, split)
         memory = torch.channels_last if (x.ndim == 4 and cfg.channels_last is not False) else torch.contiguous_format
-        sets.append(EvalSet(split, x.to(device).contiguous(memory_format=memory), y.to(device)))
-    return sets
+        sets.append(EvalSet(split, as_source((x.contiguous(memory_format=memory), y), device, batch_size), metric))
+    return sets, ckpt["data"]
 
 
-def make_directions(model: torch.nn.Module, cfg: SurfaceConfig) -> tuple[Params, list[Params]]:
+def load_centre(cfg: SurfaceConfig, path: str) -> tuple[nn.Module, dict[str, Any] | None]:
+    """A model with the weights of `path`: our checkpoint, or --model's module with a state dict loaded."""
+    if not cfg.model:
+        return load_model(path)
+    model = build_model(cfg.model, **cfg.model_kwargs)
+    load_state_dict_strict(model, read_state_dict(path), path)
+    return model.eval(), None
+
+
+def make_directions(model: nn.Module, cfg: SurfaceConfig) -> tuple[Params, list[Params]]:
     """theta0 (float32, CPU) and the directions: from a file, toward a target checkpoint, or random."""
     theta0 = snapshot(model_tensors(model, cfg.dir_type), device="cpu")
     n = 1 if cfg.y is None else 2
@@ -48,65 +279,61 @@ def make_directions(model: torch.nn.Module, cfg: SurfaceConfig) -> tuple[Params,
         for d in dirs[:n]:
             check_compatible(d, theta0, f"direction in {cfg.directions_file}")
         return theta0, dirs[:n]
+    moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
     if cfg.target:
-        model1, _ = load_model(cfg.target)
+        model1, _ = load_centre(cfg, cfg.target)
         d1 = target_direction(theta0, snapshot(model_tensors(model1, cfg.dir_type), device="cpu"))
-        return theta0, [d1, *create_random_directions(theta0, 2, spec)[1:n]]
-    return theta0, create_random_directions(theta0, n, spec)
+        if moved is not None:
+            d1 = {k: v if k in moved else torch.zeros_like(v) for k, v in d1.items()}
+        return theta0, [d1, *create_random_directions(theta0, 2, spec, moved)[1:n]]
+    return theta0, create_random_directions(theta0, n, spec, moved)
+
+
+def moved_tensors(model: nn.Module, theta0: Params, params: Any, trainable_only: bool) -> set[str] | None:
+    """The names the directions move (None: all), from name globs or a predicate and/or trainability."""
+    if params is None and not trainable_only:
+        return None
+    keep = {k for k, p in model.named_parameters() if p.requires_grad} if trainable_only else None
+    return select_tensors(theta0, params, keep)
 
 
 def resolve_batch_size(cfg: SurfaceConfig, device: torch.device) -> int:
     return cfg.eval_batch_size or (1024 if device.type == "cuda" else 256)
 
 
-@dataclass(frozen=True)
-class SurfaceRun:
-    """What run_surface did: the file, its number of points, and how many of them this call computed."""
-
-    path: str
-    total: int
-    computed: int
-
-    @property
-    def already_done(self) -> int:
-        return self.total - self.computed
+def origin_of(cfg: SurfaceConfig, ckpt: dict[str, Any] | None) -> Origin:
+    """What the surface file records about its centre weights."""
+    target = os.path.abspath(cfg.target) if cfg.target else ""
+    if ckpt is None:
+        return Origin(os.path.abspath(cfg.checkpoint), file_sha256(cfg.checkpoint), target,
+                      {"name": cfg.model, "kwargs": dict(cfg.model_kwargs)})
+    return Origin(os.path.abspath(cfg.checkpoint), file_sha256(cfg.checkpoint), target, ckpt["model"],
+                  ckpt.get("metrics", {}), Training.from_train_config(ckpt.get("train_config", {})))
 
 
-def origin_of(cfg: SurfaceConfig, ckpt: dict[str, Any]) -> Origin:
-    """What the surface file records about its centre checkpoint."""
-    return Origin(os.path.abspath(cfg.checkpoint), file_sha256(cfg.checkpoint),
-                  os.path.abspath(cfg.target) if cfg.target else "", ckpt["model"], ckpt.get("metrics", {}),
-                  Training.from_train_config(ckpt.get("train_config", {})))
+def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
+    model, ckpt = load_centre(cfg, cfg.checkpoint)
+    sets, data = load_sets(cfg, ckpt, info.device, resolve_batch_size(cfg, info.device))
+    theta0, dirs = make_directions(model, cfg)
+    precision = resolve_precision(cfg.precision, info.device)
+    images = not sets[0].source.streamed and sets[0].source.x.ndim == 4
+    # What decides the values besides the weights, the directions and the grid: a resume must match it. Keys
+    # that 0.1 files lack are only added when set, so those files resume.
+    evaluation = {"splits": [s.name for s in sets] if cfg.data else list(cfg.splits), "samples": cfg.samples,
+                  "loss": cfg.metric, "precision": precision, "data": data}
+    evaluation.update({k: v for k, v in [("max_batches", cfg.max_batches), ("params", list(cfg.params) or None),
+                                         ("trainable_only", cfg.trainable_only or None)] if v is not None})
+    return GridJob(model, theta0, dirs, sets, cfg.x, cfg.y, cfg.path, cfg.dir_type, precision,
+                   images and cfg.channels_last is not False, cfg.compile, cfg.points_per_pass, cfg.flush_seconds,
+                   cfg.progress, cfg.auto_rise, origin_of(cfg, ckpt), evaluation, asdict(cfg))
 
 
 def run_surface(cfg: SurfaceConfig, info: DistInfo) -> SurfaceRun:
     """Compute or resume the surface file of cfg, with every rank of the process group taking part."""
-    model, ckpt = load_model(cfg.checkpoint)
-    sets = load_eval_sets(ckpt, cfg, info.device)
-    theta0, dirs = make_directions(model, cfg)
-    x = parse_range(cfg.x, "--x")
-    y = parse_range(cfg.y, "--y") if cfg.y is not None else None
-    precision = resolve_precision(cfg.precision, info.device)
-    evaluator = PointEvaluator(model, theta0, dirs, sets, cfg.dir_type, resolve_batch_size(cfg, info.device),
-                               get_criterion(cfg.loss), precision,
-                               channels_last=sets[0].x.ndim == 4 and cfg.channels_last is not False,
-                               compile=cfg.compile, points_per_pass=cfg.points_per_pass)
-    origin = origin_of(cfg, ckpt)
-    # What decides the values besides the checkpoint, the directions and the grid: a resume must match it.
-    evaluation = {"splits": list(cfg.splits), "samples": cfg.samples, "loss": cfg.loss, "precision": precision,
-                  "data": ckpt["data"]}
-    path = cfg.path
-    sink = run_on_main(lambda: open_surface(path, x, y, evaluator.metric_names, [to_numpy(d) for d in dirs], origin,
-                                            evaluation, asdict(cfg)), info)
-    points = grid_points(x, y)
-    try:
-        computed = compute_surface(evaluator, points, sink, info, cfg.flush_seconds, cfg.progress)
-    finally:
-        if sink is not None:
-            sink.close()
-    return SurfaceRun(path, len(points), computed)
+    return run_grid(job_from_config(cfg, info), info)
 
 
 def check_output_folder(folder: str, info: DistInfo) -> None:
     """Create the output folder on rank 0 and fail early, on every rank, if it cannot be written."""
     run_on_main(lambda: check_writable(folder), info)
+

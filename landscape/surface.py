@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,8 +24,10 @@ from tqdm import tqdm
 from landscape.config import check_points_per_pass
 from landscape.distributed import DistInfo, all_reduce_sum, broadcast_object
 from landscape.errors import ConfigError
-from landscape.evaluation import Criterion, batched_sums, cross_entropy_sums
+from landscape.evaluation import autocast_context, forward_batch, means_of, source_sums
+from landscape.metrics import Metric, cross_entropy, metric_names
 from landscape.params import Params, PointSetter, model_tensors
+from landscape.sources import StreamSource, TensorSource
 
 
 class Evaluator(Protocol):
@@ -53,11 +55,16 @@ class Sink(Protocol):
 
 @dataclass
 class EvalSet:
-    """One split's inputs and targets, already on the evaluation device."""
+    """One data set to evaluate at every point: its name (the prefix of its metrics; "" for none), where its
+    batches come from (landscape.sources), and what is measured on them (landscape.metrics)."""
 
     name: str
-    x: Tensor
-    y: Tensor
+    source: TensorSource | StreamSource
+    metric: Metric = cross_entropy
+
+    def __post_init__(self) -> None:
+        self.keys: list[str] | None = None  # the metric's sums, known after the first pass
+        self.names: list[str] = []  # what it reports
 
 
 def select_samples(x: Tensor, y: Tensor, samples: int | None, split: str, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -79,45 +86,48 @@ def compile_mode(device: torch.device) -> str | None:
 
 
 class PointEvaluator:
-    """Evaluates the loss and accuracy of theta0 + sum_i c_i d_i on fixed data sets.
+    """Evaluates the metrics of theta0 + sum_i c_i d_i on fixed data sets.
 
     The model is deep-copied once; the copy's tensors are rewritten in place at each point (PointSetter), so
     the caller's model is never perturbed and nothing is allocated per point.
 
     With `points_per_pass` K > 1, `evaluate` takes K points per forward pass: torch.func.vmap over K stacked
-    weight sets (functional_call), the criterion vmapped alike. It pays where one point leaves the device idle
+    weight sets (functional_call), the metric vmapped alike. It pays where one point leaves the device idle
     (small models on a GPU); on a CPU, sequential points are faster (benchmarks/surface.py measures both).
     """
 
     def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], sets: list[EvalSet],
-                 dir_type: str = "weights", batch_size: int = 256, criterion: Criterion = cross_entropy_sums,
-                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-                 points_per_pass: int = 1):
+                 dir_type: str = "weights", precision: str = "fp32", channels_last: bool = False,
+                 compile: bool = False, points_per_pass: int = 1):
         check_points_per_pass(points_per_pass, compile)
-        device = sets[0].x.device
+        device = sets[0].source.device
         self.model = copy.deepcopy(model).to(device).eval()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.setter = PointSetter(model_tensors(self.model, dir_type), theta0, directions)
         self.forward: nn.Module = torch.compile(self.model, mode=compile_mode(device)) if compile else self.model
-        self.sets, self.batch_size, self.criterion, self.precision = sets, batch_size, criterion, precision
-        self.points_per_pass = points_per_pass
-        self.metric_names = [f"{s.name}_{m}" for s in sets for m in ("loss", "acc")]
-        self._forward_many = vmap(lambda w, xb: functional_call(self.model, w, (xb,)), in_dims=(0, None))
-        self._criterion_many = vmap(criterion, in_dims=(0, None))
-        # sums -> means: [loss_sum, correct] per set times [1/n, 100/n]; one multiply per point
-        self.scale = torch.tensor([f / len(s.x) for s in sets for f in (1.0, 100.0)], dtype=torch.float64,
-                                  device=device)
+        self.sets, self.precision, self.points_per_pass = sets, precision, points_per_pass
+        self.metric_names = [f"{s.name}_{m}" if s.name else m for s in sets for m in self._probe(s)]
+
+    def _probe(self, s: EvalSet) -> list[str]:
+        """The names a set's metric reports, from its first batch at the centre."""
+        batch = next(iter(s.source))
+        with torch.inference_mode(), autocast_context(s.source.device, self.precision):
+            sums = s.metric(forward_batch(self.forward, batch), batch)
+        s.keys = [k for k in (sums if isinstance(sums, dict) else {}) if k != "count"]
+        s.names = metric_names(s.metric, sums)
+        return s.names
 
     def __call__(self, coords: tuple[float, ...]) -> Tensor:
-        """[loss, acc%] per set, concatenated: a float64 tensor on the device (no host sync).
+        """The metrics of every set, concatenated: a float64 tensor on the device (no host sync).
 
         Kept to a handful of kernel launches, since for small models launches are what a point costs."""
         self.setter(coords)
-        sums = []
+        values = []
         for s in self.sets:
-            sums += batched_sums(self.forward, s.x, s.y, self.batch_size, self.criterion, self.precision)
-        return torch.stack(sums).mul_(self.scale)
+            sums, s.keys = source_sums(self.forward, s.source, s.metric, self.precision, s.keys)
+            values.append(means_of(s.metric, sums, s.keys))
+        return values[0] if len(values) == 1 else torch.cat(values)
 
     def evaluate(self, coords: np.ndarray) -> Tensor:
         """(K, n_metrics) for the K points of `coords` (K, n_directions): one point at a time through the model's
@@ -126,11 +136,15 @@ class PointEvaluator:
             rows = [self(tuple(float(c) for c in point)) for point in coords]
             return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)  # a view for the usual 1 point
         weights = self.setter.stacked(torch.as_tensor(coords))
-        sums = []
+        values = []
         for s in self.sets:
-            sums += batched_sums(lambda xb: self._forward_many(weights, xb), s.x, s.y, self.batch_size,
-                                 self._criterion_many, self.precision, sample_dim=1)
-        return torch.stack(sums, dim=1).mul_(self.scale)
+            def forward_many(*args: Any, **kwargs: Any) -> Any:
+                return vmap(lambda w: functional_call(self.model, w, args, kwargs))(weights)
+
+            sums, s.keys = source_sums(forward_many, s.source, vmap(s.metric, in_dims=(0, None)), self.precision,
+                                       s.keys, vmapped=True)
+            values.append(means_of(s.metric, sums, s.keys))
+        return torch.cat(values, dim=1)
 
 
 def compute_surface(evaluator: Evaluator, points: np.ndarray, sink: Sink | None, info: DistInfo,

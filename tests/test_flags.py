@@ -62,17 +62,17 @@ def test_every_config_field_is_a_flag_of_its_command(cls, module, without):
 
 def test_enumerated_flags_offer_their_choices():
     flags = visible_flags(parser_of("landscape.plot2d")) | visible_flags(parser_of("trainers.train"))
-    for flag in ("--norm", "--ignore", "--loss", "--dir-type", "--splits", "--precision", "--device", "--formats",
+    for flag in ("--norm", "--ignore", "--dir-type", "--splits", "--precision", "--device", "--formats",
                  "--optimizer", "--schedule", "--dataset"):
         assert flags[flag].choices, flag
 
 
 def test_renamed_flags_still_work_and_say_their_new_name_once(capsys):
-    args = parser_of("landscape.plot2d").parse_args(["c.pt", "--batch-size", "64", "--vmax", "3"])
-    assert (args.eval_batch_size, args.loss_max) == (64, 3.0)
+    args = parser_of("landscape.plot2d").parse_args(["c.pt", "--batch-size", "64", "--vmax", "3", "--loss", "mse"])
+    assert (args.eval_batch_size, args.loss_max, args.metric) == (64, 3.0, "mse")
     assert parser_of("trainers.sweep").parse_args(["--root", "r"]).out == "r"
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 3 and all("is renamed" in line for line in err)
+    assert len(err) == 4 and all("is renamed" in line for line in err)
     assert parser_of("landscape.plot2d").parse_args(["c.pt"]).eval_batch_size is None  # no notice, no value
 
 

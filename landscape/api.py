@@ -1,0 +1,151 @@
+"""The Python API: loss landscapes of any `nn.Module`, on any data, for any metric, from a notebook or a script.
+
+    import landscape
+    d = landscape.random_directions(model, n=2, seed=0)
+    s = landscape.surface(model, loader, d, x="-1:1:21", y="-1:1:21", out="resnet.h5")
+    s.plot("contour")
+
+The model is never modified and stays where it is (a private copy is evaluated). Under torchrun, every rank calls
+`surface` and the grid points are split across ranks as the CLI splits them; every rank gets the result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from landscape.config import PRECISIONS, check_choice, check_points_per_pass
+from landscape.directions import DirectionSpec, create_random_directions, target_direction
+from landscape.distributed import DistInfo, init_distributed, is_torchrun
+from landscape.errors import ConfigError
+from landscape.evaluation import resolve_precision
+from landscape.io import Origin, Surface
+from landscape.metrics import Metric, get_metric
+from landscape.params import Params, model_tensors, snapshot, to_numpy
+from landscape.runner import GridJob, moved_tensors, run_grid
+from landscape.sources import as_source
+from landscape.surface import EvalSet
+
+ParamSelection = str | Sequence[str] | Callable[[str], bool] | None
+
+
+def random_directions(model: nn.Module, n: int = 2, *, norm: str = "filter", ignore: str = "biasbn", seed: int = 0,
+                      params: ParamSelection = None, trainable_only: bool = False, orthogonal: bool = False,
+                      dir_type: str = "weights") -> list[Params]:
+    """n Gaussian directions (float32, on the CPU) keyed by parameter name, normalized against the model's weights
+    (Li et al. 2018: per filter by default); the same numbers as the CLI's for the same seed.
+
+    Args: params: name globs ("blocks.*.attn.*"), or a predicate on the name, selecting the tensors to move;
+    trainable_only: only parameters with requires_grad (LoRA, adapters). Other tensors get zeros.
+    dir_type: "states" also moves BatchNorm running statistics."""
+    theta0 = snapshot(model_tensors(model, dir_type), device="cpu")
+    moved = moved_tensors(model, theta0, params, trainable_only)
+    return create_random_directions(theta0, n, DirectionSpec(dir_type, norm, ignore, seed, orthogonal), moved)
+
+
+def direction_to(model: nn.Module, other: nn.Module | Mapping[str, Tensor], dir_type: str = "weights") -> Params:
+    """other - model, keyed by parameter name: x=0 is `model`, x=1 is `other` (a model or a state dict)."""
+    theta0 = snapshot(model_tensors(model, dir_type), device="cpu")
+    if isinstance(other, nn.Module):
+        theta1 = snapshot(model_tensors(other, dir_type), device="cpu")
+    else:
+        theta1 = {k: v.detach().to("cpu", torch.float32) for k, v in other.items() if k in theta0}
+    return target_direction(theta0, theta1)
+
+
+def _dir_type_of(model: nn.Module, directions: Sequence[Mapping[str, Tensor]]) -> str:
+    """weights when the directions name parameters only; states when they also name buffers (BatchNorm)."""
+    params = dict(model.named_parameters())
+    names = set().union(*(set(d) for d in directions))
+    if names <= set(params):
+        return "weights"
+    states = set(model_tensors(model, "states"))
+    if names <= states:
+        return "states"
+    unknown = sorted(names - states)
+    raise ConfigError(f"the directions name tensors the model does not have (e.g. {unknown[:3]}); make them with "
+                      "landscape.random_directions(model)")
+
+
+def _complete(direction: Mapping[str, Tensor], theta0: Params) -> Params:
+    """A direction over every tensor of theta0: the names it lacks get zeros, so it may cover a subset."""
+    return {k: direction[k].detach().to("cpu", torch.float32) if k in direction else torch.zeros_like(v)
+            for k, v in theta0.items()}
+
+
+def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor],
+            x: str | Sequence[float] | np.ndarray = "-1:1:51", y: str | Sequence[float] | np.ndarray | None = None,
+            *, metrics: str | Metric = "cross_entropy", out: str | None = None, batch_size: int | None = None,
+            samples: int | None = None, max_batches: int | None = None, precision: str = "fp32",
+            device: str | torch.device | None = None, points_per_pass: int = 1, compile: bool = False,
+            auto_rise: float = 1.0, flush_seconds: float = 2.0, progress: bool = True) -> Surface:
+    """The metrics of `model` at theta0 + x*d1 (+ y*d2) for every grid point: a `Surface` (the type read_surface
+    returns: coordinates, metric arrays (len(y), len(x)), metadata), with `.plot()`.
+
+    Args:
+      data: (inputs, targets) tensors (kept on the device: the fastest), a Dataset, a DataLoader or any
+        re-iterable of batches (tuples/lists, inputs first and targets last, or dicts with "labels"); or a dict
+        of those by name ({"train": ..., "test": ...}), whose names prefix the metrics.
+      directions: one (1D) or two (2D) dicts of tensors by parameter name (random_directions, direction_to); a
+        direction may name a subset of the tensors, the rest stay put.
+      x, y: "MIN:MAX:NUM", "auto[:NUM]" (where the loss rises by `auto_rise`), or arrays of coordinates. y needs a
+        second direction.
+      metrics: a built-in name (cross_entropy, mse, causal_lm, masked_lm) or a metric (landscape.metrics).
+      out: an .h5 file: written point by point, resumed if it exists and was made for the same request, refused
+        (and left alone) if not. None: nothing is written.
+      samples / max_batches: evaluate only the first samples / batches, the same at every point.
+      device: default cuda:LOCAL_RANK when CUDA is there, else the CPU; precision: fp32, bf16 or auto.
+    """
+    dirs = [directions] if isinstance(directions, Mapping) else list(directions)
+    if len(dirs) not in (1, 2) or (y is not None) != (len(dirs) == 2):
+        raise ConfigError(f"{len(dirs)} direction(s) with y={'given' if y is not None else 'None'}: pass one "
+                          "direction for a 1D curve (y=None) or two for a 2D surface")
+    check_choice(precision, PRECISIONS, "precision")
+    check_points_per_pass(points_per_pass, compile)
+    info = _dist_info(device)
+    dir_type = _dir_type_of(model, dirs)
+    theta0 = snapshot(model_tensors(model, dir_type), device="cpu")
+    dirs = [_complete(d, theta0) for d in dirs]
+    prec = resolve_precision(precision, info.device)
+    batch = batch_size or (1024 if info.device.type == "cuda" else 256)
+    metric = get_metric(metrics)
+    named = data if isinstance(data, Mapping) and not _is_batch_dict(data) else {"": data}
+    sets = [EvalSet(name, as_source(d, info.device, batch, samples, max_batches), metric) for name, d in named.items()]
+    images = not sets[0].source.streamed and sets[0].source.x.ndim == 4
+    evaluation = {"splits": list(named), "samples": samples, "loss": metrics if isinstance(metrics, str) else
+                  getattr(metric, "__name__", type(metric).__name__), "precision": prec,
+                  "data": {"name": "python", "kwargs": {}}, "max_batches": max_batches}
+    config = {"x": x if isinstance(x, str) else list(map(float, x)), "y": y if isinstance(y, str) or y is None
+              else list(map(float, y)), "api": True, "dir_type": dir_type}
+    origin = Origin(model={"name": type(model).__module__ + ":" + type(model).__qualname__, "kwargs": {}},
+                    checkpoint_sha256=_weights_sha256(theta0))
+    if out is not None and os.path.dirname(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    job = GridJob(model, theta0, dirs, sets, x, y, out, dir_type, prec, images, compile, points_per_pass,
+                  flush_seconds, progress, auto_rise, origin, evaluation, config)
+    return run_grid(job, info).surface
+
+
+def _is_batch_dict(data: Mapping) -> bool:
+    """A dict of tensors is one batch (e.g. input_ids/labels), not a dict of data sets."""
+    return all(isinstance(v, Tensor) for v in data.values())
+
+
+def _weights_sha256(theta0: Params) -> str:
+    """What a resume must match of the centre: a hash of its weights (there is no checkpoint file here)."""
+    from landscape.io import directions_sha256
+
+    return directions_sha256([to_numpy(theta0)])
+
+
+def _dist_info(device: str | torch.device | None) -> DistInfo:
+    """The process group under torchrun (joined on first use, one device per rank), else this process on
+    `device` (a torch.device is taken as it is)."""
+    if isinstance(device, torch.device) and not is_torchrun():
+        return DistInfo(0, 0, 1, device)
+    return init_distributed(device.type if isinstance(device, torch.device) else (device or "auto"))

@@ -1,0 +1,154 @@
+"""Metrics as exact sums: a metric maps (model outputs, batch) to named float64 sums plus a `count` (samples, or
+tokens), so every reported value is a sample- or token-weighted mean over any batching and any number of ranks.
+
+A metric is any callable `metric(outputs, batch) -> {"name": sum, ..., "count": n}`; each reported value is
+sum / count, and a metric may add derived values with a `finish(means) -> means` method (perplexity from the
+mean token loss). Built in: cross_entropy (loss, acc %), mse, causal_lm and masked_lm (token loss, acc %, ppl).
+Outputs that are objects or dicts with `logits` (HuggingFace models) are read through `logits_of`; batches are
+tuples/lists (inputs first, targets last) or dicts (targets under `labels`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from landscape.config import import_object
+from landscape.errors import UnknownNameError, UserError
+
+Sums = dict[str, Tensor]
+Metric = Callable[[Any, Any], Sums]
+LABEL_KEYS = ("labels", "label", "targets", "target", "y")
+
+
+def logits_of(outputs: Any) -> Tensor:
+    """The logits of a model's outputs: a tensor itself, or the `logits` of a dict or an output object."""
+    if isinstance(outputs, Tensor):
+        return outputs
+    logits = outputs.get("logits") if isinstance(outputs, Mapping) else getattr(outputs, "logits", None)
+    if logits is None:
+        raise UserError(f"the model returned {type(outputs).__name__}, with no tensor and no `logits`; pass a metric "
+                        "that reads its outputs (metrics=your_function)")
+    return logits
+
+
+def targets_of(batch: Any) -> Tensor:
+    """A batch's targets: the last item of a tuple or list, or a dict's `labels` (or label/targets/target/y)."""
+    if isinstance(batch, Mapping):
+        for key in LABEL_KEYS:
+            if key in batch:
+                return batch[key]
+        raise UserError(f"the batch is a dict with keys {sorted(batch)[:6]} and no {' / '.join(LABEL_KEYS)}; add the "
+                        "targets under 'labels' or pass a metric that finds them")
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[-1]
+    raise UserError(f"a batch of type {type(batch).__name__} carries no targets; yield (inputs, targets) pairs or "
+                    "dicts with 'labels'")
+
+
+def inputs_of(batch: Any) -> tuple[tuple, dict]:
+    """The model's arguments for a batch: (inputs,) of a pair, all but the last of a longer tuple, or a dict's
+    entries other than its targets as keyword arguments."""
+    if isinstance(batch, Mapping):
+        return (), {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch[:-1]) if len(batch) > 1 else tuple(batch), {}
+    return (batch,), {}
+
+
+def _fp32(t: Tensor) -> Tensor:
+    """Losses in fp32 even under bf16 autocast (fp64 models stay fp64)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _count(n: int | Tensor, like: Tensor) -> Tensor:
+    return torch.as_tensor(n, dtype=torch.float64, device=like.device)
+
+
+def cross_entropy(outputs: Any, batch: Any) -> Sums:
+    """Classification: summed cross-entropy and percent correct over the samples."""
+    logits, y = _fp32(logits_of(outputs)), targets_of(batch)
+    # per-sample losses summed in float64: a float32 sum over 50,000 samples would lose digits
+    return {"loss": F.cross_entropy(logits, y, reduction="none").sum(dtype=torch.float64),
+            "acc": (logits.argmax(-1) == y).sum(dtype=torch.float64) * 100.0, "count": _count(len(y), logits)}
+
+
+def mse(outputs: Any, batch: Any) -> Sums:
+    """Regression: the squared error summed over outputs, per sample; no accuracy (NaN, as in schema 1 files)."""
+    out, y = logits_of(outputs), targets_of(batch)
+    err = out.double() - y.double().view_as(out)
+    return {"loss": err.pow(2).sum(), "acc": torch.full((), math.nan, dtype=torch.float64, device=out.device),
+            "count": _count(len(y), out)}
+
+
+class TokenCrossEntropy:
+    """Language models: cross-entropy per token over logits (B, T, V) and labels (B, T), tokens labelled
+    `ignore_index` left out; `shift` predicts token t+1 from position t (causal LMs, as HuggingFace computes it).
+    The loss is token-weighted over the whole data set; perplexity is exp of that loss."""
+
+    def __init__(self, shift: bool = True, ignore_index: int = -100):
+        self.shift, self.ignore_index = shift, ignore_index
+
+    def __call__(self, outputs: Any, batch: Any) -> Sums:
+        logits, labels = _fp32(logits_of(outputs)), targets_of(batch)
+        if self.shift:
+            logits, labels = logits[..., :-1, :], labels[..., 1:]
+        logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        keep = labels != self.ignore_index
+        losses = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none")
+        correct = (logits.argmax(-1) == labels) & keep
+        return {"loss": losses.sum(dtype=torch.float64), "acc": correct.sum(dtype=torch.float64) * 100.0,
+                "count": keep.sum(dtype=torch.float64)}
+
+    def finish(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {**means, "ppl": means["loss"].exp()}
+
+
+METRICS: dict[str, Callable[[], Metric]] = {
+    "cross_entropy": lambda: cross_entropy, "mse": lambda: mse,
+    "causal_lm": lambda: TokenCrossEntropy(shift=True), "masked_lm": lambda: TokenCrossEntropy(shift=False)}
+
+
+def get_metric(spec: str | Metric) -> Metric:
+    """A built-in metric by name, `package.module:callable` (a metric, or a class to instantiate), or a callable."""
+    if callable(spec):
+        return spec
+    if spec in METRICS:
+        return METRICS[spec]()
+    if ":" not in spec:
+        raise UnknownNameError(f"unknown metric {spec!r}; choose one of: {', '.join(METRICS)}, or give "
+                               "package.module:function")
+    obj = import_object(spec, "--metric")
+    return obj() if isinstance(obj, type) else obj
+
+
+def metric_names(metric: Metric, sums: Sums) -> list[str]:
+    """The names a metric reports, from one call's sums: its sums' names, then what `finish` adds."""
+    check_sums(metric, sums)
+    means = {k: v for k, v in sums.items() if k != "count"}
+    return list(finish(metric, means))
+
+
+def check_sums(metric: Metric, sums: Any) -> None:
+    name = getattr(metric, "__name__", type(metric).__name__)
+    if not isinstance(sums, Mapping) or not all(isinstance(v, Tensor) for v in sums.values()):
+        raise UserError(f"metric {name} returned {type(sums).__name__}; a metric returns a dict of tensors: named "
+                        "sums over the batch plus 'count'")
+    if "count" not in sums:
+        raise UserError(f"metric {name} returned {sorted(sums)} without 'count'; add the number of samples (or "
+                        "tokens) the sums are over")
+    if len(sums) < 2:
+        raise UserError(f"metric {name} returned only a count; add at least one named sum")
+    bad = [k for k, v in sums.items() if v.numel() != 1]
+    if bad:
+        raise UserError(f"metric {name} returned non-scalar sums {bad}; sum them over the batch")
+
+
+def finish(metric: Metric, means: dict[str, Tensor]) -> dict[str, Tensor]:
+    fin = getattr(metric, "finish", None)
+    return fin(means) if fin is not None else means
