@@ -48,9 +48,9 @@ def synthetic_model(name: str, samples: int, input_shape: list[int], kwargs: dic
 
 def evaluator_for(model, x, y, batch: int, precision: str, compile: bool = False, points_per_pass: int = 1):
     from landscape.directions import DirectionSpec, create_random_directions
+    from landscape.engine import EvalSet, PointEvaluator
     from landscape.params import model_tensors, snapshot
     from landscape.sources import TensorSource
-    from landscape.surface import EvalSet, PointEvaluator
 
     theta0 = snapshot(model_tensors(model), device="cpu")
     dirs = create_random_directions(theta0, 2, DirectionSpec())
@@ -64,9 +64,9 @@ def evaluator_for(model, x, y, batch: int, precision: str, compile: bool = False
 def engine_points_per_s(ev, n: int, folder: str) -> float:
     """The whole sweep as run_surface does it: a new HDF5 file, every point computed, flushed."""
     from landscape.distributed import DistInfo
+    from landscape.engine import compute_surface
     from landscape.grid import grid_points, parse_range
     from landscape.io import Origin, open_surface
-    from landscape.surface import compute_surface
 
     axis = parse_range(f"-1:1:{n}")
     points = grid_points(axis, axis)

@@ -60,11 +60,11 @@ def worker(args: argparse.Namespace) -> None:
     from landscape.checkpoint import load_model
     from landscape.config import SurfaceConfig
     from landscape.distributed import cleanup_distributed, init_distributed
+    from landscape.engine import PointEvaluator, compute_surface
     from landscape.grid import grid_points, parse_range
     from landscape.io import Origin, open_surface
     from landscape.params import to_numpy
     from landscape.runner import load_sets, make_directions
-    from landscape.surface import PointEvaluator, compute_surface
 
     torch.set_num_threads(args.threads)
     info = init_distributed("cpu")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from landscape.config import PRECISIONS, check_choice, check_points_per_pass
 from landscape.directions import DirectionSpec, create_random_directions, target_direction
 from landscape.distributed import DistInfo, init_distributed, is_torchrun
+from landscape.engine import EvalSet
 from landscape.errors import ConfigError
 from landscape.evaluation import resolve_precision
 from landscape.io import Origin, Surface
@@ -29,7 +30,6 @@ from landscape.metrics import Metric, get_metric
 from landscape.params import Params, model_tensors, snapshot, to_numpy
 from landscape.runner import GridJob, moved_tensors, run_grid
 from landscape.sources import as_source
-from landscape.surface import EvalSet
 
 ParamSelection = str | Sequence[str] | Callable[[str], bool] | None
 

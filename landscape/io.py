@@ -208,7 +208,7 @@ def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[s
 class SurfaceWriter:
     """Holds one surface file open (rank 0 only), keeps its arrays in memory and flushes finished points.
 
-    The `Sink` of landscape.surface.compute_surface: rows arrive by flat point index (landscape.grid's order).
+    The `Sink` of landscape.engine.compute_surface: rows arrive by flat point index (landscape.grid's order).
     """
 
     def __init__(self, path: str, metrics: list[str]):

@@ -30,6 +30,7 @@ from landscape.directions import (
     target_direction,
 )
 from landscape.distributed import DistInfo, broadcast_object, print0, run_on_main
+from landscape.engine import EvalSet, PointEvaluator, compute_surface, select_samples
 from landscape.errors import UserError
 from landscape.evaluation import resolve_precision
 from landscape.grid import grid_points, parse_range
@@ -38,7 +39,6 @@ from landscape.metrics import get_metric
 from landscape.models import build_model
 from landscape.params import Params, from_numpy, model_tensors, norm, snapshot, to_numpy
 from landscape.sources import as_source
-from landscape.surface import EvalSet, PointEvaluator, compute_surface, select_samples
 
 
 @dataclass

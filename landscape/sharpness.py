@@ -7,9 +7,9 @@ from typing import Any
 
 from landscape.checkpoint import file_sha256, load_data_for, load_model
 from landscape.distributed import DistInfo, run_on_main
+from landscape.engine import select_samples
 from landscape.files import read_cached, write_cached
 from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace
-from landscape.surface import select_samples
 
 
 def measure_sharpness(checkpoint: str, info: DistInfo, split: str = "train", samples: int | None = None,

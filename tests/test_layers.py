@@ -23,7 +23,7 @@ LAYERS = [  # bottom to top: (what the layer is, fnmatch patterns of module name
      ["landscape.distributed", "landscape.metrics", "landscape.sources", "landscape.evaluation"]),
     ("models, data and checkpoints", ["landscape.models", "landscape.data", "landscape.checkpoint"]),
     ("the landscape core: directions, grid evaluation, HDF5 schema, Hessian, plot functions",
-     ["landscape.params", "landscape.directions", "landscape.surface", "landscape.io", "landscape.hessian",
+     ["landscape.params", "landscape.directions", "landscape.engine", "landscape.io", "landscape.hessian",
       "landscape.plot"]),
     ("pipelines: checkpoint to surface file, sharpness, surface file to figure files",
      ["landscape.runner", "landscape.api", "landscape.sharpness", "landscape.render"]),
@@ -99,7 +99,7 @@ def import_graph(overrides: dict[str, str] | None = None) -> dict[str, set[str]]
 
 def test_every_module_has_a_layer_and_imports_only_downward():
     graph = import_graph()
-    assert "landscape.surface" in graph and "trainers.ddp" in graph  # the walk found the project
+    assert "landscape.engine" in graph and "trainers.ddp" in graph  # the walk found the project
     assert upward_imports(graph) == []
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from landscape.config import SurfaceConfig
 from landscape.directions import DirectionSpec, create_random_directions
+from landscape.engine import EvalSet, PointEvaluator
 from landscape.errors import UserError
 from landscape.grid import parse_range
 from landscape.io import read_surface
@@ -15,7 +16,6 @@ from landscape.metrics import mse
 from landscape.params import PointSetter, model_tensors, snapshot
 from landscape.runner import run_surface
 from landscape.sources import TensorSource
-from landscape.surface import EvalSet, PointEvaluator
 from tests.conftest import SINGLE
 
 CPU = torch.device("cpu")

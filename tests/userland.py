@@ -1,0 +1,79 @@
+"""Code a user of landscape would write: model factories, data loaders and metrics, for the CLI's --model, --data and
+--metric (as tests.userland:NAME) and for the Python API. Data is generated, the same on every call."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def make_mlp(width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 3))
+
+
+def tensors(n: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+
+
+def loader(n: int = 96, batch_size: int = 20) -> DataLoader:
+    return DataLoader(TensorDataset(*tensors(n)), batch_size=batch_size)
+
+
+def loaders() -> dict[str, DataLoader]:
+    return {"train": loader(96), "test": DataLoader(TensorDataset(*tensors(40, seed=1)), batch_size=16)}
+
+
+class DictBatches:
+    """A re-iterable of dict batches, as tokenized data comes."""
+
+    def __iter__(self):
+        x, y = tensors(64)
+        for i in range(0, 64, 16):
+            yield {"inputs": x[i:i + 16], "labels": y[i:i + 16]}
+
+
+class KeywordMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = make_mlp()
+
+    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(inputs)}
+
+
+def images(n: int = 48, batch_size: int = 16) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)),
+                      batch_size=batch_size)
+
+
+def margin(outputs: torch.Tensor, batch) -> dict[str, torch.Tensor]:
+    """A user's metric: the mean logit margin of the true class over the best other one."""
+    y = batch[-1]
+    true = outputs.gather(1, y[:, None]).squeeze(1)
+    other = outputs.scatter(1, y[:, None], float("-inf")).max(1).values
+    return {"margin": (true - other).sum(dtype=torch.float64), "count": torch.tensor(float(len(y)))}
+
+
+def not_a_metric(outputs, batch):
+    return 3.0
+
+
+def countless(outputs, batch):
+    return {"loss": outputs.sum()}
+
+
+def nothing():
+    return None
+
+
+def empty_batches():
+    return [torch.empty(0, 8), torch.empty(0, 8)]
+
+
+def not_a_model():
+    return "a string"
