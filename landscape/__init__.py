@@ -20,8 +20,8 @@ __version__ = "0.3.0"
 
 # public name -> the module that defines it; resolved by name on first use
 _API = {"random_directions": "landscape.api", "direction_to": "landscape.api", "surface": "landscape.api",
-        "Surface": "landscape.io", "read_surface": "landscape.io", "read_directions": "landscape.io",
-        "save_directions": "landscape.io", "metrics": "landscape.metrics"}
+        "save_figures": "landscape.api", "Surface": "landscape.io", "read_surface": "landscape.io",
+        "read_directions": "landscape.io", "save_directions": "landscape.io", "metrics": "landscape.metrics"}
 __all__ = ["__version__", *_API]
 
 

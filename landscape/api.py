@@ -149,3 +149,16 @@ def _dist_info(device: str | torch.device | None) -> DistInfo:
     if isinstance(device, torch.device) and not is_torchrun():
         return DistInfo(0, 0, 1, device)
     return init_distributed(device.type if isinstance(device, torch.device) else (device or "auto"))
+
+
+def save_figures(s: Surface, stem: str, formats: Sequence[str] = ("png", "pdf"), loss_max: float | None = None,
+                 levels: int = 20, title: str | None = None) -> list[str]:
+    """The CLI's figure files for a surface: for each metric, contour lines, filled contours, heatmap and 3D (2D),
+    or the loss/accuracy curves (1D), as STEM_<metric>_<kind>.<format>. Returns the paths written."""
+    from landscape.config import PlotConfig
+    from landscape.render import render_1d, render_2d
+
+    cfg = PlotConfig(loss_max=loss_max, levels=levels, title=title, formats=tuple(formats))
+    if os.path.dirname(stem):
+        os.makedirs(os.path.dirname(stem), exist_ok=True)
+    return render_2d(s, stem, cfg) if s.is_2d else render_1d([("", s)], stem, cfg, title or "")

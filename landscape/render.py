@@ -6,11 +6,13 @@ PNG and PDF. Used by the CLIs and the figure scripts; it never evaluates a model
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only; no display is needed or wanted
+if "matplotlib.pyplot" not in sys.modules:  # a command: files only, no display; a notebook keeps its backend
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -214,6 +214,11 @@ def bad_inputs(tmp_path_factory, request):
         f["data"] = np.arange(3)
     (d / "notes.txt").write_text("not a folder")
     (d / "fake.h5").write_text("not hdf5")
+    from tests import userland
+
+    torch.save({"model": {f"module.{k}": v for k, v in userland.make_mlp().state_dict().items()}}, d / "w.pt")
+    torch.save({"epoch": 3, "lr": 0.1}, d / "nostate.pt")
+    torch.save(userland.KeywordMLP().state_dict(), d / "kw.pt")
     return {"dir": d, "ckpt": mlp_ckpt, "surf": str(d / "surf" / "mlp_run0_last_2d.h5"),
             "bn_surf": str(d / "bn" / "resnet_run0_last_2d.h5")}
 
@@ -250,6 +255,30 @@ CASES = [  # (module, argv template, words the error must contain)
      "does not take these options"),
     ("trainers.train", ["--model-kwargs", '{{"hiden": [8]}}', "--out", "{dir}/t7"], "rejected its arguments"),
     ("landscape.plot2d", ["{ckpt}", "--loss-max", "nan", "--out", "{dir}/o6"], "--loss-max must be a finite"),
+    # a user's own model, data and metric (tests/userland.py)
+    ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.nomodule:make", "--data", "tests.userland:loader",
+                          "--out", "{dir}/u1"], "cannot import"),
+    ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.userland:not_a_model", "--data", "tests.userland:loader",
+                          "--out", "{dir}/u2"], "not a torch.nn.Module"),
+    ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.userland:make_mlp", "--model-kwargs", '{{"width": 4}}',
+                          "--data", "tests.userland:loader", "--out", "{dir}/u3"], "do not fit the model"),
+    ("landscape.plot2d", ["{dir}/nostate.pt", "--model", "tests.userland:make_mlp", "--data", "tests.userland:loader",
+                          "--out", "{dir}/u4"], "no state dict"),
+    ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.userland:make_mlp", "--out", "{dir}/u5"],
+     "--model needs --data"),
+    ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.userland:make_mlp", "--data", "tests.userland:nothing",
+                          "--out", "{dir}/u6"], "not a data source"),
+    ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.userland:make_mlp", "--data",
+                          "tests.userland:empty_batches", "--out", "{dir}/u7"], "no samples"),
+    ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.userland:make_mlp", "--data", "tests.userland:loader",
+                          "--metric", "tests.userland:not_a_metric", "--out", "{dir}/u8"], "returned float"),
+    ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.userland:make_mlp", "--data", "tests.userland:loader",
+                          "--metric", "tests.userland:countless", "--out", "{dir}/u9"], "without 'count'"),
+    ("landscape.plot2d", ["{dir}/kw.pt", "--model", "tests.userland:KeywordMLP", "--data",
+                          "tests.userland:unlabelled", "--out", "{dir}/u10"], "no labels"),
+    ("landscape.plot2d", ["{ckpt}", "--params", "blocks.*.attn.*", "--out", "{dir}/u11"], "matches no tensor"),
+    ("landscape.plot2d", ["{ckpt}", "--metric", "hinge", "--out", "{dir}/u12"], "is not one of"),
+    ("landscape.plot2d", ["{ckpt}", "--x", "auto:1", "--out", "{dir}/u13"], "auto:NUM"),
 ]
 
 

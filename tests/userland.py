@@ -77,3 +77,8 @@ def empty_batches():
 
 def not_a_model():
     return "a string"
+
+
+def unlabelled():
+    x, _ = tensors(32)
+    return [{"inputs": x[:16]}, {"inputs": x[16:]}]

@@ -1,0 +1,57 @@
+"""HuggingFace, proven: a causal LM built from a tiny config (no download, no hub), evaluated on padded random
+token batches. `transformers` comes with the dev extra (pip install landscape[hf] for users)."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import landscape
+
+VOCAB, T = 101, 12
+
+
+def _tiny_gpt2() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    """Three batches of 4 sequences, right-padded to T with lengths 5..12; padding is labelled -100."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(3):
+        ids = torch.randint(0, VOCAB, (4, T), generator=g)
+        lengths = torch.randint(5, T + 1, (4,), generator=g)
+        mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+        out.append({"input_ids": ids * mask, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)})
+    return out
+
+
+def test_centre_matches_the_models_own_token_weighted_loss():
+    model, batches = _tiny_gpt2(), _batches()
+    with torch.no_grad():
+        losses = [(model(**b).loss.double(), (b["labels"][:, 1:] != -100).sum()) for b in batches]
+    expected = float(sum(loss * n for loss, n in losses) / sum(n for _, n in losses))
+    d = landscape.random_directions(model, n=1)
+    s = landscape.surface(model, batches, d, x=[0.0], metrics="causal_lm", progress=False)
+    assert list(s.values) == ["loss", "acc", "ppl"]
+    assert s.values["loss"][0] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert s.values["ppl"][0] == pytest.approx(np.exp(expected), rel=1e-6)
+
+
+def test_a_surface_over_the_attention_blocks_only(tmp_path):
+    model, batches = _tiny_gpt2(), _batches()
+    d = landscape.random_directions(model, n=2, params="transformer.h.*.attn.*")
+    moved = {k for k, v in d[0].items() if v.any()}
+    assert moved and all(".attn." in k for k in moved)
+    assert any(k.endswith("attn.c_attn.weight") for k in moved)
+    s = landscape.surface(model, batches, d, x="-1:1:3", y="-1:1:3", metrics="causal_lm", out=str(tmp_path / "lm.h5"),
+                          progress=False)
+    assert s.done.all() and np.isfinite(s.values["loss"]).all()
+    centre = landscape.surface(model, batches, d[:1], x=[0.0], metrics="causal_lm", progress=False)
+    assert s.values["loss"][1, 1] == pytest.approx(centre.values["loss"][0], rel=1e-12)
+    assert (s.values["loss"] != s.values["loss"][1, 1]).sum() == 8  # the attention weights moved the loss
+    files = landscape.save_figures(s, str(tmp_path / "lm"), formats=("png",))
+    assert len(files) == 12  # loss, acc, ppl x contour, filled, heatmap, 3d
