@@ -10,6 +10,10 @@ For each model, on one checkpoint, one set of samples and one 2D grid, measured 
   (d) the engine with several points per forward pass (--points-per-pass, torch.func.vmap), against (b)
   (e) what the hardware allows (c) to reach: the ceiling loop itself on 2 processes x 1 thread (each doing
       half of the passes, started together) against 1 process x 2 threads
+  (f) streamed sources (ResNet-20, 3x3 grid): the engine over a DataLoader of in-memory tensors and over a folder
+      of PNG files read by 2 worker processes, interleaved point by point with a plain `for x, y in loader:
+      model(x)` loop over the same loader; and the peak RSS of a fresh process computing a streamed surface over
+      512 and over 2048 generated images (the data set's size must not show)
 (a) and (b) alternate in the same process with the same threads, batch and memory format, best of --repeats;
 then, because a shared machine's load drifts within seconds, (a) and (b) once more interleaved point by point
 (engine point, ceiling pass, ...), which gives the load-robust ratio. (d) is timed once. The 1-process and
@@ -167,9 +171,97 @@ def best_of(runs: list[dict]) -> dict:
     return out
 
 
+class GeneratedImages(torch.utils.data.Dataset):
+    """CIFAR-shaped samples made from their index on demand: the data set's size costs no memory of its own, so a
+    surface's peak memory over it shows what the engine itself holds."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(3, 32, 32, generator=g), i % 10
+
+
+def _paired_loader_ratio(ev, loader, points) -> float:
+    """Engine points and plain `for x, y in loader: model(x)` passes interleaved: plain seconds / engine seconds."""
+    spent = np.zeros(2)
+    for p in points:
+        t0 = time.perf_counter()
+        ev(tuple(float(c) for c in p))
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            for xb, _ in loader:
+                ev.model(xb)
+        spent += (t1 - t0, time.perf_counter() - t1)
+    return float(spent[1] / spent[0])
+
+
+def streamed(tmp: str, threads: int) -> dict:
+    """ResNet-20 over a DataLoader of in-memory tensors and over a folder of PNG files read by 2 worker processes,
+    against the plain loop over the same loader; then peak memory of a streamed surface over 1x and 4x the data."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+    from landscape.api import random_directions
+    from landscape.engine import EvalSet, PointEvaluator
+    from landscape.models import build_model
+    from landscape.params import model_tensors, snapshot
+    from landscape.sources import as_source
+
+    torch.set_num_threads(threads)
+    model = build_model("resnet20").eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(512, 3, 32, 32, generator=g), torch.randint(0, 10, (512,), generator=g)
+    folder = os.path.join(tmp, "images")
+    for i in range(256):
+        os.makedirs(os.path.join(folder, str(i % 10)), exist_ok=True)
+        to_pil_image((x[i].clamp(-2, 2) + 2) / 4).save(os.path.join(folder, str(i % 10), f"{i}.png"))
+    loaders = {
+        "in-memory DataLoader, 512 images": torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, y), batch_size=128),
+        "PNG folder, 2 workers, 256 images": torch.utils.data.DataLoader(
+            ImageFolder(folder, transform=lambda im: pil_to_tensor(im).float() / 255), batch_size=64, num_workers=2,
+            persistent_workers=True)}
+    theta0 = snapshot(model_tensors(model), device="cpu")
+    dirs = random_directions(model, 2)
+    points = grid_points_2d(3)
+    out = {}
+    for name, loader in loaders.items():
+        ev = PointEvaluator(model, theta0, dirs, [EvalSet("train", as_source(loader, torch.device("cpu"), 128))])
+        ev(points[0])  # warm-up, and the workers start
+        out[name] = _paired_loader_ratio(ev, loader, points)
+    rss = {n: memory_worker_rss(n, threads) for n in (512, 2048)}
+    return {"ratio_to_plain_loop": out, "peak_rss_mb": rss, "rss_growth_4x": rss[2048] / rss[512] - 1}
+
+
+def grid_points_2d(n: int) -> list[tuple[float, float]]:
+    axis = np.linspace(-1, 1, n)
+    return [(float(a), float(b)) for b in axis for a in axis]
+
+
+def memory_worker_rss(n: int, threads: int) -> float:
+    """Peak RSS (MB) of a fresh process that computes a 3x3 streamed surface over GeneratedImages(n)."""
+    code = (f"import resource, torch, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+            "import surface as b; import landscape; from landscape.models import build_model; "
+            f"torch.set_num_threads({threads}); m = build_model('resnet20'); "
+            f"dl = torch.utils.data.DataLoader(b.GeneratedImages({n}), batch_size=128); "
+            "landscape.surface(m, dl, landscape.random_directions(m, 2), x='-1:1:3', y='-1:1:3', progress=False); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if res.returncode:
+        raise SystemExit(f"memory worker failed:\n{res.stderr[-2000:]}")
+    return float(res.stdout.split()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--no-streamed", action="store_true", help="skip the streamed-source measurements")
     p.add_argument("--repeats", type=int, default=2, help="timings per variant within one process (best counts)")
     p.add_argument("--rounds", type=int, default=2, help="1-process and 2-process launches, alternated")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -216,13 +308,22 @@ def main() -> None:
                   f"vmap/ceiling {row['vmap_ratio_to_ceiling']:.3f}\n"
                   f"  (e) ceiling, 2 procs       {row['two_process_ceiling_points_per_s']:9.2f} pt/s   vs 1 proc: "
                   f"{row['two_process_hardware_speedup']:.2f}x (what (c) can reach here)", flush=True)
+        stream = None if args.no_streamed else streamed(tmp, cores)
+    if stream is not None:
+        print("streamed sources, ResNet-20, 3x3 grid, interleaved point by point with a plain loop over the same "
+              "loader:", flush=True)
+        for name, ratio in stream["ratio_to_plain_loop"].items():
+            print(f"  {name:36s} engine/plain loop {ratio:.3f}", flush=True)
+        rss = stream["peak_rss_mb"]
+        print(f"  peak RSS of a streamed surface: {rss[512]:.0f} MB over 512 images, {rss[2048]:.0f} MB over 2048 "
+              f"({100 * stream['rss_growth_4x']:+.1f}%)", flush=True)
     worst = {k: float(np.min([r[k] for r in summary.values()]))
              for k in ("ratio_to_ceiling", "ratio_to_ceiling_paired", "two_process_speedup",
                        "two_process_hardware_speedup")}
     print(json.dumps({"engine_points_per_s": {k: round(r["engine_points_per_s"], 3) for k, r in summary.items()},
                       "ceiling_points_per_s": {k: round(r["ceiling_points_per_s"], 3) for k, r in summary.items()},
                       **{k: round(v, 3) for k, v in worst.items()},
-                      "per_model": summary, "cores": cores, "torch": torch.__version__}))
+                      "per_model": summary, "streamed": stream, "cores": cores, "torch": torch.__version__}))
 
 
 if __name__ == "__main__":
