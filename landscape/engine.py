@@ -63,8 +63,8 @@ class EvalSet:
     metric: Metric = cross_entropy
 
     def __post_init__(self) -> None:
-        self.keys: list[str] | None = None  # the metric's sums, known after the first pass
-        self.names: list[str] = []  # what it reports
+        self.keys: list[str] | None = None  # the names of the metric's sums, known once it has run (PointEvaluator)
+        self.names: list[str] = []  # what it reports: the sums' means, then what its `finish` adds
 
 
 def select_samples(x: Tensor, y: Tensor, samples: int | None, split: str, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -114,8 +114,8 @@ class PointEvaluator:
         batch = next(iter(s.source))
         with torch.inference_mode(), autocast_context(s.source.device, self.precision):
             sums = s.metric(forward_batch(self.forward, batch), batch)
-        s.keys = [k for k in (sums if isinstance(sums, dict) else {}) if k != "count"]
-        s.names = metric_names(s.metric, sums)
+        s.names = metric_names(s.metric, sums)  # checks the sums first
+        s.keys = [k for k in sums if k != "count"]
         return s.names
 
     def __call__(self, coords: tuple[float, ...]) -> Tensor:

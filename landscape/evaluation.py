@@ -8,6 +8,7 @@ running statistics, as in Li et al.; no batch statistics leak into the landscape
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -93,11 +94,15 @@ def source_sums(forward: Callable[..., Any], source: TensorSource | StreamSource
     """
     with torch.inference_mode(), autocast_context(source.device, precision):
         if not source.streamed:
-            outs = [forward(xb) for xb, _ in source]
-            if all(isinstance(o, Tensor) for o in outs) and outs[0].numel() * len(outs) <= _CONCAT_LIMIT:
+            batches = source.batches
+            out0 = forward(batches[0][0])
+            if isinstance(out0, Tensor) and out0.numel() * len(batches) <= _CONCAT_LIMIT:
+                outs = [out0, *[forward(xb) for xb, _ in batches[1:]]]
                 out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1 if vmapped else 0)
                 return _stack(metric(out, (source.x, source.y)), keys, metric)
-            pairs: Iterable[tuple[Any, Any]] = zip(outs, source)
+            # large outputs (a language model's logits): the metric per batch, nothing gathered
+            pairs: Iterable[tuple[Any, Any]] = itertools.chain(
+                [(out0, batches[0])], ((forward(xb), (xb, yb)) for xb, yb in batches[1:]))
         else:
             pairs = ((forward_batch(forward, batch), batch) for batch in source)
         total = None
@@ -111,6 +116,8 @@ def source_sums(forward: Callable[..., Any], source: TensorSource | StreamSource
 def means_of(metric: Metric, sums: Tensor, keys: list[str]) -> Tensor:
     """Reported values from [sum_1, ..., sum_n, count] (or (K, n+1)): sums / count, then the metric's `finish`."""
     means = sums[..., :-1] / sums[..., -1:]
+    if getattr(metric, "finish", None) is None:  # the usual case: one kernel per set and point
+        return means
     values = finish(metric, {k: means[..., i] for i, k in enumerate(keys)})
     return torch.stack(list(values.values()), dim=-1)
 

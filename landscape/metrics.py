@@ -66,8 +66,10 @@ def _fp32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _count(n: int | Tensor, like: Tensor) -> Tensor:
-    return torch.as_tensor(n, dtype=torch.float64, device=like.device)
+def _count(n: int, like: Tensor) -> Tensor:
+    """n as a float64 scalar on like's device, by a fill kernel: torch.tensor(n, device=cuda) would copy from the host
+    and wait for it at every point."""
+    return like.new_full((), float(n), dtype=torch.float64)
 
 
 def cross_entropy(outputs: Any, batch: Any) -> Sums:
@@ -75,7 +77,7 @@ def cross_entropy(outputs: Any, batch: Any) -> Sums:
     logits, y = _fp32(logits_of(outputs)), targets_of(batch)
     # per-sample losses summed in float64: a float32 sum over 50,000 samples would lose digits
     return {"loss": F.cross_entropy(logits, y, reduction="none").sum(dtype=torch.float64),
-            "acc": (logits.argmax(-1) == y).sum(dtype=torch.float64) * 100.0, "count": _count(len(y), logits)}
+            "acc": (logits.argmax(-1) == y).sum(dtype=torch.float64).mul_(100.0), "count": _count(len(y), logits)}
 
 
 def mse(outputs: Any, batch: Any) -> Sums:

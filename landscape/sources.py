@@ -54,10 +54,11 @@ class TensorSource:
             raise UserError("the data has no samples; pass a non-empty data set")
         self.x, self.y, self.device = x.to(device), y.to(device), device
         self.batch_size, self.samples = batch_size, len(x)
+        # the batches as views, made once: slicing at every point costs more than a small model's metric
+        self.batches = list(zip(self.x.split(batch_size), self.y.split(batch_size)))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, len(self.x), self.batch_size):
-            yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+        return iter(self.batches)
 
 
 class StreamSource:

@@ -250,3 +250,25 @@ def test_the_public_names_resolve_to_modules_of_the_pipelines_layer_or_below():
     for name, module in landscape._API.items():
         assert layer_of(module) <= pipelines, (name, module)
         assert getattr(landscape, name) is not None
+
+
+def _readme_block(marker: str) -> str:
+    text = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    block = text.split(f"<!-- {marker} -->", 1)[1]
+    return block.split("```", 2)[1].split("\n", 1)[1]
+
+
+@pytest.mark.slow
+def test_the_readme_examples_run_as_written(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    api = subprocess.run([sys.executable, "-c", _readme_block("readme-api-example")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert api.returncode == 0, api.stderr
+    assert "(11, 11)" in api.stdout and (tmp_path / "r18" / "surface_loss_contour.pdf").exists()
+    cli = _readme_block("readme-cli-example").replace("python ", f"{sys.executable} ")
+    res = subprocess.run(["bash", "-ec", cli], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "r18_cli" / f"{tmp_path.name}_r18_2d_loss_contour.png").exists()

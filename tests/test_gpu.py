@@ -120,3 +120,18 @@ def test_hessian_on_cuda_equals_the_cpu(mlp_ckpt):
     gpu = measure_sharpness(mlp_ckpt, CUDA, samples=256, trace_samples=10)
     assert gpu["lambda_max"] == pytest.approx(cpu["lambda_max"], rel=1e-4)
     assert gpu["trace"] == pytest.approx(cpu["trace"], rel=1e-4)
+
+
+def test_a_streamed_loader_on_cuda_equals_resident_tensors():
+    # batches come from pinned memory on a side stream, one ahead: the values must not notice
+    import landscape
+    from tests import userland
+
+    model = userland.make_mlp()
+    d = landscape.random_directions(model, n=2)
+    kw = {"x": "-1:1:5", "y": "-1:1:3", "device": "cuda", "progress": False, "batch_size": 20}
+    resident = landscape.surface(model, userland.tensors(), d, **kw)
+    streamed = landscape.surface(model, userland.loader(), d, **kw)
+    for k in resident.values:
+        np.testing.assert_allclose(resident.values[k], streamed.values[k], rtol=1e-6, err_msg=k)
+    assert next(model.parameters()).device.type == "cpu"  # the caller's model stays where it was
