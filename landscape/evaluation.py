@@ -46,7 +46,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 @contextlib.contextmanager
 def _ieee_fp32() -> Iterator[None]:
     """Convolutions and matrix products in full fp32 on CUDA. PyTorch lets cuDNN use TF32 (a 10-bit mantissa) for
-    fp32 convolutions by default, which moves a ResNet's loss in the 4th digit: fp32 must mean fp32 here."""
+    fp32 convolutions by default; fp32 means fp32 here, so that the GPU's values match the CPU's (to 1e-5,
+    tests/test_gpu.py)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
