@@ -115,7 +115,8 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     batch = batch_size or (1024 if info.device.type == "cuda" else 256)
     metric = get_metric(metrics)
     named = data if isinstance(data, Mapping) and not _is_batch_dict(data) else {"": data}
-    sets = [EvalSet(name, as_source(d, info.device, batch, samples, max_batches), metric) for name, d in named.items()]
+    sets = [EvalSet(name, as_source(_channels_last(d), info.device, batch, samples, max_batches), metric)
+            for name, d in named.items()]
     images = not sets[0].source.streamed and sets[0].source.x.ndim == 4
     evaluation = {"splits": list(named), "samples": samples, "loss": metrics if isinstance(metrics, str) else
                   getattr(metric, "__name__", type(metric).__name__), "precision": prec,
@@ -129,6 +130,13 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     job = GridJob(model, theta0, dirs, sets, x, y, out, dir_type, prec, images, compile, points_per_pass,
                   flush_seconds, progress, auto_rise, origin, evaluation, config)
     return run_grid(job, info).surface
+
+
+def _channels_last(data: Any) -> Any:
+    """Resident image tensors in channels_last, as the CLI keeps them: convolutions on a CPU run ~1.6x faster."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor) and data[0].ndim == 4:
+        return data[0].contiguous(memory_format=torch.channels_last), data[1]
+    return data
 
 
 def _is_batch_dict(data: Mapping) -> bool:

@@ -155,7 +155,7 @@ def sanity_report(job: GridJob, evaluator: PointEvaluator, picked: dict[str, flo
     if job.dir_type == "weights" and has_batchnorm_statistics(job.model):
         report["batchnorm_unmoved"] = True
         lines.append("warning: the model has BatchNorm running statistics and the directions do not move them "
-                     "(--dir-type states moves them too)")
+                     "(--dir-type states, or dir_type=\"states\" in Python, moves them too)")
     for name, half in picked.items():
         lines.append(f"--{name} auto: loss rises by {job.auto_rise:g} within +-{half:.4g}")
     print0("\n".join(lines))
