@@ -42,6 +42,11 @@ def batch_size_of(batch: Any) -> int:
     return 0
 
 
+def _pinned(t: Tensor) -> Tensor:
+    """A CPU tensor in page-locked memory, so its copy to the GPU can overlap compute; others as they are."""
+    return t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t
+
+
 class TensorSource:
     """(x, y) resident on the device, sliced into batches: no copy per point."""
 
@@ -108,8 +113,7 @@ class StreamSource:
         pending = None
         for batch in self._cut():
             with torch.cuda.stream(stream):  # copy this batch while the model works on the previous one
-                loaded = map_tensors(batch, lambda t: (t if t.is_pinned() else t.pin_memory()).to(
-                    self.device, non_blocking=True))
+                loaded = map_tensors(batch, lambda t: _pinned(t).to(self.device, non_blocking=True))
             if pending is not None:
                 yield pending
             torch.cuda.current_stream(self.device).wait_stream(stream)
@@ -129,7 +133,8 @@ def as_source(data: Any, device: torch.device, batch_size: int, samples: int | N
         return TensorSource(x, y, device, batch_size)
     if isinstance(data, Dataset) and not isinstance(data, Iterable) and hasattr(data, "__len__"):
         data = DataLoader(data, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
-    if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable) or iter(data) is data:
+    one_shot = not isinstance(data, DataLoader) and isinstance(data, Iterable) and iter(data) is data
+    if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable) or one_shot:
         raise UserError(f"data of type {type(data).__name__} is not a data source; pass (inputs, targets) tensors, "
                         "a Dataset, a DataLoader, or a re-iterable of batches (not a one-shot generator)")
     return StreamSource(data, device, max_batches, samples)

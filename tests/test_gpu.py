@@ -132,6 +132,10 @@ def test_a_streamed_loader_on_cuda_equals_resident_tensors():
     kw = {"x": "-1:1:5", "y": "-1:1:3", "device": "cuda", "progress": False, "batch_size": 20}
     resident = landscape.surface(model, userland.tensors(), d, **kw)
     streamed = landscape.surface(model, userland.loader(), d, **kw)
+    x, y = userland.tensors()
+    on_gpu = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.cuda(), y.cuda()), batch_size=20)
+    already_there = landscape.surface(model, on_gpu, d, **kw)  # batches on the GPU are not pinned, only used
     for k in resident.values:
         np.testing.assert_allclose(resident.values[k], streamed.values[k], rtol=1e-6, err_msg=k)
+        np.testing.assert_allclose(resident.values[k], already_there.values[k], rtol=1e-6, err_msg=k)
     assert next(model.parameters()).device.type == "cpu"  # the caller's model stays where it was
