@@ -25,6 +25,7 @@ def _close(a, b, rtol=1e-6):
         np.testing.assert_allclose(a.values[k], b.values[k], rtol=rtol, atol=1e-9, err_msg=k)
 
 
+@pytest.mark.slow
 def test_import_landscape_loads_no_torch_until_the_api_is_used():
     code = ("import sys, landscape; assert 'torch' not in sys.modules; landscape.surface; "
             "assert 'torch' in sys.modules; print(landscape.__all__)")
@@ -158,6 +159,7 @@ def _weights_file(model, path, nest=True):
     torch.save({"epoch": 3, "state_dict": state} if nest else model.state_dict(), path)
 
 
+@pytest.mark.slow
 def test_cli_on_foreign_weights_equals_the_api_and_two_processes_equal_one(tmp_path):
     model = userland.make_mlp()
     _weights_file(model, tmp_path / "w.pt")
@@ -178,6 +180,7 @@ def test_cli_on_foreign_weights_equals_the_api_and_two_processes_equal_one(tmp_p
     assert len([f for f in os.listdir(tmp_path / "one") if f.endswith(".png")]) == 16
 
 
+@pytest.mark.slow
 def test_cli_torchvision_model_with_a_plain_state_dict_and_a_users_metric(tmp_path):
     import torchvision
 
@@ -194,6 +197,7 @@ def test_cli_torchvision_model_with_a_plain_state_dict_and_a_users_metric(tmp_pa
     assert "BatchNorm" in res.stdout  # the report warns that running statistics stay put
 
 
+@pytest.mark.slow
 def test_cli_auto_axis_says_what_it_picked(mlp_ckpt, tmp_path):
     res = run_module("landscape.plot1d", mlp_ckpt, "--x", "auto:7", "--auto-rise", "0.2", "--no-progress",
                      "--formats", "png", "--out", str(tmp_path), "--device", "cpu")
