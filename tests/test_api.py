@@ -276,3 +276,30 @@ def test_the_readme_examples_run_as_written(tmp_path):
     res = subprocess.run(["bash", "-ec", cli], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "r18_cli" / f"{tmp_path.name}_r18_2d_loss_contour.png").exists()
+
+
+@pytest.mark.slow
+def test_the_api_under_torchrun_splits_the_points_and_every_rank_gets_the_surface(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, torch, landscape\n"
+        "from tests import userland\n"
+        "m = userland.make_mlp()\n"
+        "s = landscape.surface(m, userland.loaders(), landscape.random_directions(m, 2), x='-1:1:5', y='-1:1:4',\n"
+        "                      out=sys.argv[1], device='cpu', progress=False)\n"
+        "print('rank', torch.distributed.get_rank(), 'done', int(s.done.sum()), flush=True)\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path / "two.h5")]
+    env = {**cli_env(), "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "rank 0 done 20" in res.stdout and "rank 1 done 20" in res.stdout
+    m = userland.make_mlp()
+    one = landscape.surface(m, userland.loaders(), landscape.random_directions(m, 2), x="-1:1:5", y="-1:1:4",
+                            progress=False)
+    _close(read_surface(str(tmp_path / "two.h5")), one, rtol=1e-6)
