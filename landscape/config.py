@@ -88,9 +88,9 @@ class SurfaceConfig:
                            group="grid")  # None: a 1D curve
     auto_rise: float = option(1.0, "an auto axis spans +-t, t where the loss first rises this much above the centre "
                               "along its direction (either side)", metavar="DL", group="grid")
-    model: str | None = option(None, "build the model with package.module:function (e.g. torchvision.models:resnet18);"
-                               " the weights file is then a state dict, plain or under a key", metavar="FN",
-                               group="your own code")
+    model: str | None = option(None, "build the model: a registered name or package.module:function (e.g. "
+                               "torchvision.models:resnet18); the weights file is then a state dict, plain or under "
+                               "a key", metavar="FN", group="your own code")
     model_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --model", type=json_object,
                                           default_factory=dict, metavar="JSON", group="your own code")
     data: str | None = option(None, "package.module:function returning a DataLoader or iterable of batches, or a "
