@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landscape.metrics import Metric, check_sums, cross_entropy, finish, inputs_of
+from landscape.metrics import Metric, check_sums, cross_entropy, inputs_of
 from landscape.sources import StreamSource, TensorSource
 
 
 @dataclass(frozen=True)
 class Sums:
     loss_sum: float
-    correct: float
+    acc_sum: float  # 100 per correct sample, as landscape.metrics.cross_entropy sums it
     count: int
 
     @property
@@ -33,7 +33,7 @@ class Sums:
     @property
     def acc(self) -> float:
         """Accuracy in percent (the reference implementation's unit)."""
-        return 100.0 * self.correct / self.count
+        return self.acc_sum / self.count
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -117,19 +117,20 @@ def source_sums(forward: Callable[..., Any], source: TensorSource | StreamSource
 def means_of(metric: Metric, sums: Tensor, keys: list[str]) -> Tensor:
     """Reported values from [sum_1, ..., sum_n, count] (or (K, n+1)): sums / count, then the metric's `finish`."""
     means = sums[..., :-1] / sums[..., -1:]
-    if getattr(metric, "finish", None) is None:  # the usual case: one kernel per set and point
+    fin = getattr(metric, "finish", None)
+    if fin is None:  # the usual case: one kernel per set and point
         return means
-    values = finish(metric, {k: means[..., i] for i, k in enumerate(keys)})
+    values = fin({k: means[..., i] for i, k in enumerate(keys)})
     return torch.stack(list(values.values()), dim=-1)
 
 
 def sums_tensor(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, precision: str = "fp32") -> Tensor:
-    """[loss_sum, correct, count] of cross-entropy over (x, y) as one float64 tensor, ready to be all-reduced."""
-    sums, _ = source_sums(model, TensorSource(x, y, x.device, batch_size), cross_entropy, precision)
-    return sums * torch.tensor([1.0, 0.01, 1.0], dtype=torch.float64, device=sums.device)  # percent -> count
+    """[loss_sum, acc_sum, count] of cross-entropy over (x, y) as one float64 tensor, ready to be all-reduced;
+    acc_sum / count is the accuracy in percent."""
+    return source_sums(model, TensorSource(x, y, x.device, batch_size), cross_entropy, precision)[0]
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, precision: str = "fp32") -> Sums:
     """Loss and accuracy of `model` (which the caller has put in eval mode) on (x, y)."""
-    loss_sum, correct, count = sums_tensor(model, x, y, batch_size, precision).tolist()
-    return Sums(loss_sum, correct, int(count))
+    loss_sum, acc_sum, count = sums_tensor(model, x, y, batch_size, precision).tolist()
+    return Sums(loss_sum, acc_sum, int(count))

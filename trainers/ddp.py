@@ -232,9 +232,9 @@ def evaluate(model: nn.Module, data: Dataset, info: DistInfo, batch_size: int, p
     for split in ("train", "test"):
         x, y = data.split(split)
         shard = slice(info.rank, None, info.world_size)
-        loss_sum, correct, count = all_reduce_sum(
+        loss_sum, acc_sum, count = all_reduce_sum(
             sums_tensor(model, x[shard], y[shard], batch_size, precision=precision)).tolist()
-        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = loss_sum / count, 100.0 * correct / count
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = loss_sum / count, acc_sum / count
     return metrics
 
 
