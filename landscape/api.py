@@ -28,7 +28,7 @@ from landscape.evaluation import resolve_precision
 from landscape.io import Origin, Surface
 from landscape.metrics import Metric, get_metric
 from landscape.params import Params, model_tensors, snapshot, to_numpy
-from landscape.runner import GridJob, moved_tensors, run_grid
+from landscape.runner import GridJob, moved_tensors, resolve_batch_size, run_grid
 from landscape.sources import as_source
 
 ParamSelection = str | Sequence[str] | Callable[[str], bool] | None
@@ -112,7 +112,7 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     theta0 = snapshot(model_tensors(model, dir_type), device="cpu")
     dirs = [_complete(d, theta0) for d in dirs]
     prec = resolve_precision(precision, info.device)
-    batch = batch_size or (1024 if info.device.type == "cuda" else 256)
+    batch = resolve_batch_size(batch_size, info.device)
     metric = get_metric(metrics)
     named = data if isinstance(data, Mapping) and not _is_batch_dict(data) else {"": data}
     sets = [EvalSet(name, as_source(_channels_last(d), info.device, batch, samples, max_batches), metric)

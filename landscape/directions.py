@@ -99,6 +99,11 @@ def select_tensors(names: Iterable[str], params: str | Sequence[str] | Callable[
     return chosen
 
 
+def restrict(d: Params, moved: Collection[str] | None) -> Params:
+    """d with zeros outside the `moved` tensor names (None: d itself)."""
+    return d if moved is None else {k: v if k in moved else torch.zeros_like(v) for k, v in d.items()}
+
+
 def create_random_directions(theta0: Params, n: int, spec: DirectionSpec, moved: Collection[str] | None = None
                              ) -> list[Params]:
     """n normalized random directions from spec.seed; the first is the same for n=1 and n=2, so a 1D curve is
@@ -108,8 +113,7 @@ def create_random_directions(theta0: Params, n: int, spec: DirectionSpec, moved:
         raise ValueError(f"1 or 2 directions, not {n}")
     g = torch.Generator().manual_seed(spec.seed)
     dirs = [normalize_direction(random_direction(theta0, g), theta0, spec.norm, spec.ignore) for _ in range(n)]
-    if moved is not None:
-        dirs = [{k: v if k in moved else torch.zeros_like(v) for k, v in d.items()} for d in dirs]
+    dirs = [restrict(d, moved) for d in dirs]
     if n == 2 and spec.orthogonal:
         dirs[1] = orthogonalize(dirs[1], dirs[0])
     return dirs

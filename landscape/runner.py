@@ -26,6 +26,7 @@ from landscape.directions import (
     DirectionSpec,
     check_compatible,
     create_random_directions,
+    restrict,
     select_tensors,
     target_direction,
 )
@@ -101,8 +102,10 @@ def run_grid(job: GridJob, info: DistInfo) -> SurfaceRun:
     """Compute or resume the job's surface with every rank of the process group; the Surface on every rank."""
     evaluator = PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type, job.precision,
                                job.channels_last, job.compile, job.points_per_pass)
-    x, y, picked = resolve_axes(job, evaluator, info)
-    report = run_on_main(lambda: sanity_report(job, evaluator, picked), info)
+    # the centre's metrics, once, on rank 0: the sanity report shows them and an auto axis rises from them
+    centre = run_on_main(lambda: evaluator.evaluate(np.zeros((1, len(job.directions))))[0].tolist(), info)
+    x, y, picked = resolve_axes(job, evaluator, info, centre)
+    report = run_on_main(lambda: sanity_report(job, dict(zip(evaluator.metric_names, centre)), picked), info)
     points = grid_points(x, y)
     names = evaluator.metric_names
     if job.path is not None:
@@ -136,13 +139,11 @@ def has_batchnorm_statistics(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules())
 
 
-def sanity_report(job: GridJob, evaluator: PointEvaluator, picked: dict[str, float]) -> dict[str, Any]:
+def sanity_report(job: GridJob, centre: dict[str, float], picked: dict[str, float]) -> dict[str, Any]:
     """Printed before computing and stored in the file: how far each direction reaches relative to the weights,
     the centre's metrics against those stored with the checkpoint, BatchNorm left unmoved, auto-picked axes."""
     theta_norm = norm(job.theta0)
     ratios = [norm(d) / max(theta_norm, 1e-12) for d in job.directions]
-    centre = evaluator.evaluate(np.zeros((1, len(job.directions))))[0].tolist()
-    centre = dict(zip(evaluator.metric_names, centre))
     report: dict[str, Any] = {"direction_norm_ratio": ratios, "centre": centre, "auto_range": picked}
     lines = [f"directions: |d{i + 1}|/|theta0| = {r:.3g}" for i, r in enumerate(ratios)]
     lines.append("centre: " + ", ".join(f"{k} {v:.5g}" for k, v in centre.items()))
@@ -185,10 +186,11 @@ def _loss_index(evaluator: PointEvaluator) -> int:
     return next((i for i, m in enumerate(names) if m.endswith("loss")), 0)
 
 
-def find_rise(evaluator: PointEvaluator, axis: int, n_dirs: int, rise: float, start: float = 1 / 32,
+def find_rise(evaluator: PointEvaluator, axis: int, n_dirs: int, base: float, rise: float, start: float = 1 / 32,
               limit: float = 64.0, steps: int = 5) -> float:
     """The smallest t (to a few percent) where the loss along +-t*d_axis rises by `rise` above the centre, on
-    either side (the larger of the two); `limit` if it never does. About 2 x (log2(limit/start) + steps) points."""
+    either side (the larger of the two); `limit` if it never does. `base` is the centre's loss. About
+    2 x (log2(limit/start) + steps) points."""
     k = _loss_index(evaluator)
 
     def loss_at(t: float) -> float:
@@ -196,7 +198,6 @@ def find_rise(evaluator: PointEvaluator, axis: int, n_dirs: int, rise: float, st
         p[0, axis] = t
         return float(evaluator.evaluate(p)[0, k])
 
-    base = loss_at(0.0)
     sides = []
     for sign in (1.0, -1.0):
         lo, hi = 0.0, start
@@ -212,9 +213,10 @@ def find_rise(evaluator: PointEvaluator, axis: int, n_dirs: int, rise: float, st
     return max(sides)
 
 
-def resolve_axes(job: GridJob, evaluator: PointEvaluator, info: DistInfo
+def resolve_axes(job: GridJob, evaluator: PointEvaluator, info: DistInfo, centre: list[float] | None
                  ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
-    """The grid's coordinates; an "auto[:NUM]" axis is found by find_rise on rank 0 and shared with every rank."""
+    """The grid's coordinates; an "auto[:NUM]" axis is found by find_rise on rank 0 (which alone holds the
+    centre's metrics) and shared with every rank."""
     picked: dict[str, float] = {}
     axes = []
     for i, (name, spec) in enumerate([("x", job.x), ("y", job.y)]):
@@ -222,7 +224,8 @@ def resolve_axes(job: GridJob, evaluator: PointEvaluator, info: DistInfo
             axes.append(None)
         elif isinstance(spec, str) and spec.split(":")[0] == "auto":
             num = int(spec.split(":")[1]) if ":" in spec else 51
-            half = run_on_main(lambda i=i: find_rise(evaluator, i, len(job.directions), job.auto_rise), info)
+            half = run_on_main(lambda i=i: find_rise(evaluator, i, len(job.directions),
+                                                     centre[_loss_index(evaluator)], job.auto_rise), info)
             half = broadcast_object(half)
             picked[name] = half
             axes.append(np.linspace(-half, half, num))
@@ -282,9 +285,7 @@ def make_directions(model: nn.Module, cfg: SurfaceConfig) -> tuple[Params, list[
     moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
     if cfg.target:
         model1, _ = load_centre(cfg, cfg.target)
-        d1 = target_direction(theta0, snapshot(model_tensors(model1, cfg.dir_type), device="cpu"))
-        if moved is not None:
-            d1 = {k: v if k in moved else torch.zeros_like(v) for k, v in d1.items()}
+        d1 = restrict(target_direction(theta0, snapshot(model_tensors(model1, cfg.dir_type), device="cpu")), moved)
         return theta0, [d1, *create_random_directions(theta0, 2, spec, moved)[1:n]]
     return theta0, create_random_directions(theta0, n, spec, moved)
 
@@ -297,8 +298,9 @@ def moved_tensors(model: nn.Module, theta0: Params, params: Any, trainable_only:
     return select_tensors(theta0, params, keep)
 
 
-def resolve_batch_size(cfg: SurfaceConfig, device: torch.device) -> int:
-    return cfg.eval_batch_size or (1024 if device.type == "cuda" else 256)
+def resolve_batch_size(requested: int | None, device: torch.device) -> int:
+    """The evaluation batch: as asked, else 1024 samples on CUDA and 256 on a CPU."""
+    return requested or (1024 if device.type == "cuda" else 256)
 
 
 def origin_of(cfg: SurfaceConfig, ckpt: dict[str, Any] | None) -> Origin:
@@ -313,7 +315,7 @@ def origin_of(cfg: SurfaceConfig, ckpt: dict[str, Any] | None) -> Origin:
 
 def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
     model, ckpt = load_centre(cfg, cfg.checkpoint)
-    sets, data = load_sets(cfg, ckpt, info.device, resolve_batch_size(cfg, info.device))
+    sets, data = load_sets(cfg, ckpt, info.device, resolve_batch_size(cfg.eval_batch_size, info.device))
     theta0, dirs = make_directions(model, cfg)
     precision = resolve_precision(cfg.precision, info.device)
     images = not sets[0].source.streamed and sets[0].source.x.ndim == 4
