@@ -83,7 +83,8 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
             *, metrics: str | Metric = "cross_entropy", out: str | None = None, batch_size: int | None = None,
             samples: int | None = None, max_batches: int | None = None, precision: str = "fp32",
             device: str | torch.device | None = None, points_per_pass: int = 1, compile: bool = False,
-            auto_rise: float = 1.0, flush_seconds: float = 2.0, progress: bool = True) -> Surface:
+            auto_rise: float = 1.0, bn_recalibrate: int | None = None, bn_data: Any = None,
+            flush_seconds: float = 2.0, progress: bool = True) -> Surface:
     """The metrics of `model` at theta0 + x*d1 (+ y*d2) for every grid point: a `Surface` (the type read_surface
     returns: coordinates, metric arrays (len(y), len(x)), metadata), with `.plot()`.
 
@@ -100,6 +101,8 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
         (and left alone) if not. None: nothing is written.
       samples / max_batches: evaluate only the first samples / batches, the same at every point.
       device: default cuda:LOCAL_RANK when CUDA is there, else the CPU; precision: fp32, bf16 or auto.
+      bn_recalibrate: N re-estimates BatchNorm's running statistics at every point from the first N batches of
+        `bn_data` (default: the data set named "train", else the first one) before evaluating.
     """
     dirs = [directions] if isinstance(directions, Mapping) else list(directions)
     if len(dirs) not in (1, 2) or (y is not None) != (len(dirs) == 2):
@@ -121,6 +124,12 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     evaluation = {"splits": list(named), "samples": samples, "loss": metrics if isinstance(metrics, str) else
                   getattr(metric, "__name__", type(metric).__name__), "precision": prec,
                   "data": {"name": "python", "kwargs": {}}, "max_batches": max_batches}
+    bn = None
+    if bn_recalibrate is not None:
+        by_name = {s.name: s.source for s in sets}
+        bn_source = (as_source(bn_data, info.device, batch) if bn_data is not None
+                     else by_name.get("train", sets[0].source))
+        bn, evaluation["bn_recalibrate"] = (bn_source, bn_recalibrate), bn_recalibrate
     config = {"x": x if isinstance(x, str) else list(map(float, x)), "y": y if isinstance(y, str) or y is None
               else list(map(float, y)), "api": True, "dir_type": dir_type}
     origin = Origin(model={"name": type(model).__module__ + ":" + type(model).__qualname__, "kwargs": {}},
@@ -128,7 +137,7 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     if out is not None and os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
     job = GridJob(model, theta0, dirs, sets, x, y, out, dir_type, prec, images, compile, points_per_pass,
-                  flush_seconds, progress, auto_rise, origin, evaluation, config)
+                  flush_seconds, progress, auto_rise, origin, evaluation, config, bn=bn)
     return run_grid(job, info).surface
 
 

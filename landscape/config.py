@@ -27,6 +27,7 @@ FORMATS = ("png", "pdf", "svg")
 
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
 INTERPOLATION_AXIS = "-0.5:1.5:41"  # theta_A at 0, theta_B at 1, and half the way again beyond each
+HESSIAN = "hessian"  # --directions hessian: the top eigenvectors of the Hessian at the centre
 
 
 def check_choice(value: object, choices: tuple[str, ...], flag: str) -> None:
@@ -103,8 +104,14 @@ class SurfaceConfig:
                                      metavar="GLOB", group="directions")
     trainable_only: bool = option(False, "move only parameters with requires_grad (adapters, LoRA)",
                                   group="directions")
-    directions_file: str | None = option(None, "reuse the directions of this surface or direction file (.h5)",
-                                         flag="--directions", metavar="FILE", group="directions")
+    directions_file: str | None = option(None, "reuse the directions of this surface or direction file (.h5); "
+                                         "'hessian': the top eigenvectors of the training loss's Hessian at the "
+                                         "centre, scaled to the norm of a filter-normalized direction",
+                                         flag="--directions", metavar="FILE|hessian", group="directions")
+    plane: tuple[str, ...] = option((), "B C: the plane through the checkpoint A (at 0,0), B (at 1,0) and C "
+                                    "(beta 1, alpha where it projects on A->B); 2D only", metavar="CKPT",
+                                    group="directions")
+    edges: bool = option(False, "with --plane: also the 1D curves along A->B, A->C and B->C", group="directions")
     dir_type: str | None = option(None, "move the parameters only (weights), or also BatchNorm's running statistics "
                                   "(states) (default: states along an interpolation, else weights)",
                                   choices=DIR_TYPES, group="directions")
@@ -116,6 +123,9 @@ class SurfaceConfig:
     orthogonal: bool = option(False, "make d2 orthogonal to d1 (after normalization)", group="directions")
     splits: tuple[str, ...] = option(("train", "test"), "data splits to evaluate", choices=SPLITS,
                                      group="evaluation")
+    bn_recalibrate: int | None = option(None, "re-estimate BatchNorm's running statistics at every point from N "
+                                        "training batches (train mode, no gradient), then evaluate in eval mode",
+                                        metavar="N", group="evaluation")
     samples: int | None = option(None, "a fixed subset of N samples per split (default: all)", metavar="N",
                                  group="evaluation")
     metric: str = option("cross_entropy", f"what to map: {', '.join(METRICS)}, or package.module:function "
@@ -142,8 +152,10 @@ class SurfaceConfig:
 
     def __post_init__(self) -> None:
         resolve = object.__setattr__  # frozen: the resolved defaults are set once, here
-        resolve(self, "x", self.x or (INTERPOLATION_AXIS if self.target else AXIS))
-        resolve(self, "dir_type", self.dir_type or ("states" if self.target else "weights"))
+        if not self.plane:  # a plane's default axes are found from where its checkpoints sit (landscape.planes)
+            resolve(self, "x", self.x or (INTERPOLATION_AXIS if self.target else AXIS))
+        resolve(self, "dir_type", self.dir_type or ("states" if self.target or self.plane else "weights"))
+        self._check_plane()
         for flag, axis in [("--x", self.x), ("--y", self.y)]:
             if axis is not None:
                 check_axis(axis, flag)
@@ -163,23 +175,40 @@ class SurfaceConfig:
         if self.model and not self.data:
             raise ConfigError("--model needs --data: a package.module:function returning your DataLoader")
         for value, flag in [(self.samples, "--samples"), (self.eval_batch_size, "--eval-batch-size"),
-                            (self.max_batches, "--max-batches")]:
+                            (self.max_batches, "--max-batches"), (self.bn_recalibrate, "--bn-recalibrate")]:
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if self.directions_file == HESSIAN and self.dir_type != "weights":
+            raise ConfigError("--directions hessian moves parameters only; leave out --dir-type states")
         if self.directions_file and self.target:
             raise ConfigError("--directions and a second checkpoint both set the first direction; give one")
         check_points_per_pass(self.points_per_pass, self.compile)
         if not self.flush_seconds >= 0:
             raise ConfigError(f"--flush-seconds must be >= 0, got {self.flush_seconds}")
 
+    def _check_plane(self) -> None:
+        if self.edges and not self.plane:
+            raise ConfigError("--edges draws the edges of a --plane; give --plane B C too")
+        if not self.plane:
+            return
+        if len(self.plane) != 2:
+            raise ConfigError(f"--plane takes two checkpoints (B and C), got {len(self.plane)}")
+        if self.target or self.directions_file:
+            raise ConfigError("--plane sets both directions; leave out the second checkpoint and --directions")
+
     @property
     def kind(self) -> str:
+        if self.plane:
+            return "plane"
         return ("interp" if self.target else "1d") if self.y is None else "2d"
 
     @property
     def path(self) -> str:
-        """The surface file: OUT/<checkpoint's folder>_<stem>[_to_<target>]_<kind>.h5, or OUT/<name>_<kind>.h5."""
-        name = self.name or (run_tag(self.checkpoint) + (f"_to_{run_tag(self.target)}" if self.target else ""))
+        """The surface file: OUT/<checkpoint's folder>_<stem>[_to_<target>]_<kind>.h5 (a plane names its three
+        checkpoints), or OUT/<name>_<kind>.h5."""
+        others = [self.target] if self.target else list(self.plane)
+        name = self.name or "_".join([run_tag(self.checkpoint), *(("to_" if self.target else "") + run_tag(o)
+                                                                  for o in others)])
         return os.path.join(self.out, f"{name}_{self.kind}.h5")
 
 

@@ -131,6 +131,21 @@ def target_direction(theta0: Params, theta1: Params) -> Params:
     return {k: (theta1[k].to(theta0[k].dtype) - theta0[k]) for k in theta0}
 
 
+def plane_through(theta0: Params, theta_b: Params, theta_c: Params) -> tuple[list[Params], tuple[float, float]]:
+    """The plane through theta0 (A), theta_b (B) and theta_c (C) (Garipov et al. 2018): d1 = B - A, and d2 the
+    component of C - A orthogonal to d1 (Gram-Schmidt). A sits at (0, 0), B at (1, 0) and C at the returned
+    (alpha, beta) = (<C - A, d1> / |d1|^2, 1)."""
+    d1, dc = target_direction(theta0, theta_b), target_direction(theta0, theta_c)
+    n1 = dot(d1, d1)
+    if n1 <= EPS:
+        raise ConfigError("the first two checkpoints of the plane hold the same weights; pick distinct ones")
+    alpha = dot(dc, d1) / n1
+    d2 = add_scaled(dc, (-alpha, d1))
+    if dot(d2, d2) <= EPS * max(dot(dc, dc), 1.0):
+        raise ConfigError("the three checkpoints lie on one line, so they span no plane; pick another third one")
+    return [d1, d2], (alpha, 1.0)
+
+
 def check_compatible(direction: Params, theta0: Params, what: str = "direction") -> None:
     """Refuse a direction whose names or shapes do not match the model."""
     if set(direction) != set(theta0):

@@ -10,6 +10,7 @@ them to the sink (the HDF5 file). No collective runs per point.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +25,14 @@ from tqdm import tqdm
 from landscape.config import check_points_per_pass
 from landscape.distributed import DistInfo, all_reduce_sum, broadcast_object
 from landscape.errors import ConfigError
-from landscape.evaluation import autocast_context, forward_batch, means_of, source_sums
+from landscape.evaluation import (
+    autocast_context,
+    batchnorm_layers,
+    forward_batch,
+    means_of,
+    recalibrate_batchnorm,
+    source_sums,
+)
 from landscape.metrics import Metric, cross_entropy, metric_names
 from landscape.params import Params, PointSetter, model_tensors
 from landscape.sources import StreamSource, TensorSource
@@ -94,12 +102,19 @@ class PointEvaluator:
     With `points_per_pass` K > 1, `evaluate` takes K points per forward pass: torch.func.vmap over K stacked
     weight sets (functional_call), the metric vmapped alike. It pays where one point leaves the device idle
     (small models on a GPU); on a CPU, sequential points are faster (benchmarks/surface.py measures both).
+
+    With `bn` = (source, N), BatchNorm's running statistics are re-estimated at every point from the first N
+    batches of `source` (landscape.evaluation.recalibrate_batchnorm) before the point is evaluated.
     """
 
     def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], sets: list[EvalSet],
                  dir_type: str = "weights", precision: str = "fp32", channels_last: bool = False,
-                 compile: bool = False, points_per_pass: int = 1):
+                 compile: bool = False, points_per_pass: int = 1,
+                 bn: tuple[TensorSource | StreamSource, int] | None = None):
         check_points_per_pass(points_per_pass, compile)
+        if bn is not None:
+            check_recalibration(model, bn[1], points_per_pass)
+        self.bn = bn
         device = sets[0].source.device
         self.model = copy.deepcopy(model).to(device).eval()
         if channels_last:
@@ -123,6 +138,9 @@ class PointEvaluator:
 
         Kept to a handful of kernel launches, since for small models launches are what a point costs."""
         self.setter(coords)
+        if self.bn is not None:
+            source, n = self.bn
+            recalibrate_batchnorm(self.model, itertools.islice(source, n), self.precision)
         values = []
         for s in self.sets:
             sums, s.keys = source_sums(self.forward, s.source, s.metric, self.precision, s.keys)
@@ -145,6 +163,17 @@ class PointEvaluator:
                                        s.keys, vmapped=True)
             values.append(means_of(s.metric, sums, s.keys))
         return torch.cat(values, dim=1)
+
+
+def check_recalibration(model: nn.Module, n_batches: int, points_per_pass: int) -> None:
+    """Refuse a BatchNorm re-estimation that cannot happen or cannot mean anything."""
+    if n_batches < 1:
+        raise ConfigError(f"--bn-recalibrate must be >= 1 batches, got {n_batches}")
+    if not batchnorm_layers(model):
+        raise ConfigError("--bn-recalibrate: the model has no BatchNorm running statistics to re-estimate; leave "
+                          "the flag out")
+    if points_per_pass > 1:
+        raise ConfigError("--bn-recalibrate and --points-per-pass > 1 do not combine; pick one")
 
 
 def compute_surface(evaluator: Evaluator, points: np.ndarray, sink: Sink | None, info: DistInfo,

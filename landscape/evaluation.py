@@ -2,7 +2,8 @@
 
 Shared by the trainer (stored checkpoint metrics) and the surface engine (every grid point), so the centre
 of a surface reproduces the checkpoint's numbers. The model is evaluated in eval mode: BatchNorm uses its
-running statistics, as in Li et al.; no batch statistics leak into the landscape.
+running statistics, as in Li et al.; no batch statistics leak into the landscape. `recalibrate_batchnorm`
+re-estimates those statistics for moved weights first, when asked to.
 """
 
 from __future__ import annotations
@@ -112,6 +113,34 @@ def source_sums(forward: Callable[..., Any], source: TensorSource | StreamSource
             total = vec if total is None else total.add_(vec)
         assert total is not None and keys is not None  # sources refuse to be empty
         return total, keys
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
+    """The normalization layers that keep running statistics (BatchNorm1d/2d/3d, SyncBatchNorm)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], precision: str = "fp32") -> None:
+    """Reset the running statistics of every BatchNorm layer and re-estimate them from `batches`: forward passes
+    in train mode without gradients, with momentum None, so each statistic is the plain average over the batches
+    (the same numbers whatever ran before). The model is left in eval mode.
+
+    Moving the weights (a grid point, an interpolation) makes the stored statistics stale, and a network evaluated
+    with them can look far worse than it is (Garipov et al. 2018, Izmailov et al. 2018 re-estimate them so)."""
+    layers = batchnorm_layers(model)
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        model.train()
+        with torch.no_grad(), autocast_context(next(model.parameters()).device, precision):
+            for batch in batches:
+                forward_batch(model, batch)
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum
+        model.eval()
 
 
 def means_of(metric: Metric, sums: Tensor, keys: list[str]) -> Tensor:

@@ -47,3 +47,31 @@ def grid_points(x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         return x.reshape(-1, 1)
     xx, yy = np.meshgrid(x, y)  # both (len(y), len(x)): row = y
     return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
+def covering_axis(values: np.ndarray, num: int, margin: float = 0.25, include_zero: bool = True) -> np.ndarray:
+    """num evenly spaced values over [min, max] of `values` (and 0), widened by `margin` of the span each side."""
+    v = np.append(np.asarray(values, float), 0.0) if include_zero else np.asarray(values, float)
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo if hi > lo else 1.0
+    return np.linspace(lo - margin * span, hi + margin * span, num)
+
+
+def snap_axis(axis: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """`axis` with its nearest value replaced by each of `values` that lies within its range, so those values
+    are grid points (their loss is computed, not interpolated); returns the new axis (still increasing) and the
+    values left out because they lie outside it. Two values never take the same grid point."""
+    out, outside = np.array(axis, float), []
+    taken: set[int] = set()
+    for v in sorted(set(map(float, values))):
+        if not out[0] <= v <= out[-1]:
+            outside.append(v)
+            continue
+        order = [int(i) for i in np.argsort(np.abs(out - v)) if int(i) not in taken]
+        i = order[0]
+        out[i] = v
+        taken.add(i)
+    if np.any(np.diff(out) <= 0):
+        raise ConfigError(f"the axis has too few points to hold {sorted(set(map(float, values)))} apart; "
+                          "give it more points")
+    return out, outside

@@ -11,7 +11,7 @@ so every rank follows the same iterations and gets the same answer.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,28 +25,36 @@ from landscape.metrics import Metric, cross_entropy
 
 
 class HessianOperator:
-    """v -> H v for the mean loss of `model` over (x, y), with respect to its parameters (all of them).
+    """v -> H v for the mean loss of `model` over (x, y), with respect to its parameters (all of them, or the
+    names in `params`; the others are held fixed).
 
     Args: x, y: this rank's share of the data (the loss is averaged over every rank's samples together);
-    batch_size bounds memory. The model is used in eval mode (BatchNorm with running statistics).
+    batch_size bounds memory. reduce=False: this rank's data alone, no collective (each rank its own Hessian).
+    The model is used in eval mode (BatchNorm with running statistics). Its tensors are read, not copied, at
+    every product, so a caller that rewrites them in place (a grid point) gets the Hessian there.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512,
-                 metric: Metric = cross_entropy):
+                 metric: Metric = cross_entropy, params: Collection[str] | None = None, reduce: bool = True):
         self.model = model.eval()
-        self.names = [n for n, _ in model.named_parameters()]
-        self.params = {n: p.detach() for n, p in model.named_parameters()}
+        chosen = [n for n, _ in model.named_parameters() if params is None or n in params]
+        named = dict(model.named_parameters())
+        self.names = chosen
+        self.params = {n: named[n].detach() for n in chosen}
+        self.fixed = {n: p.detach() for n, p in named.items() if n not in self.params}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
         self.shapes = [p.shape for p in self.params.values()]
         self.sizes = [p.numel() for p in self.params.values()]
         self.dim = sum(self.sizes)
         self.batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        self.count = float(all_reduce_sum(torch.tensor([float(len(x))], dtype=torch.float64, device=x.device)))
+        self.reduce = reduce
+        count = torch.tensor([float(len(x))], dtype=torch.float64, device=x.device)
+        self.count = float(all_reduce_sum(count) if reduce else count)
         self.device, self.dtype = x.device, next(iter(self.params.values())).dtype
         self.metric = metric
 
         def loss_sum(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-            out = functional_call(self.model, {**params, **self.buffers}, (xb,))
+            out = functional_call(self.model, {**params, **self.fixed, **self.buffers}, (xb,))
             return self.metric(out, (xb, yb))["loss"]
 
         self._grad = grad(loss_sum)
@@ -63,7 +71,7 @@ class HessianOperator:
             for xb, yb in self.batches:
                 _, hv = jvp(lambda p: self._grad(p, xb, yb), (self.params,), (tangent,))  # noqa: B023
                 total += torch.cat([hv[n].reshape(-1) for n in self.names]).double()
-        return all_reduce_sum(total) / self.count
+        return (all_reduce_sum(total) if self.reduce else total) / self.count
 
     def linear_operator(self) -> LinearOperator:
         def mv(v: np.ndarray) -> np.ndarray:
@@ -110,6 +118,26 @@ def eigenvalues(op: HessianOperator, k: int = 1, tol: float = 1e-3, seed: int = 
         lam_min = float(exc.eigenvalues[0]) + lam_max if len(exc.eigenvalues) else float("nan")
         converged = False
     return Eigen(sorted((float(t) for t in top), reverse=True), lam_min, converged, calls["n"])
+
+
+def top_eigenvectors(op: HessianOperator, k: int = 1, tol: float = 1e-4, seed: int = 0, max_restarts: int = 1000
+                     ) -> tuple[list[float], list[dict[str, Tensor]]]:
+    """The k largest eigenvalues (descending) and their unit eigenvectors, keyed by parameter name (float32, CPU).
+
+    An eigenvector's sign is arbitrary; it is fixed here so that its largest entry is positive, so the same
+    Hessian always gives the same direction."""
+    if not 1 <= k < op.dim:
+        raise ValueError(f"k must be in 1..{op.dim - 1}, got {k}")
+    v0 = np.random.default_rng(seed).standard_normal(op.dim)
+    values, vectors = eigsh(op.linear_operator(), k=k, which="LA", v0=v0, tol=tol, maxiter=max_restarts)
+    order = np.argsort(values)[::-1]
+    out = []
+    for j in order:
+        v = vectors[:, j] / np.linalg.norm(vectors[:, j])
+        v = v * np.sign(v[np.argmax(np.abs(v))])
+        flat = torch.from_numpy(v.astype(np.float32))
+        out.append({n: t.view(s) for n, t, s in zip(op.names, torch.split(flat, op.sizes), op.shapes)})
+    return [float(values[j]) for j in order], out
 
 
 @dataclass(frozen=True)

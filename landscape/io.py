@@ -72,6 +72,31 @@ class Origin:
     training: Training = field(default_factory=Training)
 
 
+@dataclass(frozen=True)
+class Markers:
+    """Named points on a surface's plane, in grid units: a trajectory's checkpoints (kind "path", in training
+    order) or the checkpoints a plane goes through (kind "points")."""
+
+    names: tuple[str, ...]
+    coords: np.ndarray  # (n, n_directions)
+    kind: str = "points"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("path", "points"):
+            raise ValueError(f"markers kind {self.kind!r}: path or points")
+        if len(self.names) != len(self.coords):
+            raise ValueError(f"{len(self.names)} marker names for {len(self.coords)} coordinates")
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """What a plane through checkpoints adds to a surface: axis names, markers, a PCA's explained variance."""
+
+    axis_labels: tuple[str, ...] = ()  # e.g. ("1st PC: 82.11 %", "2nd PC: 9.40 %"); () for alpha/beta
+    markers: Markers | None = None
+    explained_variance_ratio: tuple[float, ...] = ()
+
+
 @dataclass
 class Surface:
     """A surface file's content in memory; its directions are read apart (read_directions)."""
@@ -86,6 +111,7 @@ class Surface:
     directions_sha256: str = ""
     schema_version: int = SCHEMA_VERSION
     report: dict[str, Any] = field(default_factory=dict)  # the sanity report made before computing
+    annotations: Annotations = field(default_factory=Annotations)
 
     @property
     def is_2d(self) -> bool:
@@ -161,7 +187,8 @@ def _write(path: str, s: Surface, directions: list[Arrays]) -> None:
             "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256, "target_checkpoint": o.target,
             "directions_sha256": s.directions_sha256, "model": json.dumps(o.model),
             "checkpoint_metrics": json.dumps(o.metrics), "checkpoint_train_config": json.dumps(o.training.config),
-            "acc_unit": "percent", "report": json.dumps(s.report)})
+            "acc_unit": "percent", "report": json.dumps(s.report),
+            "axis_labels": json.dumps(list(s.annotations.axis_labels))})
         axes = [("x", f.create_dataset("xcoordinates", data=np.asarray(s.x, np.float64)))]
         if s.y is not None:  # dimension 0 (rows) is y, dimension 1 (columns) is x
             axes.insert(0, ("y", f.create_dataset("ycoordinates", data=np.asarray(s.y, np.float64))))
@@ -173,17 +200,35 @@ def _write(path: str, s: Surface, directions: list[Arrays]) -> None:
                 ds.dims[dim].attach_scale(scale)
                 ds.dims[dim].label = label
         _write_directions(f, directions)
+        _write_annotations(f, s.annotations)
+
+
+def _write_annotations(f: h5py.File, a: Annotations) -> None:
+    if a.markers is not None:
+        ds = f.create_dataset("markers/coordinates", data=np.asarray(a.markers.coords, np.float64))
+        ds.attrs.update({"names": json.dumps(list(a.markers.names)), "kind": a.markers.kind})
+    if a.explained_variance_ratio:
+        f.create_dataset("explained_variance_ratio", data=np.asarray(a.explained_variance_ratio, np.float64))
+
+
+def _read_annotations(f: h5py.File, attrs: dict[str, Any]) -> Annotations:
+    markers = None
+    if "markers/coordinates" in f:
+        ds = f["markers/coordinates"]
+        markers = Markers(tuple(json.loads(ds.attrs["names"])), ds[...], str(ds.attrs["kind"]))
+    ratio = tuple(map(float, f["explained_variance_ratio"][...])) if "explained_variance_ratio" in f else ()
+    return Annotations(tuple(json.loads(attrs.get("axis_labels") or "[]")), markers, ratio)
 
 
 def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[str], directions: list[Arrays],
                  origin: Origin, evaluation: dict[str, Any], config: dict[str, Any],
-                 report: dict[str, Any] | None = None) -> SurfaceWriter:
+                 report: dict[str, Any] | None = None, annotations: Annotations | None = None) -> SurfaceWriter:
     """The writer of a request's surface file, which is created if missing (rank 0 only).
 
     An existing file must have been made from the same checkpoint, directions, grid and `evaluation` (the
     splits, samples, loss, precision and data that decide the values), or it is refused and left untouched.
-    A schema-1 file is then rewritten in the current schema, its points kept. `report` (the sanity report) is
-    stored with a new file.
+    A schema-1 file is then rewritten in the current schema, its points kept. `report` (the sanity report) and
+    `annotations` (markers, axis names) are stored with a new file.
     """
     dir_hash = directions_sha256(directions)
     fingerprint = json.loads(json.dumps({
@@ -200,7 +245,7 @@ def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[s
     else:
         shape = grid_shape(x, y)
         new = Surface(x, y, {m: np.full(shape, np.nan) for m in metrics}, np.zeros(shape, bool), origin, config,
-                      fingerprint, dir_hash, report=report or {})
+                      fingerprint, dir_hash, report=report or {}, annotations=annotations or Annotations())
         _write(path, new, directions)
     return SurfaceWriter(path, metrics)
 
@@ -263,11 +308,12 @@ def read_surface(path: str) -> Surface:
         metrics = json.loads(a["metrics"]) if "metrics" in a else [k for k in _SCHEMA1_METRICS if k in f]
         values = {m: f[m][...].T if transpose else f[m][...] for m in metrics}
         done = (f["done"][...].T if transpose else f["done"][...]).astype(bool)
+        annotations = _read_annotations(f, a)
     origin = Origin(a.get("checkpoint", ""), a.get("checkpoint_sha256", ""), a.get("target_checkpoint", ""),
                     _json(a, "model"), _json(a, "checkpoint_metrics"),
                     Training.from_train_config(_json(a, "checkpoint_train_config")))
     return Surface(x, y, values, done, origin, _json(a, "config"), _json(a, "fingerprint"),
-                   a.get("directions_sha256", ""), version, _json(a, "report"))
+                   a.get("directions_sha256", ""), version, _json(a, "report"), annotations)
 
 
 def read_directions(path: str) -> list[Arrays]:

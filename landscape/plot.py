@@ -7,6 +7,7 @@ to [vmin, vmax], so a surface that diverges at its corners still draws.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,25 @@ def surface3d(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, vmin: float
     xx, yy = np.meshgrid(x, y)
     return ax.plot_surface(xx, yy, zc, cmap=kw.pop("cmap", "viridis"), vmin=lo, vmax=hi, linewidth=0,
                            antialiased=True, **kw)
+
+
+def markers(ax: Axes, coords: np.ndarray, names: Sequence[str], kind: str = "points", every: int | None = None,
+            **kw: Any) -> list[Any]:
+    """Named points on a 2D plot: an optimizer's path (kind "path": a line through them in order, every k-th one
+    labelled, about ten labels in all, and the last) or the checkpoints a plane goes through (each labelled)."""
+    c = np.asarray(coords, float)
+    color = kw.pop("color", "tab:red")
+    if kind == "path":
+        artists = ax.plot(c[:, 0], c[:, 1], "-o", color=color, markersize=3, linewidth=1.2, **kw)
+        step = every or max(1, -(-len(c) // 10))
+        labelled = sorted(set(range(0, len(c), step)) | {len(c) - 1})
+    else:
+        artists = [ax.scatter(c[:, 0], c[:, 1], s=36, color=color, edgecolors="white", zorder=5, **kw)]
+        labelled = list(range(len(c)))
+    for i in labelled:
+        artists.append(ax.annotate(names[i], (c[i, 0], c[i, 1]), textcoords="offset points", xytext=(4, 4),
+                                   fontsize=7, color=color))
+    return artists
 
 
 def curve_1d(ax: Axes, x: np.ndarray, loss: np.ndarray, acc: np.ndarray | None = None, label: str = "",

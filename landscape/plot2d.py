@@ -4,6 +4,8 @@ contour plots (contour lines, filled contours, heatmap, 3D) for loss and accurac
   python -m landscape.plot2d runs/a/last.pt --x=-1:1:51 --y=-1:1:51 --out plots
   torchrun --standalone --nproc_per_node=4 -m landscape.plot2d runs/a/last.pt --x=-1:1:51 --y=-1:1:51 --out plots
   python -m landscape.plot2d plots/a_last_2d.h5            # re-plot a finished (or partial) file
+  python -m landscape.plot2d runs/a/last.pt --plane runs/b/last.pt runs/c/last.pt --bn-recalibrate 20 --edges
+  python -m landscape.plot2d runs/a/last.pt --directions hessian    # along the Hessian's top two eigenvectors
 
 Rerunning the same command resumes: only the points not yet in the .h5 file are computed.
 """
@@ -11,10 +13,11 @@ Rerunning the same command resumes: only the points not yet in the .h5 file are 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from landscape import cliargs, render
 from landscape.cli import ArgumentParser, add_renamed_flag, config_from_args, run_cli
-from landscape.config import AXIS, PlotConfig, SurfaceConfig
+from landscape.config import AXIS, PlotConfig, SurfaceConfig, run_tag
 from landscape.errors import UserError
 from landscape.io import read_surface
 
@@ -22,7 +25,7 @@ from landscape.io import read_surface
 def get_parser(add_help: bool = True) -> ArgumentParser:
     p = cliargs.get_parser("python -m landscape.plot2d", __doc__, add_help, skip=("log",))
     p.add_argument("source", help="a checkpoint (.pt) to compute from, or a surface file (.h5) to re-plot")
-    p.set_defaults(y=AXIS)  # a 2D command: the beta axis like the alpha one
+    p.set_defaults(y=None)  # a 2D command: the beta axis like the alpha one, unless a plane finds its own
     add_renamed_flag(p, "--vmax", "--loss-max", "loss_max", type=float)
     return p
 
@@ -31,11 +34,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     plot = config_from_args(PlotConfig, args)
     path, report = args.source, f"re-plotted {args.source}"
+    edges: list[SurfaceConfig] = []
     if not path.endswith(".h5"):
-        done = cliargs.compute([config_from_args(SurfaceConfig, args, checkpoint=path)])
+        cfg = config_from_args(SurfaceConfig, args, checkpoint=path, y=args.y or (None if args.plane else AXIS))
+        edges = edge_configs(cfg)
+        done = cliargs.compute([cfg, *edges])
         if done is None:  # not rank 0: rank 0 alone plots
             return
-        (path, report), = done
+        (path, report), *edge_files = done
     surface = read_surface(path)
     if not surface.is_2d:
         raise UserError(f"{path} holds a 1D curve; plot it with python -m landscape.plot1d {path}")
@@ -43,6 +49,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     files = render.render_2d(surface, stem, plot)
     print(f"{report}; {len(files)} figures {stem}_*.{{{','.join(plot.formats)}}} "
           f"({100 * render.done_fraction(surface):.0f}% of points done)", flush=True)
+    if edges:
+        curves = [(f"{run_tag(e.checkpoint)} -> {run_tag(e.target)}", read_surface(p)) for e, (p, _) in
+                  zip(edges, edge_files)]
+        files = render.render_1d(curves, stem + "_edges", plot, "the plane's edges (0 -> 1)")
+        print(f"edges: {', '.join(files)}", flush=True)
+
+
+def edge_configs(cfg: SurfaceConfig) -> list[SurfaceConfig]:
+    """With --edges, the 1D interpolations along the plane's three edges, evaluated as the plane is."""
+    if not cfg.edges:
+        return []
+    a, (b, c) = cfg.checkpoint, cfg.plane
+    common = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "target", "plane", "edges", "x", "y",
+                                                                 "name", "directions_file")}
+    return [SurfaceConfig(checkpoint=p, target=q, **common) for p, q in [(a, b), (a, c), (b, c)]]
 
 
 def cli() -> None:

@@ -58,11 +58,21 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
                 fig.colorbar(plot.heatmap(ax, s.x, s.y, z, vmax=vmax), ax=ax)
             else:
                 plot.surface3d(ax, s.x, s.y, z, vmax=vmax)
-            ax.set_xlabel("alpha (d1)")
-            ax.set_ylabel("beta (d2)")
+            m = s.annotations.markers
+            if m is not None and kind != "3d":
+                plot.markers(ax, m.coords, m.names, m.kind)
+            xlabel, ylabel = axis_labels(s)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
             ax.set_title(_title(metric, title), fontsize=9)
             paths += save(fig, f"{out_stem}_{metric}_{kind}", cfg.formats)
     return paths
+
+
+def axis_labels(s: Surface) -> tuple[str, str]:
+    """The axes' names: those the file gives (a trajectory's principal components), else alpha (d1), beta (d2)."""
+    given = s.annotations.axis_labels
+    return (given[0] if given else "alpha (d1)"), (given[1] if len(given) > 1 else "beta (d2)")
 
 
 def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotConfig = DEFAULTS,
@@ -84,7 +94,8 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotC
                       "alpha": 1.0 if first else 0.6}
             plot.curve_1d(ax, s.x, s.values[f"{prefix}loss"], s.values.get(f"{prefix}acc"),
                           f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
-    ax.set_xlabel("alpha")
+    named = [s for _, s in surfaces if s.annotations.axis_labels]
+    ax.set_xlabel(axis_labels(named[0])[0] if named else "alpha")
     ax.set_ylabel("loss")
     acc_ax.set_ylabel("accuracy (%)")
     handles = ax.get_lines() + acc_ax.get_lines()

@@ -10,6 +10,7 @@ It never plots.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,11 +22,12 @@ from torch import nn
 
 from landscape.checkpoint import file_sha256, load_data_for, load_model, load_state_dict_strict, read_state_dict
 from landscape.cli import check_writable
-from landscape.config import SurfaceConfig, import_object
+from landscape.config import HESSIAN, SurfaceConfig, import_object, run_tag
 from landscape.directions import (
     DirectionSpec,
     check_compatible,
     create_random_directions,
+    plane_through,
     restrict,
     select_tensors,
     target_direction,
@@ -34,12 +36,22 @@ from landscape.distributed import DistInfo, broadcast_object, print0, run_on_mai
 from landscape.engine import EvalSet, PointEvaluator, compute_surface, select_samples
 from landscape.errors import UserError
 from landscape.evaluation import resolve_precision
-from landscape.grid import grid_points, parse_range
-from landscape.io import Origin, Surface, Training, open_surface, read_directions, read_surface
+from landscape.grid import covering_axis, grid_points, parse_range, snap_axis
+from landscape.hessian import HessianOperator, top_eigenvectors
+from landscape.io import (
+    Annotations,
+    Markers,
+    Origin,
+    Surface,
+    Training,
+    open_surface,
+    read_directions,
+    read_surface,
+)
 from landscape.metrics import get_metric
 from landscape.models import build_model
 from landscape.params import Params, from_numpy, model_tensors, norm, snapshot, to_numpy
-from landscape.sources import as_source
+from landscape.sources import StreamSource, TensorSource, as_source
 
 
 @dataclass
@@ -64,6 +76,8 @@ class GridJob:
     origin: Origin = field(default_factory=Origin)
     evaluation: dict[str, Any] = field(default_factory=dict)  # what decides the values: a resume must match it
     config: dict[str, Any] = field(default_factory=dict)  # the request as resolved, stored in the file
+    annotations: Annotations = field(default_factory=Annotations)  # axis names and markers (planes, trajectories)
+    bn: tuple[TensorSource | StreamSource, int] | None = None  # re-estimate BatchNorm from N batches of a source
 
 
 @dataclass(frozen=True)
@@ -101,16 +115,19 @@ class MemorySink:
 def run_grid(job: GridJob, info: DistInfo) -> SurfaceRun:
     """Compute or resume the job's surface with every rank of the process group; the Surface on every rank."""
     evaluator = PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type, job.precision,
-                               job.channels_last, job.compile, job.points_per_pass)
+                               job.channels_last, job.compile, job.points_per_pass, job.bn)
     # the centre's metrics, once, on rank 0: the sanity report shows them and an auto axis rises from them
     centre = run_on_main(lambda: evaluator.evaluate(np.zeros((1, len(job.directions))))[0].tolist(), info)
     x, y, picked = resolve_axes(job, evaluator, info, centre)
-    report = run_on_main(lambda: sanity_report(job, dict(zip(evaluator.metric_names, centre)), picked), info)
+    x, y, outside = snap_markers(job.annotations.markers, x, y)
+    report = run_on_main(lambda: sanity_report(job, dict(zip(evaluator.metric_names, centre)), picked, outside),
+                         info)
     points = grid_points(x, y)
     names = evaluator.metric_names
     if job.path is not None:
         sink = run_on_main(lambda: open_surface(job.path, x, y, names, [to_numpy(d) for d in job.directions],
-                                                job.origin, job.evaluation, job.config, report), info)
+                                                job.origin, job.evaluation, job.config, report, job.annotations),
+                           info)
     else:
         sink = MemorySink(len(points), len(names)) if info.is_main else None
     try:
@@ -130,7 +147,7 @@ def memory_surface(job: GridJob, x: np.ndarray, y: np.ndarray | None, names: lis
     shape = (len(y), len(x)) if y is not None else (len(x),)
     values = {m: sink.rows[:, j].reshape(shape) for j, m in enumerate(names)}
     return Surface(x, y, values, sink.done.reshape(shape), job.origin, job.config, dict(job.evaluation),
-                   report=report or {})
+                   report=report or {}, annotations=job.annotations)
 
 
 # ----------------------------------------------------------------------------- sanity report and auto range
@@ -139,9 +156,11 @@ def has_batchnorm_statistics(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules())
 
 
-def sanity_report(job: GridJob, centre: dict[str, float], picked: dict[str, float]) -> dict[str, Any]:
+def sanity_report(job: GridJob, centre: dict[str, float], picked: dict[str, float], outside: list[str] = ()
+                  ) -> dict[str, Any]:
     """Printed before computing and stored in the file: how far each direction reaches relative to the weights,
-    the centre's metrics against those stored with the checkpoint, BatchNorm left unmoved, auto-picked axes."""
+    the centre's metrics against those stored with the checkpoint, BatchNorm left unmoved or re-estimated,
+    auto-picked axes, and markers that the grid does not cover."""
     theta_norm = norm(job.theta0)
     ratios = [norm(d) / max(theta_norm, 1e-12) for d in job.directions]
     report: dict[str, Any] = {"direction_norm_ratio": ratios, "centre": centre, "auto_range": picked}
@@ -153,12 +172,19 @@ def sanity_report(job: GridJob, centre: dict[str, float], picked: dict[str, floa
         report["checkpoint_metrics_rel_diff"] = worst
         lines.append(f"checkpoint's own metrics: {', '.join(f'{k} {v:.5g}' for k, v in stored.items())} "
                      f"(largest relative difference {worst:.2g})")
-    if job.dir_type == "weights" and has_batchnorm_statistics(job.model):
+    if job.bn is not None:
+        report["batchnorm_recalibrated_batches"] = job.bn[1]
+        lines.append(f"BatchNorm statistics re-estimated at every point from {job.bn[1]} batches")
+    elif job.dir_type == "weights" and has_batchnorm_statistics(job.model):
         report["batchnorm_unmoved"] = True
         lines.append("warning: the model has BatchNorm running statistics and the directions do not move them "
                      "(--dir-type states, or dir_type=\"states\" in Python, moves them too)")
     for name, half in picked.items():
         lines.append(f"--{name} auto: loss rises by {job.auto_rise:g} within +-{half:.4g}")
+    for what in outside:
+        lines.append(f"warning: {what} lies outside the grid; widen the axis to see it")
+    if outside:
+        report["markers_outside"] = outside
     print0("\n".join(lines))
     return report
 
@@ -236,6 +262,20 @@ def resolve_axes(job: GridJob, evaluator: PointEvaluator, info: DistInfo, centre
     return axes[0], axes[1], picked
 
 
+def snap_markers(markers: Markers | None, x: np.ndarray, y: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Axes on which the checkpoints of a plane (markers of kind "points") are grid points, so the loss drawn at
+    each marker is computed there; also the markers the axes do not reach. A path's markers are left between."""
+    if markers is None or markers.kind != "points":
+        return x, y, []
+    outside = []
+    axes = [x] if y is None else [x, y]
+    for i, name in enumerate(("alpha", "beta")[:len(axes)]):
+        axes[i], left = snap_axis(axes[i], markers.coords[:, i])
+        outside += [f"{n} ({name}={c:.4g})" for n, c in zip(markers.names, markers.coords[:, i]) if c in left]
+    return axes[0], (axes[1] if y is not None else None), outside
+
+
 # ----------------------------------------------------------------------------- the CLI's job
 
 def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.device, batch_size: int
@@ -270,24 +310,93 @@ def load_centre(cfg: SurfaceConfig, path: str) -> tuple[nn.Module, dict[str, Any
     return model.eval(), None
 
 
-def make_directions(model: nn.Module, cfg: SurfaceConfig) -> tuple[Params, list[Params]]:
-    """theta0 (float32, CPU) and the directions: from a file, toward a target checkpoint, or random."""
+def make_directions(model: nn.Module, cfg: SurfaceConfig, train: TensorSource | StreamSource, info: DistInfo
+                    ) -> tuple[Params, list[Params], Annotations]:
+    """theta0 (float32, CPU), the directions and what the plot should say of them: from a file, toward a target
+    checkpoint, through a plane of three checkpoints, along the Hessian's top eigenvectors (on `train`), or
+    random."""
     theta0 = snapshot(model_tensors(model, cfg.dir_type), device="cpu")
-    n = 1 if cfg.y is None else 2
+    n = 1 if cfg.kind in ("1d", "interp") else 2
     spec = DirectionSpec(cfg.dir_type, cfg.norm, cfg.ignore, cfg.seed, cfg.orthogonal)
+    moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
+    if cfg.directions_file == HESSIAN and os.path.exists(cfg.path):  # a resume: the eigenvectors it was made with
+        dirs = [from_numpy(d) for d in read_directions(cfg.path)]
+        return theta0, dirs, read_surface(cfg.path).annotations
+    if cfg.directions_file == HESSIAN:
+        return theta0, *hessian_directions(model, theta0, train, n, spec, moved, cfg.metric, info)
     if cfg.directions_file:
         dirs = [from_numpy(d) for d in read_directions(cfg.directions_file)]
         if len(dirs) < n:
             raise UserError(f"{cfg.directions_file} holds {len(dirs)} direction(s) but a {cfg.kind} surface needs {n}")
         for d in dirs[:n]:
             check_compatible(d, theta0, f"direction in {cfg.directions_file}")
-        return theta0, dirs[:n]
-    moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
+        return theta0, dirs[:n], Annotations()
+    others = [cfg.target] if cfg.target else list(cfg.plane)
+    thetas = [snapshot(model_tensors(load_centre(cfg, p)[0], cfg.dir_type), device="cpu") for p in others]
+    if cfg.plane:
+        dirs, (alpha, beta) = plane_through(theta0, *thetas)
+        names = tuple(run_tag(p) for p in (cfg.checkpoint, *cfg.plane))
+        markers = Markers(names, np.array([[0.0, 0.0], [1.0, 0.0], [alpha, beta]]), "points")
+        return theta0, [restrict(d, moved) for d in dirs], Annotations(markers=markers)
     if cfg.target:
-        model1, _ = load_centre(cfg, cfg.target)
-        d1 = restrict(target_direction(theta0, snapshot(model_tensors(model1, cfg.dir_type), device="cpu")), moved)
-        return theta0, [d1, *create_random_directions(theta0, 2, spec, moved)[1:n]]
-    return theta0, create_random_directions(theta0, n, spec, moved)
+        d1 = restrict(target_direction(theta0, thetas[0]), moved)
+        return theta0, [d1, *create_random_directions(theta0, 2, spec, moved)[1:n]], Annotations()
+    return theta0, create_random_directions(theta0, n, spec, moved), Annotations()
+
+
+def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | StreamSource, n: int,
+                       spec: DirectionSpec, moved: set[str] | None, metric: str, info: DistInfo
+                       ) -> tuple[list[Params], Annotations]:
+    """The top n eigenvectors of the Hessian of the mean training loss at theta0, over the tensors a random
+    direction would move (with ignore="biasbn", not the 1-D ones), each scaled to the norm of a
+    filter-normalized random direction over the same tensors: alpha = 1 then reaches as far from theta0 in
+    either kind of direction. The data is split across ranks; rank 0's vectors are shared."""
+    names = {k for k, v in theta0.items() if (moved is None or k in moved) and (spec.ignore != "biasbn" or v.dim() > 1)}
+    x, y = training_tensors(train)
+    shard = slice(info.rank, None, info.world_size)
+    op = HessianOperator(copy.deepcopy(model).to(info.device), x[shard], y[shard], metric=get_metric(metric),
+                         params=names)
+    values, vectors = top_eigenvectors(op, k=n, seed=spec.seed)
+    values, vectors = broadcast_object((values, vectors))
+    scale = norm(create_random_directions(theta0, 1, spec, moved)[0])
+    dirs = [{k: v[k] * scale if k in v else torch.zeros_like(v0) for k, v0 in theta0.items()} for v in vectors]
+    ordinal = ("1st", "2nd")
+    labels = tuple(f"{ordinal[i]} Hessian eigenvector (lambda={lam:.4g})" for i, lam in enumerate(values))
+    return dirs, Annotations(axis_labels=labels)
+
+
+def training_tensors(source: TensorSource | StreamSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of a source as two tensors on its device: what a Hessian takes."""
+    if isinstance(source, TensorSource):
+        return source.x, source.y
+    xs, ys = [], []
+    for batch in source:
+        if not (isinstance(batch, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in batch)):
+            raise UserError("a Hessian needs (inputs, targets) batches of tensors; dict batches are not supported "
+                            "here yet")
+        xs.append(batch[0])
+        ys.append(batch[-1])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def training_source(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, sets: list[EvalSet], device: torch.device,
+                    batch_size: int) -> TensorSource | StreamSource:
+    """The training data a request's Hessian directions and BatchNorm re-estimation use: the evaluated set
+    named "train" (the checkpoint's train split, --samples applied, or --data's "train" entry), else the
+    checkpoint's train split, else the first set of --data."""
+    named = {s.name: s.source for s in sets}
+    if "train" in named:
+        return named["train"]
+    if ckpt is None:
+        return sets[0].source
+    x, y = select_samples(*load_data_for(ckpt, cfg.data_dir, cfg.download).split("train"), cfg.samples, "train")
+    return as_source((x, y), device, batch_size)
+
+
+def plane_axes(cfg: SurfaceConfig, markers: Markers) -> tuple[Any, Any]:
+    """A plane's axes: as given, else 41 points each covering its three checkpoints with a quarter-span margin."""
+    return (cfg.x or covering_axis(markers.coords[:, 0], 41),
+            cfg.y or covering_axis(markers.coords[:, 1], 41))
 
 
 def moved_tensors(model: nn.Module, theta0: Params, params: Any, trainable_only: bool) -> set[str] | None:
@@ -315,8 +424,12 @@ def origin_of(cfg: SurfaceConfig, ckpt: dict[str, Any] | None) -> Origin:
 
 def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
     model, ckpt = load_centre(cfg, cfg.checkpoint)
-    sets, data = load_sets(cfg, ckpt, info.device, resolve_batch_size(cfg.eval_batch_size, info.device))
-    theta0, dirs = make_directions(model, cfg)
+    batch_size = resolve_batch_size(cfg.eval_batch_size, info.device)
+    sets, data = load_sets(cfg, ckpt, info.device, batch_size)
+    needs_train = cfg.directions_file == HESSIAN or cfg.bn_recalibrate
+    train = training_source(cfg, ckpt, sets, info.device, batch_size) if needs_train else sets[0].source
+    theta0, dirs, annotations = make_directions(model, cfg, train, info)
+    x, y = plane_axes(cfg, annotations.markers) if cfg.plane else (cfg.x, cfg.y)
     precision = resolve_precision(cfg.precision, info.device)
     images = not sets[0].source.streamed and sets[0].source.x.ndim == 4
     # What decides the values besides the weights, the directions and the grid: a resume must match it. Keys
@@ -324,10 +437,12 @@ def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
     evaluation = {"splits": [s.name for s in sets] if cfg.data else list(cfg.splits), "samples": cfg.samples,
                   "loss": cfg.metric, "precision": precision, "data": data}
     evaluation.update({k: v for k, v in [("max_batches", cfg.max_batches), ("params", list(cfg.params) or None),
-                                         ("trainable_only", cfg.trainable_only or None)] if v is not None})
-    return GridJob(model, theta0, dirs, sets, cfg.x, cfg.y, cfg.path, cfg.dir_type, precision,
+                                         ("trainable_only", cfg.trainable_only or None),
+                                         ("bn_recalibrate", cfg.bn_recalibrate)] if v is not None})
+    return GridJob(model, theta0, dirs, sets, x, y, cfg.path, cfg.dir_type, precision,
                    images and cfg.channels_last is not False, cfg.compile, cfg.points_per_pass, cfg.flush_seconds,
-                   cfg.progress, cfg.auto_rise, origin_of(cfg, ckpt), evaluation, asdict(cfg))
+                   cfg.progress, cfg.auto_rise, origin_of(cfg, ckpt), evaluation, asdict(cfg), annotations,
+                   (train, cfg.bn_recalibrate) if cfg.bn_recalibrate else None)
 
 
 def run_surface(cfg: SurfaceConfig, info: DistInfo) -> SurfaceRun:
