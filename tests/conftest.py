@@ -41,6 +41,13 @@ def mlp_ckpt_b(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def mlp_ckpt_c(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("mlp_run_c")
+    fit(train_config(out, batch_size=32, seed=7), SINGLE)
+    return str(out / "last.pt")
+
+
+@pytest.fixture(scope="session")
 def bn_ckpt(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("resnet_run")
     fit(train_config(out, data_kwargs=IMG_DATA, model="resnet20", model_kwargs={}, epochs=1, batch_size=32), SINGLE)
