@@ -83,8 +83,10 @@ class SurfaceConfig:
 
     checkpoint: str
     target: str | None = None  # a second checkpoint: d1 = theta_B - theta_A, x runs along the interpolation
-    x: str | None = option(None, f"alpha axis MIN:MAX:NUM, or auto[:NUM] (see --auto-rise) (default: {AXIS}, or "
-                           f"{INTERPOLATION_AXIS} along an interpolation)", metavar="MIN:MAX:NUM", group="grid")
+    trajectory: tuple[str, ...] = ()  # earlier checkpoints of the run that ended at `checkpoint`, in order: PCA plane
+    x: str | None = option(None, f"alpha axis MIN:MAX:NUM, or auto[:NUM] (see --auto-rise) (default: {AXIS}, "
+                           f"{INTERPOLATION_AXIS} along an interpolation, 41 points over a plane's or a trajectory's "
+                           "checkpoints)", metavar="MIN:MAX:NUM", group="grid")
     y: str | None = option(None, "beta axis MIN:MAX:NUM, or auto[:NUM]", metavar="MIN:MAX:NUM",
                            group="grid")  # None: a 1D curve
     auto_rise: float = option(1.0, "an auto axis spans +-t, t where the loss first rises this much above the centre "
@@ -152,7 +154,7 @@ class SurfaceConfig:
 
     def __post_init__(self) -> None:
         resolve = object.__setattr__  # frozen: the resolved defaults are set once, here
-        if not self.plane:  # a plane's default axes are found from where its checkpoints sit (landscape.planes)
+        if not (self.plane or self.trajectory):  # those axes are found from where the checkpoints sit (runner)
             resolve(self, "x", self.x or (INTERPOLATION_AXIS if self.target else AXIS))
         resolve(self, "dir_type", self.dir_type or ("states" if self.target or self.plane else "weights"))
         self._check_plane()
@@ -187,6 +189,9 @@ class SurfaceConfig:
             raise ConfigError(f"--flush-seconds must be >= 0, got {self.flush_seconds}")
 
     def _check_plane(self) -> None:
+        if self.trajectory and (self.plane or self.target or self.directions_file or self.dir_type != "weights"):
+            raise ConfigError("a trajectory sets both directions (its principal components) and moves parameters "
+                              "only; leave out --plane, a second checkpoint, --directions and --dir-type")
         if self.edges and not self.plane:
             raise ConfigError("--edges draws the edges of a --plane; give --plane B C too")
         if not self.plane:
@@ -198,8 +203,8 @@ class SurfaceConfig:
 
     @property
     def kind(self) -> str:
-        if self.plane:
-            return "plane"
+        if self.plane or self.trajectory:
+            return "plane" if self.plane else "trajectory"
         return ("interp" if self.target else "1d") if self.y is None else "2d"
 
     @property

@@ -34,8 +34,10 @@ class TrajectoryPCA:
 def gram_matrix(diff: Callable[[int], Params], n: int, block: int = BLOCK) -> tuple[np.ndarray, int]:
     """G (n, n), float64, from `diff(i)` (which reads checkpoint i); at most `block` + 1 differences in memory."""
     g, reads = np.zeros((n, n)), 0
+    held: dict[int, Params] = {}
     for start in range(0, n, block):
-        held = {i: diff(i) for i in range(start, min(n, start + block))}
+        held.clear()  # before the next block is read, not after
+        held.update((i, diff(i)) for i in range(start, min(n, start + block)))
         reads += len(held)
         for j in range(start, n):
             dj = held.get(j)
@@ -44,6 +46,7 @@ def gram_matrix(diff: Callable[[int], Params], n: int, block: int = BLOCK) -> tu
             for i, di in held.items():
                 if i <= j:
                     g[i, j] = g[j, i] = dot(di, dj)
+            del dj
     return g, reads
 
 
@@ -68,6 +71,7 @@ def trajectory_pca(diff: Callable[[int], Params], n: int, like: Params, componen
         for c, a in enumerate(acc):
             for k in a:
                 a[k].add_(d[k].double(), alpha=float(coef[i, c]))
+        del d
     reads += n
     dirs = [{k: v.float() for k, v in a.items()} for a in acc]
     return TrajectoryPCA(dirs, lam / lam.sum(), g @ coef, reads)

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.checkpoint import file_sha256, load_data_for, load_model, load_state_dict_strict, read_state_dict
+from landscape.checkpoint import (
+    file_sha256,
+    load_checkpoint,
+    load_data_for,
+    load_model,
+    load_state_dict_strict,
+    read_state_dict,
+)
 from landscape.cli import check_writable
 from landscape.config import HESSIAN, SurfaceConfig, import_object, run_tag
 from landscape.directions import (
@@ -51,6 +58,7 @@ from landscape.io import (
 from landscape.metrics import get_metric
 from landscape.models import build_model
 from landscape.params import Params, from_numpy, model_tensors, norm, snapshot, to_numpy
+from landscape.pca import trajectory_pca
 from landscape.sources import StreamSource, TensorSource, as_source
 
 
@@ -319,11 +327,16 @@ def make_directions(model: nn.Module, cfg: SurfaceConfig, train: TensorSource | 
     n = 1 if cfg.kind in ("1d", "interp") else 2
     spec = DirectionSpec(cfg.dir_type, cfg.norm, cfg.ignore, cfg.seed, cfg.orthogonal)
     moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
-    if cfg.directions_file == HESSIAN and os.path.exists(cfg.path):  # a resume: the eigenvectors it was made with
+    if (cfg.directions_file == HESSIAN or cfg.trajectory) and os.path.exists(cfg.path):
+        # a resume: the eigenvectors or principal components it was made with, not a recomputation whose last
+        # bits may differ (on another number of processes)
         dirs = [from_numpy(d) for d in read_directions(cfg.path)]
         return theta0, dirs, read_surface(cfg.path).annotations
     if cfg.directions_file == HESSIAN:
         return theta0, *hessian_directions(model, theta0, train, n, spec, moved, cfg.metric, info)
+    if cfg.trajectory:
+        made = run_on_main(lambda: trajectory_directions(cfg, theta0, spec, moved), info)
+        return theta0, *broadcast_object(made)
     if cfg.directions_file:
         dirs = [from_numpy(d) for d in read_directions(cfg.directions_file)]
         if len(dirs) < n:
@@ -365,6 +378,42 @@ def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | S
     return dirs, Annotations(axis_labels=labels)
 
 
+def trajectory_directions(cfg: SurfaceConfig, theta0: Params, spec: DirectionSpec, moved: set[str] | None
+                          ) -> tuple[list[Params], Annotations]:
+    """The plane of the two leading principal components of the run's checkpoints (cfg.trajectory) taken as
+    differences from the final weights theta0 (landscape.pca), over the tensors a random direction would move;
+    the path's coordinates as markers, the explained variance in the axis names (Li et al. 2018, Fig. 9)."""
+    names = [k for k, v in theta0.items() if (moved is None or k in moved) and (spec.ignore != "biasbn" or v.dim() > 1)]
+
+    def diff(i: int) -> Params:
+        model, _ = load_centre(cfg, cfg.trajectory[i])
+        weights = dict(model.named_parameters())
+        missing = [k for k in names if k not in weights or weights[k].shape != theta0[k].shape]
+        if missing:
+            raise UserError(f"{cfg.trajectory[i]} is not the final checkpoint's architecture (e.g. {missing[:2]}); "
+                            "give the checkpoints of one run")
+        return {k: weights[k].detach().float() - theta0[k] for k in names}
+
+    pca = trajectory_pca(diff, len(cfg.trajectory), {k: theta0[k] for k in names})
+    dirs = [{k: d[k] if k in d else torch.zeros_like(v) for k, v in theta0.items()} for d in pca.directions]
+    labels = [_epoch_label(p) for p in (*cfg.trajectory, cfg.checkpoint)]
+    markers = Markers(tuple(labels), np.vstack([pca.coords, np.zeros((1, 2))]), "path")
+    ratio = pca.explained_variance_ratio
+    axis = tuple(f"{n} PC: {100 * r:.2f} %" for n, r in zip(("1st", "2nd"), ratio))
+    print0(f"trajectory: {len(cfg.trajectory)} checkpoints and the final one, PCA over {len(names)} tensors; "
+           f"explained variance {100 * ratio[0]:.2f} % + {100 * ratio[1]:.2f} % ({pca.reads} checkpoint reads)")
+    return dirs, Annotations(axis, markers, tuple(map(float, ratio)))
+
+
+def _epoch_label(path: str) -> str:
+    """"epoch N" for a checkpoint of trainers.train, else the file's run tag (weights of the user's model)."""
+    try:
+        epoch = load_checkpoint(path).get("epoch")
+    except UserError:
+        epoch = None
+    return f"epoch {epoch}" if epoch is not None else run_tag(path)
+
+
 def training_tensors(source: TensorSource | StreamSource) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of a source as two tensors on its device: what a Hessian takes."""
     if isinstance(source, TensorSource):
@@ -394,7 +443,8 @@ def training_source(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, sets: list[
 
 
 def plane_axes(cfg: SurfaceConfig, markers: Markers) -> tuple[Any, Any]:
-    """A plane's axes: as given, else 41 points each covering its three checkpoints with a quarter-span margin."""
+    """The axes of a plane through checkpoints: as given, else 41 points each covering the checkpoints (and the
+    origin) with a quarter-span margin."""
     return (cfg.x or covering_axis(markers.coords[:, 0], 41),
             cfg.y or covering_axis(markers.coords[:, 1], 41))
 
@@ -429,7 +479,7 @@ def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
     needs_train = cfg.directions_file == HESSIAN or cfg.bn_recalibrate
     train = training_source(cfg, ckpt, sets, info.device, batch_size) if needs_train else sets[0].source
     theta0, dirs, annotations = make_directions(model, cfg, train, info)
-    x, y = plane_axes(cfg, annotations.markers) if cfg.plane else (cfg.x, cfg.y)
+    x, y = plane_axes(cfg, annotations.markers) if annotations.markers is not None else (cfg.x, cfg.y)
     precision = resolve_precision(cfg.precision, info.device)
     images = not sets[0].source.streamed and sets[0].source.x.ndim == 4
     # What decides the values besides the weights, the directions and the grid: a resume must match it. Keys

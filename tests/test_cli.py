@@ -27,7 +27,7 @@ def test_trainer_cli_on_two_processes_writes_a_checkpoint_that_reproduces_its_ac
     model, ckpt = load_model(str(out / "last.pt"))
     data = load_data_for(ckpt)
     assert evaluate(model, data.x_test, data.y_test).acc == pytest.approx(ckpt["metrics"]["test_acc"], abs=1e-9)
-    assert sorted(os.listdir(out)) == ["config.json", "epoch_0002.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["config.json", "epoch_0000.pt", "epoch_0002.pt", "last.pt", "metrics.jsonl"]
 
 
 def test_plot2d_one_and_two_processes_write_equal_surfaces_and_figures(mlp_ckpt, tmp_path):

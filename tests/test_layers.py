@@ -27,7 +27,7 @@ LAYERS = [  # bottom to top: (what the layer is, fnmatch patterns of module name
       "landscape.hessian", "landscape.plot"]),
     ("pipelines: checkpoint to surface file, sharpness, surface file to figure files",
      ["landscape.runner", "landscape.api", "landscape.sharpness", "landscape.render"]),
-    ("landscape commands", ["landscape.cliargs", "landscape.plot1d", "landscape.plot2d"]),
+    ("landscape commands", ["landscape.cliargs", "landscape.plot1d", "landscape.plot2d", "landscape.trajectory"]),
     ("the trainer", ["trainers", "trainers.*"]),
     ("figure scripts and benchmarks", ["figures", "figures.*", "benchmarks.*"]),
 ]

@@ -1,24 +1,28 @@
-"""Planes through three checkpoints (plot2d --plane) and BatchNorm statistics re-estimated at every point
-(--bn-recalibrate): markers on grid points, the checkpoints' own losses there, and a re-estimation that equals a
-manual one, on 1 and 2 processes and across a resume."""
+"""Planes through checkpoints: three of them (plot2d --plane), with their own losses at their markers; an
+optimizer's trajectory on its principal components (landscape.trajectory), equal to an explicit PCA; and BatchNorm
+statistics re-estimated at every point (--bn-recalibrate), equal to a manual re-estimation on 1 and 2 processes and
+across a resume."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import weakref
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import SINGLE, run_module
+from conftest import SINGLE, run_module, train_config
 
 from landscape.checkpoint import load_data_for, load_model
 from landscape.config import SurfaceConfig
 from landscape.errors import UserError
 from landscape.io import read_directions, read_surface
 from landscape.params import from_numpy
+from landscape.pca import trajectory_pca
 from landscape.runner import run_surface
+from trainers.ddp import fit
 
 
 def _state(path: str) -> dict[str, torch.Tensor]:
@@ -135,3 +139,72 @@ def test_bn_recalibration_is_exact_on_two_processes_and_across_a_resume(bn_ckpt,
     s3 = read_surface(f2)
     for m in s1.values:
         np.testing.assert_array_equal(s1.values[m], s3.values[m])
+
+
+# ----------------------------------------------------------------------------- trajectories (landscape.pca)
+
+def _explicit_pca(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's PCA written out on the stacked matrix: centred SVD; (components, ratios, projections)."""
+    centred = diffs - diffs.mean(axis=0)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    return vt, sv ** 2 / (sv ** 2).sum(), diffs @ vt[:2].T
+
+
+@pytest.mark.parametrize("block", [1, 3, 50])
+def test_trajectory_pca_from_the_gram_matrix_equals_an_explicit_pca(block):
+    rng = np.random.default_rng(0)
+    n, shapes = 9, {"a": (5, 4), "b": (7,)}
+    mats = [{k: torch.from_numpy(rng.standard_normal(s) * (1 + i)).float() for k, s in shapes.items()}
+            for i in range(n)]
+    alive, peak = [0], [0]
+
+    def diff(i):
+        d = {k: v.clone() for k, v in mats[i].items()}
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(d["a"], lambda: alive.__setitem__(0, alive[0] - 1))
+        return d
+
+    pca = trajectory_pca(diff, n, mats[0], block=block)
+    stacked = np.stack([np.concatenate([m[k].double().numpy().ravel() for k in shapes]) for m in mats])
+    vt, ratio, coords = _explicit_pca(stacked)
+    np.testing.assert_allclose(pca.explained_variance_ratio, ratio, atol=1e-9)
+    for c in range(2):
+        mine = np.concatenate([pca.directions[c][k].double().numpy().ravel() for k in shapes])
+        sign = np.sign(mine @ vt[c])
+        np.testing.assert_allclose(sign * mine, vt[c], atol=1e-5)
+        np.testing.assert_allclose(sign * pca.coords[:, c], coords[:, c], atol=1e-4)
+    assert peak[0] <= min(block, n) + 1  # never the whole trajectory in memory (with a small block)
+    assert pca.reads <= n + n * (n + 1) // (2 * min(block, n)) + n + n
+
+
+def test_trajectory_pca_refuses_too_few_or_collinear_checkpoints():
+    one = {"w": torch.ones(3, 3)}
+    with pytest.raises(UserError, match="at least 3"):
+        trajectory_pca(lambda i: one, 2, one)
+    with pytest.raises(UserError, match="span a plane"):
+        trajectory_pca(lambda i: {"w": one["w"] * i}, 4, one)
+
+
+@pytest.mark.slow
+def test_trajectory_cli_on_a_run_folder(tmp_path):
+    run = tmp_path / "run"
+    fit(train_config(run, save_every=1, epochs=4), SINGLE)
+    r = run_module("landscape.trajectory", str(run), "--out", str(tmp_path / "out"), "--no-progress",
+                   "--formats", "png", "--x=-6:2:9", "--y=-2:2:5")
+    assert r.returncode == 0, r.stderr
+    s = read_surface(next(str(p) for p in (tmp_path / "out").glob("*_trajectory.h5")))
+    states = [torch.load(run / f"epoch_{e:04d}.pt", weights_only=True)["state_dict"] for e in range(5)]
+    names = [k for k, v in states[-1].items() if v.dim() > 1]  # biases ignored, as by random directions
+    flat = np.stack([np.concatenate([(st[k] - states[-1][k]).double().numpy().ravel() for k in names])
+                     for st in states[:-1]])
+    _, ratio, coords = _explicit_pca(flat)
+    np.testing.assert_allclose(s.annotations.explained_variance_ratio, ratio, atol=1e-6)
+    m = s.annotations.markers
+    assert m.kind == "path" and m.names == ("epoch 0", "epoch 1", "epoch 2", "epoch 3", "epoch 4")
+    np.testing.assert_allclose(np.abs(m.coords[:-1]), np.abs(coords), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(m.coords[-1], [0, 0])
+    assert s.annotations.axis_labels[0] == f"1st PC: {100 * ratio[0]:.2f} %"
+    assert (tmp_path / "out" / "run_epoch_0004_trajectory_train_loss_contour.png").exists()
+    final = torch.load(run / "epoch_0004.pt", weights_only=True)["metrics"]
+    assert s.values["train_loss"][2, 6] == pytest.approx(final["train_loss"], rel=1e-5)  # (0, 0): the final weights

@@ -40,7 +40,8 @@ SCHEDULES = ("constant", "step", "cosine")
 class TrainConfig:
     """One training run; every field is a flag of `python -m trainers.train` under the same name."""
 
-    out: str = option(help="run folder: epoch_N.pt, last.pt, metrics.jsonl, config.json", metavar="DIR")
+    out: str = option(help="run folder: epoch_N.pt (epoch_0000.pt: the initial weights), last.pt, metrics.jsonl, "
+                      "config.json", metavar="DIR")
     dataset: str = option("mnist1d", "the dataset", choices=list_datasets(), group="data and model")
     data_kwargs: dict[str, Any] = option(help="JSON options of the dataset", type=json_object, default_factory=dict,
                                          metavar="JSON", group="data and model")
@@ -351,6 +352,9 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
         _truncate_log(log_path, start_epoch)
         write_json(os.path.join(cfg.out, "config.json"),
                    {"train_config": _plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan)})
+        if start_epoch == 0:  # the initial weights: where a trajectory (landscape.trajectory) starts
+            ckpt_io.save_checkpoint(_checkpoint(model, cfg, plan, data, 0, 0, {}, opt, sched, info.device),
+                                    os.path.join(cfg.out, "epoch_0000.pt"))
         print0(f"global batch {plan.global_batch_size} = {plan.micro_batch_size} per forward x "
                f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
                f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}")

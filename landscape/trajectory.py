@@ -1,0 +1,70 @@
+"""The optimizer's path drawn on the plane of its checkpoints' two leading principal components, over the loss
+surface of that plane (Li et al. 2018, Sec. 7 and Fig. 9); the axes say how much of the path's variance each
+component explains.
+
+  python -m trainers.train --out runs/a --save-every 1 ...        # epoch_0000.pt (initial weights) ... epoch_N.pt
+  python -m landscape.trajectory runs/a --out plots               # a run folder: its epoch_*.pt, the last is final
+  python -m landscape.trajectory runs/a/epoch_000{0,2,4,6,8}.pt --out plots   # chosen checkpoints, final last
+  torchrun --standalone --nproc_per_node=4 -m landscape.trajectory runs/a --out plots
+
+The directions are computed once, from a few checkpoints in memory at a time (landscape.pca); rerunning the same
+command resumes the surface.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+
+from landscape import cliargs, render
+from landscape.cli import ArgumentParser, config_from_args, run_cli
+from landscape.config import PlotConfig, SurfaceConfig
+from landscape.errors import UserError
+from landscape.io import read_surface
+
+NOT_HERE = ("log", "plane", "edges", "directions_file", "dir_type", "norm", "seed", "orthogonal", "auto_rise")
+
+
+def get_parser(add_help: bool = True) -> ArgumentParser:
+    p = cliargs.get_parser("python -m landscape.trajectory", __doc__, add_help, skip=NOT_HERE)
+    p.add_argument("sources", nargs="+", help="a run folder of trainers.train (its epoch_*.pt), or checkpoints in "
+                   "training order, the final one last")
+    return p
+
+
+def checkpoints_of(sources: Sequence[str]) -> list[str]:
+    """The checkpoints of a run in training order: a folder's epoch_*.pt files, or the files as given."""
+    if len(sources) == 1 and os.path.isdir(sources[0]):
+        found = sorted(glob.glob(os.path.join(sources[0], "epoch_*.pt")))
+        if not found:
+            raise UserError(f"{sources[0]} holds no epoch_*.pt checkpoints; train with --save-every 1 (or give the "
+                            "checkpoint files)")
+        return found
+    for s in sources:
+        if os.path.isdir(s):
+            raise UserError(f"{s} is a folder; give one run folder alone, or checkpoint files")
+    return list(sources)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    plot = config_from_args(PlotConfig, args)
+    ckpts = checkpoints_of(args.sources)
+    cfg = config_from_args(SurfaceConfig, args, checkpoint=ckpts[-1], trajectory=tuple(ckpts[:-1]))
+    done = cliargs.compute([cfg])
+    if done is None:  # not rank 0: rank 0 alone plots
+        return
+    (path, report), = done
+    surface = read_surface(path)
+    stem = cliargs.figure_stem(path)
+    files = render.render_2d(surface, stem, plot)
+    print(f"{report}; {len(files)} figures {stem}_*.{{{','.join(plot.formats)}}}", flush=True)
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
