@@ -89,6 +89,8 @@ class SurfaceConfig:
                            "checkpoints)", metavar="MIN:MAX:NUM", group="grid")
     y: str | None = option(None, "beta axis MIN:MAX:NUM, or auto[:NUM]", metavar="MIN:MAX:NUM",
                            group="grid")  # None: a 1D curve
+    plane_points: int = option(41, "points per axis of a plane or trajectory whose --x/--y are not given (they "
+                               "then cover its checkpoints with a quarter-span margin)", metavar="NUM", group="grid")
     auto_rise: float = option(1.0, "an auto axis spans +-t, t where the loss first rises this much above the centre "
                               "along its direction (either side)", metavar="DL", group="grid")
     model: str | None = option(None, "build the model: a registered name or package.module:function (e.g. "
@@ -161,6 +163,8 @@ class SurfaceConfig:
         for flag, axis in [("--x", self.x), ("--y", self.y)]:
             if axis is not None:
                 check_axis(axis, flag)
+        if self.plane_points < 2:
+            raise ConfigError(f"--plane-points must be >= 2, got {self.plane_points}")
         if not self.auto_rise > 0:
             raise ConfigError(f"--auto-rise must be > 0, got {self.auto_rise}")
         for value, choices, flag in [(self.dir_type, DIR_TYPES, "--dir-type"), (self.norm, NORMS, "--norm"),

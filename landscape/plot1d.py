@@ -23,7 +23,8 @@ from landscape.io import read_surface
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = cliargs.get_parser("python -m landscape.plot1d", __doc__, add_help, skip=("y", "levels", "plane", "edges"))
+    p = cliargs.get_parser("python -m landscape.plot1d", __doc__, add_help,
+                           skip=("y", "levels", "plane", "edges", "plane_points"))
     p.add_argument("sources", nargs="+", help="checkpoints (.pt) to compute from and/or surface files (.h5)")
     p.add_argument("--overlay", action="store_true", help="with two checkpoints: a random-direction curve for "
                    "each, overlaid, instead of the interpolation between them")

@@ -443,10 +443,10 @@ def training_source(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, sets: list[
 
 
 def plane_axes(cfg: SurfaceConfig, markers: Markers) -> tuple[Any, Any]:
-    """The axes of a plane through checkpoints: as given, else 41 points each covering the checkpoints (and the
-    origin) with a quarter-span margin."""
-    return (cfg.x or covering_axis(markers.coords[:, 0], 41),
-            cfg.y or covering_axis(markers.coords[:, 1], 41))
+    """The axes of a plane through checkpoints: as given, else cfg.plane_points points each covering the
+    checkpoints (and the origin) with a quarter-span margin."""
+    return (cfg.x or covering_axis(markers.coords[:, 0], cfg.plane_points),
+            cfg.y or covering_axis(markers.coords[:, 1], cfg.plane_points))
 
 
 def moved_tensors(model: nn.Module, theta0: Params, params: Any, trainable_only: bool) -> set[str] | None:

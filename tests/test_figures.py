@@ -36,3 +36,14 @@ def test_batch_scaling_writes_three_plots_and_tables(tmp_path):
     for name in ("scaling", "throughput", "steps_to_target", "noise_scale"):
         assert os.path.exists(tmp_path / f"{name}.png") and os.path.exists(tmp_path / f"{name}.pdf")
     assert len(list(csv.DictReader(open(tmp_path / "noise_scale.csv")))) >= 2
+
+
+def test_trajectory_figure_writes_both_paths_and_reuses_everything(tmp_path):
+    res = run_module("figures.trajectory", "--preset", "smoke", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [int(r["batch_size"]) for r in rows] == [16, 256]
+    assert all(int(r["checkpoints"]) == 5 and 0.5 < float(r["pc1_explained"]) <= 1 for r in rows)
+    assert os.path.getsize(tmp_path / "trajectory.png") > 10_000 and os.path.exists(tmp_path / "trajectory.pdf")
+    again = run_module("figures.trajectory", "--preset", "smoke", "--out", str(tmp_path))
+    assert again.returncode == 0 and again.stdout.count("0 points computed") == 2, again.stdout + again.stderr

@@ -1,0 +1,151 @@
+"""Li et al. (2018) Fig. 9: the paths of a small-batch and a large-batch run, each drawn on the plane of its own
+checkpoints' two leading principal components, over the loss of that plane.
+
+  python -m figures.trajectory --preset quick --out figures_out/trajectory     # MNIST-1D MLP, minutes on 2 cores
+  torchrun --standalone --nproc_per_node=8 -m figures.trajectory --preset paper --out fig9   # VGG-9, CIFAR-10
+
+Trains (or reuses) the runs with a checkpoint every epoch, computes (or resumes) each trajectory's surface, then
+writes trajectory.{png,pdf}, an interactive trajectory_<run>.html per run, summary.csv (explained variance, path
+length) and the .h5 files behind every panel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
+from landscape.config import DEVICES, SurfaceConfig
+from landscape.distributed import cleanup_distributed, init_distributed, print0
+from landscape.files import write_csv
+from landscape.io import Surface, read_surface
+from landscape.runner import check_output_folder, run_surface
+from trainers.ddp import TrainConfig
+from trainers.sweep import run_name, sweep
+
+
+@dataclass(frozen=True)
+class Preset:
+    dataset: str
+    model: str
+    batch_sizes: tuple[int, ...]  # small, large
+    weight_decay: float
+    epochs: int
+    lr: float
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()
+    micro_batch_size: int | None = None
+    points: int = 31  # per axis of each plane
+    samples: int | None = None  # evaluation subset of each split (None: all)
+    contour_levels: tuple[float, float, int] = (0.02, 5.0, 15)
+
+
+PRESETS = {
+    "quick": Preset(dataset="mnist1d", model="mlp", batch_sizes=(64, 1000), weight_decay=5e-4, epochs=40, lr=0.05,
+                    model_kwargs={"hidden": [100, 100]}),
+    "paper": Preset(dataset="cifar10", model="vgg9", batch_sizes=(128, 8192), weight_decay=5e-4, epochs=300, lr=0.1,
+                    schedule="step", milestones=(150, 225, 275), micro_batch_size=512, points=51, samples=10000),
+    "smoke": Preset(dataset="synthetic", model="mlp", batch_sizes=(16, 256), weight_decay=5e-4, epochs=4, lr=0.05,
+                    data_kwargs={"n_train": 512, "n_test": 256}, model_kwargs={"hidden": [16]}, points=5),
+}
+
+
+def train_runs(p: Preset, out: str, info: Any, device: str) -> list[str]:
+    base = TrainConfig(out="", dataset=p.dataset, data_kwargs=p.data_kwargs, model=p.model,
+                       model_kwargs=p.model_kwargs, epochs=p.epochs, lr=p.lr, schedule=p.schedule,
+                       milestones=p.milestones, micro_batch_size=p.micro_batch_size, save_every=1, device=device,
+                       progress=False, log_every=max(1, p.epochs // 4))
+    return sweep(base, os.path.join(out, "runs"), p.batch_sizes, (p.weight_decay,), info)
+
+
+def trajectory_surface(run: str, p: Preset, out: str, info: Any, device: str) -> str:
+    ckpts = sorted(glob.glob(os.path.join(run, "epoch_*.pt")))
+    cfg = SurfaceConfig(ckpts[-1], trajectory=tuple(ckpts[:-1]), plane_points=p.points, samples=p.samples,
+                        device=device, progress=False, out=os.path.join(out, "surfaces"), name=os.path.basename(run))
+    done = run_surface(cfg, info)
+    print0(f"trajectory of {run}: {done.computed} points computed, {done.already_done} reused -> {done.path}")
+    return done.path
+
+
+def compose(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
+    """One panel per run: train-loss contours of its PCA plane, the path with epoch labels, the variance each
+    axis explains."""
+    from landscape import plot, render
+
+    plt = render.plt
+    fig, axes = plt.subplots(1, len(surfaces), figsize=(4.6 * len(surfaces), 4.2), squeeze=False)
+    levels = np.geomspace(*p.contour_levels)
+    for ax, (bs, s) in zip(axes[0], surfaces.items()):
+        plot.contour(ax, s.x, s.y, s.values["train_loss"], levels)
+        m = s.annotations.markers
+        plot.markers(ax, m.coords, [n.replace("epoch ", "") for n in m.names], m.kind)
+        xlabel, ylabel = render.axis_labels(s)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"BS={bs}, WD={p.weight_decay:g}: {len(m.names) - 1} epochs, test error "
+                     f"{100 - s.origin.metrics['test_acc']:.1f}%", fontsize=9)
+    fig.tight_layout()
+    return render.save(fig, os.path.join(out, "trajectory"))
+
+
+def summarize(surfaces: dict[int, Surface], out: str) -> str:
+    rows = []
+    for bs, s in surfaces.items():
+        c, r = s.annotations.markers.coords, s.annotations.explained_variance_ratio
+        rows.append({"batch_size": bs, "checkpoints": len(c), "pc1_explained": r[0], "pc2_explained": r[1],
+                     "path_length_on_plane": float(np.linalg.norm(np.diff(c, axis=0), axis=1).sum()),
+                     "test_error": 100 - s.origin.metrics["test_acc"]})
+    path = os.path.join(out, "summary.csv")
+    write_csv(path, rows, list(rows[0]), ".4g")
+    return "\n".join(f"BS={r['batch_size']}: PC1 {100 * r['pc1_explained']:.1f}% + PC2 {100 * r['pc2_explained']:.1f}%"
+                     f" of the path's variance, test error {r['test_error']:.1f}%" for r in rows)
+
+
+def get_parser(add_help: bool = True) -> ArgumentParser:
+    p = ArgumentParser(prog="python -m figures.trajectory", description=__doc__, formatter_class=DefaultsFormatter,
+                       add_help=add_help)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument("--out", default="figures_out/trajectory", help="folder for runs, surfaces, figures, table")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    preset = PRESETS[args.preset]
+    if args.epochs:
+        preset = dataclasses.replace(preset, epochs=args.epochs)
+    info = init_distributed(args.device)
+    try:
+        check_output_folder(args.out, info)
+        runs = train_runs(preset, args.out, info, args.device)
+        paths = {bs: trajectory_surface(r, preset, args.out, info, args.device)
+                 for bs, r in zip(preset.batch_sizes, runs)}
+    finally:
+        cleanup_distributed()
+    if not info.is_main:
+        return
+    surfaces = {bs: read_surface(p) for bs, p in paths.items()}
+    files = compose(surfaces, preset, args.out)
+    print0(f"\n{summarize(surfaces, args.out)}\n")
+    print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"
+           f"data: {os.path.join(args.out, 'surfaces')}/*.h5, {os.path.join(args.out, 'runs')}/ "
+           f"({', '.join(run_name(bs, preset.weight_decay) for bs in preset.batch_sizes)})")
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
