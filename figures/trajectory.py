@@ -87,7 +87,7 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
         plot.contour(ax, s.x, s.y, s.values["train_loss"], levels)
         m = s.annotations.markers
         plot.markers(ax, m.coords, [n.replace("epoch ", "") for n in m.names], m.kind)
-        xlabel, ylabel = render.axis_labels(s)
+        xlabel, ylabel = s.axis_names()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(f"BS={bs}, WD={p.weight_decay:g}: {len(m.names) - 1} epochs, test error "

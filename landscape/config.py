@@ -23,7 +23,7 @@ NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
 SPLITS = ("train", "test")
 METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm")  # landscape.metrics.METRICS, by name
-FORMATS = ("png", "pdf", "svg")
+FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D surface (landscape.exports)
 
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
 INTERPOLATION_AXIS = "-0.5:1.5:41"  # theta_A at 0, theta_B at 1, and half the way again beyond each
@@ -231,7 +231,9 @@ class PlotConfig:
     log: bool = option(False, "log scale for the loss axis (1D)", group="figures")
     title: str | None = option(None, "figure title (default: from the checkpoint: weight decay, batch size, test "
                                "error)", group="figures")
-    formats: tuple[str, ...] = option(("png", "pdf"), "figure file formats", choices=FORMATS, group="figures")
+    formats: tuple[str, ...] = option(("png", "pdf", "html"), "figure file formats; html: one interactive 3D page "
+                                      "per 2D surface, self-contained (works offline)", choices=FORMATS,
+                                      group="figures")
 
     def __post_init__(self) -> None:
         if self.levels < 2:

@@ -117,6 +117,11 @@ class Surface:
     def is_2d(self) -> bool:
         return self.y is not None
 
+    def axis_names(self) -> tuple[str, str]:
+        """The axes' names: those the file gives (a trajectory's principal components), else alpha (d1), beta (d2)."""
+        given = self.annotations.axis_labels
+        return (given[0] if given else "alpha (d1)"), (given[1] if len(given) > 1 else "beta (d2)")
+
     def plot(self, kind: str = "contour", metric: str | None = None, ax: Any = None, **kwargs: Any) -> Any:
         """Draw one metric (default: the first loss) on `ax` (default: a new figure) and return the artist.
 

@@ -16,7 +16,7 @@ if "matplotlib.pyplot" not in sys.modules:  # a command: files only, no display;
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from landscape import plot  # noqa: E402
+from landscape import exports, plot  # noqa: E402
 from landscape.config import PlotConfig  # noqa: E402
 from landscape.io import Surface  # noqa: E402
 
@@ -25,8 +25,9 @@ DEFAULTS = PlotConfig()  # frozen, so one shared default is safe
 
 
 def save(fig: plt.Figure, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[str]:
+    """The figure in each of `formats` that matplotlib writes (html pages are landscape.exports'), then closed."""
     paths = []
-    for ext in formats:
+    for ext in (f for f in formats if f != "html"):
         path = f"{stem}.{ext}"
         fig.savefig(path, dpi=150, bbox_inches="tight")
         paths.append(path)
@@ -39,8 +40,10 @@ def _title(metric: str, title: str) -> str:
 
 
 def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
-    """For each stored metric: contour lines with labels, filled contours, heatmap and 3D surface; the loss
-    clipped at cfg.loss_max. Titled cfg.title, or from the centre's training (describe)."""
+    """For each stored metric: contour lines with labels, filled contours, heatmap and 3D surface, the file's
+    markers (a plane's checkpoints, a trajectory) on the 2D ones; and with "html" in cfg.formats one interactive
+    page of every metric (STEM.html). The loss clipped at cfg.loss_max. Titled cfg.title, or from the centre's
+    training (describe)."""
     assert s.y is not None
     title = describe(s) if cfg.title is None else cfg.title
     paths = []
@@ -61,18 +64,14 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
             m = s.annotations.markers
             if m is not None and kind != "3d":
                 plot.markers(ax, m.coords, m.names, m.kind)
-            xlabel, ylabel = axis_labels(s)
+            xlabel, ylabel = s.axis_names()
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.set_title(_title(metric, title), fontsize=9)
             paths += save(fig, f"{out_stem}_{metric}_{kind}", cfg.formats)
+    if "html" in cfg.formats:
+        paths.append(exports.write_html(s, f"{out_stem}.html", title, cfg.loss_max))
     return paths
-
-
-def axis_labels(s: Surface) -> tuple[str, str]:
-    """The axes' names: those the file gives (a trajectory's principal components), else alpha (d1), beta (d2)."""
-    given = s.annotations.axis_labels
-    return (given[0] if given else "alpha (d1)"), (given[1] if len(given) > 1 else "beta (d2)")
 
 
 def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotConfig = DEFAULTS,
@@ -95,7 +94,7 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotC
             plot.curve_1d(ax, s.x, s.values[f"{prefix}loss"], s.values.get(f"{prefix}acc"),
                           f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
     named = [s for _, s in surfaces if s.annotations.axis_labels]
-    ax.set_xlabel(axis_labels(named[0])[0] if named else "alpha")
+    ax.set_xlabel(named[0].axis_names()[0] if named else "alpha")
     ax.set_ylabel("loss")
     acc_ax.set_ylabel("accuracy (%)")
     handles = ax.get_lines() + acc_ax.get_lines()

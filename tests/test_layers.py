@@ -26,8 +26,9 @@ LAYERS = [  # bottom to top: (what the layer is, fnmatch patterns of module name
      ["landscape.params", "landscape.directions", "landscape.pca", "landscape.engine", "landscape.io",
       "landscape.hessian", "landscape.plot"]),
     ("pipelines: checkpoint to surface file, sharpness, surface file to figure files",
-     ["landscape.runner", "landscape.api", "landscape.sharpness", "landscape.render"]),
-    ("landscape commands", ["landscape.cliargs", "landscape.plot1d", "landscape.plot2d", "landscape.trajectory"]),
+     ["landscape.runner", "landscape.api", "landscape.sharpness", "landscape.exports", "landscape.render"]),
+    ("landscape commands", ["landscape.cliargs", "landscape.plot1d", "landscape.plot2d", "landscape.trajectory",
+                             "landscape.export"]),
     ("the trainer", ["trainers", "trainers.*"]),
     ("figure scripts and benchmarks", ["figures", "figures.*", "benchmarks.*"]),
 ]
