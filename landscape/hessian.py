@@ -10,6 +10,7 @@ so every rank follows the same iterations and gets the same answer.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,42 @@ def top_eigenvectors(op: HessianOperator, k: int = 1, tol: float = 1e-4, seed: i
         flat = torch.from_numpy(v.astype(np.float32))
         out.append({n: t.view(s) for n, t, s in zip(op.names, torch.split(flat, op.sizes), op.shapes)})
     return [float(values[j]) for j in order], out
+
+
+class HessianPointEvaluator:
+    """lambda_max and lambda_min of the Hessian at grid points theta0 + sum_i c_i d_i (Li et al. 2018, Sec. 6): the
+    `Evaluator` of landscape.engine.compute_surface for Hessian maps. Each rank computes its own points on its
+    whole data (x, y), so the points, not the data, are split across ranks; the caller's model is not touched."""
+
+    metric_names = ["lambda_max", "lambda_min"]
+    points_per_pass = 1
+
+    def __init__(self, model: nn.Module, theta0: dict[str, Tensor], directions: list[dict[str, Tensor]], x: Tensor,
+                 y: Tensor, batch_size: int = 512, metric: Metric = cross_entropy, tol: float = 1e-3, seed: int = 0):
+        from landscape.params import PointSetter, model_tensors
+
+        self.model = copy.deepcopy(model).to(x.device).eval()
+        self.setter = PointSetter(model_tensors(self.model, "weights"), theta0, directions)  # re-points the weights
+        self.op = HessianOperator(self.model, x, y, batch_size, metric, reduce=False)  # ...so it reads them there
+        self.tol, self.seed, self.device = tol, seed, x.device
+
+    def evaluate(self, coords: np.ndarray) -> Tensor:
+        rows = []
+        for point in coords:
+            self.setter(tuple(float(c) for c in point))
+            e = eigenvalues(self.op, k=1, tol=self.tol, seed=self.seed)
+            rows.append([e.top[0], e.min])
+        return torch.tensor(rows, dtype=torch.float64, device=self.device)
+
+
+def convexity_fraction(lambda_max: np.ndarray, lambda_min: np.ndarray, slack: float = 0.01) -> float:
+    """The share of (finite) points where the surface is convex up to `slack`: lambda_min >= -slack * lambda_max,
+    i.e. negative curvature at most that fraction of the positive one (Lanczos finds lambda_min to about tol *
+    lambda_max, so an exact zero cannot be asked for)."""
+    ok = np.isfinite(lambda_max) & np.isfinite(lambda_min)
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(lambda_min[ok] >= -slack * np.abs(lambda_max[ok])))
 
 
 @dataclass(frozen=True)

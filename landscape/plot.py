@@ -88,6 +88,16 @@ def markers(ax: Axes, coords: np.ndarray, names: Sequence[str], kind: str = "poi
     return artists
 
 
+def eigen_ratio(ax: Axes, x: np.ndarray, y: np.ndarray, lambda_max: np.ndarray, lambda_min: np.ndarray,
+                vmax: float = 0.5, **kw: Any) -> Any:
+    """|lambda_min / lambda_max| over a grid, as Li et al. (2018, Fig. 7) draw it: viridis from 0 (blue: convex,
+    no negative curvature to speak of) to 0.5 (yellow: strong negative curvature), values above in yellow."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(np.asarray(lambda_min, float) / np.asarray(lambda_max, float))
+    return ax.pcolormesh(x, y, _masked(ratio), vmin=0.0, vmax=vmax, shading="nearest", cmap=kw.pop("cmap", "viridis"),
+                         **kw)
+
+
 def curve_1d(ax: Axes, x: np.ndarray, loss: np.ndarray, acc: np.ndarray | None = None, label: str = "",
              acc_ax: Axes | None = None, log: bool = False, loss_max: float | None = None, **line_kw: Any
              ) -> list[Any]:

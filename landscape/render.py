@@ -74,6 +74,23 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
     return paths
 
 
+def render_hessian_map(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
+    """The |lambda_min/lambda_max| map of a Hessian map file (landscape.hessian_map) with its colour bar, and the
+    lambda_max map beside it."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    xlabel, ylabel = s.axis_names()
+    fig.colorbar(plot.eigen_ratio(axes[0], s.x, s.y, s.values["lambda_max"], s.values["lambda_min"]), ax=axes[0])
+    axes[0].set_title("|lambda_min / lambda_max|", fontsize=9)
+    fig.colorbar(plot.heatmap(axes[1], s.x, s.y, s.values["lambda_max"]), ax=axes[1])
+    axes[1].set_title("lambda_max", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(describe(s) if cfg.title is None else cfg.title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_stem, cfg.formats)
+
+
 def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotConfig = DEFAULTS,
               title: str = "") -> list[str]:
     """One or more 1D surfaces overlaid: loss blue and accuracy red on twin axes; a line style per surface

@@ -11,6 +11,7 @@ It never plots.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -44,7 +45,7 @@ from landscape.engine import EvalSet, PointEvaluator, compute_surface, select_sa
 from landscape.errors import UserError
 from landscape.evaluation import resolve_precision
 from landscape.grid import covering_axis, grid_points, parse_range, snap_axis
-from landscape.hessian import HessianOperator, top_eigenvectors
+from landscape.hessian import HessianOperator, HessianPointEvaluator, top_eigenvectors
 from landscape.io import (
     Annotations,
     Markers,
@@ -120,10 +121,13 @@ class MemorySink:
         pass
 
 
-def run_grid(job: GridJob, info: DistInfo) -> SurfaceRun:
-    """Compute or resume the job's surface with every rank of the process group; the Surface on every rank."""
-    evaluator = PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type, job.precision,
-                               job.channels_last, job.compile, job.points_per_pass, job.bn)
+def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
+    """Compute or resume the job's surface with every rank of the process group; the Surface on every rank.
+    `evaluator` (default: the job's metrics, PointEvaluator) may measure something else at each point, e.g.
+    Hessian eigenvalues (landscape.hessian.HessianPointEvaluator)."""
+    evaluator = evaluator or PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type,
+                                            job.precision, job.channels_last, job.compile, job.points_per_pass,
+                                            job.bn)
     # the centre's metrics, once, on rank 0: the sanity report shows them and an auto axis rises from them
     centre = run_on_main(lambda: evaluator.evaluate(np.zeros((1, len(job.directions))))[0].tolist(), info)
     x, y, picked = resolve_axes(job, evaluator, info, centre)
@@ -498,6 +502,21 @@ def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
 def run_surface(cfg: SurfaceConfig, info: DistInfo) -> SurfaceRun:
     """Compute or resume the surface file of cfg, with every rank of the process group taking part."""
     return run_grid(job_from_config(cfg, info), info)
+
+
+def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3) -> SurfaceRun:
+    """lambda_max and lambda_min of the training loss's Hessian at every point of cfg's grid (the directions of
+    cfg's surface), in OUT/<surface file>_hessian.h5; points are split across ranks, each on its whole data."""
+    if any(isinstance(a, str) and a.startswith("auto") for a in (cfg.x, cfg.y)):
+        raise UserError("a Hessian map needs its axes given (MIN:MAX:NUM), not auto")
+    job = job_from_config(dataclasses.replace(cfg, splits=("train",)), info)
+    x, y = training_tensors(next((s.source for s in job.sets if s.name == "train"), job.sets[0].source))
+    evaluator = HessianPointEvaluator(job.model, job.theta0, job.directions, x, y,
+                                      resolve_batch_size(cfg.eval_batch_size, info.device), get_metric(cfg.metric),
+                                      tol, cfg.seed)
+    path = cfg.path[:-len(".h5")] + "_hessian.h5"
+    job = dataclasses.replace(job, path=path, evaluation={**job.evaluation, "hessian_tol": tol})
+    return run_grid(job, info, evaluator)
 
 
 def check_output_folder(folder: str, info: DistInfo) -> None:

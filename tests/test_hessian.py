@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace, width_1d
+from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace, top_eigenvectors, width_1d
 
 
 @pytest.fixture
@@ -95,3 +95,74 @@ def test_two_processes_give_the_same_spectrum_as_one(tiny):
     top, trace = out.get()
     np.testing.assert_allclose(top, eig.top, rtol=1e-8)
     assert trace == pytest.approx(tr.estimate, rel=1e-8)
+
+
+def test_top_eigenvectors_of_a_parameter_subset_are_the_dense_subblock_ones(tiny):
+    model, x, y = tiny
+    h = _dense_hessian(model, x, y).numpy()
+    sizes = [p.numel() for p in model.parameters()]
+    first = slice(0, sizes[0])  # "0.weight" alone: the Hessian's leading sub-block
+    values, vectors = top_eigenvectors(HessianOperator(model, x, y, params={"0.weight"}), k=2, tol=1e-10)
+    exact_vals, exact_vecs = np.linalg.eigh(h[first, first])
+    np.testing.assert_allclose(values, exact_vals[::-1][:2], rtol=1e-6)
+    for v, e in zip(vectors, exact_vecs[:, ::-1].T):
+        assert set(v) == {"0.weight"}
+        flat = v["0.weight"].double().numpy().ravel()
+        assert abs(abs(flat @ e) - 1) < 1e-5 and flat[np.argmax(np.abs(flat))] > 0  # unit, sign fixed
+
+
+def test_hessian_directions_are_scaled_eigenvectors_of_the_moved_weights(mlp_ckpt, tmp_path):
+    from conftest import SINGLE
+
+    from landscape.checkpoint import load_data_for, load_model
+    from landscape.config import SurfaceConfig
+    from landscape.directions import DirectionSpec, create_random_directions
+    from landscape.io import read_directions, read_surface
+    from landscape.params import model_tensors, norm, snapshot
+    from landscape.runner import run_surface
+
+    cfg = SurfaceConfig(mlp_ckpt, directions_file="hessian", x="-0.5:0.5:3", y="-0.5:0.5:3", samples=128,
+                        out=str(tmp_path), progress=False)
+    s = read_surface(run_surface(cfg, SINGLE).path)
+    d1, d2 = ({k: torch.from_numpy(v) for k, v in d.items()} for d in read_directions(cfg.path))
+    model, ckpt = load_model(mlp_ckpt)
+    theta0 = snapshot(model_tensors(model))
+    assert norm(d1) == pytest.approx(norm(create_random_directions(theta0, 1, DirectionSpec())[0]), rel=1e-5)
+    assert all(float(d1[k].abs().max()) == 0 for k in d1 if d1[k].dim() == 1)  # biases stay, as with biasbn
+    assert abs(sum(float((d1[k].double() * d2[k].double()).sum()) for k in d1)) < 1e-3 * norm(d1) ** 2
+    names = {k for k in d1 if d1[k].dim() > 1}
+    x, y = load_data_for(ckpt).split("train")
+    from landscape.engine import select_samples
+
+    x, y = select_samples(x, y, 128, "train")
+    op = HessianOperator(model, x, y, params=names)
+    flat = torch.cat([d1[k].reshape(-1).double() for k in op.names])
+    hv = op.matvec(flat)
+    lam = float(flat @ hv / (flat @ flat))
+    assert float((hv - lam * flat).norm() / hv.norm()) < 1e-2  # an eigenvector...
+    assert lam == pytest.approx(eigenvalues(op, tol=1e-6).top[0], rel=1e-3)  # ...the top one
+    assert s.annotations.axis_labels[0].startswith("1st Hessian eigenvector")
+
+
+@pytest.mark.slow
+def test_hessian_map_centre_is_the_checkpoints_eigenvalues_and_two_processes_equal_one(mlp_ckpt, tmp_path):
+    from conftest import run_module
+
+    from landscape.checkpoint import load_data_for, load_model
+    from landscape.engine import select_samples
+    from landscape.io import read_surface
+
+    args = [mlp_ckpt, "--x=-0.5:0.5:3", "--y=-0.5:0.5:3", "--samples", "64", "--no-progress", "--formats", "png"]
+    one = run_module("landscape.hessian_map", *args, "--out", str(tmp_path / "one"))
+    two = run_module("landscape.hessian_map", *args, "--out", str(tmp_path / "two"), nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "convex (lambda_min >= -0.01 lambda_max) at" in one.stdout
+    s1, s2 = (read_surface(next(str(p) for p in (tmp_path / d).glob("*_hessian.h5"))) for d in ("one", "two"))
+    for m in ("lambda_max", "lambda_min"):
+        np.testing.assert_array_equal(s1.values[m], s2.values[m])
+    model, ckpt = load_model(mlp_ckpt)
+    x, y = select_samples(*load_data_for(ckpt).split("train"), 64, "train")
+    e = eigenvalues(HessianOperator(model, x, y), tol=1e-3)
+    assert s1.values["lambda_max"][1, 1] == pytest.approx(e.top[0], rel=1e-6)
+    assert s1.values["lambda_min"][1, 1] == pytest.approx(e.min, rel=1e-6, abs=1e-9)
+    assert len(list((tmp_path / "one").glob("*_hessian.png"))) == 1

@@ -28,7 +28,7 @@ LAYERS = [  # bottom to top: (what the layer is, fnmatch patterns of module name
     ("pipelines: checkpoint to surface file, sharpness, surface file to figure files",
      ["landscape.runner", "landscape.api", "landscape.sharpness", "landscape.exports", "landscape.render"]),
     ("landscape commands", ["landscape.cliargs", "landscape.plot1d", "landscape.plot2d", "landscape.trajectory",
-                             "landscape.export"]),
+                             "landscape.export", "landscape.hessian_map"]),
     ("the trainer", ["trainers", "trainers.*"]),
     ("figure scripts and benchmarks", ["figures", "figures.*", "benchmarks.*"]),
 ]

@@ -1,0 +1,71 @@
+"""Maps of the Hessian's extreme eigenvalues over a 2D grid (Li et al. 2018, Sec. 6 and Fig. 7): lambda_max and
+lambda_min of the training loss at every point, drawn as |lambda_min / lambda_max| (blue: convex, yellow: strong
+negative curvature), with the share of points where the surface is convex.
+
+  python -m landscape.hessian_map runs/a/last.pt --x=-1:1:11 --y=-1:1:11 --samples 1000 --out plots
+  torchrun --standalone --nproc_per_node=4 -m landscape.hessian_map runs/a/last.pt --x=-1:1:21 --y=-1:1:21 --out plots
+
+The grid and directions are those of plot2d with the same flags (same --seed), and the file sits beside its
+surface: OUT/<name>_2d_hessian.h5. Points are split across processes; rerunning resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from landscape import cliargs, render
+from landscape.cli import ArgumentParser, config_from_args, run_cli
+from landscape.config import PlotConfig, SurfaceConfig
+
+NOT_HERE = ("log", "plane", "edges", "splits", "points_per_pass", "compile", "bn_recalibrate", "plane_points",
+            "auto_rise", "levels")
+
+
+def get_parser(add_help: bool = True) -> ArgumentParser:
+    p = cliargs.get_parser("python -m landscape.hessian_map", __doc__, add_help, skip=NOT_HERE)
+    p.add_argument("checkpoint", help="the checkpoint (.pt) at the centre")
+    p.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (relative to the eigenvalue)")
+    p.add_argument("--convex-slack", type=float, default=0.01, help="a point counts as convex when lambda_min >= "
+                   "-SLACK * lambda_max")
+    p.set_defaults(x="-1:1:11", y="-1:1:11", formats=["png", "pdf"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from landscape.distributed import cleanup_distributed, init_distributed
+    from landscape.hessian import convexity_fraction
+    from landscape.runner import check_output_folder, run_hessian_map
+
+    args = get_parser().parse_args(argv)
+    plot = config_from_args(PlotConfig, args)
+    cfg = config_from_args(SurfaceConfig, args, checkpoint=args.checkpoint)
+    info = init_distributed(cfg.device)
+    try:
+        check_output_folder(cfg.out, info)
+        t0 = time.perf_counter()
+        run = run_hessian_map(cfg, info, args.tol)
+        seconds = time.perf_counter() - t0
+    finally:
+        cleanup_distributed()
+    if not info.is_main:
+        return
+    s = run.surface
+    stem = cliargs.figure_stem(run.path)
+    files = render.render_hessian_map(s, stem, plot)
+    share = convexity_fraction(s.values["lambda_max"], s.values["lambda_min"], args.convex_slack)
+    centre = tuple(int(np.argmin(np.abs(a))) for a in (s.y, s.x))
+    print(f"computed {run.computed} of {run.total} points ({run.already_done} already done) in {seconds:.1f}s -> "
+          f"{run.path}\ncentre: lambda_max {s.values['lambda_max'][centre]:.5g}, lambda_min "
+          f"{s.values['lambda_min'][centre]:.5g}\nconvex (lambda_min >= -{args.convex_slack:g} lambda_max) at "
+          f"{100 * share:.1f}% of the points\nfigures: {', '.join(files)}", flush=True)
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
