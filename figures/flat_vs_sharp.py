@@ -5,8 +5,8 @@
 
 Trains (or reuses) the four runs, computes (or resumes) for each a filter-normalized 1D curve and 2D surface on
 the same grid, an un-normalized 1D curve, and the Hessian's lambda_max/lambda_min/trace on the same data; then
-writes flat_vs_sharp.{png,pdf} (1D row + 2D contour row), no_filter_norm.{png,pdf}, summary.csv and the .h5
-files behind every panel. Rerunning reuses everything already finished.
+writes flat_vs_sharp.{png,pdf} (1D row + 2D contour row), no_filter_norm.{png,pdf}, an interactive 3D page per
+2D panel (pages/*.html, self-contained), summary.csv and the .h5 files behind every panel. Rerunning reuses everything already finished.
 """
 
 from __future__ import annotations
@@ -138,6 +138,15 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
     return files + render.save(fig, os.path.join(out, "no_filter_norm"))
 
 
+def pages(surfaces: dict[tuple[int, float], dict[str, Surface]], out: str) -> list[str]:
+    """One interactive 3D page per 2D panel (landscape.exports), to turn each minimum in one's hands."""
+    from landscape import exports
+
+    os.makedirs(os.path.join(out, "pages"), exist_ok=True)
+    return [exports.write_html(v["2d"], os.path.join(out, "pages", f"{run_name(bs, wd)}_2d.html"),
+                               f"WD={wd:g}, BS={bs}") for (bs, wd), v in surfaces.items()]
+
+
 COLUMNS = ["batch_size", "weight_decay", "train_loss", "train_acc", "test_loss", "test_acc", "test_error",
            "lambda_max", "lambda_min", "lambda_min_converged", "trace", "trace_stderr", "width_1d",
            "width_1d_nofilternorm"]
@@ -212,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cleanup_distributed()
     if not info.is_main:
         return
-    files = compose(rows, surfaces, preset, args.out)
+    files = compose(rows, surfaces, preset, args.out) + pages(surfaces, args.out)
     table = write_table(rows, os.path.join(args.out, "summary.csv"))
     print0(f"\n{table}\n\n{verdict(rows, preset)}\n")
     print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"

@@ -54,6 +54,16 @@ def bn_ckpt(tmp_path_factory) -> str:
     return str(out / "last.pt")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as in the processes run_module starts (OMP_NUM_THREADS=1), so that values computed in
+    this process and in those ones add up in the same order and can be compared bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LANDSCAPE_DEBUG")}
     env["OMP_NUM_THREADS"] = "1"

@@ -20,6 +20,8 @@ def test_flat_vs_sharp_writes_figures_and_summary_and_reuses_everything(tmp_path
     for name in ("flat_vs_sharp", "no_filter_norm"):
         assert os.path.getsize(tmp_path / f"{name}.png") > 10_000 and os.path.exists(tmp_path / f"{name}.pdf")
     assert len(os.listdir(tmp_path / "surfaces")) == 12
+    assert sorted(os.listdir(tmp_path / "pages")) == sorted(f"bs{b}_wd{w}_2d.html" for b in (16, 256)
+                                                             for w in ("0", "0.0005"))
     again = run_module("figures.flat_vs_sharp", "--preset", "smoke", "--out", str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already complete") == 4
@@ -47,3 +49,11 @@ def test_trajectory_figure_writes_both_paths_and_reuses_everything(tmp_path):
     assert os.path.getsize(tmp_path / "trajectory.png") > 10_000 and os.path.exists(tmp_path / "trajectory.pdf")
     again = run_module("figures.trajectory", "--preset", "smoke", "--out", str(tmp_path))
     assert again.returncode == 0 and again.stdout.count("0 points computed") == 2, again.stdout + again.stderr
+
+
+def test_hessian_directions_figure(mlp_ckpt, tmp_path):
+    res = run_module("figures.hessian_directions", mlp_ckpt, "--random", "2", "--x=-0.5:0.5:5", "--samples", "64",
+                     "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert os.path.getsize(tmp_path / "hessian_directions.png") > 10_000
+    assert len(os.listdir(tmp_path / "surfaces")) == 3

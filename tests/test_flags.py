@@ -21,8 +21,9 @@ from landscape.runner import run_surface
 from tests.conftest import SINGLE, cli_env
 from trainers.ddp import TrainConfig
 
-COMMANDS = ["landscape.plot1d", "landscape.plot2d", "trainers.train", "trainers.sweep", "figures.flat_vs_sharp",
-            "figures.batch_scaling"]
+COMMANDS = ["landscape.plot1d", "landscape.plot2d", "landscape.trajectory", "landscape.hessian_map",
+            "landscape.export", "trainers.train", "trainers.sweep", "figures.flat_vs_sharp", "figures.batch_scaling",
+            "figures.trajectory", "figures.hessian_directions"]
 OWN_CHOICES = {"--preset"}  # every figure script has presets of its own: same meaning, other names
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +53,10 @@ def test_a_flag_means_the_same_field_with_the_same_choices_in_every_command():
 
 
 @pytest.mark.parametrize("cls, module, without", [
-    (SurfaceConfig, "landscape.plot2d", {"checkpoint", "target", "channels_last"}),  # positionals; image default
+    (SurfaceConfig, "landscape.plot2d", {"checkpoint", "target", "trajectory", "channels_last"}),  # positionals
+    (SurfaceConfig, "landscape.trajectory", {"checkpoint", "target", "trajectory", "channels_last", "plane", "edges",
+                                             "directions_file", "dir_type", "norm", "seed", "orthogonal",
+                                             "auto_rise"}),  # a trajectory sets its own directions
     (PlotConfig, "landscape.plot2d", {"log"}), (PlotConfig, "landscape.plot1d", {"levels"}),
     (TrainConfig, "trainers.train", set())])
 def test_every_config_field_is_a_flag_of_its_command(cls, module, without):
@@ -82,7 +86,7 @@ def test_console_scripts_are_named_like_their_modules():
     scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines()
                    if " = " in line)
     current = {name: target for name, target in scripts.items() if target.endswith(":cli")}
-    assert {name: target.split(":")[0].replace(".", "-") for name, target in current.items()} == {
+    assert {name: target.split(":")[0].replace(".", "-").replace("_", "-") for name, target in current.items()} == {
         name: name for name in current}
     assert set(current.values()) == {f"{m}:cli" for m in COMMANDS if not m.startswith("figures")}
     for target in scripts.values():  # the renamed ones still resolve

@@ -145,19 +145,24 @@ def test_hessian_directions_are_scaled_eigenvectors_of_the_moved_weights(mlp_ckp
 
 
 @pytest.mark.slow
-def test_hessian_map_centre_is_the_checkpoints_eigenvalues_and_two_processes_equal_one(mlp_ckpt, tmp_path):
-    from conftest import run_module
+def test_hessian_map_centre_is_the_checkpoints_eigenvalues_and_two_processes_equal_one(mlp_ckpt, tmp_path,
+                                                                                      one_thread):
+    from conftest import SINGLE, run_module
 
     from landscape.checkpoint import load_data_for, load_model
+    from landscape.config import SurfaceConfig
     from landscape.engine import select_samples
     from landscape.io import read_surface
+    from landscape.runner import run_hessian_map
 
     args = [mlp_ckpt, "--x=-0.5:0.5:3", "--y=-0.5:0.5:3", "--samples", "64", "--no-progress", "--formats", "png"]
-    one = run_module("landscape.hessian_map", *args, "--out", str(tmp_path / "one"))
     two = run_module("landscape.hessian_map", *args, "--out", str(tmp_path / "two"), nproc=2)
-    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    assert "convex (lambda_min >= -0.01 lambda_max) at" in one.stdout
-    s1, s2 = (read_surface(next(str(p) for p in (tmp_path / d).glob("*_hessian.h5"))) for d in ("one", "two"))
+    assert two.returncode == 0, two.stderr
+    assert "convex (lambda_min >= -0.01 lambda_max) at" in two.stdout
+    assert len(list((tmp_path / "two").glob("*_hessian.png"))) == 1
+    cfg = SurfaceConfig(mlp_ckpt, x="-0.5:0.5:3", y="-0.5:0.5:3", samples=64, progress=False, out=str(tmp_path / "one"))
+    s1 = run_hessian_map(cfg, SINGLE).surface
+    s2 = read_surface(next(str(p) for p in (tmp_path / "two").glob("*_hessian.h5")))
     for m in ("lambda_max", "lambda_min"):
         np.testing.assert_array_equal(s1.values[m], s2.values[m])
     model, ckpt = load_model(mlp_ckpt)
@@ -165,4 +170,5 @@ def test_hessian_map_centre_is_the_checkpoints_eigenvalues_and_two_processes_equ
     e = eigenvalues(HessianOperator(model, x, y), tol=1e-3)
     assert s1.values["lambda_max"][1, 1] == pytest.approx(e.top[0], rel=1e-6)
     assert s1.values["lambda_min"][1, 1] == pytest.approx(e.min, rel=1e-6, abs=1e-9)
-    assert len(list((tmp_path / "one").glob("*_hessian.png"))) == 1
+    again = run_hessian_map(cfg, SINGLE)  # a rerun resumes: nothing left to compute
+    assert (again.computed, again.already_done) == (0, 9)

@@ -219,7 +219,7 @@ def bad_inputs(tmp_path_factory, request):
     torch.save({"model": {f"module.{k}": v for k, v in userland.make_mlp().state_dict().items()}}, d / "w.pt")
     torch.save({"epoch": 3, "lr": 0.1}, d / "nostate.pt")
     torch.save(userland.KeywordMLP().state_dict(), d / "kw.pt")
-    return {"dir": d, "ckpt": mlp_ckpt, "surf": str(d / "surf" / "mlp_run0_last_2d.h5"),
+    return {"dir": d, "ckpt": mlp_ckpt, "bn_ckpt": bn_ckpt, "surf": str(d / "surf" / "mlp_run0_last_2d.h5"),
             "bn_surf": str(d / "bn" / "resnet_run0_last_2d.h5")}
 
 
@@ -279,6 +279,22 @@ CASES = [  # (module, argv template, words the error must contain)
     ("landscape.plot2d", ["{ckpt}", "--params", "blocks.*.attn.*", "--out", "{dir}/u11"], "matches no tensor"),
     ("landscape.plot2d", ["{ckpt}", "--metric", "hinge", "--out", "{dir}/u12"], "is not one of"),
     ("landscape.plot2d", ["{ckpt}", "--x", "auto:1", "--out", "{dir}/u13"], "auto:NUM"),
+    # the toolbox: planes, trajectories, BatchNorm re-estimation, Hessian maps and directions, exports
+    ("landscape.plot2d", ["{ckpt}", "--plane", "{ckpt}", "--out", "{dir}/p1"], "two checkpoints"),
+    ("landscape.plot2d", ["{ckpt}", "--plane", "{ckpt}", "{ckpt}", "--out", "{dir}/p2"], "the same weights"),
+    ("landscape.plot2d", ["{ckpt}", "--plane", "{bn_ckpt}", "{ckpt}", "--out", "{dir}/p3"], "same architecture"),
+    ("landscape.plot2d", ["{ckpt}", "--edges", "--out", "{dir}/p4"], "give --plane B C"),
+    ("landscape.plot2d", ["{ckpt}", "--plane-points", "1", "--out", "{dir}/p5"], "--plane-points must be"),
+    ("landscape.plot2d", ["{ckpt}", "--bn-recalibrate", "2", "--out", "{dir}/b1"], "no BatchNorm"),
+    ("landscape.plot2d", ["{ckpt}", "--bn-recalibrate", "0", "--out", "{dir}/b2"], "--bn-recalibrate must be"),
+    ("landscape.plot2d", ["{ckpt}", "--directions", "hessian", "--dir-type", "states", "--out", "{dir}/h1"],
+     "parameters only"),
+    ("landscape.trajectory", ["{dir}/surf", "--out", "{dir}/r1"], "no epoch_*.pt"),
+    ("landscape.trajectory", ["{ckpt}", "{ckpt}", "--out", "{dir}/r2"], "at least 3 checkpoints"),
+    ("landscape.hessian_map", ["{ckpt}", "--x", "auto", "--out", "{dir}/m1"], "axes given"),
+    ("landscape.export", ["{surf}"], "say what to write"),
+    ("landscape.export", ["{surf}", "--vtp", "--metric", "nope"], "no metric 'nope'"),
+    ("landscape.export", ["{dir}/missing.h5", "--html"], "not found"),
 ]
 
 
