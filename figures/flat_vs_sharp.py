@@ -6,7 +6,8 @@
 Trains (or reuses) the four runs, computes (or resumes) for each a filter-normalized 1D curve and 2D surface on
 the same grid, an un-normalized 1D curve, and the Hessian's lambda_max/lambda_min/trace on the same data; then
 writes flat_vs_sharp.{png,pdf} (1D row + 2D contour row), no_filter_norm.{png,pdf}, an interactive 3D page per
-2D panel (pages/*.html, self-contained), summary.csv and the .h5 files behind every panel. Rerunning reuses everything already finished.
+2D panel (pages/*.html, self-contained), summary.csv and the .h5 files behind every panel. Rerunning reuses
+everything already finished.
 """
 
 from __future__ import annotations

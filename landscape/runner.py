@@ -409,6 +409,12 @@ def trajectory_directions(cfg: SurfaceConfig, theta0: Params, spec: DirectionSpe
     return dirs, Annotations(axis, markers, tuple(map(float, ratio)))
 
 
+def _listing(paths: tuple[str, ...]) -> list[str]:
+    """Which checkpoints a trajectory went through, cheaply (names and sizes): a resume over another list of
+    checkpoints is refused instead of reusing the file's principal components."""
+    return [f"{os.path.basename(p)}:{os.path.getsize(p) if os.path.exists(p) else 0}" for p in paths]
+
+
 def _epoch_label(path: str) -> str:
     """"epoch N" for a checkpoint of trainers.train, else the file's run tag (weights of the user's model)."""
     try:
@@ -492,7 +498,8 @@ def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
                   "loss": cfg.metric, "precision": precision, "data": data}
     evaluation.update({k: v for k, v in [("max_batches", cfg.max_batches), ("params", list(cfg.params) or None),
                                          ("trainable_only", cfg.trainable_only or None),
-                                         ("bn_recalibrate", cfg.bn_recalibrate)] if v is not None})
+                                         ("bn_recalibrate", cfg.bn_recalibrate),
+                                         ("trajectory", _listing(cfg.trajectory) or None)] if v is not None})
     return GridJob(model, theta0, dirs, sets, x, y, cfg.path, cfg.dir_type, precision,
                    images and cfg.channels_last is not False, cfg.compile, cfg.points_per_pass, cfg.flush_seconds,
                    cfg.progress, cfg.auto_rise, origin_of(cfg, ckpt), evaluation, asdict(cfg), annotations,
