@@ -271,7 +271,7 @@ def test_the_readme_examples_run_as_written(tmp_path):
     api = subprocess.run([sys.executable, "-c", _readme_block("readme-api-example")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert api.returncode == 0, api.stderr
-    assert "(11, 11)" in api.stdout and (tmp_path / "r18" / "surface_loss_contour.pdf").exists()
+    assert "(7, 9)" in api.stdout and (tmp_path / "r18" / "surface_loss_contour.pdf").exists()
     cli = _readme_block("readme-cli-example").replace("python ", f"{sys.executable} ")
     res = subprocess.run(["bash", "-ec", cli], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
