@@ -157,5 +157,6 @@ def write_html(s: Surface, path: str, title: str = "", loss_max: float | None = 
     _check_2d(s, next(iter(s.values)))
     fig = html_figure(s, title, loss_max)
     with atomic_path(path) as tmp:
-        fig.write_html(tmp, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True, config={"displaylogo": False},
+                       default_width="100%", default_height="95vh")
     return path

@@ -28,8 +28,8 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
     p = cliargs.get_parser("python -m landscape.hessian_map", __doc__, add_help, skip=NOT_HERE)
     p.add_argument("checkpoint", help="the checkpoint (.pt) at the centre")
     p.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (relative to the eigenvalue)")
-    p.add_argument("--convex-slack", type=float, default=0.01, help="a point counts as convex when lambda_min >= "
-                   "-SLACK * lambda_max")
+    p.add_argument("--convex-slack", type=float, nargs="+", default=[0.01, 0.1], help="a point counts as convex "
+                   "when lambda_min >= -SLACK * lambda_max; the share is printed for each SLACK")
     p.set_defaults(x="-1:1:11", y="-1:1:11", formats=["png", "pdf"])
     return p
 
@@ -55,12 +55,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     s = run.surface
     stem = cliargs.figure_stem(run.path)
     files = render.render_hessian_map(s, stem, plot)
-    share = convexity_fraction(s.values["lambda_max"], s.values["lambda_min"], args.convex_slack)
+    shares = [f"{100 * convexity_fraction(s.values['lambda_max'], s.values['lambda_min'], slack):.1f}% of the points "
+              f"(lambda_min >= -{slack:g} lambda_max)" for slack in args.convex_slack]
     centre = tuple(int(np.argmin(np.abs(a))) for a in (s.y, s.x))
     print(f"computed {run.computed} of {run.total} points ({run.already_done} already done) in {seconds:.1f}s -> "
           f"{run.path}\ncentre: lambda_max {s.values['lambda_max'][centre]:.5g}, lambda_min "
-          f"{s.values['lambda_min'][centre]:.5g}\nconvex (lambda_min >= -{args.convex_slack:g} lambda_max) at "
-          f"{100 * share:.1f}% of the points\nfigures: {', '.join(files)}", flush=True)
+          f"{s.values['lambda_min'][centre]:.5g}\nconvex at {', '.join(shares)}\nfigures: {', '.join(files)}",
+          flush=True)
 
 
 def cli() -> None:

@@ -56,14 +56,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"edges: {', '.join(files)}", flush=True)
 
 
+EDGE_AXIS = "0:1:21"
+
+
 def edge_configs(cfg: SurfaceConfig) -> list[SurfaceConfig]:
-    """With --edges, the 1D interpolations along the plane's three edges, evaluated as the plane is."""
+    """With --edges, the 1D interpolations along the plane's three edges (EDGE_AXIS: from one checkpoint to the
+    other), evaluated as the plane is."""
     if not cfg.edges:
         return []
     a, (b, c) = cfg.checkpoint, cfg.plane
     common = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "target", "plane", "edges", "x", "y",
                                                                  "name", "directions_file")}
-    return [SurfaceConfig(checkpoint=p, target=q, **common) for p, q in [(a, b), (a, c), (b, c)]]
+    return [SurfaceConfig(checkpoint=p, target=q, x=EDGE_AXIS, **common) for p, q in [(a, b), (a, c), (b, c)]]
 
 
 def cli() -> None:

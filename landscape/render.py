@@ -115,7 +115,11 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotC
     ax.set_ylabel("loss")
     acc_ax.set_ylabel("accuracy (%)")
     handles = ax.get_lines() + acc_ax.get_lines()
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center")
+    if len(handles) > 6:  # many curves (a plane's edges): the legend below the axes, not over the curves
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.15), ncol=2)
+    else:
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center")
     ax.set_title(title if cfg.title is None else cfg.title, fontsize=9)
     return save(fig, out_stem, cfg.formats)
 
