@@ -11,7 +11,6 @@ length) and the .h5 files behind every panel.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 from collections.abc import Sequence
@@ -20,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
-from landscape.config import DEVICES, SurfaceConfig
+from figures.common import chosen_preset, preset_parser
+from landscape.cli import ArgumentParser, run_cli
+from landscape.config import SurfaceConfig
 from landscape.distributed import cleanup_distributed, init_distributed, print0
 from landscape.files import write_csv
 from landscape.io import Surface, read_surface
@@ -110,21 +110,12 @@ def summarize(surfaces: dict[int, Surface], out: str) -> str:
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = ArgumentParser(prog="python -m figures.trajectory", description=__doc__, formatter_class=DefaultsFormatter,
-                       add_help=add_help)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    p.add_argument("--out", default="figures_out/trajectory", help="folder for runs, surfaces, figures, table")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU")
-    return p
+    return preset_parser("python -m figures.trajectory", __doc__, PRESETS, "figures_out/trajectory", add_help)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    preset = PRESETS[args.preset]
-    if args.epochs:
-        preset = dataclasses.replace(preset, epochs=args.epochs)
+    preset = chosen_preset(args, PRESETS)
     info = init_distributed(args.device)
     try:
         check_output_folder(args.out, info)

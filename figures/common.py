@@ -1,0 +1,28 @@
+"""What the figure scripts that train their own runs share: the flags --preset, --out, --epochs and --device,
+and the preset those flags select."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from landscape.cli import ArgumentParser, DefaultsFormatter
+from landscape.config import DEVICES
+
+
+def preset_parser(prog: str, description: str | None, presets: dict[str, Any], out: str,
+                  add_help: bool = True) -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description=description, formatter_class=DefaultsFormatter, add_help=add_help)
+    p.add_argument("--preset", choices=sorted(presets), default="quick")
+    p.add_argument("--out", default=out, help="folder for runs, surfaces, figures, table")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU")
+    return p
+
+
+def chosen_preset(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
+    """The preset named by --preset, with --epochs applied."""
+    preset = presets[args.preset]
+    return dataclasses.replace(preset, epochs=args.epochs) if args.epochs else preset
