@@ -331,7 +331,7 @@ def make_directions(model: nn.Module, cfg: SurfaceConfig, train: TensorSource | 
     n = 1 if cfg.kind in ("1d", "interp") else 2
     spec = DirectionSpec(cfg.dir_type, cfg.norm, cfg.ignore, cfg.seed, cfg.orthogonal)
     moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
-    if (cfg.directions_file == HESSIAN or cfg.trajectory) and os.path.exists(cfg.path):
+    if (cfg.directions_file == HESSIAN or cfg.trajectory) and _made_alike(cfg):
         # a resume: the eigenvectors or principal components it was made with, not a recomputation whose last
         # bits may differ (on another number of processes)
         dirs = [from_numpy(d) for d in read_directions(cfg.path)]
@@ -359,6 +359,16 @@ def make_directions(model: nn.Module, cfg: SurfaceConfig, train: TensorSource | 
         d1 = restrict(target_direction(theta0, thetas[0]), moved)
         return theta0, [d1, *create_random_directions(theta0, 2, spec, moved)[1:n]], Annotations()
     return theta0, create_random_directions(theta0, n, spec, moved), Annotations()
+
+
+def _made_alike(cfg: SurfaceConfig) -> bool:
+    """Whether cfg's file exists and was asked for with the same kind of derived directions (Hessian, or the
+    same trajectory); another file there is left to the fingerprint check, which refuses it."""
+    if not os.path.exists(cfg.path):
+        return False
+    old = read_surface(cfg.path).config
+    return (old.get("directions_file") == cfg.directions_file
+            and list(old.get("trajectory") or []) == list(cfg.trajectory))
 
 
 def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | StreamSource, n: int,

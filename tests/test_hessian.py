@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -142,6 +144,15 @@ def test_hessian_directions_are_scaled_eigenvectors_of_the_moved_weights(mlp_ckp
     assert float((hv - lam * flat).norm() / hv.norm()) < 1e-2  # an eigenvector...
     assert lam == pytest.approx(eigenvalues(op, tol=1e-6).top[0], rel=1e-3)  # ...the top one
     assert s.annotations.axis_labels[0].startswith("1st Hessian eigenvector")
+    assert run_surface(cfg, SINGLE).computed == 0  # a rerun resumes with the file's eigenvectors
+    from landscape.errors import UserError
+
+    with pytest.raises(UserError, match="other directions"):  # random directions never resume a Hessian file
+        run_surface(dataclasses.replace(cfg, directions_file=None), SINGLE)
+    random_first = dataclasses.replace(cfg, directions_file=None, out=str(tmp_path / "r"))
+    run_surface(random_first, SINGLE)
+    with pytest.raises(UserError, match="other directions"):  # nor does a Hessian request resume a random file
+        run_surface(dataclasses.replace(random_first, directions_file="hessian"), SINGLE)
 
 
 @pytest.mark.slow
