@@ -96,6 +96,15 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
     return render.save(fig, os.path.join(out, "trajectory"))
 
 
+def pages(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
+    """An interactive page per run: its plane's surface in 3D with the path drawn on it (landscape.exports)."""
+    from landscape import exports
+
+    return [exports.write_html(s, os.path.join(out, f"trajectory_{run_name(bs, p.weight_decay)}.html"),
+                               f"BS={bs}, WD={p.weight_decay:g}: the path on its PCA plane")
+            for bs, s in surfaces.items()]
+
+
 def summarize(surfaces: dict[int, Surface], out: str) -> str:
     rows = []
     for bs, s in surfaces.items():
@@ -127,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not info.is_main:
         return
     surfaces = {bs: read_surface(p) for bs, p in paths.items()}
-    files = compose(surfaces, preset, args.out)
+    files = compose(surfaces, preset, args.out) + pages(surfaces, preset, args.out)
     print0(f"\n{summarize(surfaces, args.out)}\n")
     print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"
            f"data: {os.path.join(args.out, 'surfaces')}/*.h5, {os.path.join(args.out, 'runs')}/ "

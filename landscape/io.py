@@ -290,7 +290,10 @@ def check_fingerprint(path: str, stored: dict[str, Any], current: dict[str, Any]
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
     if diff:
         names = {"checkpoint_sha256": "another checkpoint", "directions_sha256": "other directions",
-                 "xcoordinates": "another x grid", "ycoordinates": "another y grid"}
+                 "xcoordinates": "another x grid", "ycoordinates": "another y grid",
+                 "trajectory": "another list of trajectory checkpoints",
+                 "bn_recalibrate": "another --bn-recalibrate (BatchNorm re-estimation)",
+                 "hessian_tol": "another Lanczos --tol"}
         what = ", ".join(names.get(k, k) for k in diff)
         raise UserError(f"{path} was made with {what}; refusing to mix results: choose another --out, or delete "
                         "the file to start over")

@@ -47,6 +47,7 @@ def test_trajectory_figure_writes_both_paths_and_reuses_everything(tmp_path):
     assert [int(r["batch_size"]) for r in rows] == [16, 256]
     assert all(int(r["checkpoints"]) == 5 and 0.5 < float(r["pc1_explained"]) <= 1 for r in rows)
     assert os.path.getsize(tmp_path / "trajectory.png") > 10_000 and os.path.exists(tmp_path / "trajectory.pdf")
+    assert all(os.path.exists(tmp_path / f"trajectory_bs{b}_wd0.0005.html") for b in (16, 256))
     again = run_module("figures.trajectory", "--preset", "smoke", "--out", str(tmp_path))
     assert again.returncode == 0 and again.stdout.count("0 points computed") == 2, again.stdout + again.stderr
 

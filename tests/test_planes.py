@@ -108,7 +108,7 @@ def test_bn_recalibration_far_from_the_centre_equals_a_manual_one(bn_ckpt, tmp_p
         assert s.values[m][-1] == pytest.approx(v, rel=1e-4), m
     assert abs(s.values["train_loss"][-1] - stale.values["train_loss"][-1]) > 1e-3  # it did change something
     assert s.fingerprint["bn_recalibrate"] == 3
-    with pytest.raises(UserError, match="bn_recalibrate"):
+    with pytest.raises(UserError, match="another --bn-recalibrate"):
         run_surface(SurfaceConfig(**common, name="bn", bn_recalibrate=4), SINGLE)
     with pytest.raises(UserError, match="do not combine"):
         run_surface(SurfaceConfig(**common, name="k", bn_recalibrate=2, points_per_pass=2), SINGLE)
