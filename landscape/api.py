@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.config import PRECISIONS, check_choice, check_points_per_pass
-from landscape.directions import DirectionSpec, create_random_directions, target_direction
+from landscape.directions import DirectionSpec, complete, create_random_directions, target_direction
 from landscape.distributed import DistInfo, init_distributed, is_torchrun
 from landscape.engine import EvalSet
 from landscape.errors import ConfigError
@@ -72,12 +72,6 @@ def _dir_type_of(model: nn.Module, directions: Sequence[Mapping[str, Tensor]]) -
                       "landscape.random_directions(model)")
 
 
-def _complete(direction: Mapping[str, Tensor], theta0: Params) -> Params:
-    """A direction over every tensor of theta0: the names it lacks get zeros, so it may cover a subset."""
-    return {k: direction[k].detach().to("cpu", torch.float32) if k in direction else torch.zeros_like(v)
-            for k, v in theta0.items()}
-
-
 def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor],
             x: str | Sequence[float] | np.ndarray = "-1:1:51", y: str | Sequence[float] | np.ndarray | None = None,
             *, metrics: str | Metric = "cross_entropy", out: str | None = None, batch_size: int | None = None,
@@ -113,7 +107,7 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     info = _dist_info(device)
     dir_type = _dir_type_of(model, dirs)
     theta0 = snapshot(model_tensors(model, dir_type), device="cpu")
-    dirs = [_complete(d, theta0) for d in dirs]
+    dirs = [complete(d, theta0) for d in dirs]
     prec = resolve_precision(precision, info.device)
     batch = resolve_batch_size(batch_size, info.device)
     metric = get_metric(metrics)

@@ -9,7 +9,7 @@ take the weights' own values. A second direction can be made orthogonal to the f
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +97,18 @@ def select_tensors(names: Iterable[str], params: str | Sequence[str] | Callable[
     if not chosen:
         raise ConfigError("the parameter selection leaves no tensor to move; widen params= or drop trainable_only")
     return chosen
+
+
+def covered_tensors(theta0: Params, moved: Collection[str] | None, ignore: str = "biasbn") -> list[str]:
+    """The names a random direction actually moves: those in `moved` (None: all), without the 1-D tensors
+    (biases, BatchNorm) under ignore="biasbn", as normalize_direction zeroes them. Directions derived from
+    something else (Hessian eigenvectors, a trajectory's principal components) cover the same tensors."""
+    return [k for k, v in theta0.items() if (moved is None or k in moved) and (ignore != "biasbn" or v.dim() > 1)]
+
+
+def complete(d: Mapping[str, torch.Tensor], theta0: Params) -> Params:
+    """d over every tensor of theta0 (float32, CPU): the names it lacks get zeros, so it may cover a subset."""
+    return {k: d[k].detach().to("cpu", torch.float32) if k in d else torch.zeros_like(v) for k, v in theta0.items()}
 
 
 def restrict(d: Params, moved: Collection[str] | None) -> Params:

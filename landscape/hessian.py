@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, jvp
 
 from landscape.distributed import all_reduce_sum
 from landscape.metrics import Metric, cross_entropy
+from landscape.params import PointSetter, model_tensors
 
 
 class HessianOperator:
@@ -151,8 +152,6 @@ class HessianPointEvaluator:
 
     def __init__(self, model: nn.Module, theta0: dict[str, Tensor], directions: list[dict[str, Tensor]], x: Tensor,
                  y: Tensor, batch_size: int = 512, metric: Metric = cross_entropy, tol: float = 1e-3, seed: int = 0):
-        from landscape.params import PointSetter, model_tensors
-
         self.model = copy.deepcopy(model).to(x.device).eval()
         self.setter = PointSetter(model_tensors(self.model, "weights"), theta0, directions)  # re-points the weights
         self.op = HessianOperator(self.model, x, y, batch_size, metric, reduce=False)  # ...so it reads them there

@@ -34,6 +34,8 @@ from landscape.config import HESSIAN, SurfaceConfig, import_object, run_tag
 from landscape.directions import (
     DirectionSpec,
     check_compatible,
+    complete,
+    covered_tensors,
     create_random_directions,
     plane_through,
     restrict,
@@ -43,7 +45,7 @@ from landscape.directions import (
 from landscape.distributed import DistInfo, broadcast_object, print0, run_on_main
 from landscape.engine import EvalSet, PointEvaluator, compute_surface, select_samples
 from landscape.errors import UserError
-from landscape.evaluation import resolve_precision
+from landscape.evaluation import batchnorm_layers, resolve_precision
 from landscape.grid import covering_axis, grid_points, parse_range, snap_axis
 from landscape.hessian import HessianOperator, HessianPointEvaluator, top_eigenvectors
 from landscape.io import (
@@ -164,10 +166,6 @@ def memory_surface(job: GridJob, x: np.ndarray, y: np.ndarray | None, names: lis
 
 # ----------------------------------------------------------------------------- sanity report and auto range
 
-def has_batchnorm_statistics(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules())
-
-
 def sanity_report(job: GridJob, centre: dict[str, float], picked: dict[str, float], outside: list[str] = ()
                   ) -> dict[str, Any]:
     """Printed before computing and stored in the file: how far each direction reaches relative to the weights,
@@ -187,7 +185,7 @@ def sanity_report(job: GridJob, centre: dict[str, float], picked: dict[str, floa
     if job.bn is not None:
         report["batchnorm_recalibrated_batches"] = job.bn[1]
         lines.append(f"BatchNorm statistics re-estimated at every point from {job.bn[1]} batches")
-    elif job.dir_type == "weights" and has_batchnorm_statistics(job.model):
+    elif job.dir_type == "weights" and batchnorm_layers(job.model):
         report["batchnorm_unmoved"] = True
         lines.append("warning: the model has BatchNorm running statistics and the directions do not move them "
                      "(--dir-type states, or dir_type=\"states\" in Python, moves them too)")
@@ -331,11 +329,11 @@ def make_directions(model: nn.Module, cfg: SurfaceConfig, train: TensorSource | 
     n = 1 if cfg.kind in ("1d", "interp") else 2
     spec = DirectionSpec(cfg.dir_type, cfg.norm, cfg.ignore, cfg.seed, cfg.orthogonal)
     moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
-    if (cfg.directions_file == HESSIAN or cfg.trajectory) and _made_alike(cfg):
+    made = _made_alike(cfg) if cfg.directions_file == HESSIAN or cfg.trajectory else None
+    if made is not None:
         # a resume: the eigenvectors or principal components it was made with, not a recomputation whose last
         # bits may differ (on another number of processes)
-        dirs = [from_numpy(d) for d in read_directions(cfg.path)]
-        return theta0, dirs, read_surface(cfg.path).annotations
+        return theta0, [from_numpy(d) for d in read_directions(cfg.path)], made.annotations
     if cfg.directions_file == HESSIAN:
         return theta0, *hessian_directions(model, theta0, train, n, spec, moved, cfg.metric, info)
     if cfg.trajectory:
@@ -361,14 +359,15 @@ def make_directions(model: nn.Module, cfg: SurfaceConfig, train: TensorSource | 
     return theta0, create_random_directions(theta0, n, spec, moved), Annotations()
 
 
-def _made_alike(cfg: SurfaceConfig) -> bool:
-    """Whether cfg's file exists and was asked for with the same kind of derived directions (Hessian, or the
-    same trajectory); another file there is left to the fingerprint check, which refuses it."""
+def _made_alike(cfg: SurfaceConfig) -> Surface | None:
+    """cfg's file, if it exists and was asked for with the same kind of derived directions (Hessian, or the same
+    trajectory); another file there is left to the fingerprint check, which refuses it."""
     if not os.path.exists(cfg.path):
-        return False
-    old = read_surface(cfg.path).config
-    return (old.get("directions_file") == cfg.directions_file
-            and list(old.get("trajectory") or []) == list(cfg.trajectory))
+        return None
+    old = read_surface(cfg.path)
+    alike = (old.config.get("directions_file") == cfg.directions_file
+             and list(old.config.get("trajectory") or []) == list(cfg.trajectory))
+    return old if alike else None
 
 
 def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | StreamSource, n: int,
@@ -378,7 +377,7 @@ def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | S
     direction would move (with ignore="biasbn", not the 1-D ones), each scaled to the norm of a
     filter-normalized random direction over the same tensors: alpha = 1 then reaches as far from theta0 in
     either kind of direction. The data is split across ranks; rank 0's vectors are shared."""
-    names = {k for k, v in theta0.items() if (moved is None or k in moved) and (spec.ignore != "biasbn" or v.dim() > 1)}
+    names = set(covered_tensors(theta0, moved, spec.ignore))
     x, y = training_tensors(train)
     shard = slice(info.rank, None, info.world_size)
     op = HessianOperator(copy.deepcopy(model).to(info.device), x[shard], y[shard], metric=get_metric(metric),
@@ -386,7 +385,7 @@ def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | S
     values, vectors = top_eigenvectors(op, k=n, seed=spec.seed)
     values, vectors = broadcast_object((values, vectors))
     scale = norm(create_random_directions(theta0, 1, spec, moved)[0])
-    dirs = [{k: v[k] * scale if k in v else torch.zeros_like(v0) for k, v0 in theta0.items()} for v in vectors]
+    dirs = [complete({k: t * scale for k, t in v.items()}, theta0) for v in vectors]
     ordinal = ("1st", "2nd")
     labels = tuple(f"{ordinal[i]} Hessian eigenvector (lambda={lam:.4g})" for i, lam in enumerate(values))
     return dirs, Annotations(axis_labels=labels)
@@ -397,10 +396,12 @@ def trajectory_directions(cfg: SurfaceConfig, theta0: Params, spec: DirectionSpe
     """The plane of the two leading principal components of the run's checkpoints (cfg.trajectory) taken as
     differences from the final weights theta0 (landscape.pca), over the tensors a random direction would move;
     the path's coordinates as markers, the explained variance in the axis names (Li et al. 2018, Fig. 9)."""
-    names = [k for k, v in theta0.items() if (moved is None or k in moved) and (spec.ignore != "biasbn" or v.dim() > 1)]
+    names = covered_tensors(theta0, moved, spec.ignore)
+    epochs: dict[int, int | None] = {}  # noted while the checkpoints are read for the PCA, not read again for it
 
     def diff(i: int) -> Params:
-        model, _ = load_centre(cfg, cfg.trajectory[i])
+        model, ckpt = load_centre(cfg, cfg.trajectory[i])
+        epochs[i] = ckpt.get("epoch") if ckpt else None
         weights = dict(model.named_parameters())
         missing = [k for k in names if k not in weights or weights[k].shape != theta0[k].shape]
         if missing:
@@ -409,8 +410,9 @@ def trajectory_directions(cfg: SurfaceConfig, theta0: Params, spec: DirectionSpe
         return {k: weights[k].detach().float() - theta0[k] for k in names}
 
     pca = trajectory_pca(diff, len(cfg.trajectory), {k: theta0[k] for k in names})
-    dirs = [{k: d[k] if k in d else torch.zeros_like(v) for k, v in theta0.items()} for d in pca.directions]
-    labels = [_epoch_label(p) for p in (*cfg.trajectory, cfg.checkpoint)]
+    dirs = [complete(d, theta0) for d in pca.directions]
+    labels = [_epoch_label(p, epochs[i]) for i, p in enumerate(cfg.trajectory)]
+    labels.append(_epoch_label(cfg.checkpoint, _stored_epoch(cfg.checkpoint)))
     markers = Markers(tuple(labels), np.vstack([pca.coords, np.zeros((1, 2))]), "path")
     ratio = pca.explained_variance_ratio
     axis = tuple(f"{n} PC: {100 * r:.2f} %" for n, r in zip(("1st", "2nd"), ratio))
@@ -425,13 +427,16 @@ def _listing(paths: tuple[str, ...]) -> list[str]:
     return [f"{os.path.basename(p)}:{os.path.getsize(p) if os.path.exists(p) else 0}" for p in paths]
 
 
-def _epoch_label(path: str) -> str:
+def _epoch_label(path: str, epoch: int | None) -> str:
     """"epoch N" for a checkpoint of trainers.train, else the file's run tag (weights of the user's model)."""
-    try:
-        epoch = load_checkpoint(path).get("epoch")
-    except UserError:
-        epoch = None
     return f"epoch {epoch}" if epoch is not None else run_tag(path)
+
+
+def _stored_epoch(path: str) -> int | None:
+    try:
+        return load_checkpoint(path).get("epoch")
+    except UserError:  # a state dict of the user's own model
+        return None
 
 
 def training_tensors(source: TensorSource | StreamSource) -> tuple[torch.Tensor, torch.Tensor]:
