@@ -24,7 +24,7 @@ from landscape.cli import ArgumentParser, run_cli
 from landscape.config import SurfaceConfig
 from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
 from landscape.files import write_csv
-from landscape.hessian import width_1d
+from landscape.measures import width_1d
 from landscape.io import Surface, read_surface
 from landscape.runner import check_output_folder, run_surface
 from landscape.sharpness import measure_sharpness

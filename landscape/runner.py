@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ from landscape.engine import EvalSet, PointEvaluator, compute_surface, select_sa
 from landscape.errors import UserError
 from landscape.evaluation import batchnorm_layers, resolve_precision
 from landscape.grid import covering_axis, grid_points, parse_range, snap_axis
-from landscape.hessian import HessianOperator, HessianPointEvaluator, top_eigenvectors
+from landscape.hessian import HessianOperator, HessianPointEvaluator, eigenvalues
 from landscape.io import (
     Annotations,
     Markers,
@@ -378,11 +379,10 @@ def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | S
     filter-normalized random direction over the same tensors: alpha = 1 then reaches as far from theta0 in
     either kind of direction. The data is split across ranks; rank 0's vectors are shared."""
     names = set(covered_tensors(theta0, moved, spec.ignore))
-    x, y = training_tensors(train)
-    shard = slice(info.rank, None, info.world_size)
-    op = HessianOperator(copy.deepcopy(model).to(info.device), x[shard], y[shard], metric=get_metric(metric),
-                         params=names)
-    values, vectors = top_eigenvectors(op, k=n, seed=spec.seed)
+    op = HessianOperator(copy.deepcopy(model).to(info.device), rank_share(train, info), get_metric(metric),
+                         params=names, batch_size=getattr(train, "batch_size", 512))
+    eig = eigenvalues(op, k=n, tol=1e-4, seed=spec.seed, vectors=True)
+    values, vectors = eig.top, eig.vectors
     values, vectors = broadcast_object((values, vectors))
     scale = norm(create_random_directions(theta0, 1, spec, moved)[0])
     dirs = [complete({k: t * scale for k, t in v.items()}, theta0) for v in vectors]
@@ -439,18 +439,23 @@ def _stored_epoch(path: str) -> int | None:
         return None
 
 
-def training_tensors(source: TensorSource | StreamSource) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) of a source as two tensors on its device: what a Hessian takes."""
+def rank_share(source: TensorSource | StreamSource, info: DistInfo) -> Any:
+    """This rank's share of a source, for a computation whose sums are reduced across ranks (a Hessian): every
+    world_size-th sample of resident tensors, every world_size-th batch of a stream."""
     if isinstance(source, TensorSource):
-        return source.x, source.y
-    xs, ys = [], []
-    for batch in source:
-        if not (isinstance(batch, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in batch)):
-            raise UserError("a Hessian needs (inputs, targets) batches of tensors; dict batches are not supported "
-                            "here yet")
-        xs.append(batch[0])
-        ys.append(batch[-1])
-    return torch.cat(xs), torch.cat(ys)
+        shard = slice(info.rank, None, info.world_size)
+        return source.x[shard], source.y[shard]
+    return EveryNth(source, info.rank, info.world_size)
+
+
+class EveryNth:
+    """Batches start, start + step, ... of a re-iterable."""
+
+    def __init__(self, batches: Iterable, start: int, step: int):
+        self.batches, self.start, self.step = batches, start, step
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.batches), self.start, None, self.step)
 
 
 def training_source(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, sets: list[EvalSet], device: torch.device,
@@ -532,10 +537,10 @@ def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3) -> Su
     if any(isinstance(a, str) and a.startswith("auto") for a in (cfg.x, cfg.y)):
         raise UserError("a Hessian map needs its axes given (MIN:MAX:NUM), not auto")
     job = job_from_config(dataclasses.replace(cfg, splits=("train",)), info)
-    x, y = training_tensors(next((s.source for s in job.sets if s.name == "train"), job.sets[0].source))
-    evaluator = HessianPointEvaluator(job.model, job.theta0, job.directions, x, y,
-                                      resolve_batch_size(cfg.eval_batch_size, info.device), get_metric(cfg.metric),
-                                      tol, cfg.seed)
+    train = next((s.source for s in job.sets if s.name == "train"), job.sets[0].source)
+    data = (train.x, train.y) if isinstance(train, TensorSource) else train  # each rank its own points, all the data
+    evaluator = HessianPointEvaluator(job.model.to(info.device), job.theta0, job.directions, data,
+                                      get_metric(cfg.metric), tol, cfg.seed, getattr(train, "batch_size", 512))
     path = cfg.path[:-len(".h5")] + "_hessian.h5"
     job = dataclasses.replace(job, path=path, evaluation={**job.evaluation, "hessian_tol": tol})
     return run_grid(job, info, evaluator)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace, top_eigenvectors, width_1d
+from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace
+from landscape.measures import width_1d
 
 
 @pytest.fixture
@@ -32,8 +33,8 @@ def _dense_hessian(model, x, y):
 def test_lanczos_and_hutchinson_agree_with_the_dense_hessian(tiny):
     model, x, y = tiny
     exact = torch.linalg.eigvalsh(_dense_hessian(model, x, y)).numpy()
-    op = HessianOperator(model, x, y, batch_size=25)  # uneven batches: weighting by count must be exact
-    eig = eigenvalues(op, k=3, tol=1e-10, min_restarts=1000)
+    op = HessianOperator(model, (x, y), batch_size=25)  # uneven batches: weighting by count must be exact
+    eig = eigenvalues(op, k=3, tol=1e-10, min_restarts=1000, smallest=True)
     assert eig.min_converged
     np.testing.assert_allclose(eig.top, exact[::-1][:3], rtol=1e-6, atol=1e-9)
     assert eig.min == pytest.approx(exact[0], rel=1e-6, abs=1e-9)
@@ -45,7 +46,7 @@ def test_lanczos_and_hutchinson_agree_with_the_dense_hessian(tiny):
 def test_hvp_matches_the_dense_product(tiny):
     model, x, y = tiny
     h = _dense_hessian(model, x, y)
-    op = HessianOperator(model, x, y, batch_size=32)
+    op = HessianOperator(model, (x, y), batch_size=32)
     v = torch.randn(op.dim, dtype=torch.float64)
     torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-9, atol=1e-12)
 
@@ -70,7 +71,7 @@ def _spawned_top_eigenvalue(rank, world, port, x, y, state, out):
     torch.set_num_threads(1)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     model.load_state_dict(state)
-    op = HessianOperator(model, x[rank::world], y[rank::world], batch_size=7)
+    op = HessianOperator(model, (x[rank::world], y[rank::world]), batch_size=7)
     eig = eigenvalues(op, k=2, tol=1e-10)
     tr = hutchinson_trace(op, samples=5, seed=3)
     if rank == 0:
@@ -86,7 +87,7 @@ def test_two_processes_give_the_same_spectrum_as_one(tiny):
     import torch.multiprocessing as mp
 
     model, x, y = tiny
-    one = HessianOperator(model, x, y, batch_size=7)
+    one = HessianOperator(model, (x, y), batch_size=7)
     eig, tr = eigenvalues(one, k=2, tol=1e-10), hutchinson_trace(one, samples=5, seed=3)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +105,8 @@ def test_top_eigenvectors_of_a_parameter_subset_are_the_dense_subblock_ones(tiny
     h = _dense_hessian(model, x, y).numpy()
     sizes = [p.numel() for p in model.parameters()]
     first = slice(0, sizes[0])  # "0.weight" alone: the Hessian's leading sub-block
-    values, vectors = top_eigenvectors(HessianOperator(model, x, y, params={"0.weight"}), k=2, tol=1e-10)
+    eig = eigenvalues(HessianOperator(model, (x, y), params={"0.weight"}), k=2, tol=1e-10, vectors=True)
+    values, vectors = eig.top, eig.vectors
     exact_vals, exact_vecs = np.linalg.eigh(h[first, first])
     np.testing.assert_allclose(values, exact_vals[::-1][:2], rtol=1e-6)
     for v, e in zip(vectors, exact_vecs[:, ::-1].T):
@@ -137,7 +139,7 @@ def test_hessian_directions_are_scaled_eigenvectors_of_the_moved_weights(mlp_ckp
     from landscape.engine import select_samples
 
     x, y = select_samples(x, y, 128, "train")
-    op = HessianOperator(model, x, y, params=names)
+    op = HessianOperator(model, (x, y), params=names)
     flat = torch.cat([d1[k].reshape(-1).double() for k in op.names])
     hv = op.matvec(flat)
     lam = float(flat @ hv / (flat @ flat))
@@ -178,7 +180,7 @@ def test_hessian_map_centre_is_the_checkpoints_eigenvalues_and_two_processes_equ
         np.testing.assert_array_equal(s1.values[m], s2.values[m])
     model, ckpt = load_model(mlp_ckpt)
     x, y = select_samples(*load_data_for(ckpt).split("train"), 64, "train")
-    e = eigenvalues(HessianOperator(model, x, y), tol=1e-3)
+    e = eigenvalues(HessianOperator(model, (x, y)), tol=1e-3, smallest=True)
     assert s1.values["lambda_max"][1, 1] == pytest.approx(e.top[0], rel=1e-6)
     assert s1.values["lambda_min"][1, 1] == pytest.approx(e.min, rel=1e-6, abs=1e-9)
     again = run_hessian_map(cfg, SINGLE)  # a rerun resumes: nothing left to compute

@@ -1,0 +1,220 @@
+"""Sharpness as the large-batch literature measures it, on the mean loss as a function of the weights: Keskar et
+al.'s (2017) epsilon-sharpness, worst-case adaptive sharpness (Kwon et al. 2021; Andriushchenko et al. 2023) with
+m-sharpness, average-case sharpness, and the width of a 1D basin with the spread of widths over directions.
+
+`MeanLoss` is the loss over a fixed data set (a metric's sums over its count) at a flat float64 vector of the
+chosen parameters, the others held fixed; its value and gradient are summed across ranks with one SUM, so every
+rank takes the same steps and gets the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from landscape.distributed import all_reduce_sum
+from landscape.errors import ConfigError
+from landscape.evaluation import forward_batch
+from landscape.metrics import Metric, check_sums, cross_entropy
+from landscape.sources import as_source
+
+
+class MeanLoss:
+    """theta -> the mean loss of `model` over `data` with the parameters `params` (default: all) set to theta.
+
+    Args: data: this rank's share (anything landscape.sources.as_source takes); reduce=False: this rank's data
+    alone. The model is used in eval mode and never modified. `theta0` is the model's own weights, flat.
+    """
+
+    def __init__(self, model: nn.Module, data: Any, metric: Metric = cross_entropy,
+                 params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512):
+        self.model = model.eval()
+        named = {n: p.detach() for n, p in model.named_parameters()}
+        self.names = [n for n in named if params is None or n in params]
+        if not self.names:
+            raise ConfigError("the loss was asked over no parameters; check --params against the model's names")
+        self.fixed = {n: t for n, t in named.items() if n not in self.names}
+        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self.shapes = [named[n].shape for n in self.names]
+        self.sizes = [named[n].numel() for n in self.names]
+        self.device, self.dtype = named[self.names[0]].device, named[self.names[0]].dtype
+        self.theta0 = torch.cat([named[n].reshape(-1) for n in self.names]).double().cpu().numpy()
+        self.source = as_source(data, self.device, batch_size)
+        self.metric, self.reduce, self.evaluations = metric, reduce, 0
+
+    def _sums(self, flat: Tensor, batch: Any) -> dict[str, Tensor]:
+        parts = {n: t.view(s) for n, t, s in zip(self.names, torch.split(flat, self.sizes), self.shapes)}
+        tensors = {**self.fixed, **parts, **self.buffers}
+        sums = self.metric(forward_batch(lambda *a, **k: functional_call(self.model, tensors, a, k), batch), batch)
+        check_sums(self.metric, sums)
+        return sums
+
+    def _reduced(self, total: Tensor) -> Tensor:
+        self.evaluations += 1
+        return all_reduce_sum(total) if self.reduce else total
+
+    def __call__(self, theta: np.ndarray) -> float:
+        flat = torch.from_numpy(np.asarray(theta, np.float64)).to(self.device, self.dtype)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            for batch in self.source:
+                sums = self._sums(flat, batch)
+                total += torch.stack([sums["loss"].double(), sums["count"].double()])
+        loss, count = self._reduced(total).tolist()
+        return loss / count
+
+    def value_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        flat = torch.from_numpy(np.asarray(theta, np.float64)).to(self.device, self.dtype).requires_grad_()
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in self.source:
+            sums = self._sums(flat, batch)
+            sums["loss"].backward()  # one batch's graph at a time
+            loss += sums["loss"].detach().double()
+            count += sums["count"].detach().double()
+        grad = flat.grad if flat.grad is not None else torch.zeros_like(flat)
+        total = self._reduced(torch.cat([grad.double(), loss[None], count[None]]))
+        n = float(total[-1])
+        return float(total[-2]) / n, (total[:-2] / n).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One sharpness number: its value, its standard error (NaN when the measure is deterministic), and the
+    settings that produced it."""
+
+    value: float
+    stderr: float = float("nan")
+    settings: dict[str, Any] = field(default_factory=dict)
+    argmax: np.ndarray | None = None  # the perturbation found (worst-case measures)
+
+
+def epsilon_sharpness(f: MeanLoss, eps: float = 1e-3, subspace: int | None = None, maxiter: int = 10,
+                      seed: int = 0) -> Measured:
+    """Keskar et al.'s sharpness, in percent: 100 * (max_{y in C_eps} f(x + A y) - f(x)) / (1 + f(x)).
+
+    A = I (full space) or, with `subspace` = p, a random n x p matrix with orthonormal columns (so its
+    pseudo-inverse is A^T); C_eps is the box |y_i| <= eps * (|(A^+ x)_i| + 1). The maximum is sought with
+    L-BFGS-B (scipy) for `maxiter` iterations from a random point of the box (at an exact minimum a start at
+    y = 0 has a zero gradient and would not move); the largest loss seen is kept.
+    """
+    if not eps > 0 or maxiter < 1 or (subspace is not None and subspace < 1):
+        raise ConfigError(f"epsilon-sharpness needs eps > 0, iterations >= 1 and p >= 1 (got {eps}, {maxiter}, "
+                          f"{subspace})")
+    x, rng = f.theta0, np.random.default_rng(seed)
+    a = None if subspace is None else np.linalg.qr(rng.standard_normal((len(x), subspace)))[0]
+    bound = eps * (np.abs(x if a is None else a.T @ x) + 1)
+    fx = f(x)
+    best = {"f": fx, "y": np.zeros_like(bound)}
+
+    def negative(y: np.ndarray) -> tuple[float, np.ndarray]:
+        value, g = f.value_and_grad(x + (y if a is None else a @ y))
+        if value > best["f"]:
+            best.update(f=value, y=y.copy())
+        return -value, -(g if a is None else a.T @ g)
+
+    y0 = rng.uniform(-bound, bound)
+    res = minimize(negative, y0, jac=True, method="L-BFGS-B", bounds=np.stack([-bound, bound], 1),
+                   options={"maxiter": maxiter})
+    settings = {"eps": eps, "subspace": subspace or "full", "maxiter": maxiter, "seed": seed, "loss": fx,
+                "loss_max": best["f"], "evaluations": int(res.nfev), "start": "uniform in the box"}
+    return Measured(100 * (best["f"] - fx) / (1 + fx), settings=settings, argmax=best["y"])
+
+
+def _ascent_step(gu: np.ndarray, p: str, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """The step of length rho in the steepest direction for the l_p ball: g/|g|_2, or sign(g) for p = inf."""
+    if not np.any(gu):  # a zero gradient (an exact minimum): a random direction
+        gu = rng.standard_normal(len(gu))
+    return rho * (gu / np.linalg.norm(gu) if p == "2" else np.sign(gu))
+
+
+def _project(u: np.ndarray, p: str, rho: float) -> np.ndarray:
+    if p == "2":
+        n = np.linalg.norm(u)
+        return u if n <= rho else u * (rho / n)
+    return np.clip(u, -rho, rho)
+
+
+def worst_case_increase(f: MeanLoss, rho: float, p: str = "2", steps: int = 10, seed: int = 0
+                        ) -> tuple[float, np.ndarray]:
+    """max f(w + delta) - f(w) over ||delta / |w|||_p <= rho, by `steps` projected normalized-gradient ascent
+    steps on u = delta / |w| from u = 0 (the first step is the first-order solution); the largest loss seen."""
+    w, rng = f.theta0, np.random.default_rng(seed)
+    scale = np.abs(w)
+    u = np.zeros_like(w)
+    fw, best, best_u = None, -np.inf, u
+    for _ in range(steps):
+        value, g = f.value_and_grad(w + scale * u)
+        fw = value if fw is None else fw
+        if value > best:
+            best, best_u = value, u
+        u = _project(u + _ascent_step(scale * g, p, rho, rng), p, rho)
+    value = f(w + scale * u)
+    if value > best:
+        best, best_u = value, u
+    return best - fw, scale * best_u
+
+
+def adaptive_sharpness(losses: Sequence[MeanLoss], rho: float, p: str = "2", steps: int = 10, seed: int = 0,
+                       chunks_reduced: bool = False) -> Measured:
+    """Worst-case adaptive sharpness, averaged over data chunks of m samples (m-sharpness; one chunk: the whole
+    data). `losses`: this rank's chunks; chunks_reduced: they are this rank's alone (reduce=False), so the
+    average is taken over every rank's chunks. The standard error is over chunks."""
+    if p not in ("2", "inf") or not rho > 0 or steps < 1:
+        raise ConfigError(f"adaptive sharpness needs p in 2, inf, rho > 0 and steps >= 1 (got {p}, {rho}, {steps})")
+    found = [worst_case_increase(f, rho, p, steps, seed + i) for i, f in enumerate(losses)]
+    inc = np.array([v for v, _ in found])
+    stats = torch.tensor([inc.sum(), (inc**2).sum(), len(inc)], dtype=torch.float64)
+    total, sq, n = (all_reduce_sum(stats) if chunks_reduced else stats).tolist()
+    mean = total / n
+    stderr = float(np.sqrt(max(sq / n - mean**2, 0.0) * n / (n - 1) / n)) if n > 1 else float("nan")
+    settings = {"rho": rho, "p": p, "steps": steps, "seed": seed, "chunks": int(n)}
+    return Measured(mean, stderr, settings, found[0][1] if len(found) == 1 else None)
+
+
+def average_sharpness(f: MeanLoss, sigma: float, draws: int = 20, seed: int = 0) -> Measured:
+    """E f(w + delta) - f(w) for Gaussian delta with standard deviation sigma * |w_i| per weight, estimated from
+    `draws` draws (the same on every rank), with the standard error of that mean."""
+    if draws < 2 or not sigma > 0:
+        raise ConfigError(f"average sharpness needs sigma > 0 and at least 2 draws (got {sigma}, {draws})")
+    w, rng = f.theta0, np.random.default_rng(seed)
+    fw = f(w)
+    inc = np.array([f(w + sigma * np.abs(w) * rng.standard_normal(len(w))) - fw for _ in range(draws)])
+    settings = {"sigma": sigma, "draws": draws, "seed": seed}
+    return Measured(float(inc.mean()), float(inc.std(ddof=1) / np.sqrt(draws)), settings)
+
+
+def width_1d(alpha: Sequence[float], loss: Sequence[float], threshold: float) -> float:
+    """Width of the basin of a 1D curve: the length of the alpha interval around the minimum where the loss
+    stays below min + threshold, with the crossings linearly interpolated. A side that never crosses is cut
+    at the grid's edge (the width is then a lower bound)."""
+    a, f = np.asarray(alpha, float), np.asarray(loss, float)
+    f = np.where(np.isfinite(f), f, np.inf)
+    i0 = int(np.argmin(f))
+    level = f[i0] + threshold
+
+    def crossing(step: int) -> float:
+        i = i0
+        while 0 <= i + step < len(a) and f[i + step] <= level:
+            i += step
+        j = i + step
+        if not 0 <= j < len(a) or not np.isfinite(f[j]):
+            return float(a[i])
+        return float(a[i] + (a[j] - a[i]) * (level - f[i]) / (f[j] - f[i]))
+
+    return crossing(1) - crossing(-1)
+
+
+def spread(values: Sequence[float], settings: dict[str, Any] | None = None) -> Measured:
+    """The mean of measurements with its standard error, the range and the values in the settings."""
+    v = np.asarray(values, float)
+    stderr = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return Measured(float(v.mean()), stderr, {**(settings or {}), "n": len(v), "min": float(v.min()),
+                                               "max": float(v.max()), "values": [float(x) for x in v]})
