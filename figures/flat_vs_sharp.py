@@ -4,10 +4,13 @@
   torchrun --standalone --nproc_per_node=8 -m figures.flat_vs_sharp --preset paper --out fig3   # VGG-9, CIFAR-10
 
 Trains (or reuses) the four runs, computes (or resumes) for each a filter-normalized 1D curve and 2D surface on
-the same grid, an un-normalized 1D curve, and the Hessian's lambda_max/lambda_min/trace on the same data; then
+the same grid, an un-normalized 1D curve, and its sharpness table on the same data (landscape.sharpness: the
+Hessian's lambda_max/lambda_min/trace, Keskar's epsilon-sharpness at 1e-3 and 5e-4, adaptive and average-case
+sharpness, the basin width over N random directions with its standard error); then
 writes flat_vs_sharp.{png,pdf} (1D row + 2D contour row), no_filter_norm.{png,pdf}, an interactive 3D page per
-2D panel (pages/*.html, self-contained), summary.csv and the .h5 files behind every panel. Rerunning reuses
-everything already finished.
+2D panel (pages/*.html, self-contained), summary.csv, the .h5 files behind every panel and each run's sharpness
+table (sharpness/*.csv, .json). The summary says, per weight decay and measure, whether the large-batch minimum
+is the sharper one. Rerunning reuses everything already finished.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ import numpy as np
 
 from figures.common import chosen_preset, preset_parser
 from landscape.cli import ArgumentParser, run_cli
-from landscape.config import SurfaceConfig
+from landscape.config import SharpnessConfig, SurfaceConfig
 from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
 from landscape.files import write_csv
-from landscape.measures import width_1d
 from landscape.io import Surface, read_surface
+from landscape.measures import width_1d
 from landscape.runner import check_output_folder, run_surface
-from landscape.sharpness import measure_sharpness
+from landscape.sharpness_table import run_sharpness
 from trainers.ddp import TrainConfig
 from trainers.sweep import run_name, sweep
 
@@ -51,7 +54,8 @@ class Preset:
     x_raw: str = "-0.25:0.25:41"  # un-normalized directions: a range in absolute weight units
     samples: int | None = None  # evaluation subset of each split (None: all), shared by surfaces and Hessian
     width_threshold: float = 0.1  # loss above the minimum that bounds the 1D basin
-    trace_samples: int = 30
+    trace_products: int = 30  # Hutch++
+    width_directions: int = 10  # random directions whose widths are averaged
 
 
 PRESETS = {
@@ -60,10 +64,11 @@ PRESETS = {
     "paper": Preset(dataset="cifar10", model="vgg9", batch_sizes=(128, 8192), weight_decays=(0.0, 5e-4),
                     epochs=300, lr=0.1, schedule="step", milestones=(150, 225, 275), micro_batch_size=512,
                     x_1d="-1:1:51", x_2d="-1:1:51", contour_levels=(0.1, 10.0, 20), x_raw="-0.05:0.05:51",
-                    samples=None, trace_samples=20),
+                    samples=None, trace_products=60),
     "smoke": Preset(dataset="synthetic", model="mlp", batch_sizes=(16, 256), weight_decays=(0.0, 5e-4), epochs=3,
                     lr=0.05, data_kwargs={"n_train": 512, "n_test": 256}, model_kwargs={"hidden": [16]},
-                    x_1d="-0.5:0.5:7", x_2d="-0.5:0.5:5", x_raw="-0.1:0.1:5", trace_samples=4),
+                    x_1d="-0.5:0.5:7", x_2d="-0.5:0.5:5", x_raw="-0.1:0.1:5", trace_products=6,
+                    width_directions=2),
 }
 
 
@@ -123,8 +128,10 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
         s = surfaces[(row["batch_size"], row["weight_decay"])]["2d"]
         ax = fig.add_subplot(grid[1, j])
         plot.contour(ax, s.x, s.y, s.values["train_loss"], levels)
-        ax.set_title(title(row["batch_size"], row["weight_decay"], row) + f"\nlambda_max={row['lambda_max']:.3g}",
-                     fontsize=8)
+        ax.set_title(title(row["batch_size"], row["weight_decay"], row) + f"\nlambda_max={row['lambda_max']:.3g}, "
+                     f"eps-sharpness={row['epsilon_sharpness_0.001']:.3g}, adaptive={row['adaptive_sharpness']:.2g}"
+                     f"\nwidth {row['width']:.3g} +- {row['width_stderr']:.2g} ({p.width_directions} directions)",
+                     fontsize=7)
     fig.tight_layout()
     files = render.save(fig, os.path.join(out, "flat_vs_sharp"))
     fig, axes = plt.subplots(1, n_wd, figsize=(5 * n_wd, 3.8), squeeze=False)
@@ -148,49 +155,66 @@ def pages(surfaces: dict[tuple[int, float], dict[str, Surface]], out: str) -> li
                                f"WD={wd:g}, BS={bs}") for (bs, wd), v in surfaces.items()]
 
 
+MEASURES = ("lambda_max", "lambda_min", "trace", "epsilon", "adaptive", "average", "width")
+SHARPER = {"lambda_max": 1, "trace": 1, "epsilon_sharpness_0.001": 1, "epsilon_sharpness_0.0005": 1,
+           "adaptive_sharpness": 1, "average_sharpness": 1, "width": -1, "width_1d": -1}  # +1: larger is sharper
 COLUMNS = ["batch_size", "weight_decay", "train_loss", "train_acc", "test_loss", "test_acc", "test_error",
-           "lambda_max", "lambda_min", "lambda_min_converged", "trace", "trace_stderr", "width_1d",
-           "width_1d_nofilternorm"]
-SHARPNESS = ["lambda_max", "lambda_min", "lambda_min_converged", "trace", "trace_stderr"]  # measure_sharpness's
+           "lambda_max", "lambda_min", "trace", "trace_stderr", "epsilon_sharpness_0.001", "epsilon_sharpness_0.0005",
+           "adaptive_sharpness", "average_sharpness", "average_sharpness_stderr", "width", "width_stderr",
+           "width_min", "width_max", "width_1d", "width_1d_nofilternorm"]
+
+
+def sharpness_of(ckpt: str, tag: str, p: Preset, info: DistInfo, out: str, device: str) -> dict[str, float]:
+    """The run's sharpness table (landscape.sharpness), as summary columns: value, and _stderr where it has one."""
+    cfg = SurfaceConfig(checkpoint=ckpt, splits=("train",), samples=p.samples, x=p.x_1d, device=device,
+                        out=os.path.join(out, "sharpness"), name=tag, progress=False)
+    sc = SharpnessConfig(measures=MEASURES, trace_products=p.trace_products, width_directions=p.width_directions,
+                         threshold=p.width_threshold)
+    cols: dict[str, float] = {}
+    for r in run_sharpness(cfg, sc, info, log=lambda _: None).rows:
+        cols[r["measure"]], cols[r["measure"] + "_stderr"] = r["value"], r["stderr"]
+        if r["measure"] == "width":
+            cols["width_min"], cols["width_max"] = r["settings"]["min"], r["settings"]["max"]
+    return cols
 
 
 def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, float], dict[str, Surface]],
-              p: Preset, info: DistInfo, out: str) -> list[dict[str, Any]]:
+              p: Preset, info: DistInfo, out: str, device: str) -> list[dict[str, Any]]:
     rows = []
     for (bs, wd), ckpt in runs.items():
         metrics = surfaces[(bs, wd)]["1d"].origin.metrics  # the checkpoint's own, as its surface file recorded them
-        sharp = measure_sharpness(ckpt, info, "train", p.samples, trace_samples=p.trace_samples,
-                                  cache=os.path.join(out, "sharpness", f"{run_name(bs, wd)}.json"))
+        sharp = sharpness_of(ckpt, run_name(bs, wd), p, info, out, device)
         s, raw = surfaces[(bs, wd)]["1d"], surfaces[(bs, wd)]["raw"]
         rows.append({"batch_size": bs, "weight_decay": wd, **{k: metrics[k] for k in COLUMNS[2:6]},
-                     "test_error": 100 - metrics["test_acc"], **{k: sharp[k] for k in SHARPNESS},
+                     "test_error": 100 - metrics["test_acc"], **sharp,
                      "width_1d": width_1d(s.x, s.values["train_loss"], p.width_threshold),
                      "width_1d_nofilternorm": width_1d(raw.x, raw.values["train_loss"], p.width_threshold)})
     return rows
 
 
 def write_table(rows: list[dict[str, Any]], path: str) -> str:
-    """summary.csv, and the same table as text for the terminal."""
+    """summary.csv, and the same table as text for the terminal: one line per column, one column per run."""
     write_csv(path, rows, COLUMNS, float_format=".6g")
-    widths = [max(12, len(c)) for c in COLUMNS]
-    head = " ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, widths))
-    body = "\n".join(" ".join(f"{r[c]:>{w}.4g}" if isinstance(r[c], float) else f"{str(r[c]):>{w}}"
-                              for c, w in zip(COLUMNS, widths)) for r in rows)
-    return f"{head}\n{body}"
+    lines = []
+    for c in COLUMNS:
+        cells = [f"{r[c]:>12.4g}" if isinstance(r[c], float) else f"{str(r[c]):>12}" for r in rows]
+        lines.append(f"{c:>26} " + " ".join(cells))
+    return "\n".join(lines)
 
 
 def verdict(rows: list[dict[str, Any]], p: Preset) -> str:
-    """Plain words: is the large-batch minimum sharper, and does the small batch generalize better?"""
+    """Plain words, per weight decay: which measures rank the large-batch minimum as sharper, and does the small
+    batch generalize better?"""
     lines = []
     by = {(r["batch_size"], r["weight_decay"]): r for r in rows}
     small, large = p.batch_sizes
     for wd in p.weight_decays:
         a, b = by[(small, wd)], by[(large, wd)]
-        sharper = b["lambda_max"] > a["lambda_max"] and b["width_1d"] < a["width_1d"]
-        lines.append(f"WD={wd:g}: lambda_max {a['lambda_max']:.3g} (BS={small}) vs {b['lambda_max']:.3g} (BS={large}); "
-                     f"width_1d {a['width_1d']:.3g} vs {b['width_1d']:.3g} -> large batch "
-                     f"{'sharper by both' if sharper else 'NOT sharper by both measures'}; test error "
-                     f"{a['test_error']:.2f}% vs {b['test_error']:.2f}% -> small batch "
+        says = [f"{m} {a[m]:.3g} vs {b[m]:.3g} ({'yes' if sign * (b[m] - a[m]) > 0 else 'NO'})"
+                for m, sign in SHARPER.items()]
+        agree = sum(sign * (b[m] - a[m]) > 0 for m, sign in SHARPER.items())
+        lines.append(f"WD={wd:g}, BS={small} vs BS={large}: large batch sharper by {agree} of {len(SHARPER)} measures: "
+                     f"{'; '.join(says)}. Test error {a['test_error']:.2f}% vs {b['test_error']:.2f}% -> small batch "
                      f"{'generalizes better' if a['test_error'] < b['test_error'] else 'does NOT generalize better'}")
     return "\n".join(lines)
 
@@ -208,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = train_runs(preset, args.out, info, args.device)
         paths = {k: surfaces_for(c, run_name(*k), preset, args.out, info, args.device) for k, c in runs.items()}
         surfaces = {k: {kind: read_surface(p) for kind, p in v.items()} for k, v in paths.items()}
-        rows = summarize(runs, surfaces, preset, info, args.out)
+        rows = summarize(runs, surfaces, preset, info, args.out, args.device)
     finally:
         cleanup_distributed()
     if not info.is_main:

@@ -28,6 +28,8 @@ FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D sur
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
 INTERPOLATION_AXIS = "-0.5:1.5:41"  # theta_A at 0, theta_B at 1, and half the way again beyond each
 HESSIAN = "hessian"  # --directions hessian: the top eigenvectors of the Hessian at the centre
+MEASURES = ("lambda_max", "lambda_min", "trace", "density", "epsilon", "adaptive", "average", "width")
+ADAPTIVE_NORMS = ("2", "inf")
 
 
 def check_choice(value: object, choices: tuple[str, ...], flag: str) -> None:
@@ -242,3 +244,56 @@ class PlotConfig:
             raise ConfigError(f"--loss-max must be a finite number, got {self.loss_max}")
         for fmt in self.formats:
             check_choice(fmt, FORMATS, "--formats")
+
+
+@dataclass(frozen=True)
+class SharpnessConfig:
+    """Which sharpness measures `landscape.sharpness` takes and how (landscape.measures, landscape.hessian,
+    landscape.density); the model, data, subset and directions come from a SurfaceConfig's flags."""
+
+    measures: tuple[str, ...] = option(("lambda_max", "trace", "epsilon", "adaptive", "average", "width"),
+                                       "what to measure: Hessian extremes (Lanczos), trace (Hutch++), spectral "
+                                       "density (SLQ), Keskar's epsilon-sharpness, adaptive worst-case and "
+                                       "average-case sharpness, basin width over random directions",
+                                       choices=MEASURES, group="measures")
+    per_layer: bool = option(False, "also one row per layer (each module's own parameters)", group="measures")
+    tol: float = option(1e-3, "Lanczos tolerance: the eigenvalues' relative error bound", group="hessian")
+    trace_products: int = option(99, "Hessian-vector products of the Hutch++ trace", metavar="N", group="hessian")
+    density_runs: int = option(5, "SLQ runs averaged for the spectral density", metavar="N", group="hessian")
+    density_steps: int = option(60, "Lanczos steps per SLQ run", metavar="N", group="hessian")
+    eps: tuple[float, ...] = option((1e-3, 5e-4), "Keskar's box half-width(s), relative to |w|+1 (one row each)",
+                                    group="epsilon-sharpness")
+    subspace: int | None = option(None, "maximize in a random P-dimensional subspace (default: the full space)",
+                                  metavar="P", group="epsilon-sharpness")
+    lbfgs_iters: int = option(10, "L-BFGS-B iterations", metavar="N", group="epsilon-sharpness")
+    rho: float = option(0.05, "adaptive sharpness radius: ||delta / |w|||_p <= RHO", group="adaptive sharpness")
+    adaptive_norm: str = option("2", "the norm p of the adaptive ball", choices=ADAPTIVE_NORMS,
+                                group="adaptive sharpness")
+    ascent_steps: int = option(10, "projected gradient-ascent steps", metavar="N", group="adaptive sharpness")
+    m_sharpness: int | None = option(None, "m-sharpness: the mean over chunks of M samples, each with its own "
+                                     "worst case (default: the whole data as one chunk)", metavar="M",
+                                     group="adaptive sharpness")
+    sigma: float = option(0.01, "average-case sharpness: Gaussian perturbation with std SIGMA * |w| per weight",
+                          group="average sharpness")
+    draws: int = option(20, "perturbations drawn for the average and its standard error", metavar="N",
+                        group="average sharpness")
+    width_directions: int = option(10, "filter-normalized random directions whose basin widths are averaged (plus "
+                                   "the top Hessian eigenvector, scaled alike)", metavar="N", group="width")
+    threshold: float = option(0.1, "the width is where the loss stays within this much of the curve's minimum",
+                              group="width")
+
+    def __post_init__(self) -> None:
+        for m in self.measures:
+            check_choice(m, MEASURES, "--measures")
+        check_choice(self.adaptive_norm, ADAPTIVE_NORMS, "--adaptive-norm")
+        for value, flag, low in [(self.trace_products, "--trace-products", 6), (self.density_runs, "--density-runs", 1),
+                                 (self.density_steps, "--density-steps", 2), (self.lbfgs_iters, "--lbfgs-iters", 1),
+                                 (self.ascent_steps, "--ascent-steps", 1), (self.draws, "--draws", 2),
+                                 (self.width_directions, "--width-directions", 2), (self.subspace, "--subspace", 1),
+                                 (self.m_sharpness, "--m-sharpness", 1)]:
+            if value is not None and value < low:
+                raise ConfigError(f"{flag} must be >= {low}, got {value}")
+        for value, flag in [(self.tol, "--tol"), (self.rho, "--rho"), (self.sigma, "--sigma"),
+                            (self.threshold, "--threshold"), *((e, "--eps") for e in self.eps)]:
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{flag} must be a positive number, got {value}")

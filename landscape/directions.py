@@ -118,11 +118,11 @@ def restrict(d: Params, moved: Collection[str] | None) -> Params:
 
 def create_random_directions(theta0: Params, n: int, spec: DirectionSpec, moved: Collection[str] | None = None
                              ) -> list[Params]:
-    """n normalized random directions from spec.seed; the first is the same for n=1 and n=2, so a 1D curve is
+    """n normalized random directions from spec.seed; the first ones are the same for any n, so a 1D curve is
     the alpha axis of the 2D surface made with the same seed. Tensors outside `moved` (default: all) get zeros;
     the random draw is the same whatever is moved, so a subset's direction is the full one masked."""
-    if n not in (1, 2):
-        raise ValueError(f"1 or 2 directions, not {n}")
+    if n < 1:
+        raise ValueError(f"at least 1 direction, not {n}")
     g = torch.Generator().manual_seed(spec.seed)
     dirs = [normalize_direction(random_direction(theta0, g), theta0, spec.norm, spec.ignore) for _ in range(n)]
     dirs = [restrict(d, moved) for d in dirs]

@@ -134,3 +134,13 @@ def plot_surface(x: np.ndarray, y: np.ndarray | None, values: dict[str, np.ndarr
     if kind not in kinds:
         raise ValueError(f"unknown kind {kind!r}; choose one of: {', '.join(kinds)}")
     return kinds[kind](ax, x, y, z, **kw)
+
+
+def spectral_density(ax: Axes, grid: np.ndarray, density: np.ndarray, label: str = "", floor: float = 1e-8,
+                     **line_kw: Any) -> list[Any]:
+    """The Hessian's eigenvalue density on a log scale (as Ghorbani et al. 2019 and PyHessian draw it), values
+    below `floor` raised to it so the log axis keeps the empty gaps between outliers visible."""
+    lines = ax.semilogy(grid, np.maximum(density, floor), label=label, **line_kw)
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (log scale)")
+    return lines

@@ -91,6 +91,19 @@ def render_hessian_map(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) ->
     return save(fig, out_stem, cfg.formats)
 
 
+def render_density(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], sigma: float, out_stem: str,
+                   formats: Sequence[str] = ("png", "pdf"), title: str = "") -> list[str]:
+    """The Hessian's eigenvalue density, one curve per (label, grid, density), the smoothing width in the title."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, grid, density in curves:
+        plot.spectral_density(ax, grid, density, label)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{title}  Hessian eigenvalue density (SLQ, Gaussian width {sigma:.3g})".strip(), fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_stem, formats)
+
+
 def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotConfig = DEFAULTS,
               title: str = "") -> list[str]:
     """One or more 1D surfaces overlaid: loss blue and accuracy red on twin axes; a line style per surface

@@ -1,34 +1,71 @@
-"""Sharpness of a checkpoint as numbers: lambda_max/lambda_min (Lanczos), Hutchinson trace, computed on the same
-evaluation data as its surfaces, with the data split across ranks; cached as JSON so figure scripts resume."""
+"""Sharpness of a minimum as numbers, in one table: Hessian extremes (Lanczos), trace (Hutch++), eigenvalue
+density (SLQ), Keskar's epsilon-sharpness, adaptive worst-case and average-case sharpness, and the basin width
+over random directions with its standard error; for the chosen parameters and, with --per-layer, each layer.
+
+  python -m landscape.sharpness runs/a/last.pt --samples 2000 --out plots
+  python -m landscape.sharpness runs/a/last.pt --measures lambda_max trace --per-layer
+  python -m landscape.sharpness runs/a/last.pt --measures density      # also draws OUT/<name>_density.png
+  torchrun --standalone --nproc_per_node=4 -m landscape.sharpness runs/a/last.pt --out plots
+
+Writes OUT/<name>_sharpness.csv and .json beside the checkpoint's surfaces; a rerun of the same request reuses
+the JSON. The data is the first of --splits (default: train), split across processes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Sequence
 
-from landscape.checkpoint import file_sha256, load_data_for, load_model
-from landscape.distributed import DistInfo, run_on_main
-from landscape.engine import select_samples
-from landscape.files import read_cached, write_cached
-from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace
+from landscape.cli import ArgumentParser, DefaultsFormatter, add_config_args, config_from_args, run_cli
+from landscape.config import SharpnessConfig, SurfaceConfig
+
+NOT_HERE = ("target", "trajectory", "checkpoint", "y", "plane_points", "auto_rise", "directions_file", "plane",
+            "edges", "dir_type", "orthogonal", "bn_recalibrate", "precision", "compile", "points_per_pass",
+            "channels_last", "flush_seconds")
 
 
-def measure_sharpness(checkpoint: str, info: DistInfo, split: str = "train", samples: int | None = None,
-                      k: int = 1, trace_samples: int = 50, batch_size: int = 1024, seed: int = 0,
-                      cache: str | None = None) -> dict[str, Any]:
-    """Hessian spectrum ends and trace of the mean loss on `split` (a fixed subset of `samples` if given)."""
-    key = {"checkpoint_sha256": file_sha256(checkpoint), "split": split, "samples": samples, "k": k,
-           "trace_samples": trace_samples, "seed": seed}
-    cached = read_cached(cache, key) if cache else None
-    if cached is not None:
-        return cached
-    model, ckpt = load_model(checkpoint)
-    x, y = select_samples(*load_data_for(ckpt).split(split), samples, split)
-    shard = slice(info.rank, None, info.world_size)
-    op = HessianOperator(model.to(info.device), x[shard].to(info.device), y[shard].to(info.device), batch_size)
-    eig = eigenvalues(op, k=k, seed=seed)
-    tr = hutchinson_trace(op, trace_samples, seed=seed)
-    result = {"lambda_max": eig.top[0], "lambda_min": eig.min, "lambda_min_converged": eig.min_converged,
-              "trace": tr.estimate, "trace_stderr": tr.stderr}
-    if cache:
-        run_on_main(lambda: write_cached(cache, key, result), info)
-    return result
+def get_parser(add_help: bool = True) -> ArgumentParser:
+    p = ArgumentParser(prog="python -m landscape.sharpness", description=__doc__, formatter_class=DefaultsFormatter,
+                       add_help=add_help)
+    p.add_argument("checkpoint", help="the checkpoint (.pt), or with --model a weights file")
+    add_config_args(p, SurfaceConfig, skip=NOT_HERE)
+    add_config_args(p, SharpnessConfig)
+    p.set_defaults(splits=["train"], x="-1:1:41")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from landscape import render
+    from landscape.cli import check_writable
+    from landscape.distributed import cleanup_distributed, init_distributed
+    from landscape.runner import check_output_folder
+    from landscape.sharpness_table import density_curve, run_sharpness, table_text
+
+    args = get_parser().parse_args(argv)
+    cfg = config_from_args(SurfaceConfig, args, checkpoint=args.checkpoint)
+    sc = config_from_args(SharpnessConfig, args)
+    info = init_distributed(cfg.device)
+    try:
+        check_output_folder(cfg.out, info)
+        t0 = time.perf_counter()
+        run = run_sharpness(cfg, sc, info)
+    finally:
+        cleanup_distributed()
+    if not info.is_main:
+        return
+    how = "reused" if run.reused else f"measured in {time.perf_counter() - t0:.1f}s"
+    print(f"{table_text(run.rows)}\n{how} -> {run.csv}, {run.json}", flush=True)
+    if run.density:
+        check_writable(cfg.out)
+        sigma = density_curve(next(iter(run.density.values())))[2]  # the whole set's width, for every curve
+        curves = [(label, *density_curve(d, width=sigma)[:2]) for label, d in run.density.items()]
+        files = render.render_density(curves, sigma, run.csv[:-len("_sharpness.csv")] + "_density")
+        print(f"density: {', '.join(files)}", flush=True)
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -22,7 +22,8 @@ from tests.conftest import SINGLE, cli_env
 from trainers.ddp import TrainConfig
 
 COMMANDS = ["landscape.plot1d", "landscape.plot2d", "landscape.trajectory", "landscape.hessian_map",
-            "landscape.export", "trainers.train", "trainers.sweep", "figures.flat_vs_sharp", "figures.batch_scaling",
+            "landscape.sharpness", "landscape.export", "trainers.train", "trainers.sweep", "figures.flat_vs_sharp",
+            "figures.batch_scaling",
             "figures.trajectory", "figures.hessian_directions"]
 OWN_CHOICES = {"--preset"}  # every figure script has presets of its own: same meaning, other names
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -112,14 +112,19 @@ def test_sweep_on_cuda(tmp_path):
     assert all(os.path.exists(runs / d / "last.pt") for d in os.listdir(runs))
 
 
-def test_hessian_on_cuda_equals_the_cpu(mlp_ckpt):
-    from landscape.sharpness import measure_sharpness
+def test_sharpness_table_on_cuda_equals_the_cpu(mlp_ckpt, tmp_path):
+    from landscape.config import SharpnessConfig, SurfaceConfig
+    from landscape.sharpness_table import run_sharpness
     from tests.conftest import SINGLE
 
-    cpu = measure_sharpness(mlp_ckpt, SINGLE, samples=256, trace_samples=10)
-    gpu = measure_sharpness(mlp_ckpt, CUDA, samples=256, trace_samples=10)
-    assert gpu["lambda_max"] == pytest.approx(cpu["lambda_max"], rel=1e-4)
-    assert gpu["trace"] == pytest.approx(cpu["trace"], rel=1e-4)
+    sc = SharpnessConfig(measures=("lambda_max", "trace", "epsilon", "adaptive", "average", "width"), trace_products=9,
+                         width_directions=2)
+    tables = [run_sharpness(SurfaceConfig(mlp_ckpt, splits=("train",), samples=256, x="-1:1:11", out=str(tmp_path),
+                                          device=device, progress=False), sc, info, write=False).rows
+              for device, info in [("cpu", SINGLE), ("cuda", CUDA)]]
+    for cpu, gpu in zip(*tables):
+        assert cpu["measure"] == gpu["measure"]
+        assert gpu["value"] == pytest.approx(cpu["value"], rel=1e-3, abs=1e-6), cpu["measure"]
 
 
 def test_a_streamed_loader_on_cuda_equals_resident_tensors():
