@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace
+from landscape.density import spectral_density
+from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace, hutchpp_trace
 from landscape.measures import width_1d
 
 
@@ -43,12 +44,59 @@ def test_lanczos_and_hutchinson_agree_with_the_dense_hessian(tiny):
     assert tr.stderr > 0
 
 
-def test_hvp_matches_the_dense_product(tiny):
+def test_hvp_matches_the_dense_product_with_kept_or_rebuilt_graphs_and_any_batches(tiny):
     model, x, y = tiny
     h = _dense_hessian(model, x, y)
-    op = HessianOperator(model, (x, y), batch_size=32)
-    v = torch.randn(op.dim, dtype=torch.float64)
-    torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-9, atol=1e-12)
+    v = torch.randn(h.shape[0], dtype=torch.float64)
+    kept = HessianOperator(model, (x, y), batch_size=32)
+    rebuilt = HessianOperator(model, (x, y), batch_size=32, cache_bytes=0)  # over budget: graphs rebuilt per product
+    assert kept.cached and not rebuilt.cached
+    for op in (kept, rebuilt):
+        torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-9, atol=1e-12)
+
+    class Keyword(nn.Module):  # a model called with keyword inputs, on dict batches
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, features):
+            return self.net(features)
+
+    batches = [{"features": x[i:i + 40], "labels": y[i:i + 40]} for i in range(0, len(x), 40)]
+    on_dicts = HessianOperator(Keyword(), batches)
+    torch.testing.assert_close(on_dicts.matvec(v), h @ v, rtol=1e-9, atol=1e-12)
+
+
+def test_lambda_min_only_when_asked_and_eigenvectors_when_asked(tiny):
+    model, x, y = tiny
+    op = HessianOperator(model, (x, y))
+    top = eigenvalues(op, tol=1e-8)
+    both = eigenvalues(op, tol=1e-8, smallest=True, vectors=True)
+    assert np.isnan(top.min) and not top.min_converged and top.vectors is None
+    assert np.isfinite(both.min) and both.matvecs > top.matvecs
+    v = torch.cat([t.reshape(-1) for t in both.vectors[0].values()]).double()
+    torch.testing.assert_close(op.matvec(v), both.top[0] * v, rtol=1e-5, atol=1e-6)
+
+
+def test_hutchpp_and_slq_agree_with_the_dense_spectrum(tiny):
+    model, x, y = tiny
+    h = _dense_hessian(model, x, y).numpy()
+    exact, n = np.linalg.eigvalsh(h), h.shape[0]
+    op = HessianOperator(model, (x, y))
+    pp, plain = hutchpp_trace(op, products=30, seed=0), hutchinson_trace(op, samples=30, seed=0)
+    assert abs(pp.estimate - exact.sum()) < 4 * pp.stderr and pp.stderr < plain.stderr
+    d = spectral_density(op, runs=8, steps=12, seed=0)
+    assert np.allclose(d.weights.sum(1), 1)
+    rng = np.random.default_rng(0)  # the start vectors SLQ drew: its first moment is exactly v^T H v / n
+    for r in range(8):
+        v = rng.choice([-1.0, 1.0], n)
+        assert d.moment(1)[r] == pytest.approx(v @ h @ v / n, rel=1e-8)
+    for k, target in [(1, exact.sum() / n), (2, (exact**2).sum() / n)]:
+        m = d.moment(k)
+        assert abs(m.mean() - target) < 4 * m.std(ddof=1) / np.sqrt(len(m))
+    # the outliers sit where the exact eigenvalues are: the top Ritz values of every run
+    np.testing.assert_allclose(d.nodes[:, -1], exact[-1], rtol=1e-6)
+    np.testing.assert_allclose(d.nodes[:, -2], exact[-2], rtol=1e-3)
 
 
 def test_width_of_a_parabola():
@@ -74,8 +122,9 @@ def _spawned_top_eigenvalue(rank, world, port, x, y, state, out):
     op = HessianOperator(model, (x[rank::world], y[rank::world]), batch_size=7)
     eig = eigenvalues(op, k=2, tol=1e-10)
     tr = hutchinson_trace(op, samples=5, seed=3)
+    hpp, slq = hutchpp_trace(op, products=9, seed=3), spectral_density(op, runs=2, steps=8, seed=3)
     if rank == 0:
-        out.put((eig.top, tr.estimate))
+        out.put((eig.top, tr.estimate, hpp.estimate, slq.nodes))
     cleanup_distributed()
     os._exit(0)  # no interpreter finalization after gloo: see landscape.cli._exit
 
@@ -89,15 +138,18 @@ def test_two_processes_give_the_same_spectrum_as_one(tiny):
     model, x, y = tiny
     one = HessianOperator(model, (x, y), batch_size=7)
     eig, tr = eigenvalues(one, k=2, tol=1e-10), hutchinson_trace(one, samples=5, seed=3)
+    hpp, slq = hutchpp_trace(one, products=9, seed=3), spectral_density(one, runs=2, steps=8, seed=3)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
     mp.spawn(_spawned_top_eigenvalue, args=(2, port, x, y, model.state_dict(), out), nprocs=2, join=True)
-    top, trace = out.get()
+    top, trace, trace_pp, nodes = out.get()
     np.testing.assert_allclose(top, eig.top, rtol=1e-8)
     assert trace == pytest.approx(tr.estimate, rel=1e-8)
+    assert trace_pp == pytest.approx(hpp.estimate, rel=1e-8)
+    np.testing.assert_allclose(nodes, slq.nodes, rtol=1e-7, atol=1e-10)
 
 
 def test_top_eigenvectors_of_a_parameter_subset_are_the_dense_subblock_ones(tiny):
