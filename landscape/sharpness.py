@@ -31,6 +31,9 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
     add_config_args(p, SurfaceConfig, skip=NOT_HERE)
     add_config_args(p, SharpnessConfig)
     p.set_defaults(splits=["train"], x="-1:1:41")
+    for flag, text in [("--x", "the widths' alpha axis MIN:MAX:NUM along each direction (default: -1:1:41)"),
+                       ("--splits", "the data measured: the first split given (default: train)")]:
+        p._option_string_actions[flag].help = text  # plot2d's words for these flags do not fit here
     return p
 
 
