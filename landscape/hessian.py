@@ -89,7 +89,10 @@ class HessianOperator:
         weights are one flat leaf, so a product passes one tensor in and gets one out, with no split or concat."""
         leaf = torch.cat([self._named[n].detach().reshape(-1) for n in self.names]).requires_grad_()
         sums = self._sums(batch, self._unflatten(leaf))
-        grad = torch.autograd.grad(sums["loss"], leaf, create_graph=True)[0]
+        if not sums["loss"].requires_grad:  # the loss never reads these weights: their Hessian is 0
+            return leaf, torch.zeros_like(leaf), sums["count"].detach()
+        grad = torch.autograd.grad(sums["loss"], leaf, create_graph=True, allow_unused=True,  # weights the loss
+                                   materialize_grads=True)[0]                            # never reads: zero rows
         return leaf, grad, sums["count"].detach()
 
     def refresh(self) -> None:

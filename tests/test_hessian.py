@@ -237,3 +237,23 @@ def test_hessian_map_centre_is_the_checkpoints_eigenvalues_and_two_processes_equ
     assert s1.values["lambda_min"][1, 1] == pytest.approx(e.min, rel=1e-6, abs=1e-9)
     again = run_hessian_map(cfg, SINGLE)  # a rerun resumes: nothing left to compute
     assert (again.computed, again.already_done) == (0, 9)
+
+
+def test_weights_the_loss_never_reads_have_a_zero_hessian(tiny):
+    model, x, y = tiny
+
+    class WithSpare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.spare = nn.Parameter(torch.ones(3, dtype=torch.float64))  # registered, never used
+            self.net = model
+
+        def forward(self, inputs):
+            return self.net(inputs)
+
+    h = _dense_hessian(model, x, y)
+    v = torch.randn(3 + h.shape[0], dtype=torch.float64)
+    out = HessianOperator(WithSpare(), (x, y)).matvec(v)
+    assert out[:3].abs().max() == 0
+    torch.testing.assert_close(out[3:], h @ v[3:], rtol=1e-9, atol=1e-12)
+    assert HessianOperator(WithSpare(), (x, y), params={"spare"}).matvec(v[:3]).abs().max() == 0
