@@ -20,14 +20,13 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from landscape.distributed import all_reduce_sum
 from landscape.errors import ConfigError
-from landscape.evaluation import forward_batch
-from landscape.metrics import Metric, check_sums, cross_entropy
+from landscape.metrics import Metric, cross_entropy
+from landscape.objective import FlatLoss
 from landscape.params import Params, PointSetter, model_tensors
-from landscape.sources import as_source, batch_size_of
+from landscape.sources import batch_size_of
 
 
 def graph_budget(device: torch.device) -> int:
@@ -40,7 +39,7 @@ def graph_budget(device: torch.device) -> int:
         return 2 << 30
 
 
-class HessianOperator:
+class HessianOperator(FlatLoss):
     """v -> H v for the mean loss of `model` over `data`, with respect to its parameters (all of them, or the
     names in `params`; the others are held fixed).
 
@@ -54,41 +53,17 @@ class HessianOperator:
     def __init__(self, model: nn.Module, data: Any, metric: Metric = cross_entropy,
                  params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512,
                  cache_bytes: int | None = None):
-        self.model = model.eval()
-        named = dict(model.named_parameters())
-        self.names = [n for n in named if params is None or n in params]
-        if not self.names:
-            raise ConfigError("the Hessian was asked over no parameters; check --params against the model's names")
-        self._named = named
-        first = named[self.names[0]]
-        self.device, self.dtype = first.device, first.dtype
-        self.shapes = [named[n].shape for n in self.names]
-        self.sizes = [named[n].numel() for n in self.names]
-        self.dim = sum(self.sizes)
-        self.source = as_source(data, self.device, batch_size)
-        self.metric, self.reduce = metric, reduce
+        super().__init__(model, data, metric, params, batch_size)
+        self.reduce = reduce
         self.cache_bytes = graph_budget(self.device) if cache_bytes is None else cache_bytes
         self.products = 0
         self.refresh()
 
-    def _tensors(self, chosen: list[Tensor] | None) -> dict[str, Tensor]:
-        """The model's current parameters and buffers, detached, with `chosen` in place of the chosen ones."""
-        out = {n: p.detach() for n, p in self._named.items()}
-        if chosen is not None:
-            out.update(zip(self.names, chosen))
-        return {**out, **{n: b.detach() for n, b in self.model.named_buffers()}}
-
-    def _sums(self, batch: Any, chosen: list[Tensor] | None) -> dict[str, Tensor]:
-        tensors = self._tensors(chosen)
-        sums = self.metric(forward_batch(lambda *a, **k: functional_call(self.model, tensors, a, k), batch), batch)
-        check_sums(self.metric, sums)
-        return sums
-
     def _graph(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
         """(leaf, gradient of the batch's loss sum with its graph, count) at the current weights. The chosen
         weights are one flat leaf, so a product passes one tensor in and gets one out, with no split or concat."""
-        leaf = torch.cat([self._named[n].detach().reshape(-1) for n in self.names]).requires_grad_()
-        sums = self._sums(batch, self._unflatten(leaf))
+        leaf = self.weights().requires_grad_()
+        sums = self.sums(batch, leaf)
         if not sums["loss"].requires_grad:  # the loss never reads these weights: their Hessian is 0
             return leaf, torch.zeros_like(leaf), sums["count"].detach()
         grad = torch.autograd.grad(sums["loss"], leaf, create_graph=True, allow_unused=True,  # weights the loss
@@ -110,7 +85,7 @@ class HessianOperator:
         for i, batch in enumerate(self.source):
             if graphs is None:
                 with torch.no_grad():
-                    count += self._sums(batch, None)["count"].double()
+                    count += self.sums(batch)["count"].double()
                 continue
             if i == 0:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -140,9 +115,6 @@ class HessianOperator:
             leaf, grad, _ = self._graph(batch)
             yield leaf, grad
 
-    def _unflatten(self, v: Tensor) -> list[Tensor]:
-        return [t.view(s) for t, s in zip(torch.split(v, self.sizes), self.shapes)]
-
     def matvec(self, v: Tensor) -> Tensor:
         """H v for a flat vector v (float64 in and out; products are computed in the model's dtype)."""
         v = v.to(self.device, self.dtype)
@@ -163,11 +135,6 @@ class HessianOperator:
             return self.matvec(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).ravel()).cpu().numpy()
 
         return LinearOperator((self.dim, self.dim), matvec=mv, dtype=np.float64)
-
-    def as_params(self, v: np.ndarray) -> Params:
-        """A flat vector as named tensors (float32, CPU)."""
-        flat = torch.from_numpy(np.asarray(v, dtype=np.float32))
-        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(flat, self.sizes), self.shapes)}
 
 
 @dataclass(frozen=True)

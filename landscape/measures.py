@@ -17,16 +17,14 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from landscape.distributed import all_reduce_sum
 from landscape.errors import ConfigError
-from landscape.evaluation import forward_batch
-from landscape.metrics import Metric, check_sums, cross_entropy
-from landscape.sources import as_source
+from landscape.metrics import Metric, cross_entropy
+from landscape.objective import FlatLoss
 
 
-class MeanLoss:
+class MeanLoss(FlatLoss):
     """theta -> the mean loss of `model` over `data` with the parameters `params` (default: all) set to theta.
 
     Args: data: this rank's share (anything landscape.sources.as_source takes); reduce=False: this rank's data
@@ -35,26 +33,9 @@ class MeanLoss:
 
     def __init__(self, model: nn.Module, data: Any, metric: Metric = cross_entropy,
                  params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512):
-        self.model = model.eval()
-        named = {n: p.detach() for n, p in model.named_parameters()}
-        self.names = [n for n in named if params is None or n in params]
-        if not self.names:
-            raise ConfigError("the loss was asked over no parameters; check --params against the model's names")
-        self.fixed = {n: t for n, t in named.items() if n not in self.names}
-        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
-        self.shapes = [named[n].shape for n in self.names]
-        self.sizes = [named[n].numel() for n in self.names]
-        self.device, self.dtype = named[self.names[0]].device, named[self.names[0]].dtype
-        self.theta0 = torch.cat([named[n].reshape(-1) for n in self.names]).double().cpu().numpy()
-        self.source = as_source(data, self.device, batch_size)
-        self.metric, self.reduce, self.evaluations = metric, reduce, 0
-
-    def _sums(self, flat: Tensor, batch: Any) -> dict[str, Tensor]:
-        parts = {n: t.view(s) for n, t, s in zip(self.names, torch.split(flat, self.sizes), self.shapes)}
-        tensors = {**self.fixed, **parts, **self.buffers}
-        sums = self.metric(forward_batch(lambda *a, **k: functional_call(self.model, tensors, a, k), batch), batch)
-        check_sums(self.metric, sums)
-        return sums
+        super().__init__(model, data, metric, params, batch_size)
+        self.theta0 = self.weights().double().cpu().numpy()
+        self.reduce, self.evaluations = reduce, 0
 
     def _reduced(self, total: Tensor) -> Tensor:
         self.evaluations += 1
@@ -65,7 +46,7 @@ class MeanLoss:
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for batch in self.source:
-                sums = self._sums(flat, batch)
+                sums = self.sums(batch, flat)
                 total += torch.stack([sums["loss"].double(), sums["count"].double()])
         loss, count = self._reduced(total).tolist()
         return loss / count
@@ -75,7 +56,7 @@ class MeanLoss:
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in self.source:
-            sums = self._sums(flat, batch)
+            sums = self.sums(batch, flat)
             sums["loss"].backward()  # one batch's graph at a time
             loss += sums["loss"].detach().double()
             count += sums["count"].detach().double()

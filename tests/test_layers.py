@@ -25,7 +25,7 @@ LAYERS = [  # bottom to top: (what the layer is, fnmatch patterns of module name
     ("the landscape core: directions, trajectory PCA, grid evaluation, HDF5 schema, Hessian, sharpness measures, "
      "plot functions",
      ["landscape.params", "landscape.directions", "landscape.pca", "landscape.engine", "landscape.io",
-      "landscape.hessian", "landscape.density", "landscape.measures", "landscape.plot"]),
+      "landscape.objective", "landscape.hessian", "landscape.density", "landscape.measures", "landscape.plot"]),
     ("pipelines: checkpoint to surface file, sharpness table, surface file to figure files",
      ["landscape.runner", "landscape.api", "landscape.sharpness_table", "landscape.exports", "landscape.render"]),
     ("landscape commands", ["landscape.cliargs", "landscape.plot1d", "landscape.plot2d", "landscape.trajectory",
