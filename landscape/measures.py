@@ -57,7 +57,8 @@ class MeanLoss(FlatLoss):
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in self.source:
             sums = self.sums(batch, flat)
-            sums["loss"].backward()  # one batch's graph at a time
+            if sums["loss"].requires_grad:  # else the loss never reads these weights: no gradient to add
+                sums["loss"].backward()  # one batch's graph at a time
             loss += sums["loss"].detach().double()
             count += sums["count"].detach().double()
         grad = flat.grad if flat.grad is not None else torch.zeros_like(flat)

@@ -169,3 +169,14 @@ def test_the_sharpness_command_per_layer_and_two_processes_equal_one(mlp_ckpt, t
     assert abs(sum(by[(x, "trace")] for x in layers) - by[("all", "trace")]) < err  # traces add up over blocks
     again = run_module("landscape.sharpness", mlp_ckpt, *args, "--out", str(tmp_path / "two"))
     assert again.returncode == 0 and "reused" in again.stdout
+
+
+def test_weights_the_loss_never_reads_have_a_zero_gradient():
+    class WithSpare(Linear):
+        def __init__(self):
+            super().__init__(W)
+            self.spare = nn.Parameter(torch.ones(3, dtype=torch.float64))  # registered, never used
+
+    g = torch.ones(4, 6, dtype=torch.float64)
+    value, grad = MeanLoss(WithSpare(), (g, torch.zeros(4)), total, params={"spare"}).value_and_grad(np.zeros(3))
+    assert value == pytest.approx(sum(W)) and not grad.any()
