@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.stats import sem
 from torch import Tensor, nn
 
 from landscape.distributed import all_reduce_sum
@@ -242,7 +243,7 @@ def hutchinson_trace(op: HessianOperator, samples: int = 100, seed: int = 0) -> 
         raise ConfigError("at least 2 Hutchinson samples are needed for a standard error")
     v = _rademacher(torch.Generator().manual_seed(seed), op.dim, samples)
     vals = np.array([float(v[:, j] @ op.matvec(v[:, j]).cpu()) for j in range(samples)])
-    return Trace(float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(samples)), samples)
+    return Trace(float(vals.mean()), float(sem(vals)), samples)
 
 
 def hutchpp_trace(op: HessianOperator, products: int = 99, seed: int = 0) -> Trace:
@@ -262,4 +263,4 @@ def hutchpp_trace(op: HessianOperator, products: int = 99, seed: int = 0) -> Tra
     exact = float(torch.einsum("ij,ij->", q, hmat(q)))
     r = r - q @ (q.T @ r)
     vals = (r * hmat(r)).sum(0).numpy()
-    return Trace(exact + float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(k)), 3 * k)
+    return Trace(exact + float(vals.mean()), float(sem(vals)), 3 * k)

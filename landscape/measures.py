@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import minimize
+from scipy.stats import sem
 from torch import Tensor, nn
 
 from landscape.distributed import all_reduce_sum
@@ -156,7 +157,7 @@ def adaptive_sharpness(losses: Sequence[MeanLoss], rho: float, p: str = "2", ste
     stats = torch.tensor([inc.sum(), (inc**2).sum(), len(inc)], dtype=torch.float64)
     total, sq, n = (all_reduce_sum(stats) if chunks_reduced else stats).tolist()
     mean = total / n
-    stderr = float(np.sqrt(max(sq / n - mean**2, 0.0) * n / (n - 1) / n)) if n > 1 else float("nan")
+    stderr = float(np.sqrt(max(sq - n * mean**2, 0.0) / (n - 1) / n)) if n > 1 else float("nan")  # sem, from sums
     settings = {"rho": rho, "p": p, "steps": steps, "seed": seed, "chunks": int(n)}
     return Measured(mean, stderr, settings, found[0][1] if len(found) == 1 else None)
 
@@ -170,7 +171,7 @@ def average_sharpness(f: MeanLoss, sigma: float, draws: int = 20, seed: int = 0)
     fw = f(w)
     inc = np.array([f(w + sigma * np.abs(w) * rng.standard_normal(len(w))) - fw for _ in range(draws)])
     settings = {"sigma": sigma, "draws": draws, "seed": seed}
-    return Measured(float(inc.mean()), float(inc.std(ddof=1) / np.sqrt(draws)), settings)
+    return Measured(float(inc.mean()), float(sem(inc)), settings)
 
 
 def width_1d(alpha: Sequence[float], loss: Sequence[float], threshold: float) -> float:
@@ -197,6 +198,6 @@ def width_1d(alpha: Sequence[float], loss: Sequence[float], threshold: float) ->
 def spread(values: Sequence[float], settings: dict[str, Any] | None = None) -> Measured:
     """The mean of measurements with its standard error, the range and the values in the settings."""
     v = np.asarray(values, float)
-    stderr = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    stderr = float(sem(v)) if len(v) > 1 else float("nan")
     return Measured(float(v.mean()), stderr, {**(settings or {}), "n": len(v), "min": float(v.min()),
                                                "max": float(v.max()), "values": [float(x) for x in v]})

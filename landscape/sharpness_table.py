@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import sem
 from torch import nn
 
 from landscape.checkpoint import file_sha256
@@ -115,7 +116,7 @@ def hessian_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig
         d = spectral_density(op, sc.density_runs, sc.density_steps, seed)
         first = d.moment(1)
         rows.append(_row(label, "density_mean", Measured(
-            float(first.mean()), float(first.std(ddof=1) / np.sqrt(len(first))) if len(first) > 1 else float("nan"),
+            float(first.mean()), float(sem(first)) if len(first) > 1 else float("nan"),
             {"runs": sc.density_runs, "steps": sc.density_steps, "what": "SLQ first moment, tr(H)/n"})))
         density = {"nodes": d.nodes.tolist(), "weights": d.weights.tolist()}
     return rows, density
