@@ -80,11 +80,9 @@ class Subject:
 
 def subsets(model: nn.Module, moved: set[str] | None, per_layer: bool, params: tuple[str, ...]
             ) -> list[tuple[str, list[str]]]:
-    """(label, parameter names): the chosen parameters, then with per_layer each module's own among them."""
+    """(label, parameter names): the chosen parameters (moved_tensors refuses an empty choice), then with
+    per_layer each module's own among them."""
     chosen = [n for n, _ in model.named_parameters() if moved is None or n in moved]
-    if not chosen:
-        raise UserError(f"--params {' '.join(params)} matches no parameter of the model; e.g. "
-                        f"{[n for n, _ in model.named_parameters()][:4]}")
     out = [(" ".join(params) if params else "all", chosen)]
     if per_layer:
         layers: dict[str, list[str]] = {}
