@@ -90,7 +90,7 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
         direction may name a subset of the tensors, the rest stay put.
       x, y: "MIN:MAX:NUM", "auto[:NUM]" (where the loss rises by `auto_rise`), or arrays of coordinates. y needs a
         second direction.
-      metrics: a built-in name (cross_entropy, mse, causal_lm, masked_lm) or a metric (landscape.metrics).
+      metrics: a built-in name (cross_entropy, mse, causal_lm, masked_lm, next_token) or a metric (landscape.metrics).
       out: an .h5 file: written point by point, resumed if it exists and was made for the same request, refused
         (and left alone) if not. None: nothing is written.
       samples / max_batches: evaluate only the first samples / batches, the same at every point.

@@ -22,7 +22,7 @@ DIR_TYPES = ("weights", "states")
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
 SPLITS = ("train", "test")
-METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm")  # landscape.metrics.METRICS, by name
+METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm", "next_token")  # landscape.metrics.METRICS, by name
 FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D surface (landscape.exports)
 
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
@@ -134,8 +134,9 @@ class SurfaceConfig:
                                         metavar="N", group="evaluation")
     samples: int | None = option(None, "a fixed subset of N samples per split (default: all)", metavar="N",
                                  group="evaluation")
-    metric: str = option("cross_entropy", f"what to map: {', '.join(METRICS)}, or package.module:function "
-                         "(see landscape.metrics)", deprecated=("--loss",), group="evaluation")
+    metric: str | None = option(None, f"what to map: {', '.join(METRICS)}, or package.module:function "
+                                "(see landscape.metrics) (default: the dataset's own: next_token for a language "
+                                "corpus, else cross_entropy)", deprecated=("--loss",), group="evaluation")
     eval_batch_size: int | None = option(None, "samples per forward pass (default: 256 on a CPU, 1024 on CUDA)",
                                          metavar="N", deprecated=("--batch-size",), group="evaluation")
     precision: str = option("fp32", "fp32, or bf16 autocast (faster on GPUs); auto: bf16 on CUDA, fp32 on a CPU",
@@ -177,7 +178,7 @@ class SurfaceConfig:
             raise ConfigError("--splits needs at least one of: train, test")
         for split in self.splits:
             check_choice(split, SPLITS, "--splits")
-        if self.metric not in METRICS and ":" not in self.metric:
+        if self.metric is not None and self.metric not in METRICS and ":" not in self.metric:
             raise ConfigError(f"--metric {self.metric!r} is not one of: {', '.join(METRICS)}, nor "
                               "package.module:function")
         if self.model and not self.data:

@@ -1,5 +1,6 @@
-"""Datasets as in-memory tensors: MNIST-1D (generated locally, the default), a synthetic set for tests, and
-CIFAR-10/100, MNIST and Fashion-MNIST read from a local folder through torchvision.
+"""Datasets as in-memory tensors: MNIST-1D (generated locally, the default), a synthetic set for tests,
+CIFAR-10/100, MNIST and Fashion-MNIST read from a local folder through torchvision, and language-model corpora
+(landscape.corpus): the generated `grammar` corpus, a local `text` file, and `tokens` shards.
 
 Every dataset here fits in host memory, so it is loaded once as normalized float tensors and indexed per
 batch; this keeps the trainer and the surface engine free of DataLoader overhead. CIFAR's train-time
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscape import corpus
 from landscape.errors import ConfigError, UnknownNameError, UserError
 
 
@@ -28,8 +30,15 @@ class Dataset:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    num_classes: int
+    num_classes: int  # classes, or a language model's vocabulary size
     augment: bool = False  # random crop + flip at train time (CIFAR)
+    metric: str = "cross_entropy"  # what training minimizes and evaluation reports (landscape.metrics, by name)
+    resident: bool = True  # False: too large to copy to the device whole (memory-mapped shards); batches go alone
+
+    @property
+    def tokens_per_sample(self) -> int:
+        """Tokens a language model predicts per sequence (1 for a classifier's sample)."""
+        return int(self.y_train[0].numel()) if self.y_train.ndim > 1 else 1
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -117,6 +126,48 @@ def synthetic(data_dir: str = "", download: bool = False, n_train: int = 512, n_
     x_train, y_train = draw(int(n_train))
     x_test, y_test = draw(int(n_test))
     return Dataset("synthetic", x_train, y_train, x_test, y_test, int(num_classes))
+
+
+def _language(name: str, train: torch.Tensor, val: torch.Tensor, seq_len: int, vocab_size: int,
+              resident: bool = True) -> Dataset:
+    """A corpus as windows: inputs (N, seq_len) and their next tokens (N, seq_len), the test split being the
+    validation stream. Resident corpora get contiguous copies (fast to index); shards stay views of the files."""
+    x, y = corpus.windows(train, seq_len, f"the {name} train split")
+    x_val, y_val = corpus.windows(val, seq_len, f"the {name} validation split")
+    if resident:
+        x, y, x_val, y_val = (t.contiguous() for t in (x, y, x_val, y_val))
+    return Dataset(name, x, y, x_val, y_val, vocab_size, metric="next_token", resident=resident)
+
+
+@_register("grammar")
+def grammar(data_dir: str = "", download: bool = False, seq_len: int = 64, train_tokens: int = 1 << 20,
+            val_tokens: int = 1 << 17, seed: int = 0) -> Dataset:
+    """Characters of a stochastic grammar with a known entropy rate (landscape.corpus.Grammar), generated here:
+    the language is fixed, `seed` draws the train stream and seed + 1 the validation stream."""
+    train, val = corpus.grammar_streams(int(train_tokens), int(val_tokens), int(seed))
+    return _language("grammar", train, val, int(seq_len), len(corpus.ALPHABET))
+
+
+@_register("text")
+def text(data_dir: str = "", download: bool = False, path: str = "", seq_len: int = 64,
+         val_fraction: float = 0.1) -> Dataset:
+    """A local text file as bytes (vocabulary 256); its last val_fraction is the validation split."""
+    if not path:
+        raise ConfigError("dataset text needs the file: --data-kwargs '{\"path\": \"FILE.txt\"}'")
+    train, val = corpus.text_streams(path, float(val_fraction))
+    return _language("text", train, val, int(seq_len), 256)
+
+
+@_register("tokens")
+def tokens(data_dir: str = "", download: bool = False, path: str = "", seq_len: int = 1024, dtype: str = "uint16",
+           vocab_size: int | None = None) -> Dataset:
+    """Pre-tokenized shards in a folder (*train*.bin|npy, *val*.bin|npy), memory-mapped; vocab_size defaults to
+    the largest token + 1 (a pass over the data)."""
+    if not path:
+        raise ConfigError("dataset tokens needs the folder: --data-kwargs '{\"path\": \"DIR\", \"vocab_size\": N}'")
+    train, val = corpus.shard_streams(path, dtype)
+    vocab = corpus.vocab_size_of((train, val), vocab_size, path)
+    return _language("tokens", train, val, int(seq_len), vocab, resident=False)
 
 
 _TV = {  # name: (torchvision class, mean, std, folder it creates, augment)

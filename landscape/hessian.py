@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from landscape.distributed import all_reduce_sum
 from landscape.errors import ConfigError
 from landscape.metrics import Metric, cross_entropy
-from landscape.objective import FlatLoss
+from landscape.objective import FlatLoss, twice_differentiable
 from landscape.params import Params, PointSetter, model_tensors
 from landscape.sources import batch_size_of
 
@@ -64,11 +64,12 @@ class HessianOperator(FlatLoss):
         """(leaf, gradient of the batch's loss sum with its graph, count) at the current weights. The chosen
         weights are one flat leaf, so a product passes one tensor in and gets one out, with no split or concat."""
         leaf = self.weights().requires_grad_()
-        sums = self.sums(batch, leaf)
-        if not sums["loss"].requires_grad:  # the loss never reads these weights: their Hessian is 0
-            return leaf, torch.zeros_like(leaf), sums["count"].detach()
-        grad = torch.autograd.grad(sums["loss"], leaf, create_graph=True, allow_unused=True,  # weights the loss
-                                   materialize_grads=True)[0]                            # never reads: zero rows
+        with twice_differentiable(self.model):
+            sums = self.sums(batch, leaf)
+            if not sums["loss"].requires_grad:  # the loss never reads these weights: their Hessian is 0
+                return leaf, torch.zeros_like(leaf), sums["count"].detach()
+            grad = torch.autograd.grad(sums["loss"], leaf, create_graph=True, allow_unused=True,  # weights the
+                                       materialize_grads=True)[0]                      # loss never reads: zero rows
         return leaf, grad, sums["count"].detach()
 
     def refresh(self) -> None:

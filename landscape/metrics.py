@@ -3,7 +3,9 @@ tokens), so every reported value is a sample- or token-weighted mean over any ba
 
 A metric is any callable `metric(outputs, batch) -> {"name": sum, ..., "count": n}`; each reported value is
 sum / count, and a metric may add derived values with a `finish(means) -> means` method (perplexity from the
-mean token loss). Built in: cross_entropy (loss, acc %), mse, causal_lm and masked_lm (token loss, acc %, ppl).
+mean token loss). Built in: cross_entropy (loss, acc %), mse, and for language models (token loss, acc %, ppl):
+causal_lm (labels are the inputs, shifted here), masked_lm, and next_token (labels are already the next tokens,
+as in landscape's corpora).
 Outputs that are objects or dicts with `logits` (HuggingFace models) are read through `logits_of`; batches are
 tuples/lists (inputs first, targets last) or dicts (targets under `labels`).
 """
@@ -97,7 +99,7 @@ class TokenCrossEntropy:
         self.shift, self.ignore_index = shift, ignore_index
 
     def __call__(self, outputs: Any, batch: Any) -> Sums:
-        logits, labels = _fp32(logits_of(outputs)), targets_of(batch)
+        logits, labels = _fp32(logits_of(outputs)), targets_of(batch).long()  # shards may hold uint16 tokens
         if self.shift:
             logits, labels = logits[..., :-1, :], labels[..., 1:]
         logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
@@ -113,7 +115,8 @@ class TokenCrossEntropy:
 
 METRICS: dict[str, Callable[[], Metric]] = {
     "cross_entropy": lambda: cross_entropy, "mse": lambda: mse,
-    "causal_lm": lambda: TokenCrossEntropy(shift=True), "masked_lm": lambda: TokenCrossEntropy(shift=False)}
+    "causal_lm": lambda: TokenCrossEntropy(shift=True), "masked_lm": lambda: TokenCrossEntropy(shift=False),
+    "next_token": lambda: TokenCrossEntropy(shift=False)}
 
 
 def get_metric(spec: str | Metric) -> Metric:

@@ -206,3 +206,49 @@ def wrn20_4(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> 
 @register("wrn56_2")
 def wrn56_2(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> nn.Module:
     return wide_resnet(num_classes, input_shape, depth=56, width=2)
+
+
+# ----------------------------------------------------------------------------- language models (landscape.lm)
+# The vocabulary comes as num_classes and the sequence length as input_shape = (T,), from the corpus.
+
+TRANSFORMER_SIZES = {  # parameters with a 28-token vocabulary, untied: tiny 0.11M, small 0.81M, medium 10.7M
+    "tiny": {"d_model": 64, "n_layer": 2, "n_head": 4},  # base: 85M + 2 x 768 x vocabulary (GPT-2 small's shape)
+    "small": {"d_model": 128, "n_layer": 4, "n_head": 4},
+    "medium": {"d_model": 384, "n_layer": 6, "n_head": 6},
+    "base": {"d_model": 768, "n_layer": 12, "n_head": 12},
+}
+LSTM_SIZES = {"tiny": {"d_model": 64, "hidden": 128, "n_layer": 1},
+              "medium": {"d_model": 512, "hidden": 512, "n_layer": 2}}
+
+
+@register("transformer")
+def transformer(num_classes: int = 256, input_shape: Sequence[int] = (64,), **kwargs: Any) -> nn.Module:
+    """Decoder-only Transformer (landscape.lm.Transformer): d_model, n_layer, n_head, mlp_ratio, positions
+    (learned | rotary), tie_weights, dropout."""
+    from landscape.lm import Transformer
+
+    return Transformer(num_classes, int(input_shape[0]), **kwargs)
+
+
+@register("lstm_lm")
+def lstm_lm(num_classes: int = 256, input_shape: Sequence[int] = (64,), **kwargs: Any) -> nn.Module:
+    """LSTM language model (landscape.lm.LSTMLanguageModel): d_model, hidden, n_layer, tie_weights, dropout."""
+    from landscape.lm import LSTMLanguageModel
+
+    return LSTMLanguageModel(num_classes, **kwargs)
+
+
+def _register_size(family: str, size: str, defaults: dict[str, Any]) -> None:
+    base = transformer if family == "transformer" else lstm_lm
+
+    @register(f"{family}_{size}")
+    def build(num_classes: int = 256, input_shape: Sequence[int] = (64,), **kwargs: Any) -> nn.Module:
+        return base(num_classes, input_shape, **{**defaults, **kwargs})
+
+    build.__doc__ = f"{family} with {defaults} (any of them can be overridden by --model-kwargs)"
+
+
+for _size, _defaults in TRANSFORMER_SIZES.items():
+    _register_size("transformer", _size, _defaults)
+for _size, _defaults in LSTM_SIZES.items():
+    _register_size("lstm", _size, _defaults)

@@ -5,19 +5,33 @@ and the buffers as the model holds them now). landscape.hessian and landscape.me
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from landscape.errors import ConfigError
 from landscape.evaluation import forward_batch
 from landscape.metrics import Metric, Sums, check_sums, cross_entropy
 from landscape.params import Params
 from landscape.sources import as_source
+
+
+@contextlib.contextmanager
+def twice_differentiable(model: nn.Module) -> Iterator[None]:
+    """Forward passes whose backward can itself be differentiated (Hessian-vector products): attention by the
+    math kernel of scaled_dot_product_attention (the fused CPU and GPU kernels have no double backward) and, for
+    recurrent layers on CUDA, without cuDNN (whose RNN backward has none either)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        if any(isinstance(m, nn.RNNBase) for m in model.modules()):
+            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        yield
 
 
 class FlatLoss:

@@ -18,8 +18,10 @@ def model_tensors(model: nn.Module, dir_type: str = "weights") -> Params:
     including BatchNorm running statistics ('states'). Values are the model's own storage (not copies)."""
     if dir_type == "weights":
         return dict(model.named_parameters())
-    if dir_type == "states":
-        return {k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
+    if dir_type == "states":  # a tensor shared by two modules (tied weights) is listed once, as parameters are
+        seen: set[int] = set()
+        return {k: v for k, v in model.state_dict(keep_vars=True).items()
+                if v.is_floating_point() and not (id(v) in seen or seen.add(id(v)))}
     raise ValueError(f"unknown direction type {dir_type!r}: use weights or states")
 
 

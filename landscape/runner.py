@@ -290,26 +290,29 @@ def snap_markers(markers: Markers | None, x: np.ndarray, y: np.ndarray | None
 # ----------------------------------------------------------------------------- the CLI's job
 
 def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.device, batch_size: int
-              ) -> tuple[list[EvalSet], dict[str, Any]]:
-    """The evaluation sets and what describes their data: the user's --data, or the checkpoint's own dataset."""
-    metric = get_metric(cfg.metric)
+              ) -> tuple[list[EvalSet], dict[str, Any], str]:
+    """The evaluation sets, what describes their data (the user's --data, or the checkpoint's own dataset), and the
+    metric's name: --metric, else the dataset's own (next_token for a corpus), else cross_entropy."""
     if cfg.data:
+        metric = get_metric(cfg.metric or "cross_entropy")
         made = import_object(cfg.data, "--data")
         data = made(**cfg.data_kwargs) if callable(made) and not isinstance(made, Iterable) else made
         named = data if isinstance(data, dict) else {"": data}
         sets = [EvalSet(name, as_source(d, device, batch_size, cfg.samples, cfg.max_batches), metric)
                 for name, d in named.items()]
-        return sets, {"name": cfg.data, "kwargs": dict(cfg.data_kwargs)}
+        return sets, {"name": cfg.data, "kwargs": dict(cfg.data_kwargs)}, cfg.metric or "cross_entropy"
     if ckpt is None:
         raise UserError("--model needs --data: a package.module:function that returns your DataLoader (or a dict of "
                         "them by split name)")
     data = load_data_for(ckpt, cfg.data_dir, cfg.download)
+    name = cfg.metric or data.metric
+    metric = get_metric(name)
     sets = []
     for split in cfg.splits:
         x, y = select_samples(*data.split(split), cfg.samples, split)
         memory = torch.channels_last if (x.ndim == 4 and cfg.channels_last is not False) else torch.contiguous_format
         sets.append(EvalSet(split, as_source((x.contiguous(memory_format=memory), y), device, batch_size), metric))
-    return sets, ckpt["data"]
+    return sets, ckpt["data"], name
 
 
 def load_centre(cfg: SurfaceConfig, path: str) -> tuple[nn.Module, dict[str, Any] | None]:
@@ -505,7 +508,8 @@ def origin_of(cfg: SurfaceConfig, ckpt: dict[str, Any] | None) -> Origin:
 def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
     model, ckpt = load_centre(cfg, cfg.checkpoint)
     batch_size = resolve_batch_size(cfg.eval_batch_size, info.device)
-    sets, data = load_sets(cfg, ckpt, info.device, batch_size)
+    sets, data, metric = load_sets(cfg, ckpt, info.device, batch_size)
+    cfg = dataclasses.replace(cfg, metric=metric)  # what every later step and the file record
     needs_train = cfg.directions_file == HESSIAN or cfg.bn_recalibrate
     train = training_source(cfg, ckpt, sets, info.device, batch_size) if needs_train else sets[0].source
     theta0, dirs, annotations = make_directions(model, cfg, train, info)
@@ -540,7 +544,7 @@ def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3) -> Su
     train = next((s.source for s in job.sets if s.name == "train"), job.sets[0].source)
     data = (train.x, train.y) if isinstance(train, TensorSource) else train  # each rank its own points, all the data
     evaluator = HessianPointEvaluator(job.model.to(info.device), job.theta0, job.directions, data,
-                                      get_metric(cfg.metric), tol, cfg.seed, getattr(train, "batch_size", 512))
+                                      job.sets[0].metric, tol, cfg.seed, getattr(train, "batch_size", 512))
     path = cfg.path[:-len(".h5")] + "_hessian.h5"
     job = dataclasses.replace(job, path=path, evaluation={**job.evaluation, "hessian_tol": tol})
     return run_grid(job, info, evaluator)

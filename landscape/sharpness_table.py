@@ -192,7 +192,7 @@ def run_sharpness(cfg: SurfaceConfig, sc: SharpnessConfig, info: DistInfo, write
     if cached is not None:
         return SharpnessRun(cached["rows"], cached["density"], csv_path, json_path, True)
     model = model.to(info.device).eval()
-    sets, _ = load_sets(dataclasses.replace(cfg, splits=cfg.splits[:1]), ckpt, info.device,
+    sets, _, _ = load_sets(dataclasses.replace(cfg, splits=cfg.splits[:1]), ckpt, info.device,
                         resolve_batch_size(cfg.eval_batch_size, info.device))
     theta0 = snapshot(model_tensors(model), device="cpu")
     spec = DirectionSpec("weights", cfg.norm, cfg.ignore, cfg.seed)

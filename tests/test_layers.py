@@ -21,7 +21,8 @@ LAYERS = [  # bottom to top: (what the layer is, fnmatch patterns of module name
      ["landscape", "landscape.errors", "landscape.files", "landscape.grid", "landscape.config", "landscape.cli"]),
     ("runtime on torch: process groups and collectives, metrics as exact sums, data sources",
      ["landscape.distributed", "landscape.metrics", "landscape.sources", "landscape.evaluation"]),
-    ("models, data and checkpoints", ["landscape.models", "landscape.data", "landscape.checkpoint"]),
+    ("models, data and checkpoints", ["landscape.corpus", "landscape.lm", "landscape.models", "landscape.data",
+                                         "landscape.checkpoint"]),
     ("the landscape core: directions, trajectory PCA, grid evaluation, HDF5 schema, Hessian, sharpness measures, "
      "plot functions",
      ["landscape.params", "landscape.directions", "landscape.pca", "landscape.engine", "landscape.io",

@@ -6,8 +6,8 @@ from landscape.models import build_model, list_models
 SHAPES = {"mlp": (40,), "cnn1d": (40,), "cnn2d": (1, 28, 28)}
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_every_registered_model_builds_with_the_right_output_shape(name):
+@pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith(("transformer", "lstm"))])
+def test_every_registered_model_builds_with_the_right_output_shape(name):  # language models: tests/test_lm.py
     shape = SHAPES.get(name, (3, 32, 32))
     model = build_model(name, num_classes=7, input_shape=shape).eval()
     with torch.no_grad():

@@ -28,11 +28,13 @@ from landscape.config import DEVICES, PRECISIONS, check_choice
 from landscape.data import Dataset, augment, list_datasets, load_dataset
 from landscape.distributed import DistInfo, all_reduce_sum, print0
 from landscape.errors import ConfigError, UserError
-from landscape.evaluation import autocast_context, resolve_precision, sums_tensor
+from landscape.evaluation import autocast_context, resolve_precision, source_sums
 from landscape.files import write_json, write_text
+from landscape.metrics import finish, get_metric
 from landscape.models import build_model, list_models
+from landscape.sources import TensorSource
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -59,8 +61,11 @@ class TrainConfig:
     optimizer: str = option("sgd", "the optimizer", choices=OPTIMIZERS, group="optimization")
     lr: float = option(0.1, "peak learning rate (at --base-batch-size with --scale-lr)", group="optimization")
     momentum: float = option(0.9, "SGD momentum", group="optimization")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW beta1 beta2 (language models often use 0.9 0.95)",
+                                        group="optimization")
     nesterov: bool = option(False, "Nesterov momentum", group="optimization")
-    weight_decay: float = option(0.0, "L2 weight decay", group="optimization")
+    weight_decay: float = option(0.0, "weight decay: L2 added to the gradient (sgd, adam), decoupled (adamw)",
+                                 group="optimization")
     schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES, group="optimization")
     milestones: tuple[int, ...] = option((), "epochs where --schedule step multiplies the lr by --gamma",
                                          group="optimization")
@@ -89,6 +94,7 @@ class TrainConfig:
                   (self.weight_decay >= 0, "--weight-decay must be >= 0"),
                   (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
                   (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+                  (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas takes two values in [0, 1)"),
                   (min(self.eval_every, self.save_every, self.log_every, self.eval_batch_size) >= 1,
                    "--eval-every/--save-every/--log-every/--eval-batch-size must be >= 1")]
         for ok, msg in checks:
@@ -161,8 +167,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: BatchPlan):
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=peak_lr(cfg), momentum=cfg.momentum,
                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=peak_lr(cfg), weight_decay=cfg.weight_decay)
+    else:  # AdamW: weight decay decoupled from the gradient's moments (Loshchilov & Hutter 2019)
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = cls(model.parameters(), lr=peak_lr(cfg), betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, plan.steps_per_epoch))
     return opt, sched
 
@@ -170,10 +177,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: BatchPlan):
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
                     sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
                     info: DistInfo) -> dict[str, float]:
-    """One pass over this rank's shard; returns the running train loss (train mode) and images/second (all ranks)."""
+    """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
+    model) and samples/second (all ranks), and tokens/second for a language model."""
     ddp_model.train()
     sampler.set_epoch(epoch)
-    idx = torch.tensor(list(iter(sampler)), device=info.device)
+    idx = torch.tensor(list(iter(sampler)), device=info.device if data.resident else "cpu")
     gen = torch.Generator(device=info.device).manual_seed(cfg.seed * 100_003 + epoch * 1009 + info.rank)
     precision = resolve_precision(cfg.precision, info.device)
     losses: list[Tensor] = []  # one detached loss per micro-batch, summed once at the end of the epoch
@@ -190,8 +198,11 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     bar.close()
     count = plan.steps_per_epoch * plan.global_batch_size
     loss_sum = torch.stack(losses).sum(dtype=torch.float64) * plan.micro_batch_size
-    return {"train_loss_running": float(all_reduce_sum(loss_sum)) / count,
-            "images_per_second": count / seconds, "train_seconds": seconds}
+    record = {"train_loss_running": float(all_reduce_sum(loss_sum)) / count,
+              "images_per_second": count / seconds, "train_seconds": seconds}
+    if data.metric != "cross_entropy":  # sequences: the throughput that compares across sequence lengths
+        record["tokens_per_second"] = count * data.tokens_per_sample / seconds
+    return record
 
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable; saves building one per micro-batch
@@ -207,6 +218,8 @@ def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, dat
     for micro in range(plan.accumulation_steps):
         mb = batch[micro * plan.micro_batch_size:(micro + 1) * plan.micro_batch_size] if accumulate else batch
         x, y = data.x_train[mb], data.y_train[mb]
+        if not data.resident:  # memory-mapped shards: only the batch travels
+            x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
         if data.augment:
             x = augment(x, gen)
         if x.ndim == 4 and info.device.type == "cuda":
@@ -216,7 +229,8 @@ def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, dat
         with sync:
             with autocast_context(info.device, precision):
                 out = ddp_model(x)
-            loss = nn.functional.cross_entropy(out.float(), y)
+            # (B, C) and (B,), or a language model's (B, T, V) and (B, T): the mean over samples or tokens
+            loss = nn.functional.cross_entropy(out.float().flatten(0, -2), y.flatten().long())
             # mean over the per-rank batch; no extra division kernel when there is nothing to accumulate
             (loss / plan.accumulation_steps if accumulate else loss).backward()
         losses.append(loss.detach())
@@ -227,20 +241,24 @@ def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, dat
 
 def evaluate(model: nn.Module, data: Dataset, info: DistInfo, batch_size: int, precision: str = "fp32"
              ) -> dict[str, float]:
-    """Full train and test sets in eval mode, sharded without padding (rank r takes r, r+W, ...), summed."""
+    """Full train and test sets in eval mode, sharded without padding (rank r takes r, r+W, ...), summed: loss
+    and accuracy (token-weighted for a language model, plus its perplexity ppl)."""
     model.eval()
+    metric = get_metric(data.metric)
     metrics: dict[str, float] = {}
     for split in ("train", "test"):
         x, y = data.split(split)
         shard = slice(info.rank, None, info.world_size)
-        loss_sum, acc_sum, count = all_reduce_sum(
-            sums_tensor(model, x[shard], y[shard], batch_size, precision=precision)).tolist()
-        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = loss_sum / count, acc_sum / count
+        source = TensorSource(x[shard], y[shard], info.device, batch_size)
+        sums, keys = source_sums(model, source, metric, precision)
+        total = all_reduce_sum(sums)
+        means = finish(metric, {k: total[i] / total[-1] for i, k in enumerate(keys)})
+        metrics.update({f"{split}_{k}": float(v) for k, v in means.items()})
     return metrics
 
 
 def _to_device(data: Dataset, device: torch.device) -> Dataset:
-    if device.type == "cpu":
+    if device.type == "cpu" or not data.resident:
         return data
     return dataclasses.replace(data, **{k: getattr(data, k).to(device, non_blocking=True)
                                         for k in ("x_train", "y_train", "x_test", "y_test")})
@@ -355,7 +373,9 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
         if start_epoch == 0:  # the initial weights: where a trajectory (landscape.trajectory) starts
             ckpt_io.save_checkpoint(_checkpoint(model, cfg, plan, data, 0, 0, {}, opt, sched, info.device),
                                     os.path.join(cfg.out, "epoch_0000.pt"))
-        print0(f"global batch {plan.global_batch_size} = {plan.micro_batch_size} per forward x "
+        tokens = (f" sequences x {data.tokens_per_sample} tokens = {plan.global_batch_size * data.tokens_per_sample} "
+                  "tokens" if data.metric != "cross_entropy" else "")
+        print0(f"global batch {plan.global_batch_size}{tokens} = {plan.micro_batch_size} per forward x "
                f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
                f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}")
     metrics: dict[str, float] = dict(state["metrics"]) if state else {}
@@ -381,9 +401,19 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
 
 
 def _format_record(r: dict[str, Any], epochs: int) -> str:
+    speed = (f"{r['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in r else
+             f"{r['images_per_second']:.0f} img/s")
     line = (f"epoch {r['epoch']}/{epochs}  lr {r['lr']:.4g}  running loss {r['train_loss_running']:.4f}  "
-            f"{r['images_per_second']:.0f} img/s  {r['wall_seconds']:.1f}s")
+            f"{speed}  {r['wall_seconds']:.1f}s")
     if "test_acc" in r:
-        line += (f"  | train loss {r['train_loss']:.4f} acc {r['train_acc']:.2f}%  "
-                 f"test loss {r['test_loss']:.4f} acc {r['test_acc']:.2f}%")
+        line += f"  | {metrics_text(r)}"
     return line
+
+
+def metrics_text(m: dict[str, float]) -> str:
+    """train and test loss and accuracy, and perplexity where there is one (a language model's)."""
+    def split(name: str) -> str:
+        ppl = f" ppl {m[f'{name}_ppl']:.3f}" if f"{name}_ppl" in m else ""
+        return f"{name} loss {m[f'{name}_loss']:.4f} acc {m[f'{name}_acc']:.2f}%{ppl}"
+
+    return f"{split('train')}  {split('test')}"

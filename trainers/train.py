@@ -21,7 +21,7 @@ from landscape.cli import (
     run_cli,
 )
 from landscape.distributed import cleanup_distributed, init_distributed
-from trainers.ddp import TrainConfig, fit
+from trainers.ddp import TrainConfig, fit, metrics_text
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
@@ -39,9 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             check_writable(cfg.out)
         ckpt = fit(cfg, info)
         if info.is_main:
-            m = ckpt["metrics"]
-            print(f"done: {os.path.join(cfg.out, 'last.pt')}  train loss {m['train_loss']:.4f} acc "
-                  f"{m['train_acc']:.2f}%  test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f}%", flush=True)
+            print(f"done: {os.path.join(cfg.out, 'last.pt')}  {metrics_text(ckpt['metrics'])}", flush=True)
     finally:
         cleanup_distributed()
 
