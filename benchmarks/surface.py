@@ -37,6 +37,8 @@ MODELS = {  # name: (dataset, dataset kwargs, model, model kwargs, eval batch, g
     "resnet20": ("synthetic", {"n_train": 512, "n_test": 16, "num_classes": 10, "input_shape": [3, 32, 32]},
                  "resnet20", {}, 256, 5, 5),
     "mlp": ("mnist1d", {}, "mlp", {"hidden": [100, 100]}, 1000, 51, 8),  # the paper's 51x51 grid
+    # 0.11M-parameter Transformer, 255 windows x 64 characters of the grammar corpus (16k tokens) per point
+    "transformer": ("grammar", {"train_tokens": 1 << 14, "val_tokens": 1 << 12}, "transformer_tiny", {}, 128, 5, 4),
 }
 
 
@@ -77,8 +79,8 @@ def worker(args: argparse.Namespace) -> None:
     cfg = SurfaceConfig(args.ckpt, out=args.tmp, x=spec, y=spec, splits=("train",), eval_batch_size=batch,
                         progress=False, name=f"bench_{args.model}_{info.world_size}_{args.threads}")
     model, ckpt = load_model(args.ckpt)
-    sets, _ = load_sets(cfg, ckpt, info.device, batch)
-    theta0, dirs = make_directions(model, cfg)
+    sets, _, _ = load_sets(cfg, ckpt, info.device, batch)
+    theta0, dirs, _ = make_directions(model, cfg, sets[0].source, info)
     x = parse_range(spec)
     points = grid_points(x, x)
     channels_last = sets[0].source.x.ndim == 4

@@ -1,10 +1,11 @@
-"""Trainer benchmark: images/second of trainers.train's training step against a bare PyTorch loop.
+"""Trainer benchmark: images (or tokens) per second of trainers.train's training step against a bare PyTorch loop.
 
   python benchmarks/train.py
 
 Same model, data tensors, global batch, optimizer and threads, one process, measured side by side in this run:
   trainer: trainers.ddp.train_one_epoch (the code `python -m trainers.train` runs), its own timing
   bare:    for each batch: x[idx] -> forward -> cross_entropy -> backward -> SGD step -> zero_grad
+           (a language model's logits (B, T, V) and targets (B, T) flattened to tokens, as one writes it)
 Epochs alternate between the two; the ratio is the median over epochs of trainer epoch / the bare epoch after
 it (the best epoch of each, and their ratio, are printed too). Prints the ratios, then one JSON line.
 """
@@ -28,6 +29,7 @@ CASES = {  # name: (dataset, dataset kwargs, model, model kwargs, global batch)
     "mlp": ("mnist1d", {}, "mlp", {"hidden": [100, 100]}, 128),
     "resnet20": ("synthetic", {"n_train": 2048, "n_test": 16, "num_classes": 10, "input_shape": [3, 32, 32]},
                  "resnet20", {}, 128),
+    "transformer": ("grammar", {"train_tokens": 1 << 17, "val_tokens": 1 << 10}, "transformer_tiny", {}, 64),
 }
 
 
@@ -39,7 +41,8 @@ def bare_epoch(model, opt, x, y, batch: int, gen: torch.Generator) -> float:
     t0 = time.perf_counter()
     for i in range(steps):
         idx = order[i * batch:(i + 1) * batch]
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        out = model(x[idx])
+        loss = torch.nn.functional.cross_entropy(out.flatten(0, -2), y[idx].flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -69,7 +72,8 @@ def run_case(name: str, epochs: int) -> dict:
     # Each trainer epoch against the bare epoch right after it, which met about the same load; the median of
     # these paired ratios is what a shared machine's drifting load disturbs least.
     paired = float(np.median(np.array(ours_rates) / np.array(bare_rates)))
-    return {"trainer_images_per_s": max(ours_rates), "bare_images_per_s": max(bare_rates),
+    tokens = data.tokens_per_sample if data.metric != "cross_entropy" else 1
+    return {"trainer_images_per_s": max(ours_rates), "bare_images_per_s": max(bare_rates), "tokens_per_sample": tokens,
             "ratio_best": max(ours_rates) / max(bare_rates), "ratio": paired, "epochs": epochs,
             "batch_size": batch, "threads": torch.get_num_threads()}
 
@@ -83,8 +87,10 @@ def main() -> None:
     for name in args.cases:
         r = run_case(name, args.epochs)
         results[name] = r
-        print(f"{name:>9}: trainer {r['trainer_images_per_s']:9.0f} img/s  bare loop {r['bare_images_per_s']:9.0f} "
-              f"img/s (best epochs: ratio {r['ratio_best']:.3f})  median paired ratio {r['ratio']:.3f}  "
+        unit, k = ("tok/s", r["tokens_per_sample"]) if r["tokens_per_sample"] > 1 else ("img/s", 1)
+        print(f"{name:>11}: trainer {k * r['trainer_images_per_s']:9.0f} {unit}  bare loop "
+              f"{k * r['bare_images_per_s']:9.0f} {unit} (best epochs: ratio {r['ratio_best']:.3f})  "
+              f"median paired ratio {r['ratio']:.3f}  "
               f"(batch {r['batch_size']}, {r['threads']} threads, {r['epochs']} epochs each)", flush=True)
     print(json.dumps({"ratio": round(min(r["ratio"] for r in results.values()), 3), "per_case": results,
                       "torch": torch.__version__}))

@@ -1,9 +1,12 @@
 """Batch-size scaling (Shallue et al. 2018; McCandlish et al. 2018), measured on one model:
-(a) training images/second against batch size, (b) steps to reach a target test accuracy with the linear
-scaling rule and warmup (Goyal et al. 2017), log-log with the perfect-scaling line, and (c) the gradient noise
-scale B_simple measured during training, marked on (b) as the predicted critical batch size.
+(a) training images (or tokens) per second against batch size, (b) steps to reach a target test accuracy (or
+validation loss) with the learning rate scaled with the batch (linearly for SGD, Goyal et al. 2017; by its
+square root for Adam, Malladi et al. 2022) and warmup, log-log with the perfect-scaling line, and (c) the
+gradient noise scale B_simple measured during training, marked on (b) as the predicted critical batch size.
 
   python -m figures.batch_scaling --preset quick --out scaling     # MNIST-1D MLP, minutes on 2 CPU cores
+  python -m figures.batch_scaling --preset lm --out scaling_lm     # Transformer on the grammar corpus, ~5 min
+  python -m figures.batch_scaling --preset lm-gpu --out scaling_lm # 10.7M Transformer, one GPU
 
 Single process. Each batch size's result is cached as JSON under OUT/runs/, so a rerun reuses finished sizes.
 Writes scaling.{png,pdf} (all three panels), throughput/steps_to_target/noise_scale.{png,pdf},
@@ -25,10 +28,11 @@ from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run
 from landscape.data import Dataset, load_dataset
 from landscape.distributed import DistInfo, init_distributed
 from landscape.errors import UserError
-from landscape.evaluation import evaluate
+from landscape.evaluation import evaluate, resolve_precision
 from landscape.files import read_cached, write_cached, write_csv
+from landscape.metrics import get_metric
 from landscape.models import build_model
-from trainers.ddp import TrainConfig, make_optimizer, make_plan, train_step
+from trainers.ddp import TrainConfig, make_optimizer, make_plan, to_device, train_step
 from trainers.noise_scale import estimate_noise
 
 
@@ -39,17 +43,36 @@ class Preset:
     batch_sizes: tuple[int, ...]
     base_lr: float  # at base_batch_size; scaled linearly with the batch
     base_batch_size: int
-    target_acc: float  # test accuracy (%) that counts as reached
+    target_acc: float  # test accuracy (%) that counts as reached (when target_loss is None)
     max_steps: int
+    target_loss: float | None = None  # test (validation) loss that counts as reached: language models
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_power: float = 1.0  # lr = base_lr * (batch / base_batch_size) ** lr_power, at most max_lr
+    max_lr: float = float("inf")
+    eval_samples: int | None = None  # test samples checked against the target (None: all)
+    eval_growth: float = 0.0  # the target is checked every max(1, eval_growth * step) steps (0: every step)
     warmup_epochs: float = 1.0
+    warmup_steps: int | None = None  # instead of warmup_epochs
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_kwargs: dict[str, Any] = field(default_factory=dict)
     noise_batch: int = 64  # the run in which the noise scale is measured
     noise_every: int = 20  # steps between noise measurements
     noise_micro_batches: int = 32  # micro-batches per measurement: fewer gave estimates 3x apart run to run
     seed: int = 0
+    device: str = "cpu"
+
+    def lr_for(self, bs: int) -> float:
+        return min(self.max_lr, self.base_lr * (bs / self.base_batch_size) ** self.lr_power)
+
+    @property
+    def target_text(self) -> str:
+        return f"test loss {self.target_loss:g}" if self.target_loss is not None else f"{self.target_acc:g}% test acc"
 
 
+LM = dict(dataset="grammar", model="transformer_tiny", optimizer="adamw", betas=(0.9, 0.95), lr_power=0.5,
+          target_acc=0.0, target_loss=0.75, eval_samples=256, eval_growth=0.05, warmup_steps=50,
+          noise_batch=32, noise_micro_batches=16)
 PRESETS = {
     "quick": Preset(dataset="mnist1d", model="mlp", batch_sizes=(16, 32, 64, 128, 256, 512, 1000, 2000),
                     base_lr=0.0125, base_batch_size=16, target_acc=55.0, max_steps=4000,
@@ -57,43 +80,68 @@ PRESETS = {
     "smoke": Preset(dataset="synthetic", model="mlp", batch_sizes=(16, 64, 256), base_lr=0.01, base_batch_size=16,
                     target_acc=60.0, max_steps=300, model_kwargs={"hidden": [16]}, noise_batch=16, noise_every=5,
                     data_kwargs={"n_train": 512, "n_test": 256, "noise": 2.0}),
+    # the grammar's entropy rate is 0.533 nats per character and the best loss on 64-character windows 0.558
+    "lm": Preset(**LM, batch_sizes=(8, 16, 32, 64, 128, 256, 512, 1024), base_lr=1.5e-3, base_batch_size=8,
+                 max_lr=0.02, max_steps=3000),
+    "lm-gpu": Preset(**{**LM, "model": "transformer_medium", "target_loss": 0.6, "eval_samples": 1024,
+                        "noise_batch": 64, "device": "auto"},
+                     batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048), base_lr=3e-4, base_batch_size=16,
+                     max_lr=3e-3, max_steps=20000, data_kwargs={"train_tokens": 1 << 25, "val_tokens": 1 << 20}),
+    "lm-smoke": Preset(**{**LM, "model": "transformer", "target_loss": 2.9, "eval_samples": 64, "noise_batch": 8,
+                          "noise_micro_batches": 4},
+                       model_kwargs={"d_model": 16, "n_layer": 1, "n_head": 2}, batch_sizes=(8, 32), base_lr=3e-3,
+                       base_batch_size=8, max_steps=60, noise_every=5,
+                       data_kwargs={"seq_len": 16, "train_tokens": 8192, "val_tokens": 2048}),
 }
 
 
 def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_noise: bool) -> dict[str, Any]:
-    """Train at global batch `bs` until the target test accuracy (checked after every step) or max_steps."""
+    """Train at global batch `bs` until the target (checked every step, or on a grid growing by eval_growth) or
+    max_steps."""
+    steps_per_epoch = len(data.x_train) // bs
+    warmup = p.warmup_steps / steps_per_epoch if p.warmup_steps is not None else p.warmup_epochs
     cfg = TrainConfig(out="", dataset=p.dataset, model=p.model, model_kwargs=p.model_kwargs, batch_size=bs,
-                      epochs=max(1, -(-p.max_steps * bs // len(data.x_train))), lr=p.base_lr, scale_lr=True,
-                      base_batch_size=p.base_batch_size, warmup_epochs=p.warmup_epochs, seed=p.seed, progress=False)
+                      epochs=max(1, -(-p.max_steps // steps_per_epoch)), lr=p.lr_for(bs), optimizer=p.optimizer,
+                      betas=p.betas, warmup_epochs=warmup, seed=p.seed, progress=False)
     torch.manual_seed(p.seed)
     model = build_model(p.model, num_classes=data.num_classes, input_shape=data.input_shape, **p.model_kwargs)
+    model.to(info.device)
     plan = make_plan(cfg, 1, len(data.x_train))
     opt, sched = make_optimizer(model, cfg, plan)
-    gen = torch.Generator().manual_seed(p.seed)
+    gen = torch.Generator(device=info.device).manual_seed(p.seed)
     noise_gen = torch.Generator().manual_seed(p.seed + 1)
-    step, train_seconds, reached, noise = 0, 0.0, None, []
+    x_test, y_test = data.x_test[:p.eval_samples], data.y_test[:p.eval_samples]
+    metric, precision = get_metric(data.metric), resolve_precision("auto", info.device)
+    step, next_check, train_seconds, reached, noise = 0, 1, 0.0, None, []
     losses: list[torch.Tensor] = []  # train_step's per-micro-batch losses; not needed here
     while step < p.max_steps and reached is None:
-        order = torch.randperm(len(data.x_train), generator=gen)
+        order = torch.randperm(len(data.x_train), generator=gen, device=info.device)
         for i in range(plan.steps_per_epoch):
             model.train()
             t0 = time.perf_counter()
-            train_step(model, opt, sched, data, order[i * bs:(i + 1) * bs], plan, gen, "fp32", info, losses)
+            train_step(model, opt, sched, data, order[i * bs:(i + 1) * bs], plan, gen, precision, info, losses)
             losses.clear()
+            if info.device.type == "cuda":
+                torch.cuda.synchronize(info.device)
             train_seconds += time.perf_counter() - t0
             step += 1
             if measure_noise and step % p.noise_every == 0:
                 est = estimate_noise(model, data.x_train, data.y_train, min(bs, 64), noise_gen,
                                      p.noise_micro_batches)
                 noise.append({"step": step, "g2": est.g2, "trace_sigma": est.trace_sigma, "b_simple": est.b_simple})
-            model.eval()
-            if evaluate(model, data.x_test, data.y_test, 4096).acc >= p.target_acc:
-                reached = step
-                break
+            if step >= next_check:
+                next_check = step + max(1, int(p.eval_growth * step))
+                model.eval()
+                result = evaluate(model, x_test, y_test, 4096, precision, metric)
+                if (result.loss <= p.target_loss) if p.target_loss is not None else (result.acc >= p.target_acc):
+                    reached = step
+                    break
             if step >= p.max_steps:
                 break
-    return {"batch_size": bs, "lr": cfg.lr * bs / p.base_batch_size, "steps_to_target": reached,
-            "steps_run": step, "images_per_second": step * bs / train_seconds, "noise": noise}
+    samples_per_second = step * bs / train_seconds
+    return {"batch_size": bs, "lr": p.lr_for(bs), "steps_to_target": reached, "steps_run": step,
+            "images_per_second": samples_per_second,
+            "tokens_per_second": samples_per_second * data.tokens_per_sample, "noise": noise}
 
 
 def cached_run(p: Preset, bs: int, data: Dataset, info: DistInfo, out: str) -> dict[str, Any]:
@@ -112,18 +160,32 @@ def b_simple(noise: list[dict[str, float]]) -> float:
     return float(np.mean([n["trace_sigma"] for n in late]) / np.mean([n["g2"] for n in late]))
 
 
+def fit_critical_batch(results: list[dict[str, Any]]) -> tuple[float, float]:
+    """(S_min, E_min) of McCandlish et al.'s trade-off S = S_min + E_min / B, fitted to the measured steps S at
+    batch B by least squares on the relative error; the measured critical batch is E_min / S_min, where the
+    curve is twice S_min, half way between perfect scaling and no gain."""
+    done = [(r["batch_size"], r["steps_to_target"]) for r in results if r["steps_to_target"] is not None]
+    if len(done) < 2:
+        return float("nan"), float("nan")
+    b, steps = np.array(done, float).T
+    (s_min, e_min), *_ = np.linalg.lstsq(np.stack([1 / steps, 1 / (b * steps)], 1), np.ones(len(b)), rcond=None)
+    return float(s_min), float(e_min)
+
+
 def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], critical: float, p: Preset,
              out: str) -> list[str]:
     from landscape import render
 
     plt = render.plt
     bs = np.array([r["batch_size"] for r in results], float)
-    ips = np.array([r["images_per_second"] for r in results])
+    tokens = p.target_loss is not None  # a language model: throughput in tokens
+    ips = np.array([r["tokens_per_second" if tokens else "images_per_second"] for r in results])
     steps = np.array([np.nan if r["steps_to_target"] is None else r["steps_to_target"] for r in results], float)
 
     def throughput(ax):
         ax.loglog(bs, ips, "o-")
-        ax.set(xlabel="batch size", ylabel="images / second", title="(a) training throughput")
+        ax.set(xlabel="batch size" + (" (sequences)" if tokens else ""),
+               ylabel="tokens / second" if tokens else "images / second", title="(a) training throughput")
 
     def to_target(ax):
         ax.loglog(bs, steps, "o-", label="measured")
@@ -131,9 +193,16 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
         if len(first):
             i = first[0]
             ax.loglog(bs, steps[i] * bs[i] / bs, "k:", label="perfect scaling")
+        s_min, e_min = fit_critical_batch(results)
+        if np.isfinite(s_min) and s_min > 0 and e_min > 0:
+            dense = np.geomspace(bs.min(), bs.max(), 50)
+            ax.loglog(dense, s_min + e_min / dense, color="tab:green", lw=1,
+                      label=f"S_min + E_min/B: B_crit = {e_min / s_min:.0f}")
+            ax.axvline(e_min / s_min, color="tab:green", ls=":")
         ax.axvline(critical, color="tab:red", ls="--", label=f"B_simple = {critical:.0f}")
-        ax.set(xlabel="batch size", ylabel=f"steps to {p.target_acc:g}% test acc",
-               title="(b) steps to target (linear scaling + warmup)")
+        rule = "linear" if p.lr_power == 1 else "sqrt" if p.lr_power == 0.5 else f"power {p.lr_power:g}"
+        ax.set(xlabel="batch size", ylabel=f"steps to {p.target_text}",
+               title=f"(b) steps to target ({rule} lr scaling + warmup)")
         ax.legend(fontsize=7)
 
     def noise_plot(ax):
@@ -167,26 +236,30 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     p = PRESETS[args.preset]
-    info = init_distributed("cpu")
+    info = init_distributed(p.device)
     if info.is_distributed:
         raise UserError("figures.batch_scaling runs in one process; start it with python -m, not torchrun")
     check_writable(args.out)
-    data = load_dataset(p.dataset, **p.data_kwargs)
+    data = to_device(load_dataset(p.dataset, **p.data_kwargs), info.device)
     results = []
     for bs in p.batch_sizes:
         r = cached_run(p, bs, data, info, args.out)
         results.append(r)
         steps = r["steps_to_target"] if r["steps_to_target"] is not None else f"not reached in {r['steps_run']}"
-        print(f"batch {bs:>5}: lr {r['lr']:.4g}  {r['images_per_second']:>9.0f} img/s  steps to target {steps}",
-              flush=True)
+        speed = (f"{r['tokens_per_second']:>9.0f} tok/s" if p.target_loss is not None else
+                 f"{r['images_per_second']:>9.0f} img/s")
+        print(f"batch {bs:>5}: lr {r['lr']:.4g}  {speed}  steps to {p.target_text}: {steps}", flush=True)
     noise = next(r["noise"] for r in results if r["batch_size"] == p.noise_batch)
     critical = b_simple(noise)
     write_csv(os.path.join(args.out, "summary.csv"), results,
-              ["batch_size", "lr", "images_per_second", "steps_to_target", "steps_run"])
+              ["batch_size", "lr", "images_per_second", "tokens_per_second", "steps_to_target", "steps_run"])
     write_csv(os.path.join(args.out, "noise_scale.csv"), noise, ["step", "g2", "trace_sigma", "b_simple"])
     files = plot_all(results, noise, critical, p, args.out)
+    s_min, e_min = fit_critical_batch(results)
     print(f"gradient noise scale B_simple = {critical:.1f} (measured at batch {p.noise_batch}, averaged over the "
           f"second half of training): the predicted critical batch size")
+    print(f"fit S = S_min + E_min/B: S_min {s_min:.0f} steps, E_min {e_min:.0f} samples; measured critical batch "
+          f"B_crit = E_min/S_min = {e_min / s_min:.0f}, where steps to target are twice S_min")
     print(f"figures: {', '.join(files)}\ntables: {os.path.join(args.out, 'summary.csv')}, "
           f"{os.path.join(args.out, 'noise_scale.csv')}")
 

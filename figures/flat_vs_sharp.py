@@ -2,6 +2,7 @@
 
   python -m figures.flat_vs_sharp --preset quick --out demo          # MNIST-1D MLP, minutes on 2 CPU cores
   torchrun --standalone --nproc_per_node=8 -m figures.flat_vs_sharp --preset paper --out fig3   # VGG-9, CIFAR-10
+  python -m figures.flat_vs_sharp --preset lm --out fig3_lm          # Transformer, grammar corpus, ~10 min on 2 cores
 
 Trains (or reuses) the four runs, computes (or resumes) for each a filter-normalized 1D curve and 2D surface on
 the same grid, an un-normalized 1D curve, and its sharpness table on the same data (landscape.sharpness: the
@@ -48,6 +49,10 @@ class Preset:
     schedule: str = "constant"
     milestones: tuple[int, ...] = ()
     micro_batch_size: int | None = None
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 0.0
+    judge: str = "test_error"  # what "generalizes better" compares: test_error, or test_loss (language models)
     x_1d: str = "-0.5:0.5:51"
     x_2d: str = "-0.5:0.5:21"
     contour_levels: tuple[float, float, int] = (0.02, 5.0, 15)  # the same log-spaced loss levels in every panel
@@ -69,12 +74,29 @@ PRESETS = {
                     lr=0.05, data_kwargs={"n_train": 512, "n_test": 256}, model_kwargs={"hidden": [16]},
                     x_1d="-0.5:0.5:7", x_2d="-0.5:0.5:5", x_raw="-0.1:0.1:5", trace_products=6,
                     width_directions=2),
+    # AdamW with decoupled weight decay 0 and 0.1, the same lr and epochs at both batch sizes, as in the paper
+    "lm": Preset(dataset="grammar", model="transformer_tiny", batch_sizes=(16, 512), weight_decays=(0.0, 0.1),
+                 epochs=8, lr=3e-3, optimizer="adamw", betas=(0.9, 0.95), warmup_epochs=1.0, judge="test_loss",
+                 data_kwargs={"train_tokens": 1 << 19}, x_2d="-0.5:0.5:17", contour_levels=(0.5, 4.0, 15),
+                 x_raw="-0.1:0.1:41", samples=256, trace_products=30),
+    # one H100, projected from measured throughput: ~13 min of training (batch 64 at ~210k tokens/s), ~5 min of
+    # surfaces, a few minutes of sharpness tables
+    "lm-gpu": Preset(dataset="grammar", model="transformer_medium", batch_sizes=(64, 2048), weight_decays=(0.0, 0.1),
+                     epochs=10, lr=1e-3, optimizer="adamw", betas=(0.9, 0.95), warmup_epochs=1.0, judge="test_loss",
+                     data_kwargs={"train_tokens": 1 << 23}, x_1d="-1:1:51", x_2d="-1:1:51",
+                     contour_levels=(0.5, 4.0, 20), x_raw="-0.05:0.05:51", samples=2048, trace_products=60),
+    "lm-smoke": Preset(dataset="grammar", model="transformer", batch_sizes=(8, 64), weight_decays=(0.0, 0.1),
+                       epochs=2, lr=3e-3, optimizer="adamw", judge="test_loss",
+                       data_kwargs={"seq_len": 16, "train_tokens": 4096, "val_tokens": 1024},
+                       model_kwargs={"d_model": 16, "n_layer": 1, "n_head": 2}, x_1d="-0.5:0.5:5",
+                       x_2d="-0.5:0.5:3", x_raw="-0.1:0.1:3", samples=32, trace_products=6, width_directions=2),
 }
 
 
 def train_runs(p: Preset, out: str, info: DistInfo, device: str) -> dict[tuple[int, float], str]:
     base = TrainConfig(out="", dataset=p.dataset, data_kwargs=p.data_kwargs, model=p.model,
                        model_kwargs=p.model_kwargs, epochs=p.epochs, lr=p.lr, schedule=p.schedule,
+                       optimizer=p.optimizer, betas=p.betas, warmup_epochs=p.warmup_epochs,
                        milestones=p.milestones, micro_batch_size=p.micro_batch_size, eval_every=p.epochs,
                        save_every=p.epochs, log_every=max(1, p.epochs // 5), progress=False, device=device)
     outs = sweep(base, os.path.join(out, "runs"), p.batch_sizes, p.weight_decays, info)
@@ -97,6 +119,8 @@ def surfaces_for(ckpt: str, tag: str, p: Preset, out: str, info: DistInfo, devic
 
 
 def title(bs: int, wd: float, metrics: dict[str, float]) -> str:
+    if "test_ppl" in metrics:  # a language model: validation loss and perplexity say more than token error
+        return f"WD={wd:g}, BS={bs}, val loss {metrics['test_loss']:.3f} (ppl {metrics['test_ppl']:.2f})"
     return f"WD={wd:g}, BS={bs}, test error {100 - metrics['test_acc']:.1f}%"
 
 
@@ -187,6 +211,7 @@ def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, floa
         s, raw = surfaces[(bs, wd)]["1d"], surfaces[(bs, wd)]["raw"]
         rows.append({"batch_size": bs, "weight_decay": wd, **{k: metrics[k] for k in COLUMNS[2:6]},
                      "test_error": 100 - metrics["test_acc"], **sharp,
+                     **({"test_ppl": metrics["test_ppl"]} if "test_ppl" in metrics else {}),
                      "width_1d": width_1d(s.x, s.values["train_loss"], p.width_threshold),
                      "width_1d_nofilternorm": width_1d(raw.x, raw.values["train_loss"], p.width_threshold)})
     return rows
@@ -194,9 +219,10 @@ def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, floa
 
 def write_table(rows: list[dict[str, Any]], path: str) -> str:
     """summary.csv, and the same table as text for the terminal: one line per column, one column per run."""
-    write_csv(path, rows, COLUMNS, float_format=".6g")
+    columns = COLUMNS + (["test_ppl"] if "test_ppl" in rows[0] else [])  # a language model's perplexity
+    write_csv(path, rows, columns, float_format=".6g")
     lines = []
-    for c in COLUMNS:
+    for c in columns:
         cells = [f"{r[c]:>12.4g}" if isinstance(r[c], float) else f"{str(r[c]):>12}" for r in rows]
         lines.append(f"{c:>26} " + " ".join(cells))
     return "\n".join(lines)
@@ -213,9 +239,11 @@ def verdict(rows: list[dict[str, Any]], p: Preset) -> str:
         says = [f"{m} {a[m]:.3g} vs {b[m]:.3g} ({'yes' if sign * (b[m] - a[m]) > 0 else 'NO'})"
                 for m, sign in SHARPER.items()]
         agree = sum(sign * (b[m] - a[m]) > 0 for m, sign in SHARPER.items())
+        j = p.judge
+        unit = "%" if j == "test_error" else ""
         lines.append(f"WD={wd:g}, BS={small} vs BS={large}: large batch sharper by {agree} of {len(SHARPER)} measures: "
-                     f"{'; '.join(says)}. Test error {a['test_error']:.2f}% vs {b['test_error']:.2f}% -> small batch "
-                     f"{'generalizes better' if a['test_error'] < b['test_error'] else 'does NOT generalize better'}")
+                     f"{'; '.join(says)}. {j.replace('_', ' ').capitalize()} {a[j]:.4g}{unit} vs {b[j]:.4g}{unit} -> "
+                     f"small batch {'generalizes better' if a[j] < b[j] else 'does NOT generalize better'}")
     return "\n".join(lines)
 
 

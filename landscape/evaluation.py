@@ -153,13 +153,15 @@ def means_of(metric: Metric, sums: Tensor, keys: list[str]) -> Tensor:
     return torch.stack(list(values.values()), dim=-1)
 
 
-def sums_tensor(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, precision: str = "fp32") -> Tensor:
-    """[loss_sum, acc_sum, count] of cross-entropy over (x, y) as one float64 tensor, ready to be all-reduced;
-    acc_sum / count is the accuracy in percent."""
-    return source_sums(model, TensorSource(x, y, x.device, batch_size), cross_entropy, precision)[0]
+def sums_tensor(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, precision: str = "fp32",
+                metric: Metric = cross_entropy) -> Tensor:
+    """[loss_sum, acc_sum, count] of `metric` (cross-entropy, or a language model's token loss) over (x, y) as one
+    float64 tensor, ready to be all-reduced; acc_sum / count is the accuracy in percent."""
+    return source_sums(model, TensorSource(x, y, x.device, batch_size), metric, precision)[0]
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, precision: str = "fp32") -> Sums:
-    """Loss and accuracy of `model` (which the caller has put in eval mode) on (x, y)."""
-    loss_sum, acc_sum, count = sums_tensor(model, x, y, batch_size, precision).tolist()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, precision: str = "fp32",
+             metric: Metric = cross_entropy) -> Sums:
+    """Loss and accuracy of `model` (which the caller has put in eval mode) on (x, y), samples or tokens."""
+    loss_sum, acc_sum, count = sums_tensor(model, x, y, batch_size, precision, metric).tolist()
     return Sums(loss_sum, acc_sum, int(count))

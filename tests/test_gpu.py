@@ -1,6 +1,7 @@
 """CUDA paths: every CLI once on a GPU, bf16 against fp32, K vmapped points against K single points, NCCL with one
-rank, the trainer with bf16 autocast and resume. Run by `make gpu-check` (benchmarks/gpu.py) on a machine with a
-GPU; skipped elsewhere. Tolerances are stated where they are used, with the reason.
+rank, the trainer with bf16 autocast and resume, language models (trainer, surface centre, Hessian). Run by
+`make gpu-check` (benchmarks/gpu.py) on a machine with a GPU; skipped elsewhere. Tolerances are stated where they
+are used, with the reason.
 """
 
 import inspect
@@ -144,3 +145,29 @@ def test_a_streamed_loader_on_cuda_equals_resident_tensors():
         np.testing.assert_allclose(resident.values[k], streamed.values[k], rtol=1e-6, err_msg=k)
         np.testing.assert_allclose(resident.values[k], already_there.values[k], rtol=1e-6, err_msg=k)
     assert next(model.parameters()).device.type == "cpu"  # the caller's model stays where it was
+
+
+@pytest.mark.parametrize("model", ["transformer", "lstm_lm"])
+def test_language_models_on_cuda(model, tmp_path):
+    # the trainer in bf16 autocast; then the surface's centre in fp32 on CUDA reproduces the stored validation loss
+    # (the trainer evaluates in fp32), and lambda_max (double backward: math attention, no cuDNN RNN) matches the CPU
+    from landscape.config import SharpnessConfig, SurfaceConfig
+    from landscape.sharpness_table import run_sharpness
+    from tests.conftest import SINGLE
+    from tests.test_lm import lm_config
+
+    kwargs = {"d_model": 16, "n_layer": 1, "n_head": 2} if model == "transformer" else {"d_model": 16, "hidden": 16}
+    ckpt = fit(lm_config(tmp_path / "run", model=model, model_kwargs=kwargs, device="cuda", precision="bf16"), CUDA)
+    assert ckpt["train_config"]["precision"] == "bf16"
+    path = str(tmp_path / "run" / "last.pt")
+    res = run_module("landscape.plot1d", path, "--x=-0.5:0.5:3", "--splits", "test", "--device", "cuda",
+                     "--precision", "fp32", "--out", str(tmp_path / "s"), "--no-progress", "--formats", "png")
+    assert res.returncode == 0, res.stderr
+    (h5,) = [f for f in os.listdir(tmp_path / "s") if f.endswith(".h5")]
+    s = read_surface(str(tmp_path / "s" / h5))
+    assert s.values["test_loss"][1] == pytest.approx(ckpt["metrics"]["test_loss"], rel=1e-5)
+    sc = SharpnessConfig(measures=("lambda_max",))
+    top = [run_sharpness(SurfaceConfig(path, splits=("train",), samples=64, out=str(tmp_path), device=device,
+                                       progress=False), sc, info, write=False).rows[0]["value"]
+           for device, info in [("cpu", SINGLE), ("cuda", CUDA)]]
+    assert top[1] == pytest.approx(top[0], rel=1e-3)

@@ -257,7 +257,8 @@ def evaluate(model: nn.Module, data: Dataset, info: DistInfo, batch_size: int, p
     return metrics
 
 
-def _to_device(data: Dataset, device: torch.device) -> Dataset:
+def to_device(data: Dataset, device: torch.device) -> Dataset:
+    """The dataset's tensors on the device, unless it lives on the host (the CPU, memory-mapped shards)."""
     if device.type == "cpu" or not data.resident:
         return data
     return dataclasses.replace(data, **{k: getattr(data, k).to(device, non_blocking=True)
@@ -339,7 +340,7 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     """Train (or resume) the run described by cfg; returns the final checkpoint dict on rank 0 (None on the
     other ranks, unless the run was already complete)."""
     state = _resume_state(cfg)
-    data = _to_device(load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.data_kwargs), info.device)
+    data = to_device(load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.data_kwargs), info.device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_kwargs)
     model.to(info.device)

@@ -35,10 +35,11 @@ def estimate_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, gen
         raise ValueError(f"{n_micro} micro-batches of {micro_batch} need {micro_batch * n_micro} samples, "
                          f"but there are {len(x)}; use fewer or smaller micro-batches")
     params = [p for p in model.parameters() if p.requires_grad]
-    idx = torch.randperm(len(x), generator=generator)[: micro_batch * n_micro].to(x.device)
+    idx = torch.randperm(len(x), generator=generator)[: micro_batch * n_micro].to(x.device)  # samples: sequences
     grads = []
     for chunk in idx.view(n_micro, micro_batch):
-        loss = nn.functional.cross_entropy(model(x[chunk]).float(), y[chunk])
+        out = model(x[chunk].to(params[0].device))  # a classifier's (b, C), or a language model's (b, T, V)
+        loss = nn.functional.cross_entropy(out.float().flatten(0, -2), y[chunk].to(out.device).flatten().long())
         grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).double())
     g = torch.stack(grads)
     small, big = micro_batch, micro_batch * n_micro
