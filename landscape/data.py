@@ -2,8 +2,8 @@
 CIFAR-10/100, MNIST and Fashion-MNIST read from a local folder through torchvision, and language-model corpora
 (landscape.corpus): the generated `grammar` corpus, a local `text` file, and `tokens` shards.
 
-Every dataset here fits in host memory, so it is loaded once as normalized float tensors and indexed per
-batch; this keeps the trainer and the surface engine free of DataLoader overhead. CIFAR's train-time
+Every dataset here but token shards (memory-mapped) fits in host memory, so it is loaded once as tensors and
+indexed per batch; this keeps the trainer and the surface engine free of DataLoader overhead. CIFAR's train-time
 augmentation (random crop with 4-pixel padding and horizontal flip) is applied batch-wise by `augment`.
 """
 
