@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -52,6 +53,16 @@ def bn_ckpt(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("resnet_run")
     fit(train_config(out, data_kwargs=IMG_DATA, model="resnet20", model_kwargs={}, epochs=1, batch_size=32), SINGLE)
     return str(out / "last.pt")
+
+
+def killed_at_epoch(train_one_epoch, epoch: int):
+    """train_one_epoch that raises KeyboardInterrupt (a simulated kill) when it is asked for `epoch`."""
+    def wrapped(*args, **kw):
+        if inspect.signature(train_one_epoch).bind(*args, **kw).arguments["epoch"] == epoch:
+            raise KeyboardInterrupt("simulated kill")
+        return train_one_epoch(*args, **kw)
+
+    return wrapped
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ rank, the trainer with bf16 autocast and resume, language models (trainer, surfa
 are used, with the reason.
 """
 
-import inspect
 import os
 from dataclasses import replace
 
@@ -14,7 +13,7 @@ import torch
 
 from landscape.distributed import DistInfo
 from landscape.io import read_surface
-from tests.conftest import IMG_DATA, run_module, train_config
+from tests.conftest import IMG_DATA, killed_at_epoch, run_module, train_config
 from trainers import ddp
 from trainers.ddp import fit
 
@@ -84,13 +83,7 @@ def test_trainer_bf16_on_cuda_resumes_to_the_uninterrupted_run(tmp_path, monkeyp
                        batch_size=64, device="cuda", precision="bf16")
     fit(cfg, CUDA)
     real = ddp.train_one_epoch
-
-    def crash_at_epoch_2(*args, **kw):
-        if inspect.signature(real).bind(*args, **kw).arguments["epoch"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(ddp, "train_one_epoch", crash_at_epoch_2)
+    monkeypatch.setattr(ddp, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
     cut = replace(cfg, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         fit(cut, CUDA)

@@ -1,7 +1,6 @@
 """Language models end to end: the models, the corpora (the grammar's known entropy, text files, token shards),
 the trainer on sequences, and the surface, Hessian and sharpness tools on their checkpoints with no new flags."""
 
-import inspect
 import json
 import math
 import os
@@ -19,7 +18,7 @@ from landscape.hessian import HessianOperator, eigenvalues
 from landscape.metrics import get_metric
 from landscape.models import build_model, list_models
 from landscape.params import model_tensors
-from tests.conftest import SINGLE, run_module
+from tests.conftest import SINGLE, killed_at_epoch, run_module
 from trainers import ddp
 from trainers.ddp import TrainConfig, fit
 
@@ -121,13 +120,7 @@ def test_trainer_on_a_transformer_is_token_weighted_and_resumes_bit_exactly(tmp_
         "d_model": 16, "n_layer": 1, "n_head": 2, "dropout": 0.1})  # dropout: the RNG state must resume too
     full = fit(replace(cfg, out=str(tmp_path / "full")), SINGLE)
     real = ddp.train_one_epoch
-
-    def killed_in_epoch_2(*args, **kw):
-        if inspect.signature(real).bind(*args, **kw).arguments["epoch"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(ddp, "train_one_epoch", killed_in_epoch_2)
+    monkeypatch.setattr(ddp, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, SINGLE)
     monkeypatch.setattr(ddp, "train_one_epoch", real)

@@ -1,4 +1,3 @@
-import inspect
 import json
 import os
 from dataclasses import replace
@@ -7,7 +6,7 @@ import pytest
 import torch
 
 from landscape.errors import UserError
-from tests.conftest import SINGLE, run_module, train_config
+from tests.conftest import SINGLE, killed_at_epoch, run_module, train_config
 from trainers import ddp
 from trainers.ddp import fit, lr_factor, make_plan
 
@@ -33,13 +32,7 @@ def test_accumulation_equals_one_big_batch(tmp_path):
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     fit(train_config(tmp_path / "full", epochs=4, schedule="cosine", warmup_epochs=1), SINGLE)
     real = ddp.train_one_epoch
-
-    def crash_at_epoch_2(*args, **kw):
-        if inspect.signature(real).bind(*args, **kw).arguments["epoch"] == 2:  # epochs 0 and 1 are saved
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(ddp, "train_one_epoch", crash_at_epoch_2)
+    monkeypatch.setattr(ddp, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
     cfg = train_config(tmp_path / "cut", epochs=4, schedule="cosine", warmup_epochs=1)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, SINGLE)
