@@ -72,8 +72,8 @@ def run_case(name: str, epochs: int) -> dict:
     # Each trainer epoch against the bare epoch right after it, which met about the same load; the median of
     # these paired ratios is what a shared machine's drifting load disturbs least.
     paired = float(np.median(np.array(ours_rates) / np.array(bare_rates)))
-    tokens = data.tokens_per_sample if data.metric != "cross_entropy" else 1
-    return {"trainer_images_per_s": max(ours_rates), "bare_images_per_s": max(bare_rates), "tokens_per_sample": tokens,
+    return {"trainer_images_per_s": max(ours_rates), "bare_images_per_s": max(bare_rates),
+            "tokens_per_sample": data.tokens_per_sample,
             "ratio_best": max(ours_rates) / max(bare_rates), "ratio": paired, "epochs": epochs,
             "batch_size": batch, "threads": torch.get_num_threads()}
 

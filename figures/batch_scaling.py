@@ -172,13 +172,13 @@ def fit_critical_batch(results: list[dict[str, Any]]) -> tuple[float, float]:
     return float(s_min), float(e_min)
 
 
-def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], critical: float, p: Preset,
-             out: str) -> list[str]:
+def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], critical: float,
+             fit: tuple[float, float], tokens: bool, p: Preset, out: str) -> list[str]:
+    """The three panels; `fit` is fit_critical_batch's (S_min, E_min), `tokens` says throughput is in tokens."""
     from landscape import render
 
     plt = render.plt
     bs = np.array([r["batch_size"] for r in results], float)
-    tokens = p.target_loss is not None  # a language model: throughput in tokens
     ips = np.array([r["tokens_per_second" if tokens else "images_per_second"] for r in results])
     steps = np.array([np.nan if r["steps_to_target"] is None else r["steps_to_target"] for r in results], float)
 
@@ -193,7 +193,7 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
         if len(first):
             i = first[0]
             ax.loglog(bs, steps[i] * bs[i] / bs, "k:", label="perfect scaling")
-        s_min, e_min = fit_critical_batch(results)
+        s_min, e_min = fit
         if np.isfinite(s_min) and s_min > 0 and e_min > 0:
             dense = np.geomspace(bs.min(), bs.max(), 50)
             ax.loglog(dense, s_min + e_min / dense, color="tab:green", lw=1,
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         r = cached_run(p, bs, data, info, args.out)
         results.append(r)
         steps = r["steps_to_target"] if r["steps_to_target"] is not None else f"not reached in {r['steps_run']}"
-        speed = (f"{r['tokens_per_second']:>9.0f} tok/s" if p.target_loss is not None else
+        speed = (f"{r['tokens_per_second']:>9.0f} tok/s" if data.sequences else
                  f"{r['images_per_second']:>9.0f} img/s")
         print(f"batch {bs:>5}: lr {r['lr']:.4g}  {speed}  steps to {p.target_text}: {steps}", flush=True)
     noise = next(r["noise"] for r in results if r["batch_size"] == p.noise_batch)
@@ -254,8 +254,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_csv(os.path.join(args.out, "summary.csv"), results,
               ["batch_size", "lr", "images_per_second", "tokens_per_second", "steps_to_target", "steps_run"])
     write_csv(os.path.join(args.out, "noise_scale.csv"), noise, ["step", "g2", "trace_sigma", "b_simple"])
-    files = plot_all(results, noise, critical, p, args.out)
     s_min, e_min = fit_critical_batch(results)
+    files = plot_all(results, noise, critical, (s_min, e_min), data.sequences, p, args.out)
     print(f"gradient noise scale B_simple = {critical:.1f} (measured at batch {p.noise_batch}, averaged over the "
           f"second half of training): the predicted critical batch size")
     print(f"fit S = S_min + E_min/B: S_min {s_min:.0f} steps, E_min {e_min:.0f} samples; measured critical batch "

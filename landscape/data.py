@@ -36,9 +36,14 @@ class Dataset:
     resident: bool = True  # False: too large to copy to the device whole (memory-mapped shards); batches go alone
 
     @property
+    def sequences(self) -> bool:
+        """A target per position (a language model's windows), not one per sample."""
+        return self.y_train.ndim > 1
+
+    @property
     def tokens_per_sample(self) -> int:
         """Tokens a language model predicts per sequence (1 for a classifier's sample)."""
-        return int(self.y_train[0].numel()) if self.y_train.ndim > 1 else 1
+        return int(self.y_train[0].numel()) if self.sequences else 1
 
     @property
     def input_shape(self) -> tuple[int, ...]:

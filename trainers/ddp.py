@@ -200,7 +200,7 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     loss_sum = torch.stack(losses).sum(dtype=torch.float64) * plan.micro_batch_size
     record = {"train_loss_running": float(all_reduce_sum(loss_sum)) / count,
               "images_per_second": count / seconds, "train_seconds": seconds}
-    if data.metric != "cross_entropy":  # sequences: the throughput that compares across sequence lengths
+    if data.sequences:  # the throughput that compares across sequence lengths
         record["tokens_per_second"] = count * data.tokens_per_sample / seconds
     return record
 
@@ -375,7 +375,7 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
             ckpt_io.save_checkpoint(_checkpoint(model, cfg, plan, data, 0, 0, {}, opt, sched, info.device),
                                     os.path.join(cfg.out, "epoch_0000.pt"))
         tokens = (f" sequences x {data.tokens_per_sample} tokens = {plan.global_batch_size * data.tokens_per_sample} "
-                  "tokens" if data.metric != "cross_entropy" else "")
+                  "tokens" if data.sequences else "")
         print0(f"global batch {plan.global_batch_size}{tokens} = {plan.micro_batch_size} per forward x "
                f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
                f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}")
