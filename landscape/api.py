@@ -76,7 +76,7 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
             x: str | Sequence[float] | np.ndarray = "-1:1:51", y: str | Sequence[float] | np.ndarray | None = None,
             *, metrics: str | Metric = "cross_entropy", out: str | None = None, batch_size: int | None = None,
             samples: int | None = None, max_batches: int | None = None, precision: str = "fp32",
-            device: str | torch.device | None = None, points_per_pass: int = 1, compile: bool = False,
+            device: str | torch.device | None = None, points_per_pass: int = 1, compile: bool | None = None,
             auto_rise: float = 1.0, bn_recalibrate: int | None = None, bn_data: Any = None,
             flush_seconds: float = 2.0, progress: bool = True) -> Surface:
     """The metrics of `model` at theta0 + x*d1 (+ y*d2) for every grid point: a `Surface` (the type read_surface
@@ -95,6 +95,8 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
         (and left alone) if not. None: nothing is written.
       samples / max_batches: evaluate only the first samples / batches, the same at every point.
       device: default cuda:LOCAL_RANK when CUDA is there, else the CPU; precision: fp32, bf16 or auto.
+      compile: torch.compile the model (True) or not (False); None: when the points would take at least
+        COMPILE_AFTER_S (120 s) eagerly, timed at the centre, and the line printed says which.
       bn_recalibrate: N re-estimates BatchNorm's running statistics at every point from the first N batches of
         `bn_data` (default: the data set named "train", else the first one) before evaluating.
     """

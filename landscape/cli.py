@@ -78,7 +78,8 @@ def _value_type(hint: Any) -> tuple[Any, bool]:
 def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = ()) -> None:
     """One flag per `option` field of the dataclass `cls`, except those in `skip`, with the field's default,
     help and choices. A bool field is a switch (a field that defaults to True is switched off by its flag, e.g.
-    --no-progress); a tuple field takes several values; a field without a default is a required flag."""
+    --no-progress; one that defaults to None has --x and --no-x, and None means "decide later"); a tuple field
+    takes several values; a field without a default is a required flag."""
     hints, groups = typing.get_type_hints(cls), {}
     for f in dataclasses.fields(cls):
         meta = f.metadata.get("cli")
@@ -93,7 +94,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Iterable[s
         else:
             kw["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         value_type, several = _value_type(hints[f.name])
-        if value_type is bool:
+        if value_type is bool and kw.get("default", False) is None:  # three states: --x, --no-x, or decided later
+            kw["action"] = argparse.BooleanOptionalAction
+        elif value_type is bool:
             kw["action"] = "store_false" if kw.get("default") else "store_true"
         else:
             kw.update(type=meta["type"] or value_type, choices=meta["choices"], metavar=meta["metavar"])

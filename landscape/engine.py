@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
-from landscape.config import check_points_per_pass
+from landscape.config import COMPILE_AFTER_S, check_points_per_pass
 from landscape.distributed import DistInfo, all_reduce_sum, broadcast_object
-from landscape.errors import ConfigError
+from landscape.errors import ConfigError, error_message
 from landscape.evaluation import (
     autocast_context,
     batchnorm_layers,
@@ -105,11 +105,14 @@ class PointEvaluator:
 
     With `bn` = (source, N), BatchNorm's running statistics are re-estimated at every point from the first N
     batches of `source` (landscape.evaluation.recalibrate_batchnorm) before the point is evaluated.
+
+    `compile`: True compiles the model's forward now, False never; None (auto) leaves it eager until
+    `choose_compile` is told how much work lies ahead.
     """
 
     def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], sets: list[EvalSet],
                  dir_type: str = "weights", precision: str = "fp32", channels_last: bool = False,
-                 compile: bool = False, points_per_pass: int = 1,
+                 compile: bool | None = False, points_per_pass: int = 1,
                  bn: tuple[TensorSource | StreamSource, int] | None = None):
         check_points_per_pass(points_per_pass, compile)
         if bn is not None:
@@ -122,7 +125,32 @@ class PointEvaluator:
         self.setter = PointSetter(model_tensors(self.model, dir_type), theta0, directions)
         self.forward: nn.Module = torch.compile(self.model, mode=compile_mode(device)) if compile else self.model
         self.sets, self.precision, self.points_per_pass = sets, precision, points_per_pass
+        self.compile = compile if points_per_pass == 1 else False  # vmapped passes never use self.forward
         self.metric_names = [f"{s.name}_{m}" if s.name else m for s in sets for m in self._probe(s)]
+
+    def choose_compile(self, eager_seconds: float) -> str:
+        """Auto compile (compile=None): torch.compile the forward when `eager_seconds`, the estimated eager time
+        of this process's points, is at least COMPILE_AFTER_S; returns the line that says what was chosen. The
+        first compiled pass runs here; if compiling fails (no C compiler, an op it cannot trace), the line says
+        so and the evaluation stays eager."""
+        if self.compile is not None:
+            return ""
+        self.compile = eager_seconds >= COMPILE_AFTER_S
+        why = f"about {eager_seconds:.0f} s of eager work per process, {'>=' if self.compile else '<'} " \
+              f"{COMPILE_AFTER_S:.0f} s"
+        if not self.compile:
+            return f"torch.compile: off ({why})"
+        device = self.sets[0].source.device
+        compiled = torch.compile(self.model, mode=compile_mode(device))
+        try:
+            for s in self.sets:  # compiles for the first batch's shape
+                with torch.inference_mode(), autocast_context(device, self.precision):
+                    forward_batch(compiled, next(iter(s.source)))
+        except Exception as exc:  # noqa: BLE001 - any failure of the compiler leaves the eager forward in place
+            self.compile = False
+            return f"torch.compile: failed ({error_message(exc)[:200]}), evaluating eagerly"
+        self.forward = compiled
+        return f"torch.compile: on ({why})"
 
     def _probe(self, s: EvalSet) -> list[str]:
         """The names a set's metric reports, from its first batch at the centre."""

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import itertools
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from landscape.checkpoint import (
     read_state_dict,
 )
 from landscape.cli import check_writable
-from landscape.config import HESSIAN, SurfaceConfig, import_object, run_tag
+from landscape.config import COMPILE_AFTER_S, HESSIAN, SurfaceConfig, import_object, run_tag
 from landscape.directions import (
     DirectionSpec,
     check_compatible,
@@ -46,7 +47,7 @@ from landscape.directions import (
 from landscape.distributed import DistInfo, broadcast_object, print0, run_on_main
 from landscape.engine import EvalSet, PointEvaluator, compute_surface, select_samples
 from landscape.errors import UserError
-from landscape.evaluation import batchnorm_layers, resolve_precision
+from landscape.evaluation import batchnorm_layers, cpu_has_native_bf16, resolve_precision
 from landscape.grid import covering_axis, grid_points, parse_range, snap_axis
 from landscape.hessian import HessianOperator, HessianPointEvaluator, eigenvalues
 from landscape.io import (
@@ -80,7 +81,7 @@ class GridJob:
     dir_type: str = "weights"
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | None = False  # None: auto (PointEvaluator.choose_compile)
     points_per_pass: int = 1
     flush_seconds: float = 2.0
     progress: bool = True
@@ -132,7 +133,9 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
                                             job.precision, job.channels_last, job.compile, job.points_per_pass,
                                             job.bn)
     # the centre's metrics, once, on rank 0: the sanity report shows them and an auto axis rises from them
+    started = time.perf_counter()
     centre = run_on_main(lambda: evaluator.evaluate(np.zeros((1, len(job.directions))))[0].tolist(), info)
+    centre_seconds = time.perf_counter() - started
     x, y, picked = resolve_axes(job, evaluator, info, centre)
     x, y, outside = snap_markers(job.annotations.markers, x, y)
     report = run_on_main(lambda: sanity_report(job, dict(zip(evaluator.metric_names, centre)), picked, outside),
@@ -146,6 +149,8 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
     else:
         sink = MemorySink(len(points), len(names)) if info.is_main else None
     try:
+        if getattr(evaluator, "compile", False) is None:
+            choose_compile(evaluator, len(job.directions), sink, info, centre_seconds)
         computed = compute_surface(evaluator, points, sink, info, job.flush_seconds, job.progress)
     finally:
         if sink is not None:
@@ -155,6 +160,25 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
         surface = read_surface(job.path) if job.path is not None else memory_surface(job, x, y, names, sink, report)
         warn_if_off_centre(surface)
     return SurfaceRun(job.path, len(points), computed, broadcast_object(surface))
+
+
+def choose_compile(evaluator: PointEvaluator, n_directions: int, sink: Any, info: DistInfo,
+                   centre_seconds: float) -> None:
+    """Auto compile: rank 0 estimates the eager seconds of one process's share of the points still to compute
+    from the centre's time (a cold call; when that already reaches the threshold, a second, warm call is timed,
+    so warm-up alone never decides), and every rank makes the same choice from it."""
+    def estimate() -> float:
+        pending = int((~sink.done_points()).sum())
+        per_rank = -(-pending // info.world_size)
+        seconds = centre_seconds
+        if seconds * per_rank >= COMPILE_AFTER_S:
+            started = time.perf_counter()
+            evaluator.evaluate(np.zeros((1, n_directions)))[0].tolist()  # tolist: waits for the device
+            seconds = time.perf_counter() - started
+        return seconds * per_rank
+
+    line = evaluator.choose_compile(broadcast_object(run_on_main(estimate, info)))
+    print0(line)
 
 
 def memory_surface(job: GridJob, x: np.ndarray, y: np.ndarray | None, names: list[str], sink: Any,
@@ -190,6 +214,10 @@ def sanity_report(job: GridJob, centre: dict[str, float], picked: dict[str, floa
         report["batchnorm_unmoved"] = True
         lines.append("warning: the model has BatchNorm running statistics and the directions do not move them "
                      "(--dir-type states, or dir_type=\"states\" in Python, moves them too)")
+    if job.precision == "bf16" and job.sets[0].source.device.type == "cpu" and not cpu_has_native_bf16():
+        report["bf16_emulated"] = True
+        lines.append("warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated and runs several "
+                     "times slower than fp32 (8x for ResNet-56 here): leave out --precision bf16")
     for name, half in picked.items():
         lines.append(f"--{name} auto: loss rises by {job.auto_rise:g} within +-{half:.4g}")
     for what in outside:

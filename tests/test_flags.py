@@ -47,7 +47,7 @@ def test_a_flag_means_the_same_field_with_the_same_choices_in_every_command():
             choices = tuple(a.choices) if a.choices and flag not in OWN_CHOICES else None
             meaning = (a.dest, choices, a.type or str)  # argparse reads type None as str
             assert seen.setdefault(flag, meaning) == meaning, f"{flag} in {module}: {meaning} vs {seen[flag]}"
-            by_field.setdefault(a.dest, set()).add(flag)
+            by_field.setdefault(a.dest, set()).add(a.option_strings[0])  # --x and its --no-x are one name
     assert {f: s for f, s in by_field.items() if len(s) > 1} == {}  # one name per field
     assert "--eval-batch-size" in seen and "--loss-max" in seen and "--vmax" not in seen and "--root" not in seen
     assert seen["--batch-size"][0] == "batch_size"  # the trainer's global batch; the evaluation batch has its own

@@ -1,4 +1,5 @@
 import os
+import re
 
 import h5py
 import numpy as np
@@ -65,6 +66,46 @@ def test_several_points_per_pass_give_the_values_of_one_point_per_pass(request, 
     for k in one.values:
         np.testing.assert_allclose(many.values[k], one.values[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert np.ptp(one.values["train_loss"]) > 0.1  # the points really differ
+
+
+def test_auto_compile_stays_eager_on_a_small_grid_and_says_so(mlp_ckpt, tmp_path, capsys):
+    kw = dict(x="-1:1:3", y="-1:1:3", samples=256)
+    run_surface(_cfg(mlp_ckpt, tmp_path / "eager", compile=False, **kw), SINGLE)
+    assert "torch.compile" not in capsys.readouterr().out  # a choice the user made is not announced
+    run_surface(_cfg(mlp_ckpt, tmp_path / "auto", **kw), SINGLE)
+    assert re.search(r"^torch.compile: off \(about 0 s of eager work per process, < 120 s\)$",
+                     capsys.readouterr().out, re.M)
+
+
+@pytest.mark.slow
+def test_auto_compile_on_a_large_grid_compiles_and_keeps_the_values(mlp_ckpt, tmp_path, monkeypatch, capsys):
+    """Every grid is large when the threshold is 0 s: auto compiles, says so, and the values are the eager ones
+    to float tolerance; when compiling fails, it says so and the values are the eager ones exactly."""
+    import landscape.engine
+    import landscape.runner
+
+    kw = dict(x="-1:1:3", y="-1:1:3", samples=256)
+    eager = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "eager", compile=False, **kw), SINGLE).path)
+    for module in (landscape.engine, landscape.runner):
+        monkeypatch.setattr(module, "COMPILE_AFTER_S", 0.0)
+    capsys.readouterr()
+    auto = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "auto", **kw), SINGLE).path)
+    assert re.search(r"^torch.compile: on \(about [0-9]+ s of eager work per process, >= 0 s\)$",
+                     capsys.readouterr().out, re.M)
+    for k in eager.values:
+        np.testing.assert_allclose(auto.values[k], eager.values[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+    def no_compiler(model, **kw):
+        def fail(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(landscape.engine.torch, "compile", no_compiler)
+    failed = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "failed", **kw), SINGLE).path)
+    assert "torch.compile: failed (InvalidCxxCompiler: No working C++ compiler found), evaluating eagerly" in \
+        capsys.readouterr().out
+    for k in eager.values:
+        np.testing.assert_array_equal(failed.values[k], eager.values[k], err_msg=k)
 
 
 def test_stacked_weights_are_the_points_weights(mlp_ckpt):
