@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -161,8 +162,8 @@ def check_writable(folder: str) -> None:
 
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI main. A UserError (raised on purpose where the input enters) becomes one line, `error: ...`, on
-    stderr and exit status 2, unless LANDSCAPE_DEBUG is set; any other exception is a bug of ours and keeps its
-    traceback."""
+    stderr and exit status 2, and a collective that failed because another process died one line and status 1,
+    unless LANDSCAPE_DEBUG is set; any other exception is a bug of ours and keeps its traceback."""
     try:
         main(argv)
     except UserError as exc:
@@ -175,8 +176,24 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         _exit(130)
+    except RuntimeError as exc:
+        if not peer_lost(exc) or os.environ.get("LANDSCAPE_DEBUG"):
+            raise
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", error_message(exc)).split(". ")[0][:160]  # gloo: "[file:line] ..."
+        print(f"[rank {os.environ.get('RANK', '0')}] error: another process of this job stopped ({reason}); what "
+              "was flushed or saved is kept: rerun the same command to resume (the trainer with --resume)",
+              file=sys.stderr)
+        _exit(1)
     if "TORCHELASTIC_RUN_ID" in os.environ:
         _exit(0)
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether a collective failed because another rank or node went away (its sockets closed), which is no bug
+    of ours: gloo says "Connection closed by peer" (or reset), torch a DistNetworkError."""
+    text = str(exc)
+    return type(exc).__name__ == "DistNetworkError" or "Connection closed by peer" in text or \
+        "Connection reset by peer" in text
 
 
 def _exit(code: int) -> None:
