@@ -1,30 +1,35 @@
-"""Surface-engine benchmark: our engine against the ceiling (plain batched inference), and 2 processes against 1.
+"""Surface-engine benchmark: the engine against what a user would write for the same work, measured side by side.
 
-  python benchmarks/surface.py                 # both models, prints ratios and a final JSON line
-  python benchmarks/surface.py --models mlp    # one model
+  python benchmarks/surface.py                  # everything (~20 min on 2 cores); the last line is JSON
+  python benchmarks/surface.py --models mlp --no-streamed --no-memory --no-paper-job    # one model only
 
-For each model, on one checkpoint, one set of samples and one 2D grid, measured side by side in this run:
-  (a) engine:  landscape's grid evaluation (in-place point update, loss+accuracy sums, HDF5 flushes)
-  (b) ceiling: model(x) over the same samples and batches, as many times as there are grid points, nothing else
-  (c) engine on 2 processes x 1 thread (torchrun, gloo) against 1 process x 2 threads: the same total threads
-  (d) the engine with several points per forward pass (--points-per-pass, torch.func.vmap), against (b)
-  (e) what the hardware allows (c) to reach: the ceiling loop itself on 2 processes x 1 thread (each doing
-      half of the passes, started together) against 1 process x 2 threads
-  (f) streamed sources (ResNet-20, 3x3 grid): the engine over a DataLoader of in-memory tensors and over a folder
-      of PNG files read by 2 worker processes, interleaved point by point with a plain `for x, y in loader:
-      model(x)` loop over the same loader; and the peak RSS of a fresh process computing a streamed surface over
-      512 and over 2048 generated images (the data set's size must not show)
-(a) and (b) alternate in the same process with the same threads, batch and memory format, best of --repeats;
-then, because a shared machine's load drifts within seconds, (a) and (b) once more interleaved point by point
-(engine point, ceiling pass, ...), which gives the load-robust ratio. (d) is timed once. The 1-process and
-2-process runs alternate --rounds times, best of each.
+The figures it is judged by (targets in TARGETS; each printed with its worst case and in the last JSON line):
+  ratio_to_ceiling         the engine against the plain loop a user writes for one grid point (forward passes,
+                           the summed cross-entropy and correct count over the same samples, read out as numbers),
+                           interleaved point by point so that both meet the same load; per model, and for two
+                           streamed sources (a DataLoader over tensors, a folder of PNG files): >= 0.95
+  two_process_efficiency   the engine's speedup on 2 processes x 1 thread over 1 process x 2 threads, divided by
+                           the same speedup of the plain loop (each process doing its share of the points), same
+                           run: what the engine keeps of what the hardware gives: >= 0.95
+  peak_memory_ratio        peak RSS of the whole plot2d command at 51x51 over 11x11 points (MNIST-1D MLP): <= 1.05
+  speed_vs_eager           the paper's job scaled to this CPU (ResNet-56, 512 CIFAR-shaped training samples, 11x11,
+                           fp32, the whole plot2d command from start to files, torch.compile chosen automatically)
+                           against plain eager fp32 inference, one forward pass per point: >= 1.3
+Also printed: best-of timings, the engine with several points per pass (vmap), the streamed sources' peak memory
+over 1x and 4x the data, and bf16 against fp32 (speed, and the largest differences of the values).
+
+Per model, (a) engine and (b) ceiling alternate in one process with the same threads, batch and memory format
+(best of --repeats), then run interleaved point by point (the ratio_to_ceiling); the 1-process and 2-process
+launches alternate --rounds times, best of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +37,9 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = {  # name: (dataset, dataset kwargs, model, model kwargs, eval batch, grid points per axis, points/pass)
     "resnet20": ("synthetic", {"n_train": 512, "n_test": 16, "num_classes": 10, "input_shape": [3, 32, 32]},
@@ -43,16 +51,20 @@ MODELS = {  # name: (dataset, dataset kwargs, model, model kwargs, eval batch, g
 
 
 def make_checkpoint(name: str, folder: str) -> str:
+    dataset, dkw, model_name, mkw, *_ = MODELS[name]
+    return checkpoint_of(dataset, dkw, model_name, mkw, os.path.join(folder, f"{name}.pt"))
+
+
+def checkpoint_of(dataset: str, dkw: dict, model_name: str, mkw: dict, path: str) -> str:
+    """A checkpoint of a freshly initialized model (seed 0) that names its data set, as the trainer writes one."""
     from landscape.checkpoint import make_checkpoint as make
     from landscape.checkpoint import save_checkpoint
     from landscape.data import load_dataset
     from landscape.models import build_model
 
-    dataset, dkw, model_name, mkw, *_ = MODELS[name]
     data = load_dataset(dataset, **dkw)
     torch.manual_seed(0)
     kwargs = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), **mkw}
-    path = os.path.join(folder, f"{name}.pt")
     save_checkpoint(make(build_model(model_name, **kwargs), model_name, kwargs, dataset, dkw), path)
     return path
 
@@ -106,17 +118,15 @@ def worker(args: argparse.Namespace) -> None:
             sink.close()
         return time.perf_counter() - t0
 
+    net, xs, ys = evaluators["engine"].model, sets[0].source.x, sets[0].source.y  # same module, format and data
+
     def ceiling() -> float:
-        net = evaluators["engine"].model  # the same module, memory format and data
-        xs = sets[0].source.x
         passes = len(range(info.rank, len(points), info.world_size))
         if info.is_distributed:
             dist.barrier()
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            for _ in range(passes):
-                for s in range(0, len(xs), batch):
-                    net(xs[s:s + batch])
+        for _ in range(passes):
+            plain_point(net, xs, ys, batch)
         seconds = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
         if info.is_distributed:
             dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # the slower rank decides, as in the engine
@@ -124,16 +134,14 @@ def worker(args: argparse.Namespace) -> None:
 
     def paired() -> float:
         """Engine points and ceiling passes interleaved one by one, so both meet the same load: ceiling/engine."""
-        ev, net, xs = evaluators["engine"], evaluators["engine"].model, sets[0].source.x
+        ev = evaluators["engine"]
         spent = np.zeros(2)
-        with torch.inference_mode():
-            for p in points:
-                t0 = time.perf_counter()
-                ev(tuple(float(c) for c in p))
-                t1 = time.perf_counter()
-                for s in range(0, len(xs), batch):
-                    net(xs[s:s + batch])
-                spent += (t1 - t0, time.perf_counter() - t1)
+        for p in points:
+            t0 = time.perf_counter()
+            ev(tuple(float(c) for c in p)).tolist()  # the engine's values as numbers, like the plain loop's
+            t1 = time.perf_counter()
+            plain_point(net, xs, ys, batch)
+            spent += (t1 - t0, time.perf_counter() - t1)
         return float(spent[1] / spent[0])
 
     timers = {"engine": lambda: engine(evaluators["engine"]), "ceiling": ceiling}
@@ -150,6 +158,18 @@ def worker(args: argparse.Namespace) -> None:
         print("RESULT " + json.dumps({**out, "points": len(points), "samples_per_point": len(sets[0].source.x),
                                       "batch_size": batch, "points_per_pass": per_pass}), flush=True)
     cleanup_distributed()
+
+
+def plain_point(net: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, batch: int) -> tuple[float, float]:
+    """What a user writes for one grid point: forward passes over the samples, the summed cross-entropy and the
+    number of correct predictions (per token for a language model), read out as numbers. The ceiling."""
+    loss = correct = 0
+    with torch.inference_mode():
+        for s in range(0, len(xs), batch):
+            out, y = net(xs[s:s + batch]), ys[s:s + batch]
+            loss = loss + F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum")
+            correct = correct + (out.argmax(-1) == y).sum()
+    return float(loss), float(correct)
 
 
 def launch(model: str, ckpt: str, tmp: str, procs: int, threads: int, repeats: int) -> dict:
@@ -189,15 +209,20 @@ class GeneratedImages(torch.utils.data.Dataset):
 
 
 def _paired_loader_ratio(ev, loader, points) -> float:
-    """Engine points and plain `for x, y in loader: model(x)` passes interleaved: plain seconds / engine seconds."""
+    """Engine points and plain passes over the loader (forward, summed loss and correct count) interleaved: plain
+    seconds / engine seconds."""
     spent = np.zeros(2)
     for p in points:
         t0 = time.perf_counter()
-        ev(tuple(float(c) for c in p))
+        ev(tuple(float(c) for c in p)).tolist()
         t1 = time.perf_counter()
+        loss = correct = 0
         with torch.inference_mode():
-            for xb, _ in loader:
-                ev.model(xb)
+            for xb, yb in loader:
+                out = ev.model(xb)
+                loss = loss + F.cross_entropy(out, yb, reduction="sum")
+                correct = correct + (out.argmax(-1) == yb).sum()
+        float(loss), float(correct)
         spent += (t1 - t0, time.perf_counter() - t1)
     return float(spent[1] / spent[0])
 
@@ -253,17 +278,166 @@ def memory_worker_rss(n: int, threads: int) -> float:
             f"dl = torch.utils.data.DataLoader(b.GeneratedImages({n}), batch_size=128); "
             "landscape.surface(m, dl, landscape.random_directions(m, 2), x='-1:1:3', y='-1:1:3', progress=False); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, cwd=ROOT)
     if res.returncode:
         raise SystemExit(f"memory worker failed:\n{res.stderr[-2000:]}")
     return float(res.stdout.split()[-1])
+
+
+def run_command(args: list[str], cwd: str, threads: int) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (MB) and output of one command in a fresh process, from start to exit."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: ru_maxrss is its peak, in KB
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        out = log.read()
+    if proc.returncode:
+        raise SystemExit(f"benchmark command failed ({' '.join(args)}):\n{out[-2000:]}")
+    return seconds, usage.ru_maxrss // 1024, out
+
+
+def grid_memory(tmp: str, threads: int) -> dict:
+    """Peak RSS of the whole plot2d command on the MNIST-1D MLP at 11x11 and at 51x51 points: what the engine,
+    the file and the figures hold must not grow with the grid."""
+    ckpt = make_checkpoint("mlp", tmp)
+    peak = {}
+    for n in (11, 51):
+        _, peak[n], _ = run_command(["-m", "landscape.plot2d", ckpt, f"--x=-1:1:{n}", f"--y=-1:1:{n}", "--splits",
+                                     "train", "--no-progress", "--out", os.path.join(tmp, f"memory{n}")], ROOT, threads)
+    return {"peak_rss_mb": peak, "peak_memory_ratio": peak[51] / peak[11]}
+
+
+PAPER_JOB = {"dataset": "synthetic", "dkw": {"n_train": 512, "n_test": 16, "num_classes": 10,
+                                             "input_shape": [3, 32, 32]},
+             "model": "resnet56", "grid": 11, "batch": 256}
+
+
+def paper_job(tmp: str, threads: int) -> dict:
+    """The paper's job scaled to this CPU: plot2d on ResNet-56 over 512 CIFAR-shaped training samples, 11x11, fp32,
+    the whole command from start to files, against plain eager fp32 inference of the same model on the same
+    samples, one forward pass per point (timed before and after the command: the median pass times the points).
+    Then bf16 against fp32 on a 3x3 grid (both eager): points/s and the largest differences of the values."""
+    import h5py
+
+    from landscape.checkpoint import load_model
+    from landscape.data import load_dataset
+    from landscape.evaluation import cpu_has_native_bf16
+
+    torch.set_num_threads(threads)
+    job = PAPER_JOB
+    ckpt = checkpoint_of(job["dataset"], job["dkw"], job["model"], {}, os.path.join(tmp, "paper_resnet56.pt"))
+    model, _ = load_model(ckpt)
+    model.eval()
+    x = load_dataset(job["dataset"], **job["dkw"]).x_train
+
+    def eager_pass() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for s in range(0, len(x), job["batch"]):
+                model(x[s:s + job["batch"]])
+        return time.perf_counter() - t0
+
+    eager_pass()  # warm-up
+    passes = [eager_pass() for _ in range(3)]
+    n = job["grid"]
+    grid = [f"--x=-1:1:{n}", f"--y=-1:1:{n}"]
+    common = [ckpt, "--splits", "train", "--no-progress"]
+    seconds, _, out = run_command(["-m", "landscape.plot2d", *common, *grid, "--out", os.path.join(tmp, "paper")],
+                                  ROOT, threads)
+    passes += [eager_pass() for _ in range(3)]
+    eager_s = float(np.median(passes))
+    choice = next((ln for ln in out.splitlines() if ln.startswith("torch.compile:")), "torch.compile: (no line)")
+    files = {}
+    per_point = {}
+    for precision in ("fp32", "bf16"):
+        folder = os.path.join(tmp, f"paper_{precision}")
+        _, _, out3 = run_command(["-m", "landscape.plot2d", *common, "--x=-1:1:3", "--y=-1:1:3", "--no-compile",
+                                  "--precision", precision, "--formats", "png", "--out", folder], ROOT, threads)
+        computed = re.search(r"computed 9 of 9 points .* in ([0-9.]+)s", out3)
+        per_point[precision] = float(computed.group(1)) / 9
+        files[precision] = glob.glob(os.path.join(folder, "*_2d.h5"))[0]
+    with h5py.File(files["fp32"]) as f32, h5py.File(files["bf16"]) as b16:
+        loss, acc = (f32["train_loss"][()], b16["train_loss"][()]), (f32["train_acc"][()], b16["train_acc"][()])
+        diffs = {"train_loss_rel": float(np.max(np.abs(loss[1] - loss[0]) / np.abs(loss[0]))),
+                 "train_acc_points": float(np.max(np.abs(acc[1] - acc[0])))}
+    return {"points": n * n, "samples": len(x), "command_seconds": seconds, "eager_seconds_per_point": eager_s,
+            "eager_seconds": eager_s * n * n, "speed_vs_eager": eager_s * n * n / seconds, "compile_choice": choice,
+            "bf16_speed_vs_fp32": per_point["fp32"] / per_point["bf16"],
+            "bf16_max_diff": diffs, "cpu_bf16_native": cpu_has_native_bf16()}
+
+
+TARGETS = {"ratio_to_ceiling": 0.95, "two_process_efficiency": 0.95, "peak_memory_ratio": 1.05, "speed_vs_eager": 1.3}
+
+
+def model_row(name: str, tmp: str, args: argparse.Namespace, cores: int) -> dict:
+    """(a)-(e) for one model: 1-process and 2-process launches alternated, best of each; prints its block."""
+    half = max(1, cores // 2)
+    ckpt = make_checkpoint(name, tmp)
+    ones, twos = [], []
+    for _ in range(args.rounds):
+        ones.append(launch(name, ckpt, tmp, 1, cores, args.repeats))
+        twos.append(launch(name, ckpt, tmp, 2, half, args.repeats))
+    one, two = best_of(ones), best_of(twos)
+    engine_speedup = two["engine_points_per_s"] / one["engine_points_per_s"]
+    hardware_speedup = two["ceiling_points_per_s"] / one["ceiling_points_per_s"]
+    row = {"engine_points_per_s": one["engine_points_per_s"], "ceiling_points_per_s": one["ceiling_points_per_s"],
+           "ratio_to_ceiling": one["paired_ratio"],
+           "ratio_to_ceiling_best_of": one["engine_points_per_s"] / one["ceiling_points_per_s"],
+           "two_process_points_per_s": two["engine_points_per_s"], "two_process_speedup": engine_speedup,
+           "two_process_ceiling_points_per_s": two["ceiling_points_per_s"],
+           "two_process_hardware_speedup": hardware_speedup,
+           "two_process_efficiency": engine_speedup / hardware_speedup,
+           "vmap_points_per_s": one["vmap_points_per_s"],
+           "vmap_ratio_to_ceiling": one["vmap_points_per_s"] / one["ceiling_points_per_s"],
+           "points_per_pass": one["points_per_pass"], "grid_points": one["points"],
+           "samples_per_point": one["samples_per_point"], "batch_size": one["batch_size"]}
+    print(f"{name}: {row['grid_points']} points x {row['samples_per_point']} samples, batch {row['batch_size']}, "
+          f"best of {args.rounds} rounds x {args.repeats} repeats\n"
+          f"  (a) engine                 {row['engine_points_per_s']:9.2f} pt/s\n"
+          f"  (b) ceiling                {row['ceiling_points_per_s']:9.2f} pt/s   ratio_to_ceiling "
+          f"{row['ratio_to_ceiling']:.3f} interleaved point by point (best of each: "
+          f"{row['ratio_to_ceiling_best_of']:.3f})\n"
+          f"  (c) engine, 2 procs x {half} thr {row['two_process_points_per_s']:9.2f} pt/s   vs 1 proc x "
+          f"{cores} thr: {engine_speedup:.2f}x\n"
+          f"  (e) ceiling, 2 procs       {row['two_process_ceiling_points_per_s']:9.2f} pt/s   vs 1 proc: "
+          f"{hardware_speedup:.2f}x   two_process_efficiency (c)/(e) {row['two_process_efficiency']:.3f}\n"
+          f"  (d) engine, vmap {row['points_per_pass']} pt/pass {row['vmap_points_per_s']:9.2f} pt/s   "
+          f"vmap/ceiling {row['vmap_ratio_to_ceiling']:.3f}", flush=True)
+    return row
+
+
+def verdicts(summary: dict, stream: dict | None, memory: dict | None, paper: dict | None) -> dict:
+    """The three figures of the benchmark's targets, each with its worst case and whether it met the target."""
+    ratios = {k: r["ratio_to_ceiling"] for k, r in summary.items()}
+    if stream is not None:
+        ratios.update({f"streamed: {k}": v for k, v in stream["ratio_to_plain_loop"].items()})
+    figures = {"ratio_to_ceiling": ratios,
+               "two_process_efficiency": {k: r["two_process_efficiency"] for k, r in summary.items()}}
+    if memory is not None:
+        figures["peak_memory_ratio"] = {"51x51 / 11x11": memory["peak_memory_ratio"]}
+    if paper is not None:
+        figures["speed_vs_eager"] = {"resnet56 11x11": paper["speed_vs_eager"]}
+    out = {}
+    for name, values in figures.items():
+        if not values:
+            continue
+        worst = (max if name == "peak_memory_ratio" else min)(values.values())
+        met = worst <= TARGETS[name] if name == "peak_memory_ratio" else worst >= TARGETS[name]
+        out[name] = {"worst": round(worst, 3), "target": TARGETS[name], "met": bool(met),
+                     "values": {k: round(v, 3) for k, v in values.items()}}
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--no-streamed", action="store_true", help="skip the streamed-source measurements")
+    p.add_argument("--no-memory", action="store_true", help="skip the 51x51 against 11x11 peak memory")
+    p.add_argument("--no-paper-job", action="store_true", help="skip the ResNet-56 plot2d job against eager")
     p.add_argument("--repeats", type=int, default=2, help="timings per variant within one process (best counts)")
     p.add_argument("--rounds", type=int, default=2, help="1-process and 2-process launches, alternated")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -275,57 +449,42 @@ def main() -> None:
     if args.worker:
         return worker(args)
     cores = os.cpu_count() or 2
-    half = max(1, cores // 2)
-    summary: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            ckpt = make_checkpoint(name, tmp)
-            ones, twos = [], []
-            for _ in range(args.rounds):
-                ones.append(launch(name, ckpt, tmp, 1, cores, args.repeats))
-                twos.append(launch(name, ckpt, tmp, 2, half, args.repeats))
-            one, two = best_of(ones), best_of(twos)
-            row = {"engine_points_per_s": one["engine_points_per_s"],
-                   "ceiling_points_per_s": one["ceiling_points_per_s"],
-                   "ratio_to_ceiling": one["engine_points_per_s"] / one["ceiling_points_per_s"],
-                   "ratio_to_ceiling_paired": one["paired_ratio"],
-                   "two_process_points_per_s": two["engine_points_per_s"],
-                   "two_process_speedup": two["engine_points_per_s"] / one["engine_points_per_s"],
-                   "two_process_ceiling_points_per_s": two["ceiling_points_per_s"],
-                   "two_process_hardware_speedup": two["ceiling_points_per_s"] / one["ceiling_points_per_s"],
-                   "vmap_points_per_s": one["vmap_points_per_s"],
-                   "vmap_ratio_to_ceiling": one["vmap_points_per_s"] / one["ceiling_points_per_s"],
-                   "points_per_pass": one["points_per_pass"], "grid_points": one["points"],
-                   "samples_per_point": one["samples_per_point"], "batch_size": one["batch_size"]}
-            summary[name] = row
-            print(f"{name}: {row['grid_points']} points x {row['samples_per_point']} samples, batch "
-                  f"{row['batch_size']}, best of {args.rounds} rounds x {args.repeats} repeats\n"
-                  f"  (a) engine                 {row['engine_points_per_s']:9.2f} pt/s\n"
-                  f"  (b) ceiling                {row['ceiling_points_per_s']:9.2f} pt/s   engine/ceiling "
-                  f"{row['ratio_to_ceiling']:.3f} (interleaved point by point: "
-                  f"{row['ratio_to_ceiling_paired']:.3f})\n"
-                  f"  (c) engine, 2 procs x {half} thr {row['two_process_points_per_s']:9.2f} pt/s   vs 1 proc x "
-                  f"{cores} thr: {row['two_process_speedup']:.2f}x\n"
-                  f"  (d) engine, vmap {row['points_per_pass']} pt/pass {row['vmap_points_per_s']:9.2f} pt/s   "
-                  f"vmap/ceiling {row['vmap_ratio_to_ceiling']:.3f}\n"
-                  f"  (e) ceiling, 2 procs       {row['two_process_ceiling_points_per_s']:9.2f} pt/s   vs 1 proc: "
-                  f"{row['two_process_hardware_speedup']:.2f}x (what (c) can reach here)", flush=True)
+        summary = {name: model_row(name, tmp, args, cores) for name in args.models}
         stream = None if args.no_streamed else streamed(tmp, cores)
-    if stream is not None:
-        print("streamed sources, ResNet-20, 3x3 grid, interleaved point by point with a plain loop over the same "
-              "loader:", flush=True)
-        for name, ratio in stream["ratio_to_plain_loop"].items():
-            print(f"  {name:36s} engine/plain loop {ratio:.3f}", flush=True)
-        rss = stream["peak_rss_mb"]
-        print(f"  peak RSS of a streamed surface: {rss[512]:.0f} MB over 512 images, {rss[2048]:.0f} MB over 2048 "
-              f"({100 * stream['rss_growth_4x']:+.1f}%)", flush=True)
-    worst = {k: float(np.min([r[k] for r in summary.values()]))
-             for k in ("ratio_to_ceiling", "ratio_to_ceiling_paired", "two_process_speedup",
-                       "two_process_hardware_speedup")}
-    print(json.dumps({"engine_points_per_s": {k: round(r["engine_points_per_s"], 3) for k, r in summary.items()},
-                      "ceiling_points_per_s": {k: round(r["ceiling_points_per_s"], 3) for k, r in summary.items()},
-                      **{k: round(v, 3) for k, v in worst.items()},
-                      "per_model": summary, "streamed": stream, "cores": cores, "torch": torch.__version__}))
+        if stream is not None:
+            print("streamed sources, ResNet-20, 3x3 grid, interleaved point by point with a plain loop over the "
+                  "same loader (forward, summed loss, correct count):", flush=True)
+            for name, ratio in stream["ratio_to_plain_loop"].items():
+                print(f"  {name:36s} engine/plain loop {ratio:.3f}", flush=True)
+            rss = stream["peak_rss_mb"]
+            print(f"  peak RSS of a streamed surface: {rss[512]:.0f} MB over 512 images, {rss[2048]:.0f} MB over "
+                  f"2048 ({100 * stream['rss_growth_4x']:+.1f}%)", flush=True)
+        memory = None if args.no_memory else grid_memory(tmp, cores)
+        if memory is not None:
+            rss = memory["peak_rss_mb"]
+            print(f"peak RSS of the whole plot2d command, MNIST-1D MLP: {rss[11]} MB at 11x11, {rss[51]} MB at "
+                  f"51x51 (ratio {memory['peak_memory_ratio']:.3f})", flush=True)
+        paper = None if args.no_paper_job else paper_job(tmp, cores)
+        if paper is not None:
+            print(f"the paper's job on this CPU: ResNet-56, {paper['samples']} CIFAR-shaped samples, "
+                  f"{paper['points']} points, fp32\n"
+                  f"  plot2d, start to files        {paper['command_seconds']:7.1f} s   ({paper['compile_choice']})\n"
+                  f"  plain eager, 1 forward/point  {paper['eager_seconds']:7.1f} s   "
+                  f"({paper['eager_seconds_per_point']:.3f} s per point)\n"
+                  f"  speed_vs_eager {paper['speed_vs_eager']:.2f}x\n"
+                  f"  bf16 (3x3, eager, native bf16 on this CPU: {paper['cpu_bf16_native']}): "
+                  f"{paper['bf16_speed_vs_fp32']:.2f}x the speed of fp32; largest differences from fp32: loss "
+                  f"{paper['bf16_max_diff']['train_loss_rel']:.2g} (relative), accuracy "
+                  f"{paper['bf16_max_diff']['train_acc_points']:.2g} points", flush=True)
+    figures = verdicts(summary, stream, memory, paper)
+    for name, v in figures.items():
+        sign = "<=" if name == "peak_memory_ratio" else ">="
+        print(f"{name:24s} worst {v['worst']:.3f} (target {sign} {v['target']}): {'met' if v['met'] else 'MISSED'}"
+              f"   {', '.join(f'{k} {x:.3f}' for k, x in v['values'].items())}", flush=True)
+    print(json.dumps({**{k: v["worst"] for k, v in figures.items()}, "targets": figures, "per_model": summary,
+                      "streamed": stream, "memory": memory, "paper_job": paper, "cores": cores,
+                      "torch": torch.__version__}))
 
 
 if __name__ == "__main__":
