@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(PY) -m figures.flat_vs_sharp --preset quick --out demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check landscape trainers figures benchmarks tests

@@ -1,6 +1,6 @@
 """Surface-engine benchmark: the engine against what a user would write for the same work, measured side by side.
 
-  python benchmarks/surface.py                  # everything (~20 min on 2 cores); the last line is JSON
+  python benchmarks/surface.py                  # everything (~28 min on 2 cores); the last line is JSON
   python benchmarks/surface.py --models mlp --no-streamed --no-memory --no-paper-job    # one model only
 
 The figures it is judged by (targets in TARGETS; each printed with its worst case and in the last JSON line):
@@ -228,7 +228,7 @@ def _paired_loader_ratio(ev, loader, points) -> float:
 
 
 def streamed(tmp: str, threads: int) -> dict:
-    """ResNet-20 over a DataLoader of in-memory tensors and over a folder of PNG files read by 2 worker processes,
+    """ResNet-20 (5x5 grid) over a DataLoader of in-memory tensors and over a folder of PNG files read by 2 workers,
     against the plain loop over the same loader; then peak memory of a streamed surface over 1x and 4x the data."""
     from torchvision.datasets import ImageFolder
     from torchvision.transforms.functional import pil_to_tensor, to_pil_image
@@ -255,7 +255,7 @@ def streamed(tmp: str, threads: int) -> dict:
             persistent_workers=True)}
     theta0 = snapshot(model_tensors(model), device="cpu")
     dirs = random_directions(model, 2)
-    points = grid_points_2d(3)
+    points = grid_points_2d(5)
     out = {}
     for name, loader in loaders.items():
         ev = PointEvaluator(model, theta0, dirs, [EvalSet("train", as_source(loader, torch.device("cpu"), 128))])
@@ -453,7 +453,7 @@ def main() -> None:
         summary = {name: model_row(name, tmp, args, cores) for name in args.models}
         stream = None if args.no_streamed else streamed(tmp, cores)
         if stream is not None:
-            print("streamed sources, ResNet-20, 3x3 grid, interleaved point by point with a plain loop over the "
+            print("streamed sources, ResNet-20, 5x5 grid, interleaved point by point with a plain loop over the "
                   "same loader (forward, summed loss, correct count):", flush=True)
             for name, ratio in stream["ratio_to_plain_loop"].items():
                 print(f"  {name:36s} engine/plain loop {ratio:.3f}", flush=True)
