@@ -17,7 +17,7 @@ top of these and is never imported by them.
 import importlib
 from typing import Any
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 # public name -> the module that defines it; resolved by name on first use
 _API = {"random_directions": "landscape.api", "direction_to": "landscape.api", "surface": "landscape.api",

@@ -90,3 +90,29 @@ def run_module(module: str, *args: str, cwd: str | None = None, timeout: float =
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", module, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=cli_env())
+
+
+# One small job of each kind, run once in one process: what the multi-process and multi-node runs must equal.
+PLOT2D_ARGS = ["--x=-1:1:5", "--y=-1:1:4", "--no-progress", "--formats", "png", "--device", "cpu"]  # after mlp_ckpt
+TRAIN_ARGS = ["--dataset", "synthetic", "--data-kwargs", '{"n_train": 512, "input_shape": [16]}', "--model", "mlp",
+              "--model-kwargs", '{"hidden": [32]}', "--batch-size", "64", "--epochs", "2", "--lr", "0.05",
+              "--weight-decay", "5e-4", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def plot2d_one(mlp_ckpt, tmp_path_factory) -> str:
+    """The folder of `plot2d mlp_ckpt PLOT2D_ARGS` run in one process (copy it before writing to it)."""
+    out = tmp_path_factory.mktemp("plot2d_one")
+    res = run_module("landscape.plot2d", mlp_ckpt, *PLOT2D_ARGS, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "computed 20 of 20 points" in res.stdout
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def train_one(tmp_path_factory) -> str:
+    """last.pt of `trainers.train TRAIN_ARGS` run in one process."""
+    out = tmp_path_factory.mktemp("train_one")
+    res = run_module("trainers.train", *TRAIN_ARGS, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    return str(out / "last.pt")

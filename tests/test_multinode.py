@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from landscape.io import read_surface
-from tests.conftest import cli_env, run_module
+from tests.conftest import PLOT2D_ARGS, TRAIN_ARGS, cli_env, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -43,27 +43,20 @@ def finish(nodes: list[subprocess.Popen], timeout: float = 300) -> list[tuple[in
     return out
 
 
-def test_two_nodes_equal_one_process_for_plot2d_and_the_trainer(mlp_ckpt, tmp_path):
-    grid = [mlp_ckpt, "--x=-1:1:5", "--y=-1:1:4", "--no-progress", "--formats", "png", "--device", "cpu"]
-    train = ["--dataset", "synthetic", "--data-kwargs", '{"n_train": 512, "input_shape": [16]}', "--model", "mlp",
-             "--model-kwargs", '{"hidden": [32]}', "--batch-size", "64", "--epochs", "2", "--lr", "0.05",
-             "--weight-decay", "5e-4", "--no-progress", "--device", "cpu"]
-    nodes = {"plot2d": start_nodes("landscape.plot2d", *grid, "--out", str(tmp_path / "nodes"))}
-    one = run_module("landscape.plot2d", *grid, "--out", str(tmp_path / "one"))
-    nodes["train"] = start_nodes("trainers.train", *train, "--out", str(tmp_path / "nodes_run"))
-    one_run = run_module("trainers.train", *train, "--out", str(tmp_path / "one_run"))
-    assert one.returncode == 0 and one_run.returncode == 0, one.stderr + one_run.stderr
+def test_two_nodes_equal_one_process_for_plot2d_and_the_trainer(mlp_ckpt, plot2d_one, train_one, tmp_path):
+    nodes = {"plot2d": start_nodes("landscape.plot2d", mlp_ckpt, *PLOT2D_ARGS, "--out", str(tmp_path / "surface")),
+             "train": start_nodes("trainers.train", *TRAIN_ARGS, "--out", str(tmp_path / "run"))}
     for name, launched in nodes.items():
         for rc, _, stderr in finish(launched):
             assert rc == 0, f"{name}: {stderr[-3000:]}"
 
-    a = read_surface(str(tmp_path / "one" / "mlp_run0_last_2d.h5"))
-    b = read_surface(str(tmp_path / "nodes" / "mlp_run0_last_2d.h5"))
+    a = read_surface(os.path.join(plot2d_one, "mlp_run0_last_2d.h5"))
+    b = read_surface(str(tmp_path / "surface" / "mlp_run0_last_2d.h5"))
     assert b.done.all()
     for k in a.values:
         np.testing.assert_allclose(b.values[k], a.values[k], rtol=1e-7, err_msg=k)
-    two = torch.load(tmp_path / "nodes_run" / "last.pt", weights_only=True)
-    ref = torch.load(tmp_path / "one_run" / "last.pt", weights_only=True)
+    two = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    ref = torch.load(train_one, weights_only=True)
     assert two["plan"]["world_size"] == 2
     assert two["state_dict"].keys() == ref["state_dict"].keys()
     for k, v in ref["state_dict"].items():

@@ -97,7 +97,7 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_file(slow_
     cmd = _command("landscape.plot2d", [slow_ckpt, *GRID, "--out", str(tmp_path / "cut")], nproc)
     rng = random.Random(1234 + (nproc or 1))
     done_counts = []
-    for _ in range(3):
+    for _ in range(2):  # the second kill lands on a file that a killed run left
         _kill_at_random_moment(cmd, h5, rng, max_delay=1.5)
         done_counts.append(_assert_flushed_points_are_right(h5, reference))
     assert done_counts == sorted(done_counts)  # never loses a flushed point

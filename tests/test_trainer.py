@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from landscape.errors import UserError
-from tests.conftest import SINGLE, killed_at_epoch, run_module, train_config
+from tests.conftest import SINGLE, TRAIN_ARGS, killed_at_epoch, run_module, train_config
 from trainers import ddp
 from trainers.ddp import fit, lr_factor, make_plan
 
@@ -73,16 +73,11 @@ def test_plan_and_schedule():
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process(tmp_path):
-    args = ["--dataset", "synthetic", "--data-kwargs", json.dumps({"n_train": 512, "input_shape": [16]}),
-            "--model", "mlp", "--model-kwargs", '{"hidden": [32]}', "--batch-size", "64", "--epochs", "2",
-            "--lr", "0.05", "--weight-decay", "5e-4", "--no-progress", "--device", "cpu"]
-    one = run_module("trainers.train", *args, "--out", str(tmp_path / "one"))
-    two = run_module("trainers.train", *args, "--out", str(tmp_path / "two"), nproc=2)
-    assert one.returncode == 0, one.stderr
+def test_two_gloo_processes_equal_one_process(train_one, tmp_path):
+    two = run_module("trainers.train", *TRAIN_ARGS, "--out", str(tmp_path / "two"), nproc=2)
     assert two.returncode == 0, two.stderr
     assert torch.load(tmp_path / "two" / "last.pt", weights_only=True)["plan"]["world_size"] == 2
-    _assert_close(_weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt"), atol=1e-5)
+    _assert_close(_weights(train_one), _weights(tmp_path / "two" / "last.pt"), atol=1e-5)
 
 
 @pytest.mark.slow
