@@ -1,6 +1,6 @@
 """Surface-engine benchmark: the engine against what a user would write for the same work, measured side by side.
 
-  python benchmarks/surface.py                  # everything (~28 min on 2 cores); the last line is JSON
+  python benchmarks/surface.py                  # everything (~20 min on 2 cores); the last line is JSON
   python benchmarks/surface.py --models mlp --no-streamed --no-memory --no-paper-job    # one model only
 
 The figures it is judged by (targets in TARGETS; each printed with its worst case and in the last JSON line):
