@@ -336,6 +336,27 @@ def test_a_bug_of_ours_keeps_its_traceback(bug):
         run_cli(main, [])
 
 
+def test_a_peer_that_went_away_is_one_line_and_status_1_and_other_runtime_errors_keep_their_traceback(capsys):
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:29314. This is typically caused by a remote worker crashing.")
+
+    def main(argv):
+        raise gloo
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main, [])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == (
+        "[rank 0] error: another process of this job stopped (Connection closed by peer [127.0.0.1]:29314); what "
+        "was flushed or saved is kept: rerun the same command to resume (the trainer with --resume)\n")
+
+    def bug(argv):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        run_cli(bug, [])
+
+
 @pytest.mark.slow
 def test_bad_input_in_a_real_process_has_no_traceback(bad_inputs):
     res = run_module("landscape.plot2d", str(bad_inputs["dir"] / "truncated.pt"))
