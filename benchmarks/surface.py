@@ -263,62 +263,61 @@ def grid_points_2d(n: int) -> list[tuple[float, float]]:
 
 def memory_worker_rss(n: int, threads: int) -> float:
     """Peak RSS (MB) of a fresh process that computes a 3x3 streamed surface over GeneratedImages(n)."""
-    code = (f"import resource, torch, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+    code = (f"import torch, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
             "import surface as b; import landscape; from landscape.models import build_model; "
             f"torch.set_num_threads({threads}); m = build_model('resnet20'); "
             f"dl = torch.utils.data.DataLoader(b.GeneratedImages({n}), batch_size=128); "
-            "landscape.surface(m, dl, landscape.random_directions(m, 2), x='-1:1:3', y='-1:1:3', progress=False); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, cwd=ROOT)
-    if res.returncode:
-        raise SystemExit(f"memory worker failed:\n{res.stderr[-2000:]}")
-    return float(res.stdout.split()[-1])
+            "landscape.surface(m, dl, landscape.random_directions(m, 2), x='-1:1:3', y='-1:1:3', progress=False)")
+    return run_command(["-c", code], ROOT, threads)[1]
 
 
-def run_command(args: list[str], cwd: str, threads: int) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (MB) and output of one command in a fresh process, from start to exit."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with tempfile.TemporaryFile("w+") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: ru_maxrss is its peak, in KB
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        out = log.read()
-    if proc.returncode:
-        raise SystemExit(f"benchmark command failed ({' '.join(args)}):\n{out[-2000:]}")
-    return seconds, usage.ru_maxrss // 1024, out
+def peak_rss_kb(pid: int) -> int:
+    """The peak resident memory of a running process's own image (VmHWM, reset at exec), 0 once it is gone.
+    Not getrusage's ru_maxrss: a child's starts at its parent's size when forked, which would hide the child's
+    own (this benchmark's process holds ~900 MB)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
 
 
-def run_paused(args: list[str], cwd: str, threads: int, other, every_s: float = 5.0) -> tuple[float, str, list]:
-    """Run a command in a fresh process, stopping it (SIGSTOP, its whole process group) every `every_s` seconds
-    while `other()` runs alone, then resuming it (SIGCONT). Returns the command's own seconds (wall time less the
-    pauses), its output and what `other` returned each time: both meet the machine as it is over the same
-    minutes. Measured one after the other, the eager loop ran 1.5x as fast as during the command here, once."""
+def run_command(args: list[str], cwd: str, threads: int, other=None, every_s: float = 5.0
+                ) -> tuple[float, int, str, list]:
+    """One command in a fresh process, from start to exit: its seconds, peak RSS (MB, sampled) and output.
+
+    With `other`, the command is stopped (SIGSTOP, its whole process group) every `every_s` seconds while
+    `other()` runs alone, then resumed (SIGCONT); the seconds leave the pauses out, and what `other` returned each
+    time comes back too. So both meet the machine as it is over the same minutes: measured one after the other,
+    the eager loop once ran 1.5x as fast as during the command here."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     paused, results = 0.0, []
     with tempfile.TemporaryFile("w+") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        next_pause, peak_kb = t0 + every_s, 0
         while True:
-            try:
-                proc.wait(timeout=every_s)
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+            if pid:
                 break
-            except subprocess.TimeoutExpired:
-                pass
+            peak_kb = max(peak_kb, peak_rss_kb(proc.pid))  # sampled every 20 ms
+            if other is None or time.perf_counter() < next_pause:
+                time.sleep(0.02)
+                continue
             os.killpg(proc.pid, signal.SIGSTOP)
             t1 = time.perf_counter()
             results.append(other())
             paused += time.perf_counter() - t1
             os.killpg(proc.pid, signal.SIGCONT)
+            next_pause = time.perf_counter() + every_s
         seconds = time.perf_counter() - t0 - paused
+        proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         out = log.read()
     if proc.returncode:
         raise SystemExit(f"benchmark command failed ({' '.join(args)}):\n{out[-2000:]}")
-    return seconds, out, results
+    return seconds, peak_kb // 1024, out, results
 
 
 def grid_memory(tmp: str, threads: int) -> dict:
@@ -327,8 +326,9 @@ def grid_memory(tmp: str, threads: int) -> dict:
     ckpt = make_checkpoint("mlp", tmp)
     peak = {}
     for n in (11, 51):
-        _, peak[n], _ = run_command(["-m", "landscape.plot2d", ckpt, f"--x=-1:1:{n}", f"--y=-1:1:{n}", "--splits",
-                                     "train", "--no-progress", "--out", os.path.join(tmp, f"memory{n}")], ROOT, threads)
+        _, peak[n], _, _ = run_command(["-m", "landscape.plot2d", ckpt, f"--x=-1:1:{n}", f"--y=-1:1:{n}",
+                                        "--splits", "train", "--no-progress", "--out", os.path.join(tmp, f"memory{n}")],
+                                       ROOT, threads)
     return {"peak_rss_mb": peak, "peak_memory_ratio": peak[51] / peak[11]}
 
 
@@ -367,15 +367,15 @@ def paper_job(tmp: str, threads: int) -> dict:
     n = job["grid"]
     grid = [f"--x=-1:1:{n}", f"--y=-1:1:{n}"]
     common = [ckpt, "--splits", "train", "--no-progress"]
-    seconds, out, passes = run_paused(["-m", "landscape.plot2d", *common, *grid, "--out", os.path.join(tmp, "paper")],
-                                      ROOT, threads, eager_pass)
+    seconds, _, out, passes = run_command(["-m", "landscape.plot2d", *common, *grid, "--out",
+                                           os.path.join(tmp, "paper")], ROOT, threads, eager_pass)
     eager_s = float(np.median(passes))
     choice = next((ln for ln in out.splitlines() if ln.startswith("torch.compile:")), "torch.compile: (no line)")
     files = {}
     per_point = {}
     for precision in ("fp32", "bf16"):
         folder = os.path.join(tmp, f"paper_{precision}")
-        _, _, out3 = run_command(["-m", "landscape.plot2d", *common, "--x=-1:1:3", "--y=-1:1:3", "--no-compile",
+        _, _, out3, _ = run_command(["-m", "landscape.plot2d", *common, "--x=-1:1:3", "--y=-1:1:3", "--no-compile",
                                   "--precision", precision, "--formats", "png", "--out", folder], ROOT, threads)
         computed = re.search(r"computed 9 of 9 points .* in ([0-9.]+)s", out3)
         per_point[precision] = float(computed.group(1)) / 9
