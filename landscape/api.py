@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.config import PRECISIONS, check_choice, check_points_per_pass
-from landscape.directions import DirectionSpec, complete, create_random_directions, target_direction
+from landscape.directions import DirectionSpec, complete, create_random_directions, output_axes, target_direction
 from landscape.distributed import DistInfo, init_distributed, is_torchrun
 from landscape.engine import EvalSet
 from landscape.errors import ConfigError
@@ -45,7 +45,8 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str = "filter", ign
     dir_type: "states" also moves BatchNorm running statistics."""
     theta0 = snapshot(model_tensors(model, dir_type), device="cpu")
     moved = moved_tensors(model, theta0, params, trainable_only)
-    return create_random_directions(theta0, n, DirectionSpec(dir_type, norm, ignore, seed, orthogonal), moved)
+    return create_random_directions(theta0, n, DirectionSpec(dir_type, norm, ignore, seed, orthogonal), moved,
+                                    output_axes(model))
 
 
 def direction_to(model: nn.Module, other: nn.Module | Mapping[str, Tensor], dir_type: str = "weights") -> Params:
@@ -127,7 +128,7 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
                      else by_name.get("train", sets[0].source))
         bn, evaluation["bn_recalibrate"] = (bn_source, bn_recalibrate), bn_recalibrate
     config = {"x": x if isinstance(x, str) else list(map(float, x)), "y": y if isinstance(y, str) or y is None
-              else list(map(float, y)), "api": True, "dir_type": dir_type}
+              else list(map(float, y)), "api": True, "dir_type": dir_type, "filter_axes": output_axes(model)}
     origin = Origin(model={"name": type(model).__module__ + ":" + type(model).__qualname__, "kwargs": {}},
                     checkpoint_sha256=_weights_sha256(theta0))
     if out is not None and os.path.dirname(out):

@@ -36,6 +36,10 @@ HESSIAN = "hessian"  # --directions hessian: the top eigenvectors of the Hessian
 COMPILE_AFTER_S = 120.0
 
 MEASURES = ("lambda_max", "lambda_min", "trace", "density", "epsilon", "adaptive", "average", "width")
+# The default table: a minute or two on a ResNet-18 with 128 samples on 2 CPU cores (the README has the costs);
+# lambda_min, density, epsilon and average are asked for by name.
+DEFAULT_MEASURES = ("lambda_max", "trace", "adaptive", "width")
+WIDTH_AXIS = "-1:1:21"  # the widths' first axis: widened or narrowed per curve until the width is one
 ADAPTIVE_NORMS = ("2", "inf")
 
 
@@ -113,6 +117,20 @@ class SurfaceConfig:
                                          default_factory=dict, metavar="JSON", group="your own code")
     max_batches: int | None = option(None, "evaluate the first N batches of --data at every point", metavar="N",
                                      group="your own code")
+    strip_prefix: str | None = option(None, "the prefix under which the weights file holds the model's tensors "
+                                      "(e.g. 'model.' of a LightningModule; default: found when exactly one prefix "
+                                      "holds them all)", metavar="PREFIX", group="your own code")
+    ema: bool = option(False, "load the averaged model (model_ema) of a torchvision-references checkpoint",
+                       group="your own code")
+    criterion: str | None = option(None, "a loss as written: package.module:function called as fn(outputs, "
+                                   "targets) -> the batch's mean, or a loss class such as torch.nn:CrossEntropyLoss "
+                                   "(summed with reduction='sum')", metavar="FN", group="your own code")
+    criterion_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --criterion (e.g. "
+                                              "'{\"label_smoothing\": 0.1}')", type=json_object,
+                                              default_factory=dict, metavar="JSON", group="your own code")
+    loss_name: str | None = option(None, "which of the metric's sums is the loss that curvature, widths, auto axes "
+                                   "and --loss-max use (default: 'loss', else the one sum ending in 'loss', else "
+                                   "the first)", metavar="NAME", group="your own code")
     params: tuple[str, ...] = option((), "move only the tensors whose names match these globs (e.g. 'layer4.*')",
                                      metavar="GLOB", group="directions")
     trainable_only: bool = option(False, "move only parameters with requires_grad (adapters, LoRA)",
@@ -190,6 +208,13 @@ class SurfaceConfig:
         if self.metric is not None and self.metric not in METRICS and ":" not in self.metric:
             raise ConfigError(f"--metric {self.metric!r} is not one of: {', '.join(METRICS)}, nor "
                               "package.module:function")
+        if self.criterion is not None and self.metric is not None:
+            raise ConfigError("--metric and --criterion both say what to measure; give one")
+        if self.criterion is not None and ":" not in self.criterion:
+            raise ConfigError(f"--criterion {self.criterion!r}: write package.module:name (e.g. "
+                              "torch.nn:CrossEntropyLoss)")
+        if self.criterion_kwargs and self.criterion is None:
+            raise ConfigError("--criterion-kwargs needs --criterion")
         if self.model and not self.data:
             raise ConfigError("--model needs --data: a package.module:function returning your DataLoader")
         for value, flag in [(self.samples, "--samples"), (self.eval_batch_size, "--eval-batch-size"),
@@ -261,14 +286,14 @@ class SharpnessConfig:
     """Which sharpness measures `landscape.sharpness` takes and how (landscape.measures, landscape.hessian,
     landscape.density); the model, data, subset and directions come from a SurfaceConfig's flags."""
 
-    measures: tuple[str, ...] = option(("lambda_max", "trace", "epsilon", "adaptive", "average", "width"),
+    measures: tuple[str, ...] = option(DEFAULT_MEASURES,
                                        "what to measure: Hessian extremes (Lanczos), trace (Hutch++), spectral "
                                        "density (SLQ), Keskar's epsilon-sharpness, adaptive worst-case and "
-                                       "average-case sharpness, basin width over random directions",
-                                       choices=MEASURES, group="measures")
+                                       "average-case sharpness, basin width over random directions; each prints "
+                                       "its estimated time first", choices=MEASURES, group="measures")
     per_layer: bool = option(False, "also one row per layer (each module's own parameters)", group="measures")
     tol: float = option(1e-3, "Lanczos tolerance: the eigenvalues' relative error bound", group="hessian")
-    trace_products: int = option(99, "Hessian-vector products of the Hutch++ trace", metavar="N", group="hessian")
+    trace_products: int = option(60, "Hessian-vector products of the Hutch++ trace", metavar="N", group="hessian")
     density_runs: int = option(5, "SLQ runs averaged for the spectral density", metavar="N", group="hessian")
     density_steps: int = option(60, "Lanczos steps per SLQ run", metavar="N", group="hessian")
     eps: tuple[float, ...] = option((1e-3, 5e-4), "Keskar's box half-width(s), relative to |w|+1 (one row each)",

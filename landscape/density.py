@@ -35,17 +35,18 @@ class Density:
 
 def lanczos(op: HessianOperator, v: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The m x m Lanczos tridiagonal matrix (its diagonal and off-diagonal) of H from the unit vector v, stopped
-    early if the Krylov space closes (an invariant subspace: the quadrature is then exact)."""
-    basis = np.zeros((steps, len(v)))
+    early if the Krylov space closes (an invariant subspace: the quadrature is then exact). The basis is kept in
+    the operator's dtype and on its device (steps x parameters x 4 bytes in fp32); the recurrence is in float64."""
+    basis = torch.zeros(steps, len(v), dtype=op.dtype, device=op.device)
     alpha, beta = [], []
-    q = v / np.linalg.norm(v)
+    q = torch.from_numpy(v / np.linalg.norm(v)).to(op.device)
     for j in range(steps):
-        basis[j] = q
-        w = op.matvec(torch.from_numpy(q)).cpu().numpy()
+        basis[j] = q.to(op.dtype)
+        w = op.matvec(q)
         alpha.append(float(q @ w))
-        w -= basis[:j + 1].T @ (basis[:j + 1] @ w)  # full reorthogonalization, twice for safety
-        w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
-        b = float(np.linalg.norm(w))
+        for _ in range(2):  # full reorthogonalization, twice for safety
+            w -= (basis[:j + 1].T @ (basis[:j + 1] @ w.to(op.dtype))).double()
+        b = float(torch.linalg.vector_norm(w))
         if j == steps - 1 or b < 1e-10 * max(abs(alpha[0]), 1e-30):
             break
         beta.append(b)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from landscape.config import DIR_TYPES, IGNORES, NORMS, check_choice
 from landscape.errors import ConfigError
@@ -43,11 +44,26 @@ def random_direction(theta: Params, generator: torch.Generator) -> Params:
             for k, v in theta.items()}
 
 
-def normalize_direction(d: Params, theta: Params, norm: str = "filter", ignore: str = "biasbn") -> Params:
+def output_axes(model: nn.Module) -> dict[str, int]:
+    """The weights whose output units lie along another axis than 0, by name: HuggingFace's Conv1D (GPT-2) stores
+    its weight as (in, out) and ConvTranspose*d as (in, out / groups, *kernel), so their output units lie along
+    axis 1. Every other weight (Linear, Conv*d, embeddings) holds one output unit per slice along axis 0."""
+    axes = {}
+    for name, module in model.named_modules():
+        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+        hf_conv1d = type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+        if (transposed or hf_conv1d) and isinstance(getattr(module, "weight", None), torch.Tensor):
+            axes[f"{name}.weight" if name else "weight"] = 1
+    return axes
+
+
+def normalize_direction(d: Params, theta: Params, norm: str = "filter", ignore: str = "biasbn",
+                        axes: Mapping[str, int] | None = None) -> Params:
     """Rescale d against theta (new tensors; d is left alone).
 
-    filter: each slice along dim 0 (a conv filter, a row of a linear layer) gets the norm of the matching
-            slice of theta; layer: each tensor gets theta's tensor norm; weight: d * theta elementwise.
+    filter: each output unit (a conv filter, a row of a linear layer: a slice along axis 0, or along the axis
+            `axes` names for the tensor, see output_axes) gets the norm of the matching slice of theta;
+            layer: each tensor gets theta's tensor norm; weight: d * theta elementwise.
     1-D tensors are zeroed with ignore='biasbn', else set to theta (reference semantics) unless norm='none'.
     """
     check_choice(norm, NORMS, "norm")
@@ -58,9 +74,11 @@ def normalize_direction(d: Params, theta: Params, norm: str = "filter", ignore: 
         if dk.dim() <= 1:
             out[k] = torch.zeros_like(dk) if ignore == "biasbn" else (dk.clone() if norm == "none" else w.clone())
         elif norm == "filter":
-            d2, w2 = dk.reshape(dk.shape[0], -1), w.reshape(w.shape[0], -1)
+            axis = (axes or {}).get(k, 0)
+            du, wu = dk.movedim(axis, 0), w.movedim(axis, 0)  # output units first
+            d2, w2 = du.reshape(du.shape[0], -1), wu.reshape(wu.shape[0], -1)
             scale = w2.norm(dim=1, keepdim=True) / (d2.norm(dim=1, keepdim=True) + EPS)
-            out[k] = (d2 * scale).reshape(dk.shape)
+            out[k] = (d2 * scale).reshape(du.shape).movedim(0, axis).contiguous()
         elif norm == "layer":
             out[k] = dk * (w.norm() / (dk.norm() + EPS))
         elif norm == "weight":
@@ -116,15 +134,16 @@ def restrict(d: Params, moved: Collection[str] | None) -> Params:
     return d if moved is None else {k: v if k in moved else torch.zeros_like(v) for k, v in d.items()}
 
 
-def create_random_directions(theta0: Params, n: int, spec: DirectionSpec, moved: Collection[str] | None = None
-                             ) -> list[Params]:
+def create_random_directions(theta0: Params, n: int, spec: DirectionSpec, moved: Collection[str] | None = None,
+                             axes: Mapping[str, int] | None = None) -> list[Params]:
     """n normalized random directions from spec.seed; the first ones are the same for any n, so a 1D curve is
     the alpha axis of the 2D surface made with the same seed. Tensors outside `moved` (default: all) get zeros;
-    the random draw is the same whatever is moved, so a subset's direction is the full one masked."""
+    the random draw is the same whatever is moved, so a subset's direction is the full one masked. `axes`: the
+    output axis of weights stored (in, out) (output_axes of the model)."""
     if n < 1:
         raise ValueError(f"at least 1 direction, not {n}")
     g = torch.Generator().manual_seed(spec.seed)
-    dirs = [normalize_direction(random_direction(theta0, g), theta0, spec.norm, spec.ignore) for _ in range(n)]
+    dirs = [normalize_direction(random_direction(theta0, g), theta0, spec.norm, spec.ignore, axes) for _ in range(n)]
     dirs = [restrict(d, moved) for d in dirs]
     if n == 2 and spec.orthogonal:
         dirs[1] = orthogonalize(dirs[1], dirs[0])

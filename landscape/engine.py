@@ -33,7 +33,7 @@ from landscape.evaluation import (
     recalibrate_batchnorm,
     source_sums,
 )
-from landscape.metrics import Metric, cross_entropy, metric_names
+from landscape.metrics import Metric, cross_entropy, loss_key, metric_names
 from landscape.params import Params, PointSetter, model_tensors
 from landscape.sources import StreamSource, TensorSource
 
@@ -107,13 +107,14 @@ class PointEvaluator:
     batches of `source` (landscape.evaluation.recalibrate_batchnorm) before the point is evaluated.
 
     `compile`: True compiles the model's forward now, False never; None (auto) leaves it eager until
-    `choose_compile` is told how much work lies ahead.
+    `choose_compile` is told how much work lies ahead. `loss_name` picks each set's loss among its metric's sums
+    (landscape.metrics.loss_key); `loss_names` are those metrics, prefixed.
     """
 
     def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], sets: list[EvalSet],
                  dir_type: str = "weights", precision: str = "fp32", channels_last: bool = False,
                  compile: bool | None = False, points_per_pass: int = 1,
-                 bn: tuple[TensorSource | StreamSource, int] | None = None):
+                 bn: tuple[TensorSource | StreamSource, int] | None = None, loss_name: str | None = None):
         check_points_per_pass(points_per_pass, compile)
         if bn is not None:
             check_recalibration(model, bn[1], points_per_pass)
@@ -127,6 +128,9 @@ class PointEvaluator:
         self.sets, self.precision, self.points_per_pass = sets, precision, points_per_pass
         self.compile = compile if points_per_pass == 1 else False  # vmapped passes never use self.forward
         self.metric_names = [f"{s.name}_{m}" if s.name else m for s in sets for m in self._probe(s)]
+        # which of them are losses (one per set): what auto axes, widths and --loss-max read
+        self.loss_names = [f"{s.name}_{loss_key(s.keys, loss_name)}" if s.name else loss_key(s.keys, loss_name)
+                           for s in sets]
 
     def choose_compile(self, eager_seconds: float) -> str:
         """Auto compile (compile=None): torch.compile the forward when `eager_seconds`, the estimated eager time

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"{args.source} holds a 1D curve; export a 2D surface (plot2d or trajectory)")
     stem = args.out or os.path.splitext(args.source)[0]
     check_writable(os.path.dirname(stem) or ".")
-    metric = args.metric or next((m for m in s.values if m.endswith("loss")), next(iter(s.values)))
+    metric = args.metric or s.loss_metrics()[0]
     written = []
     if args.vtp:
         written.append(exports.write_vtp(s, f"{stem}_{metric}{'_log' if args.log else ''}.vtp", metric, args.log,

@@ -118,9 +118,11 @@ def html_figure(s: Surface, title: str = "", loss_max: float | None = None) -> A
     xlabel, ylabel = s.axis_names()
     fig, buttons, per_metric = go.Figure(), [], []
     for metric, values in s.values.items():
-        vmax = loss_max if metric.endswith("loss") else None
+        vmax = loss_max if metric in s.loss_metrics() else None
         z = np.asarray(values, float)
-        z = np.where(np.isfinite(z), np.clip(z, None, vmax) if vmax is not None else z, np.nan)
+        if vmax is not None:  # a flat cap at vmax, diverged points included (render.capped)
+            z = np.where(s.done, np.minimum(np.nan_to_num(z, nan=vmax, posinf=vmax), vmax), np.nan)
+        z = np.where(np.isfinite(z), z, np.nan)
         traces = [go.Surface(x=s.x, y=s.y, z=z, name=metric, colorscale="Viridis", colorbar={"title": metric},
                              contours_z={"show": True, "project_z": True, "usecolormap": True},
                              hovertemplate=f"{xlabel}=%{{x:.4g}}<br>{ylabel}=%{{y:.4g}}<br>{metric}=%{{z:.5g}}"

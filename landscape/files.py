@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -37,8 +38,20 @@ def write_text(path: str, text: str) -> None:
         f.write(text)
 
 
+def strict_json(obj: Any) -> Any:
+    """obj with every non-finite float (NaN, inf) as None, so that the JSON is strict (null) and any parser, jq
+    included, reads it; tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
 
 
 def read_cached(path: str, key: dict[str, Any]) -> Any | None:
@@ -47,7 +60,7 @@ def read_cached(path: str, key: dict[str, Any]) -> Any | None:
         return None
     with open(path) as f:
         stored = json.load(f)
-    return stored["result"] if stored.get("key") == json.loads(json.dumps(key)) else None
+    return stored["result"] if stored.get("key") == strict_json(json.loads(json.dumps(key))) else None
 
 
 def write_cached(path: str, key: dict[str, Any], result: Any) -> None:

@@ -51,10 +51,10 @@ class HessianOperator(FlatLoss):
     running statistics) and is not copied: after its weights change in place, `refresh()` rebuilds the graphs.
     """
 
-    def __init__(self, model: nn.Module, data: Any, metric: Metric = cross_entropy,
+    def __init__(self, model: nn.Module, data: Any, metric: str | Metric = cross_entropy,
                  params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512,
-                 cache_bytes: int | None = None):
-        super().__init__(model, data, metric, params, batch_size)
+                 cache_bytes: int | None = None, loss_name: str | None = None):
+        super().__init__(model, data, metric, params, batch_size, loss_name)
         self.reduce = reduce
         self.cache_bytes = graph_budget(self.device) if cache_bytes is None else cache_bytes
         self.products = 0
@@ -66,9 +66,10 @@ class HessianOperator(FlatLoss):
         leaf = self.weights().requires_grad_()
         with twice_differentiable(self.model):
             sums = self.sums(batch, leaf)
-            if not sums["loss"].requires_grad:  # the loss never reads these weights: their Hessian is 0
+            loss = self.loss_of(sums)
+            if not loss.requires_grad:  # the loss never reads these weights: their Hessian is 0
                 return leaf, torch.zeros_like(leaf), sums["count"].detach()
-            grad = torch.autograd.grad(sums["loss"], leaf, create_graph=True, allow_unused=True,  # weights the
+            grad = torch.autograd.grad(loss, leaf, create_graph=True, allow_unused=True,  # weights the
                                        materialize_grads=True)[0]                      # loss never reads: zero rows
         return leaf, grad, sums["count"].detach()
 
@@ -201,10 +202,12 @@ class HessianPointEvaluator:
     points_per_pass = 1
 
     def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], data: Any,
-                 metric: Metric = cross_entropy, tol: float = 1e-3, seed: int = 0, batch_size: int = 512):
+                 metric: str | Metric = cross_entropy, tol: float = 1e-3, seed: int = 0, batch_size: int = 512,
+                 loss_name: str | None = None):
         self.model = copy.deepcopy(model).eval()
         self.setter = PointSetter(model_tensors(self.model, "weights"), theta0, directions)  # re-points the weights
-        self.op = HessianOperator(self.model, data, metric, reduce=False, batch_size=batch_size)  # ...read there
+        self.op = HessianOperator(self.model, data, metric, reduce=False, batch_size=batch_size,  # ...read there
+                                  loss_name=loss_name)
         self.tol, self.seed = tol, seed
 
     def evaluate(self, coords: np.ndarray) -> Tensor:
@@ -250,18 +253,23 @@ def hutchinson_trace(op: HessianOperator, samples: int = 100, seed: int = 0) -> 
 def hutchpp_trace(op: HessianOperator, products: int = 99, seed: int = 0) -> Trace:
     """tr(H) by Hutch++ (Meyer et al. 2021): a third of the products find the dominant subspace Q (from H S),
     a third take tr(Q^T H Q) exactly, and a third estimate the rest by Hutchinson on vectors projected off Q.
-    The standard error is that of the last part, the only random one given Q."""
+    The standard error is that of the last part, the only random one given Q.
+
+    Memory: Q and H S are k = products // 3 vectors in the operator's dtype and on its device (k x parameters x
+    4 bytes in fp32); the random vectors are drawn one at a time."""
     k = products // 3
     if k < 2:
         raise ConfigError(f"Hutch++ needs at least 6 products for a standard error, got {products}")
     g = torch.Generator().manual_seed(seed)
-    s, r = _rademacher(g, op.dim, k), _rademacher(g, op.dim, k)
-
-    def hmat(m: Tensor) -> Tensor:
-        return torch.stack([op.matvec(m[:, j]).cpu() for j in range(m.shape[1])], dim=1)
-
-    q = torch.linalg.qr(hmat(s)).Q
-    exact = float(torch.einsum("ij,ij->", q, hmat(q)))
-    r = r - q @ (q.T @ r)
-    vals = (r * hmat(r)).sum(0).numpy()
-    return Trace(exact + float(vals.mean()), float(sem(vals)), 3 * k)
+    sketch = torch.empty(op.dim, k, dtype=op.dtype, device=op.device)
+    for j in range(k):
+        sketch[:, j] = op.matvec(_rademacher(g, op.dim, 1)[:, 0]).to(op.dtype)
+    q = torch.linalg.qr(sketch).Q
+    del sketch
+    exact = sum(float(q[:, j].double() @ op.matvec(q[:, j].double())) for j in range(k))
+    vals = []
+    for _ in range(k):
+        r = _rademacher(g, op.dim, 1)[:, 0].to(op.device)
+        r -= (q @ (q.T @ r.to(op.dtype))).double()
+        vals.append(float(r @ op.matvec(r)))
+    return Trace(exact + float(np.mean(vals)), float(sem(vals)), 3 * k)

@@ -7,7 +7,9 @@ Schema 2 (landscape 0.2):
               matplotlib's layout; (nx,) in 1D. float64, NaN where not done, accuracies in percent. The
               reference implementation's names: train_loss, train_acc, test_loss, test_acc.
   /done       uint8 mask of the finished points, same shape
-  /directions/d1/<parameter name>, /directions/d2/<parameter name>   float32, keyed by parameter name
+  /directions/d1/<parameter name>, /directions/d2/<parameter name>   float32, keyed by parameter name; since 0.7
+              only the tensors a direction moves (non-zero), the group's `tensors` attribute listing every
+              (name, shape) so that the others read as zeros
   root attributes: producer, schema_version, created_by, metrics (JSON list of the metric datasets),
     fingerprint (JSON: what a resume must match), config (JSON: the request as resolved), checkpoint,
     checkpoint_sha256, target_checkpoint, directions_sha256, model, checkpoint_metrics and
@@ -122,6 +124,12 @@ class Surface:
         given = self.annotations.axis_labels
         return (given[0] if given else "alpha (d1)"), (given[1] if len(given) > 1 else "beta (d2)")
 
+    def loss_metrics(self) -> list[str]:
+        """The metrics that are losses (one per data set), as the evaluation named them; for files that do not
+        say (before 0.7), those ending in "loss", else the first metric."""
+        named = [m for m in self.config.get("loss_metrics") or [] if m in self.values]
+        return named or [m for m in self.values if m.endswith("loss")] or list(self.values)[:1]
+
     def plot(self, kind: str = "contour", metric: str | None = None, ax: Any = None, **kwargs: Any) -> Any:
         """Draw one metric (default: the first loss) on `ax` (default: a new figure) and return the artist.
 
@@ -129,7 +137,7 @@ class Surface:
         there is one) for a 1D curve. kwargs go to the landscape.plot function (levels, vmin, vmax, ...)."""
         from landscape.plot import plot_surface  # matplotlib only when something is drawn
 
-        metric = metric or next((m for m in self.values if m.endswith("loss")), next(iter(self.values)))
+        metric = metric or self.loss_metrics()[0]
         if metric not in self.values:
             raise UserError(f"no metric {metric!r} in this surface; it has {', '.join(self.values)}")
         return plot_surface(self.x, self.y, self.values, metric, kind, ax, **kwargs)
@@ -170,11 +178,16 @@ def _check_ours(f: h5py.File, path: str) -> int:
 
 
 def _write_directions(f: h5py.File, directions: list[Arrays]) -> None:
+    """Each direction's non-zero tensors; the group's `tensors` attribute lists every tensor (name, shape), so a
+    tensor a direction does not move (outside a subset, or a zeroed bias) is implied zero, not stored."""
     group = f.create_group("directions")
+    first = directions[0] if directions else {}
+    group.attrs["tensors"] = json.dumps([[k, list(np.shape(v))] for k, v in first.items()])
     for i, d in enumerate(directions):
         sub = group.create_group(f"d{i + 1}")
         for k, v in d.items():
-            sub.create_dataset(k, data=np.asarray(v, dtype=np.float32))
+            if np.any(v):
+                sub.create_dataset(k, data=np.asarray(v, dtype=np.float32))
 
 
 def _header() -> dict[str, Any]:
@@ -236,9 +249,7 @@ def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[s
     `annotations` (markers, axis names) are stored with a new file.
     """
     dir_hash = directions_sha256(directions)
-    fingerprint = json.loads(json.dumps({
-        "checkpoint_sha256": origin.checkpoint_sha256, "directions_sha256": dir_hash, "xcoordinates": x.tolist(),
-        "ycoordinates": None if y is None else y.tolist(), **evaluation}))
+    fingerprint = fingerprint_of(origin, dir_hash, evaluation, x, y)
     if os.path.exists(path):
         old = read_surface(path)
         check_fingerprint(path, old.fingerprint, fingerprint)
@@ -283,6 +294,28 @@ class SurfaceWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+def fingerprint_of(origin: Origin, dir_hash: str, evaluation: dict[str, Any], x: np.ndarray | None,
+                   y: np.ndarray | None) -> dict[str, Any]:
+    """What a resume must match, as JSON values. x None: the x axis is not known yet (auto), so not compared."""
+    known = {"checkpoint_sha256": origin.checkpoint_sha256, "directions_sha256": dir_hash, **evaluation}
+    if x is not None:
+        known.update(xcoordinates=np.asarray(x).tolist(), ycoordinates=None if y is None else np.asarray(y).tolist())
+    return json.loads(json.dumps(known))
+
+
+def check_resumable(path: str, origin: Origin, directions: list[Arrays], evaluation: dict[str, Any],
+                    x: np.ndarray | None, y: np.ndarray | None) -> None:
+    """Refuse an existing file made by another request before anything is evaluated (open_surface checks again
+    once auto axes are known). x None: axes not known yet, left out of the comparison."""
+    if not os.path.exists(path):
+        return
+    current = fingerprint_of(origin, directions_sha256(directions), evaluation, x, y)
+    stored = read_surface(path).fingerprint
+    if x is None:
+        stored = {k: v for k, v in stored.items() if k not in ("xcoordinates", "ycoordinates")}
+    check_fingerprint(path, stored, current)
 
 
 def check_fingerprint(path: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
@@ -333,7 +366,11 @@ def read_directions(path: str) -> list[Arrays]:
         if "directions" not in f:
             raise UserError(f"{path} holds no directions; give a surface file written by landscape")
         g = f["directions"]
-        return [{k: g[name][k][...] for k in g[name]} for name in sorted(g)]
+        if "tensors" not in g.attrs:  # before 0.7 every tensor was stored
+            return [{k: g[name][k][...] for k in g[name]} for name in sorted(g)]
+        tensors = json.loads(g.attrs["tensors"])
+        return [{k: g[name][k][...] if k in g[name] else np.zeros(shape, np.float32) for k, shape in tensors}
+                for name in sorted(g, key=lambda n: int(n[1:]))]
 
 
 def save_directions(path: str, directions: list[Arrays], config: dict[str, Any] | None = None) -> None:

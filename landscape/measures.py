@@ -32,9 +32,10 @@ class MeanLoss(FlatLoss):
     alone. The model is used in eval mode and never modified. `theta0` is the model's own weights, flat.
     """
 
-    def __init__(self, model: nn.Module, data: Any, metric: Metric = cross_entropy,
-                 params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512):
-        super().__init__(model, data, metric, params, batch_size)
+    def __init__(self, model: nn.Module, data: Any, metric: str | Metric = cross_entropy,
+                 params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512,
+                 loss_name: str | None = None):
+        super().__init__(model, data, metric, params, batch_size, loss_name)
         self.theta0 = self.weights().double().cpu().numpy()
         self.reduce, self.evaluations = reduce, 0
 
@@ -48,7 +49,7 @@ class MeanLoss(FlatLoss):
         with torch.no_grad():
             for batch in self.source:
                 sums = self.sums(batch, flat)
-                total += torch.stack([sums["loss"].double(), sums["count"].double()])
+                total += torch.stack([self.loss_of(sums).double(), sums["count"].double()])
         loss, count = self._reduced(total).tolist()
         return loss / count
 
@@ -58,9 +59,10 @@ class MeanLoss(FlatLoss):
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in self.source:
             sums = self.sums(batch, flat)
-            if sums["loss"].requires_grad:  # else the loss never reads these weights: no gradient to add
-                sums["loss"].backward()  # one batch's graph at a time
-            loss += sums["loss"].detach().double()
+            value = self.loss_of(sums)
+            if value.requires_grad:  # else the loss never reads these weights: no gradient to add
+                value.backward()  # one batch's graph at a time
+            loss += value.detach().double()
             count += sums["count"].detach().double()
         grad = flat.grad if flat.grad is not None else torch.zeros_like(flat)
         total = self._reduced(torch.cat([grad.double(), loss[None], count[None]]))
@@ -77,6 +79,7 @@ class Measured:
     stderr: float = float("nan")
     settings: dict[str, Any] = field(default_factory=dict)
     argmax: np.ndarray | None = None  # the perturbation found (worst-case measures)
+    lower_bound: bool = False  # the true value is at least this (a basin that reached the axis's edge)
 
 
 def epsilon_sharpness(f: MeanLoss, eps: float = 1e-3, subspace: int | None = None, maxiter: int = 10,
@@ -174,30 +177,67 @@ def average_sharpness(f: MeanLoss, sigma: float, draws: int = 20, seed: int = 0)
     return Measured(float(inc.mean()), float(sem(inc)), settings)
 
 
-def width_1d(alpha: Sequence[float], loss: Sequence[float], threshold: float) -> float:
-    """Width of the basin of a 1D curve: the length of the alpha interval around the minimum where the loss
-    stays below min + threshold, with the crossings linearly interpolated. A side that never crosses is cut
-    at the grid's edge (the width is then a lower bound)."""
+@dataclass(frozen=True)
+class Basin:
+    """The alpha interval around a 1D curve's minimum where the loss stays within a threshold of it. `capped`: a
+    side reached the axis's edge without crossing, so the width is a lower bound."""
+
+    left: float
+    right: float
+    capped: bool
+
+    @property
+    def width(self) -> float:
+        return self.right - self.left
+
+
+def basin_1d(alpha: Sequence[float], loss: Sequence[float], threshold: float) -> Basin:
+    """The basin of a 1D curve: where the loss stays below min + threshold around the minimum, the crossings
+    linearly interpolated. A side that never crosses is cut at the grid's edge and marked `capped`."""
     a, f = np.asarray(alpha, float), np.asarray(loss, float)
     f = np.where(np.isfinite(f), f, np.inf)
     i0 = int(np.argmin(f))
     level = f[i0] + threshold
 
-    def crossing(step: int) -> float:
+    def crossing(step: int) -> tuple[float, bool]:
         i = i0
         while 0 <= i + step < len(a) and f[i + step] <= level:
             i += step
         j = i + step
-        if not 0 <= j < len(a) or not np.isfinite(f[j]):
-            return float(a[i])
-        return float(a[i] + (a[j] - a[i]) * (level - f[i]) / (f[j] - f[i]))
+        if not 0 <= j < len(a):
+            return float(a[i]), True
+        if not np.isfinite(f[j]):
+            return float(a[i]), False  # diverged between the two points: the basin ends there
+        return float(a[i] + (a[j] - a[i]) * (level - f[i]) / (f[j] - f[i])), False
 
-    return crossing(1) - crossing(-1)
+    (left, cap_left), (right, cap_right) = crossing(-1), crossing(1)
+    return Basin(left, right, cap_left or cap_right)
 
 
-def spread(values: Sequence[float], settings: dict[str, Any] | None = None) -> Measured:
-    """The mean of measurements with its standard error, the range and the values in the settings."""
+def width_1d(alpha: Sequence[float], loss: Sequence[float], threshold: float) -> float:
+    """The width of a 1D curve's basin (basin_1d): a lower bound when a side reaches the grid's edge."""
+    return basin_1d(alpha, loss, threshold).width
+
+
+def next_axis(alpha: np.ndarray, basin: Basin, limit: float) -> np.ndarray | None:
+    """Where to evaluate a curve again so that its width is a width: the axis twice as wide when the basin
+    reached its edge (up to +-limit), or as many points over a narrower span (+-2 widths) when the width is under
+    two grid steps; None when the curve is fine as it is or cannot be improved."""
+    half, n = float(np.max(np.abs(alpha))), len(alpha)
+    step = (alpha[-1] - alpha[0]) / (n - 1)
+    if basin.capped:
+        return np.linspace(-2 * half, 2 * half, n) if 2 * half <= limit else None
+    if basin.width < 2 * step:
+        narrow = max(2 * basin.width, step / 4)
+        return np.linspace(-narrow, narrow, n) if narrow < half else None
+    return None
+
+
+def spread(values: Sequence[float], settings: dict[str, Any] | None = None, lower_bound: bool = False) -> Measured:
+    """The mean of measurements with its standard error, the range and the values in the settings; a lower bound
+    when any of them is one."""
     v = np.asarray(values, float)
     stderr = float(sem(v)) if len(v) > 1 else float("nan")
     return Measured(float(v.mean()), stderr, {**(settings or {}), "n": len(v), "min": float(v.min()),
-                                               "max": float(v.max()), "values": [float(x) for x in v]})
+                                               "max": float(v.max()), "values": [float(x) for x in v]},
+                    lower_bound=lower_bound)

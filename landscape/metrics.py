@@ -12,8 +12,10 @@ tuples/lists (inputs first, targets last) or dicts (targets under `labels`).
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -111,6 +113,85 @@ class TokenCrossEntropy:
 
     def finish(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
         return {**means, "ppl": means["loss"].exp()}
+
+
+class Criterion:
+    """A loss as researchers write it, `fn(outputs, targets)` returning the batch's mean, as a metric (exact sums).
+
+    The rule: a loss object with a `reduction` attribute (the torch.nn losses) is copied and set to
+    reduction="sum", so the sums are exact whatever it weighs; any other callable's value is taken as the mean
+    over the batch's samples and multiplied by their number. That is exact for per-sample means and approximate
+    for means over something else (a class-weighted mean, ignored targets, tokens). The outputs are read through
+    `logits_of`; for logits (N, C) and integer targets (N,) the accuracy is added.
+
+    Args: fn: a callable, or a class instantiated with `kwargs` (torch.nn:CrossEntropyLoss, label_smoothing=0.1).
+    """
+
+    def __init__(self, fn: Any, name: str | None = None, **kwargs: Any):
+        if isinstance(fn, type):
+            fn = fn(**kwargs)
+        elif kwargs:
+            fn = functools.partial(fn, **kwargs)
+        self.summed = isinstance(getattr(fn, "reduction", None), str)
+        if self.summed:
+            fn = copy.copy(fn)  # the caller's loss object keeps its own reduction
+            fn.reduction = "sum"
+        self.fn = fn
+        self.__name__ = name or getattr(fn, "__name__", type(fn).__name__)
+
+    @property
+    def note(self) -> str:
+        """How the sums are made, for the run's output."""
+        if self.summed:
+            weighted = any(getattr(self.fn, a, None) is not None for a in ("weight", "pos_weight"))
+            return (f"criterion {self.__name__}: reduction='sum' over each batch, divided by the samples"
+                    + (" (class weights: the mean over samples, not torch's mean over the weights)" if weighted
+                       else ""))
+        return (f"criterion {self.__name__}: the batch mean x its samples; exact for per-sample means, approximate "
+                "for class-weighted, masked or token means")
+
+    def __call__(self, outputs: Any, batch: Any) -> Sums:
+        logits, y = _fp32(logits_of(outputs)), targets_of(batch)
+        value = self.fn(logits, y)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise UserError(f"criterion {self.__name__} returned {shape}, not one number; a criterion returns the "
+                            "batch's mean loss (reduction='mean'); for per-sample values write a metric instead")
+        n = len(y)
+        loss = value.reshape(()).to(torch.float64)
+        sums = {"loss": loss if self.summed else loss * n}
+        if logits.ndim == 2 and y.ndim == 1 and not y.is_floating_point() and len(logits) == n:
+            sums["acc"] = (logits.argmax(-1) == y).sum(dtype=torch.float64).mul_(100.0)
+        sums["count"] = _count(n, logits)
+        return sums
+
+
+def make_metric(metric: str | Metric | None = None, criterion: str | Any = None,
+                criterion_kwargs: Mapping[str, Any] | None = None) -> Metric:
+    """What a command or the API measures: a criterion (a `package.module:name` or an object, see Criterion), else
+    a metric (get_metric), else cross_entropy."""
+    if criterion is not None:
+        fn = import_object(criterion, "--criterion") if isinstance(criterion, str) else criterion
+        if not callable(fn):
+            raise UnknownNameError(f"--criterion {criterion!r} is not callable; name a loss function or class")
+        name = criterion.rpartition(":")[2] if isinstance(criterion, str) else None
+        return Criterion(fn, name, **dict(criterion_kwargs or {}))
+    return get_metric(metric or "cross_entropy")
+
+
+def loss_key(names: Sequence[str], loss_name: str | None = None) -> str:
+    """Which of a metric's sums is its loss, the one curvature, widths and auto axes use: `loss_name` when
+    given (it must be one of them), else "loss", else the one name ending in "loss", else the first."""
+    names = [n for n in names if n != "count"]
+    if loss_name is not None:
+        if loss_name not in names:
+            raise UserError(f"--loss-name {loss_name!r} is not one of the metric's sums ({', '.join(names)}); pick "
+                            "one of those")
+        return loss_name
+    if "loss" in names:
+        return "loss"
+    ending = [n for n in names if n.endswith("loss")]
+    return ending[0] if ending else names[0]
 
 
 METRICS: dict[str, Callable[[], Metric]] = {

@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from landscape.errors import ConfigError
 from landscape.evaluation import forward_batch
-from landscape.metrics import Metric, Sums, check_sums, cross_entropy
+from landscape.metrics import Metric, Sums, check_sums, cross_entropy, get_metric, loss_key
 from landscape.params import Params
 from landscape.sources import as_source
 
@@ -37,12 +37,14 @@ def twice_differentiable(model: nn.Module) -> Iterator[None]:
 class FlatLoss:
     """The chosen parameters of `model` (all of them, or the names in `params`) as one flat vector, and the sums
     of `metric` over the batches of `data` (anything landscape.sources.as_source takes) at any value of it.
+    `metric` is what `surface` takes: a built-in name, a metric function or object, or a landscape.metrics.Criterion;
+    its loss is the sum `loss_of` picks (`loss_name`, else "loss", else the one ending in "loss", else the first).
 
     The model is used in eval mode (BatchNorm with running statistics) and read, never written: `weights()` and
     the fixed tensors are its current values."""
 
-    def __init__(self, model: nn.Module, data: Any, metric: Metric = cross_entropy,
-                 params: Collection[str] | None = None, batch_size: int = 512):
+    def __init__(self, model: nn.Module, data: Any, metric: str | Metric = cross_entropy,
+                 params: Collection[str] | None = None, batch_size: int = 512, loss_name: str | None = None):
         self.model = model.eval()
         self.named = dict(model.named_parameters())
         self.names = [n for n in self.named if params is None or n in params]
@@ -54,7 +56,14 @@ class FlatLoss:
         self.sizes = [self.named[n].numel() for n in self.names]
         self.dim = sum(self.sizes)
         self.source = as_source(data, self.device, batch_size)
-        self.metric = metric
+        self.metric = get_metric(metric)
+        self.loss_name, self._loss_key = loss_name, None
+
+    def loss_of(self, sums: Sums) -> Tensor:
+        """The metric's loss sum (landscape.metrics.loss_key: `loss_name`, else "loss", ...)."""
+        if self._loss_key is None:
+            self._loss_key = loss_key(list(sums), self.loss_name)
+        return sums[self._loss_key]
 
     def weights(self) -> Tensor:
         """The chosen parameters' current values, flat (a copy, in the model's dtype and on its device)."""

@@ -48,7 +48,8 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
     title = describe(s) if cfg.title is None else cfg.title
     paths = []
     for metric, z in s.values.items():
-        vmax = cfg.loss_max if metric.endswith("loss") else None
+        vmax = cfg.loss_max if metric in s.loss_metrics() else None
+        z = capped(z, s.done, vmax)
         levels = plot.levels_for(z, cfg.levels, vmax=vmax)
         for kind in KINDS_2D:
             fig = plt.figure(figsize=(5, 4))
@@ -72,6 +73,14 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
     if "html" in cfg.formats:
         paths.append(exports.write_html(s, f"{out_stem}.html", title, cfg.loss_max))
     return paths
+
+
+def capped(z: np.ndarray, done: np.ndarray, vmax: float | None) -> np.ndarray:
+    """z clipped at vmax, computed points that diverged (inf, NaN) included: a flat cap, not holes. Points not
+    computed yet stay NaN."""
+    if vmax is None:
+        return z
+    return np.where(done, np.minimum(np.nan_to_num(z, nan=vmax, posinf=vmax), vmax), np.nan)
 
 
 def render_hessian_map(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
@@ -113,15 +122,16 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotC
     acc_ax = ax.twinx()
     styles = ["-", "--", ":", "-."]
     for i, (label, s) in enumerate(surfaces):
-        prefixes = [m[:-len("loss")] for m in s.values if m.endswith("loss")]  # "train_", "test_", or ""
-        for j, prefix in enumerate(prefixes):
+        for j, loss in enumerate(s.loss_metrics()):  # train_loss, test_loss; or loss; or a metric of the user's
+            prefix = loss[:-len("loss")] if loss.endswith("loss") else ""
             first, split = j == 0, prefix.rstrip("_")
             if len(surfaces) == 1:
                 kw = {"linestyle": "-" if first else "--", "linewidth": 1.5}
             else:
                 kw = {"linestyle": styles[i % len(styles)], "linewidth": 2.0 if first else 1.0,
                       "alpha": 1.0 if first else 0.6}
-            plot.curve_1d(ax, s.x, s.values[f"{prefix}loss"], s.values.get(f"{prefix}acc"),
+            acc = s.values.get(f"{prefix}acc") if loss.endswith("loss") else None
+            plot.curve_1d(ax, s.x, capped(s.values[loss], s.done, cfg.loss_max), acc,
                           f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
     named = [s for _, s in surfaces if s.annotations.axis_labels]
     ax.set_xlabel(named[0].axis_names()[0] if named else "alpha")

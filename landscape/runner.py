@@ -23,14 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.checkpoint import (
-    file_sha256,
-    load_checkpoint,
-    load_data_for,
-    load_model,
-    load_state_dict_strict,
-    read_state_dict,
-)
+from landscape.checkpoint import load_checkpoint, load_data_for, load_model
 from landscape.cli import check_writable
 from landscape.config import COMPILE_AFTER_S, HESSIAN, SurfaceConfig, import_object, run_tag
 from landscape.directions import (
@@ -39,6 +32,7 @@ from landscape.directions import (
     complete,
     covered_tensors,
     create_random_directions,
+    output_axes,
     plane_through,
     restrict,
     select_tensors,
@@ -56,15 +50,17 @@ from landscape.io import (
     Origin,
     Surface,
     Training,
+    check_resumable,
     open_surface,
     read_directions,
     read_surface,
 )
-from landscape.metrics import get_metric
+from landscape.metrics import Criterion, make_metric
 from landscape.models import build_model
 from landscape.params import Params, from_numpy, model_tensors, norm, snapshot, to_numpy
 from landscape.pca import trajectory_pca
 from landscape.sources import StreamSource, TensorSource, as_source
+from landscape.weights import build_hf_model, is_hf_folder, load_weights_into, weights_sha256
 
 
 @dataclass
@@ -91,6 +87,7 @@ class GridJob:
     config: dict[str, Any] = field(default_factory=dict)  # the request as resolved, stored in the file
     annotations: Annotations = field(default_factory=Annotations)  # axis names and markers (planes, trajectories)
     bn: tuple[TensorSource | StreamSource, int] | None = None  # re-estimate BatchNorm from N batches of a source
+    loss_name: str | None = None  # which of the metric's sums is the loss (landscape.metrics.loss_key)
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,10 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
     Hessian eigenvalues (landscape.hessian.HessianPointEvaluator)."""
     evaluator = evaluator or PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type,
                                             job.precision, job.channels_last, job.compile, job.points_per_pass,
-                                            job.bn)
+                                            job.bn, job.loss_name)
+    if job.path is not None:  # a file made by another request is refused before anything is evaluated
+        run_on_main(lambda: check_resumable(job.path, job.origin, [to_numpy(d) for d in job.directions],
+                                            job.evaluation, *known_axes(job)), info)
     # the centre's metrics, once, on rank 0: the sanity report shows them and an auto axis rises from them
     started = time.perf_counter()
     centre = run_on_main(lambda: evaluator.evaluate(np.zeros((1, len(job.directions))))[0].tolist(), info)
@@ -142,9 +142,10 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
                          info)
     points = grid_points(x, y)
     names = evaluator.metric_names
+    config = {**job.config, "loss_metrics": list(getattr(evaluator, "loss_names", []))}
     if job.path is not None:
         sink = run_on_main(lambda: open_surface(job.path, x, y, names, [to_numpy(d) for d in job.directions],
-                                                job.origin, job.evaluation, job.config, report, job.annotations),
+                                                job.origin, job.evaluation, config, report, job.annotations),
                            info)
     else:
         sink = MemorySink(len(points), len(names)) if info.is_main else None
@@ -157,9 +158,19 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
             sink.close()
     surface = None
     if info.is_main:
-        surface = read_surface(job.path) if job.path is not None else memory_surface(job, x, y, names, sink, report)
+        surface = (read_surface(job.path) if job.path is not None
+                   else memory_surface(dataclasses.replace(job, config=config), x, y, names, sink, report))
         warn_if_off_centre(surface)
     return SurfaceRun(job.path, len(points), computed, broadcast_object(surface))
+
+
+def known_axes(job: GridJob) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The grid's axes when they are known before any evaluation (none is auto), else (None, None)."""
+    if any(isinstance(a, str) and a.startswith("auto") for a in (job.x, job.y)):
+        return None, None
+    x, y = (parse_range(a) if isinstance(a, str) else None if a is None else np.asarray(a, np.float64)
+            for a in (job.x, job.y))
+    return snap_markers(job.annotations.markers, x, y)[:2]
 
 
 def choose_compile(evaluator: PointEvaluator, n_directions: int, sink: Any, info: DistInfo,
@@ -230,8 +241,8 @@ def sanity_report(job: GridJob, centre: dict[str, float], picked: dict[str, floa
 
 def warn_if_off_centre(s: Surface) -> None:
     """A checkpoint that is not a minimum along these directions is worth a line: the picture is not a basin."""
-    loss = next((m for m in s.values if m.endswith("loss")), None)
-    if loss is None or not s.done.any():
+    loss = s.loss_metrics()[0]
+    if not s.done.any():
         return
     z = np.where(s.done, s.values[loss], np.nan)
     axes = [s.y, s.x] if s.y is not None else [s.x]
@@ -247,8 +258,7 @@ def warn_if_off_centre(s: Surface) -> None:
 
 
 def _loss_index(evaluator: PointEvaluator) -> int:
-    names = evaluator.metric_names
-    return next((i for i, m in enumerate(names) if m.endswith("loss")), 0)
+    return evaluator.metric_names.index(evaluator.loss_names[0])
 
 
 def find_rise(evaluator: PointEvaluator, axis: int, n_dirs: int, base: float, rise: float, start: float = 1 / 32,
@@ -322,33 +332,44 @@ def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.dev
     """The evaluation sets, what describes their data (the user's --data, or the checkpoint's own dataset), and the
     metric's name: --metric, else the dataset's own (next_token for a corpus), else cross_entropy."""
     if cfg.data:
-        metric = get_metric(cfg.metric or "cross_entropy")
+        metric = metric_of(cfg, "cross_entropy")
         made = import_object(cfg.data, "--data")
         data = made(**cfg.data_kwargs) if callable(made) and not isinstance(made, Iterable) else made
         named = data if isinstance(data, dict) else {"": data}
         sets = [EvalSet(name, as_source(d, device, batch_size, cfg.samples, cfg.max_batches), metric)
                 for name, d in named.items()]
-        return sets, {"name": cfg.data, "kwargs": dict(cfg.data_kwargs)}, cfg.metric or "cross_entropy"
+        return sets, {"name": cfg.data, "kwargs": dict(cfg.data_kwargs)}, None if cfg.criterion else (
+            cfg.metric or "cross_entropy")
     if ckpt is None:
         raise UserError("--model needs --data: a package.module:function that returns your DataLoader (or a dict of "
                         "them by split name)")
     data = load_data_for(ckpt, cfg.data_dir, cfg.download)
     name = cfg.metric or data.metric
-    metric = get_metric(name)
+    metric = metric_of(cfg, name)
     sets = []
     for split in cfg.splits:
         x, y = select_samples(*data.split(split), cfg.samples, split)
         memory = torch.channels_last if (x.ndim == 4 and cfg.channels_last is not False) else torch.contiguous_format
         sets.append(EvalSet(split, as_source((x.contiguous(memory_format=memory), y), device, batch_size), metric))
-    return sets, ckpt["data"], name
+    return sets, ckpt["data"], None if cfg.criterion else name
+
+
+def metric_of(cfg: SurfaceConfig, name: str) -> Any:
+    """What cfg measures: its --criterion (the run says how its sums are made), else the metric `name`."""
+    metric = make_metric(name, cfg.criterion, cfg.criterion_kwargs)
+    if isinstance(metric, Criterion):
+        print0(metric.note)
+    return metric
 
 
 def load_centre(cfg: SurfaceConfig, path: str) -> tuple[nn.Module, dict[str, Any] | None]:
-    """A model with the weights of `path`: our checkpoint, or --model's module with a state dict loaded."""
-    if not cfg.model:
+    """A model with the weights of `path`: our checkpoint, or --model's module (or the model a HuggingFace folder
+    describes) with the weights of a file or folder as researchers save them (landscape.weights)."""
+    if not cfg.model and not is_hf_folder(path):
         return load_model(path)
-    model = build_model(cfg.model, **cfg.model_kwargs)
-    load_state_dict_strict(model, read_state_dict(path), path)
+    model = build_model(cfg.model, **cfg.model_kwargs) if cfg.model else build_hf_model(path)
+    for note in load_weights_into(model, path, cfg.strip_prefix, cfg.ema):
+        print0(note)
     return model.eval(), None
 
 
@@ -361,13 +382,15 @@ def make_directions(model: nn.Module, cfg: SurfaceConfig, train: TensorSource | 
     n = 1 if cfg.kind in ("1d", "interp") else 2
     spec = DirectionSpec(cfg.dir_type, cfg.norm, cfg.ignore, cfg.seed, cfg.orthogonal)
     moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
+    axes = output_axes(model)
     made = _made_alike(cfg) if cfg.directions_file == HESSIAN or cfg.trajectory else None
     if made is not None:
         # a resume: the eigenvectors or principal components it was made with, not a recomputation whose last
         # bits may differ (on another number of processes)
         return theta0, [from_numpy(d) for d in read_directions(cfg.path)], made.annotations
     if cfg.directions_file == HESSIAN:
-        return theta0, *hessian_directions(model, theta0, train, n, spec, moved, cfg.metric, info)
+        metric = make_metric(cfg.metric, cfg.criterion, cfg.criterion_kwargs)
+        return theta0, *hessian_directions(model, theta0, train, n, spec, moved, metric, info, cfg.loss_name, axes)
     if cfg.trajectory:
         made = run_on_main(lambda: trajectory_directions(cfg, theta0, spec, moved), info)
         return theta0, *broadcast_object(made)
@@ -387,8 +410,8 @@ def make_directions(model: nn.Module, cfg: SurfaceConfig, train: TensorSource | 
         return theta0, [restrict(d, moved) for d in dirs], Annotations(markers=markers)
     if cfg.target:
         d1 = restrict(target_direction(theta0, thetas[0]), moved)
-        return theta0, [d1, *create_random_directions(theta0, 2, spec, moved)[1:n]], Annotations()
-    return theta0, create_random_directions(theta0, n, spec, moved), Annotations()
+        return theta0, [d1, *create_random_directions(theta0, 2, spec, moved, axes)[1:n]], Annotations()
+    return theta0, create_random_directions(theta0, n, spec, moved, axes), Annotations()
 
 
 def _made_alike(cfg: SurfaceConfig) -> Surface | None:
@@ -403,19 +426,20 @@ def _made_alike(cfg: SurfaceConfig) -> Surface | None:
 
 
 def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | StreamSource, n: int,
-                       spec: DirectionSpec, moved: set[str] | None, metric: str, info: DistInfo
+                       spec: DirectionSpec, moved: set[str] | None, metric: Any, info: DistInfo,
+                       loss_name: str | None = None, axes: dict[str, int] | None = None
                        ) -> tuple[list[Params], Annotations]:
     """The top n eigenvectors of the Hessian of the mean training loss at theta0, over the tensors a random
     direction would move (with ignore="biasbn", not the 1-D ones), each scaled to the norm of a
     filter-normalized random direction over the same tensors: alpha = 1 then reaches as far from theta0 in
     either kind of direction. The data is split across ranks; rank 0's vectors are shared."""
     names = set(covered_tensors(theta0, moved, spec.ignore))
-    op = HessianOperator(copy.deepcopy(model).to(info.device), rank_share(train, info), get_metric(metric),
-                         params=names, batch_size=getattr(train, "batch_size", 512))
+    op = HessianOperator(copy.deepcopy(model).to(info.device), rank_share(train, info), metric,
+                         params=names, batch_size=getattr(train, "batch_size", 512), loss_name=loss_name)
     eig = eigenvalues(op, k=n, tol=1e-4, seed=spec.seed, vectors=True)
     values, vectors = eig.top, eig.vectors
     values, vectors = broadcast_object((values, vectors))
-    scale = norm(create_random_directions(theta0, 1, spec, moved)[0])
+    scale = norm(create_random_directions(theta0, 1, spec, moved, axes)[0])
     dirs = [complete({k: t * scale for k, t in v.items()}, theta0) for v in vectors]
     ordinal = ("1st", "2nd")
     labels = tuple(f"{ordinal[i]} Hessian eigenvector (lambda={lam:.4g})" for i, lam in enumerate(values))
@@ -527,9 +551,9 @@ def origin_of(cfg: SurfaceConfig, ckpt: dict[str, Any] | None) -> Origin:
     """What the surface file records about its centre weights."""
     target = os.path.abspath(cfg.target) if cfg.target else ""
     if ckpt is None:
-        return Origin(os.path.abspath(cfg.checkpoint), file_sha256(cfg.checkpoint), target,
-                      {"name": cfg.model, "kwargs": dict(cfg.model_kwargs)})
-    return Origin(os.path.abspath(cfg.checkpoint), file_sha256(cfg.checkpoint), target, ckpt["model"],
+        return Origin(os.path.abspath(cfg.checkpoint), weights_sha256(cfg.checkpoint), target,
+                      {"name": cfg.model or "transformers (save_pretrained folder)", "kwargs": dict(cfg.model_kwargs)})
+    return Origin(os.path.abspath(cfg.checkpoint), weights_sha256(cfg.checkpoint), target, ckpt["model"],
                   ckpt.get("metrics", {}), Training.from_train_config(ckpt.get("train_config", {})))
 
 
@@ -547,15 +571,18 @@ def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
     # What decides the values besides the weights, the directions and the grid: a resume must match it. Keys
     # that 0.1 files lack are only added when set, so those files resume.
     evaluation = {"splits": [s.name for s in sets] if cfg.data else list(cfg.splits), "samples": cfg.samples,
-                  "loss": cfg.metric, "precision": precision, "data": data}
+                  "loss": cfg.metric or f"criterion {cfg.criterion}", "precision": precision, "data": data}
     evaluation.update({k: v for k, v in [("max_batches", cfg.max_batches), ("params", list(cfg.params) or None),
+                                         ("criterion_kwargs", cfg.criterion_kwargs or None),
+                                         ("loss_name", cfg.loss_name),
                                          ("trainable_only", cfg.trainable_only or None),
                                          ("bn_recalibrate", cfg.bn_recalibrate),
                                          ("trajectory", _listing(cfg.trajectory) or None)] if v is not None})
+    config = {**asdict(cfg), "filter_axes": output_axes(model)}  # recorded: weights normalized along axis 1
     return GridJob(model, theta0, dirs, sets, x, y, cfg.path, cfg.dir_type, precision,
                    images and cfg.channels_last is not False, cfg.compile, cfg.points_per_pass, cfg.flush_seconds,
-                   cfg.progress, cfg.auto_rise, origin_of(cfg, ckpt), evaluation, asdict(cfg), annotations,
-                   (train, cfg.bn_recalibrate) if cfg.bn_recalibrate else None)
+                   cfg.progress, cfg.auto_rise, origin_of(cfg, ckpt), evaluation, config, annotations,
+                   (train, cfg.bn_recalibrate) if cfg.bn_recalibrate else None, cfg.loss_name)
 
 
 def run_surface(cfg: SurfaceConfig, info: DistInfo) -> SurfaceRun:
@@ -572,7 +599,8 @@ def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3) -> Su
     train = next((s.source for s in job.sets if s.name == "train"), job.sets[0].source)
     data = (train.x, train.y) if isinstance(train, TensorSource) else train  # each rank its own points, all the data
     evaluator = HessianPointEvaluator(job.model.to(info.device), job.theta0, job.directions, data,
-                                      job.sets[0].metric, tol, cfg.seed, getattr(train, "batch_size", 512))
+                                      job.sets[0].metric, tol, cfg.seed, getattr(train, "batch_size", 512),
+                                      cfg.loss_name)
     path = cfg.path[:-len(".h5")] + "_hessian.h5"
     job = dataclasses.replace(job, path=path, evaluation={**job.evaluation, "hessian_tol": tol})
     return run_grid(job, info, evaluator)

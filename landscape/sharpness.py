@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from landscape.cli import ArgumentParser, DefaultsFormatter, add_config_args, config_from_args, run_cli
-from landscape.config import SharpnessConfig, SurfaceConfig
+from landscape.config import WIDTH_AXIS, SharpnessConfig, SurfaceConfig
 
 NOT_HERE = ("target", "trajectory", "checkpoint", "y", "plane_points", "auto_rise", "directions_file", "plane",
             "edges", "dir_type", "orthogonal", "bn_recalibrate", "precision", "compile", "points_per_pass",
@@ -30,8 +30,10 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
     p.add_argument("checkpoint", help="the checkpoint (.pt), or with --model a weights file")
     add_config_args(p, SurfaceConfig, skip=NOT_HERE)
     add_config_args(p, SharpnessConfig)
-    p.set_defaults(splits=["train"], x="-1:1:41")
-    for flag, text in [("--x", "the widths' alpha axis MIN:MAX:NUM along each direction (default: -1:1:41)"),
+    p.set_defaults(splits=["train"], x=WIDTH_AXIS)
+    for flag, text in [("--x", "the widths' first alpha axis MIN:MAX:NUM along each direction, widened (up to 8x) "
+                               "where a basin reaches its edge and narrowed where it is under two steps (default: "
+                               f"{WIDTH_AXIS})"),
                        ("--splits", "the data measured: the first split given (default: train)")]:
         p._option_string_actions[flag].help = text  # plot2d's words for these flags do not fit here
     return p
