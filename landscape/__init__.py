@@ -17,12 +17,13 @@ top of these and is never imported by them.
 import importlib
 from typing import Any
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 # public name -> the module that defines it; resolved by name on first use
 _API = {"random_directions": "landscape.api", "direction_to": "landscape.api", "surface": "landscape.api",
-        "save_figures": "landscape.api", "Surface": "landscape.io", "read_surface": "landscape.io",
-        "read_directions": "landscape.io", "save_directions": "landscape.io", "metrics": "landscape.metrics"}
+        "save_figures": "landscape.api", "load_weights": "landscape.api", "Surface": "landscape.io",
+        "read_surface": "landscape.io", "read_directions": "landscape.io", "save_directions": "landscape.io",
+        "metrics": "landscape.metrics", "Criterion": "landscape.metrics"}
 __all__ = ["__version__", *_API]
 
 

@@ -49,6 +49,27 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str = "filter", ign
                                     output_axes(model))
 
 
+def load_weights(path: str, model: nn.Module | None = None, *, strip_prefix: str | None = None,
+                 ema: bool = False) -> nn.Module:
+    """A model with the weights of `path`, in eval mode: a checkpoint of trainers.train or a HuggingFace
+    save_pretrained folder builds its own model; any other file (a state dict, plain or nested as torchvision's
+    references, Lightning or the paper's code save it, or .safetensors) is loaded into `model`, by name.
+
+    Args: strip_prefix: the prefix the file's tensors carry (default: found when exactly one holds them all, as a
+    LightningModule's `model.`); ema: torchvision's references' averaged model (model_ema) instead of `model`.
+    What was found (the prefix, tensors left aside) is printed."""
+    from landscape.checkpoint import load_model
+    from landscape.weights import build_hf_model, is_hf_folder, load_weights_into
+
+    if model is None and is_hf_folder(path):
+        model = build_hf_model(path)
+    elif model is None:
+        return load_model(path)[0]
+    for note in load_weights_into(model, path, strip_prefix, ema):
+        print(note, flush=True)
+    return model.eval()
+
+
 def direction_to(model: nn.Module, other: nn.Module | Mapping[str, Tensor], dir_type: str = "weights") -> Params:
     """other - model, keyed by parameter name: x=0 is `model`, x=1 is `other` (a model or a state dict)."""
     theta0 = snapshot(model_tensors(model, dir_type), device="cpu")

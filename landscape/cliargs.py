@@ -5,11 +5,13 @@ re-plot of a .h5 file never does.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
+from typing import Any
 
-from landscape.cli import ArgumentParser, DefaultsFormatter, add_config_args, check_writable
-from landscape.config import PlotConfig, SurfaceConfig
+from landscape.cli import ArgumentParser, DefaultsFormatter, add_config_args, check_writable, config_from_args
+from landscape.config import OUT, PlotConfig, SurfaceConfig
 
 
 def get_parser(prog: str, description: str | None, add_help: bool, skip: tuple[str, ...] = ()) -> ArgumentParser:
@@ -17,7 +19,26 @@ def get_parser(prog: str, description: str | None, add_help: bool, skip: tuple[s
     p = ArgumentParser(prog=prog, description=description, formatter_class=DefaultsFormatter, add_help=add_help)
     add_config_args(p, SurfaceConfig, skip=("checkpoint", "target", *skip))
     add_config_args(p, PlotConfig, skip=skip)
+    p.set_defaults(out=None)  # told apart from a given --out: a re-plot writes beside its .h5 unless one is given
+    p._option_string_actions["--out"].help = (f"folder for the .h5 surface and its figures (default: {OUT}); a "
+                                              "re-plot of a .h5 writes its figures beside it unless --out or "
+                                              "--name is given")
     return p
+
+
+def surface_config(args: argparse.Namespace, **overrides: Any) -> SurfaceConfig:
+    """The SurfaceConfig of a command's flags, --out defaulting to OUT."""
+    return config_from_args(SurfaceConfig, args, **{"out": args.out or OUT, **overrides})
+
+
+def replot_stem(path: str, out: str | None, name: str | None) -> str:
+    """Where a re-plotted surface file's figures go: OUT/NAME when --out or --name is given (the folder defaults to
+    the file's, the name to its stem), else beside the file, named after it. Fails early if it is not writable."""
+    if out is None and name is None:
+        return figure_stem(path)
+    folder = out if out is not None else (os.path.dirname(path) or ".")
+    check_writable(folder)
+    return os.path.join(folder, name or os.path.splitext(os.path.basename(path))[0])
 
 
 def compute(cfgs: list[SurfaceConfig]) -> list[tuple[str, str]] | None:

@@ -25,6 +25,7 @@ SPLITS = ("train", "test")
 METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm", "next_token")  # landscape.metrics.METRICS, by name
 FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D surface (landscape.exports)
 
+OUT = "landscape_out"  # where surfaces and figures go unless --out says
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
 INTERPOLATION_AXIS = "-0.5:1.5:41"  # theta_A at 0, theta_B at 1, and half the way again beyond each
 HESSIAN = "hessian"  # --directions hessian: the top eigenvectors of the Hessian at the centre
@@ -181,7 +182,7 @@ class SurfaceConfig:
     flush_seconds: float = option(2.0, "about how much work may be in flight between two flushes of the file",
                                   metavar="S", group="evaluation")
     progress: bool = option(True, "no progress bar", flag="--no-progress", group="evaluation")
-    out: str = option("landscape_out", "folder for the .h5 surface and its figures", metavar="DIR", group="output")
+    out: str = option(OUT, "folder for the .h5 surface and its figures", metavar="DIR", group="output")
     name: str | None = option(None, "file stem (default: from the checkpoint's folder and name)", group="output")
 
     def __post_init__(self) -> None:

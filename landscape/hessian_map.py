@@ -18,7 +18,7 @@ import numpy as np
 
 from landscape import cliargs, render
 from landscape.cli import ArgumentParser, config_from_args, run_cli
-from landscape.config import PlotConfig, SurfaceConfig
+from landscape.config import PlotConfig
 
 NOT_HERE = ("log", "plane", "edges", "splits", "points_per_pass", "compile", "bn_recalibrate", "plane_points",
             "auto_rise", "levels")
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = get_parser().parse_args(argv)
     plot = config_from_args(PlotConfig, args)
-    cfg = config_from_args(SurfaceConfig, args, checkpoint=args.checkpoint)
+    cfg = cliargs.surface_config(args, checkpoint=args.checkpoint)
     info = init_distributed(cfg.device)
     try:
         check_output_folder(cfg.out, info)

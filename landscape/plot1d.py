@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from landscape import cliargs, render
 from landscape.cli import ArgumentParser, config_from_args, run_cli
-from landscape.config import PlotConfig, SurfaceConfig, run_tag
+from landscape.config import OUT, PlotConfig, run_tag
 from landscape.errors import UserError
 from landscape.io import read_surface
 
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ckpts = [s for s in args.sources if not s.endswith(".h5")]
     interp = len(args.sources) == 2 and len(ckpts) == 2 and not args.overlay
     pairs = [(ckpts[0], ckpts[1])] if interp else [(c, None) for c in ckpts]
-    jobs = [config_from_args(SurfaceConfig, args, checkpoint=c, target=t) for c, t in pairs]
+    jobs = [cliargs.surface_config(args, checkpoint=c, target=t) for c, t in pairs]
     paths = {s: s for s in args.sources if s.endswith(".h5")}
     if jobs:
         done = cliargs.compute(jobs)
@@ -57,9 +57,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         stem = cliargs.figure_stem(paths[ckpts[0]])
         title = f"{run_tag(ckpts[0])} (alpha=0) -> {run_tag(ckpts[1])} (alpha=1)"
     elif len(surfaces) == 1:
-        stem, title = cliargs.figure_stem(paths[args.sources[0]]), render.describe(surfaces[0][1])
+        src = args.sources[0]
+        stem = cliargs.replot_stem(src, args.out, args.name) if src.endswith(".h5") else cliargs.figure_stem(
+            paths[src])
+        title = render.describe(surfaces[0][1])
     else:
-        stem, title = cliargs.figure_stem(os.path.join(args.out, "overlay_1d")), ""
+        stem, title = cliargs.figure_stem(os.path.join(args.out or OUT, args.name or "overlay_1d")), ""
     files = render.render_1d(surfaces, stem, plot, title)
     print(f"figures: {', '.join(files)}", flush=True)
 

@@ -3,7 +3,8 @@ contour plots (contour lines, filled contours, heatmap, 3D) for loss and accurac
 
   python -m landscape.plot2d runs/a/last.pt --x=-1:1:51 --y=-1:1:51 --out plots
   torchrun --standalone --nproc_per_node=4 -m landscape.plot2d runs/a/last.pt --x=-1:1:51 --y=-1:1:51 --out plots
-  python -m landscape.plot2d plots/a_last_2d.h5            # re-plot a finished (or partial) file
+  python -m landscape.plot2d plots/a_last_2d.h5            # re-plot a finished (or partial) file, beside it
+  python -m landscape.plot2d plots/a_last_2d.h5 --loss-max 5 --out clipped --name a   # ... or in clipped/a_*
   python -m landscape.plot2d runs/a/last.pt --plane runs/b/last.pt runs/c/last.pt --bn-recalibrate 20 --edges
   python -m landscape.plot2d runs/a/last.pt --directions hessian    # along the Hessian's top two eigenvectors
 
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     path, report = args.source, f"re-plotted {args.source}"
     edges: list[SurfaceConfig] = []
     if not path.endswith(".h5"):
-        cfg = config_from_args(SurfaceConfig, args, checkpoint=path, y=args.y or (None if args.plane else AXIS))
+        cfg = cliargs.surface_config(args, checkpoint=path, y=args.y or (None if args.plane else AXIS))
         edges = edge_configs(cfg)
         done = cliargs.compute([cfg, *edges])
         if done is None:  # not rank 0: rank 0 alone plots
@@ -45,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     surface = read_surface(path)
     if not surface.is_2d:
         raise UserError(f"{path} holds a 1D curve; plot it with python -m landscape.plot1d {path}")
-    stem = cliargs.figure_stem(path)
+    stem = cliargs.figure_stem(path) if edges or path != args.source else cliargs.replot_stem(path, args.out,
+                                                                                              args.name)
     files = render.render_2d(surface, stem, plot)
     print(f"{report}; {len(files)} figures {stem}_*.{{{','.join(plot.formats)}}} "
           f"({100 * render.done_fraction(surface):.0f}% of points done)", flush=True)

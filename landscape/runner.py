@@ -332,7 +332,7 @@ def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.dev
     """The evaluation sets, what describes their data (the user's --data, or the checkpoint's own dataset), and the
     metric's name: --metric, else the dataset's own (next_token for a corpus), else cross_entropy."""
     if cfg.data:
-        metric = metric_of(cfg, "cross_entropy")
+        metric = metric_of(cfg, cfg.metric or "cross_entropy")
         made = import_object(cfg.data, "--data")
         data = made(**cfg.data_kwargs) if callable(made) and not isinstance(made, Iterable) else made
         named = data if isinstance(data, dict) else {"": data}

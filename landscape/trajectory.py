@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from landscape import cliargs, render
 from landscape.cli import ArgumentParser, config_from_args, run_cli
-from landscape.config import PlotConfig, SurfaceConfig
+from landscape.config import PlotConfig
 from landscape.errors import UserError
 from landscape.io import read_surface
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     plot = config_from_args(PlotConfig, args)
     ckpts = checkpoints_of(args.sources)
-    cfg = config_from_args(SurfaceConfig, args, checkpoint=ckpts[-1], trajectory=tuple(ckpts[:-1]))
+    cfg = cliargs.surface_config(args, checkpoint=ckpts[-1], trajectory=tuple(ckpts[:-1]))
     done = cliargs.compute([cfg])
     if done is None:  # not rank 0: rank 0 alone plots
         return

@@ -183,7 +183,7 @@ def find_state_dict(obj: Any, path: str, ema: bool = False) -> dict[str, torch.T
     if isinstance(obj, Mapping) and (ema or not _tensor_dict(obj)):
         nested = [obj[k] for k in keys if _tensor_dict(obj.get(k))]
         if not nested:
-            where = "an averaged model (model_ema)" if ema else "a state dict"
+            where = "averaged model (model_ema)" if ema else "state dict"
             raise UserError(f"{path} holds a dict with keys {sorted(map(str, obj))[:6]} but no {where} (under "
                             f"{', '.join(keys)}{'' if ema else ', or at the top'}); save model.state_dict()")
         obj = nested[0]
