@@ -6,9 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench gpu-check clean
 
+# compat mode: the clone's folder goes on sys.path, so a folder named `landscape` (a clone, from its parent) is not
+# taken for the package; 0.6 and earlier were installed as the distribution `landscape`, removed here
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip uninstall --quiet --yes landscape 2>/dev/null || true
+	rm -rf landscape.egg-info
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)

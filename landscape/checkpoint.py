@@ -20,7 +20,7 @@ from landscape.data import Dataset, load_dataset
 from landscape.errors import UserError
 from landscape.files import atomic_path
 from landscape.models import build_model
-from landscape.weights import torch_load
+from landscape.weights import HF_CONFIG, HF_FILES, torch_load
 
 FORMAT = "landscape-checkpoint"
 FORMAT_VERSION = 1
@@ -49,6 +49,10 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not os.path.exists(path):
         raise UserError(f"checkpoint not found: {path}; check the path (the trainer writes DIR/last.pt)")
     if os.path.isdir(path):
+        weights = [f for f in HF_FILES if os.path.exists(os.path.join(path, f))]
+        if weights:
+            raise UserError(f"{path} holds {weights[0]} but is a folder without {HF_CONFIG}; save the model with "
+                            "save_pretrained (which writes it), or give the file with --model")
         raise UserError(f"{path} is a folder; give the checkpoint file in it (e.g. {os.path.join(path, 'last.pt')})")
     ckpt = torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -82,3 +82,20 @@ def not_a_model():
 def unlabelled():
     x, _ = tensors(32)
     return [{"inputs": x[:16]}, {"inputs": x[16:]}]
+
+
+def smoothed_ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A criterion as researchers write one: the batch's mean loss."""
+    return nn.functional.cross_entropy(outputs, targets, label_smoothing=0.1)
+
+
+def per_sample(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A criterion that forgot to reduce: one loss per sample."""
+    return nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+
+def tokens(n: int = 8, length: int = 12, vocab: int = 101) -> list[dict[str, torch.Tensor]]:
+    """Two batches of token ids for a causal LM (labels are the inputs; the metric shifts them)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (n, length), generator=g)
+    return [{"input_ids": ids[:4], "labels": ids[:4]}, {"input_ids": ids[4:], "labels": ids[4:]}]
