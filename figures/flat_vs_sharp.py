@@ -154,7 +154,8 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
         plot.contour(ax, s.x, s.y, s.values["train_loss"], levels)
         ax.set_title(title(row["batch_size"], row["weight_decay"], row) + f"\nlambda_max={row['lambda_max']:.3g}, "
                      f"eps-sharpness={row['epsilon_sharpness_0.001']:.3g}, adaptive={row['adaptive_sharpness']:.2g}"
-                     f"\nwidth {row['width']:.3g} +- {row['width_stderr']:.2g} ({p.width_directions} directions)",
+                     f"\nwidth {'>= ' if row.get('width_capped') else ''}{row['width']:.3g} +- "
+                     f"{row['width_stderr']:.2g} ({p.width_directions} directions)",
                      fontsize=7)
     fig.tight_layout()
     files = render.save(fig, os.path.join(out, "flat_vs_sharp"))
@@ -185,7 +186,7 @@ SHARPER = {"lambda_max": 1, "trace": 1, "epsilon_sharpness_0.001": 1, "epsilon_s
 COLUMNS = ["batch_size", "weight_decay", "train_loss", "train_acc", "test_loss", "test_acc", "test_error",
            "lambda_max", "lambda_min", "trace", "trace_stderr", "epsilon_sharpness_0.001", "epsilon_sharpness_0.0005",
            "adaptive_sharpness", "average_sharpness", "average_sharpness_stderr", "width", "width_stderr",
-           "width_min", "width_max", "width_1d", "width_1d_nofilternorm"]
+           "width_min", "width_max", "width_capped", "width_1d", "width_1d_nofilternorm"]
 
 
 def sharpness_of(ckpt: str, tag: str, p: Preset, info: DistInfo, out: str, device: str) -> dict[str, float]:
@@ -199,6 +200,7 @@ def sharpness_of(ckpt: str, tag: str, p: Preset, info: DistInfo, out: str, devic
         cols[r["measure"]], cols[r["measure"] + "_stderr"] = r["value"], r["stderr"]
         if r["measure"] == "width":
             cols["width_min"], cols["width_max"] = r["settings"]["min"], r["settings"]["max"]
+            cols["width_capped"] = r["settings"].get("capped", 0)  # directions whose basin outgrew the axis
     return cols
 
 

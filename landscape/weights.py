@@ -34,16 +34,14 @@ HF_CONFIG = "config.json"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")  # one file, else "<file>.index.json" and its shards
 
 
-class _AttributeDict(dict):
-    """Stands in for Lightning's AttributeDict (a dict) when a checkpoint's hyper_parameters hold one."""
-
-
-# Harmless classes that training scripts pickle beside their tensors, by the name the pickle gives them.
+# Harmless classes that training scripts pickle beside their tensors, by the name the pickle gives them. Lightning's
+# AttributeDict (hyper_parameters) is read as a plain dict: the weights-only unpickler fills dicts of exact type only,
+# and a dict is what it is.
 ALLOWED_GLOBALS = [
     (argparse.Namespace, "argparse.Namespace"),
-    (_AttributeDict, "lightning.fabric.utilities.data.AttributeDict"),
-    (_AttributeDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
-    (_AttributeDict, "lightning.pytorch.utilities.parsing.AttributeDict"),
+    (dict, "lightning.fabric.utilities.data.AttributeDict"),
+    (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+    (dict, "lightning.pytorch.utilities.parsing.AttributeDict"),
     (pathlib.PosixPath, "pathlib.PosixPath"),
     (pathlib.PurePosixPath, "pathlib.PurePosixPath"),
 ]

@@ -276,6 +276,10 @@ def test_the_readme_examples_run_as_written(tmp_path):
     res = subprocess.run(["bash", "-ec", cli], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "r18_cli" / f"{tmp_path.name}_r18_2d_loss_contour.png").exists()
+    sharp = subprocess.run([sys.executable, "-c", _readme_block("readme-sharpness-example")], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert sharp.returncode == 0, sharp.stderr
+    assert "lambda_max" in sharp.stdout and "adaptive" in sharp.stdout
 
 
 @pytest.mark.slow

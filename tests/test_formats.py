@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ import landscape
 from landscape.cli import run_cli
 from landscape.io import read_surface
 from tests import userland
-from tests.conftest import cli_env
+from tests.conftest import cli_env, tree_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = ["--x=-1:1:3", "--y=-1:1:3", "--no-progress", "--formats", "png", "--device", "cpu"]
@@ -37,7 +36,7 @@ def _cli(module: str, *argv: str) -> None:
 
 def _refused(capsys, module: str, argv: list[str], words: str, folder) -> None:
     """One line naming the problem, exit 2, no traceback, and nothing that existed changed."""
-    before = _digest(folder)
+    before = tree_digest(folder)
     capsys.readouterr()  # what libraries printed while the files were made
     with pytest.raises(SystemExit) as exc:
         _cli(module, *argv)
@@ -45,17 +44,8 @@ def _refused(capsys, module: str, argv: list[str], words: str, folder) -> None:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert exc.value.code == 2 and len(lines) == 1 and words in lines[0], err
     assert "Traceback" not in err and "\x1b[" not in err
-    after = _digest(folder)
+    after = tree_digest(folder)
     assert {p: h for p, h in after.items() if p in before} == before
-
-
-def _digest(folder) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
 
 
 @pytest.fixture
@@ -75,10 +65,10 @@ def test_safetensors_equal_pt_and_a_same_stem_clash_is_refused_before_computing(
     assert np.array_equal(pt.values["loss"], st.values["loss"])
     loaded = landscape.load_weights(str(d / "w.safetensors"), userland.make_mlp(width=16))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
-    capsys.readouterr()
     # the same output name from another file: refused before anything is evaluated (no "centre:" line)
     _refused(capsys, "landscape.plot2d", [str(d / "w.safetensors"), *USER, *GRID, "--out", str(d / "o")],
              "another checkpoint", d)
+    assert "centre:" not in capsys.readouterr().out
 
 
 def _gpt2() -> transformers.GPT2LMHeadModel:
@@ -126,7 +116,7 @@ def test_huggingface_bad_folders_are_one_line(tmp_path, capsys):
     cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_mine.MyModel"}
     (tmp_path / "remote" / "config.json").write_text(json.dumps(cfg))
     common = ["--data", "tests.userland:tokens", "--metric", "causal_lm", "--out", str(tmp_path / "o"), *GRID]
-    _refused(capsys, "landscape.plot2d", [str(tmp_path / "sharded"), *common], f"lacks 1 of the", tmp_path)
+    _refused(capsys, "landscape.plot2d", [str(tmp_path / "sharded"), *common], "lacks 1 of the", tmp_path)
     _refused(capsys, "landscape.plot2d", [str(tmp_path / "noconfig"), *common], "without config.json", tmp_path)
     _refused(capsys, "landscape.plot2d", [str(tmp_path / "remote"), *common], "needs remote code", tmp_path)
 
@@ -184,6 +174,8 @@ def test_lightning_checkpoint_finds_its_prefix_and_says_so(tmp_path, capsys):
 def test_torchvision_references_checkpoint_model_and_ema_and_unknown_globals(tmp_path, capsys):
     """Saved as vision's references/classification/train.py saves it: model, model_ema (an AveragedModel, keys
     under module. plus n_averaged), optimizer, lr_scheduler, epoch and args (an argparse.Namespace)."""
+    from lightning.fabric.utilities.data import AttributeDict
+
     model = userland.make_mlp()
     ema = torch.optim.swa_utils.AveragedModel(model)
     with torch.no_grad():
@@ -199,6 +191,9 @@ def test_torchvision_references_checkpoint_model_and_ema_and_unknown_globals(tmp
     for k, v in model.state_dict().items():
         assert torch.equal(plain.state_dict()[k], v) and torch.equal(averaged.state_dict()[k], v * 0.5), k
     _cli("landscape.plot2d", str(tmp_path / "checkpoint.pth"), *USER, "--ema", *GRID, "--out", str(tmp_path / "o"))
+    ckpt["hparams"] = AttributeDict(lr=0.1)  # Lightning's, on the allow-list
+    torch.save(ckpt, tmp_path / "hparams.pth")
+    assert isinstance(landscape.load_weights(str(tmp_path / "hparams.pth"), userland.make_mlp()), torch.nn.Module)
     ckpt["started"] = datetime.datetime(2026, 11, 27)  # not on the allow-list
     torch.save(ckpt, tmp_path / "odd.pth")
     _refused(capsys, "landscape.plot2d", [str(tmp_path / "odd.pth"), *USER, *GRID, "--out", str(tmp_path / "p")],
@@ -230,9 +225,17 @@ def test_criteria_as_written_equal_their_own_means(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--criterion", "torch.nn:CrossEntropyLoss", "--criterion-kwargs",
-                                    '{"label_smoothing": 0.1}'], ["--metric", "tests.userland:margin"]])
-def test_sharpness_takes_criteria_and_metrics_whose_loss_has_another_name(tmp_path, capsys, flags):
+                                    '{"label_smoothing": 0.1}'], ["--criterion", "tests.userland:smoothed_ce"],
+                                   ["--metric", "tests.userland:margin"]])
+def test_plot2d_and_sharpness_take_criteria_and_metrics_whose_loss_has_another_name(tmp_path, capsys, flags):
     torch.save(userland.make_mlp().state_dict(), tmp_path / "w.pt")
+    _cli("landscape.plot2d", str(tmp_path / "w.pt"), *USER, *flags, *GRID, "--loss-max", "0.5",
+         "--out", str(tmp_path / "o"))
+    s = read_surface(str(tmp_path / "o" / f"{tmp_path.name}_w_2d.h5"))
+    loss = "margin" if "--metric" in flags else "loss"
+    assert s.loss_metrics() == [loss] and s.done.all()
+    assert (tmp_path / "o" / f"{tmp_path.name}_w_2d_{loss}_contour.png").exists()
+    capsys.readouterr()
     _cli("landscape.sharpness", str(tmp_path / "w.pt"), *USER, *flags, "--measures", "lambda_max", "adaptive",
          "width", "--width-directions", "2", "--device", "cpu", "--out", str(tmp_path / "o"))
     out = capsys.readouterr().out
@@ -257,6 +260,10 @@ def test_gpt2_conv1d_gets_output_unit_filter_norms_like_linear():
         lin.weight.copy_(w[f"{conv1d[0]}.weight"].T)
     dl = landscape.random_directions(torch.nn.Sequential(lin), n=1)[0]["0.weight"]
     assert torch.allclose(dl.norm(dim=1), d[f"{conv1d[0]}.weight"].norm(dim=0), rtol=1e-4)
+    up = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 6, 3))  # weight (in 4, out 6, 3, 3)
+    du = landscape.random_directions(up, n=1)[0]["0.weight"]
+    assert torch.allclose(du.transpose(0, 1).reshape(6, -1).norm(dim=1),
+                          up[0].weight.detach().transpose(0, 1).reshape(6, -1).norm(dim=1), rtol=1e-4)
 
 
 def test_a_subset_file_stores_only_what_moves(tmp_path):
@@ -299,10 +306,10 @@ def test_widths_at_the_edge_are_extended_or_marked_lower_bounds(mlp_ckpt, tmp_pa
 def test_a_replot_writes_only_where_it_is_told(mlp_ckpt, tmp_path):
     _cli("landscape.plot2d", mlp_ckpt, *GRID, "--out", str(tmp_path / "a"))
     h5 = next(p for p in os.listdir(tmp_path / "a") if p.endswith(".h5"))
-    before = _digest(tmp_path / "a")
+    before = tree_digest(tmp_path / "a")
     _cli("landscape.plot2d", str(tmp_path / "a" / h5), "--loss-max", "0.5", "--formats", "png", "--out",
          str(tmp_path / "b"), "--name", "clipped")
-    assert _digest(tmp_path / "a") == before
+    assert tree_digest(tmp_path / "a") == before
     made = os.listdir(tmp_path / "b")
     assert "clipped_train_loss_contour.png" in made and all(f.startswith("clipped_") for f in made)
 

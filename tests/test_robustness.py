@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
@@ -17,7 +16,7 @@ import torch
 
 from landscape.cli import run_cli
 from landscape.io import read_surface
-from tests.conftest import SINGLE, cli_env, run_module, train_config
+from tests.conftest import SINGLE, cli_env, run_module, train_config, tree_digest
 from trainers.ddp import fit
 
 # ------------------------------------------------------------------------------------------- kills
@@ -184,15 +183,6 @@ def test_killed_trainer_resumes_and_never_leaves_a_partial_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------------------------------- bad input
 
-def _tree_digest(folder) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, request):
     """A folder with a good checkpoint, a finished surface and assorted broken files."""
@@ -312,7 +302,7 @@ CASES = [  # (module, argv template, words the error must contain)
                          ids=[f"{c[0].split('.')[1]}-{' '.join(c[1])[:40]}" for c in CASES])
 def test_bad_input_gives_one_line_nonzero_exit_and_changes_nothing(bad_inputs, capsys, module, argv, words):
     argv = [a.format(**bad_inputs) for a in argv]
-    before = _tree_digest(bad_inputs["dir"])
+    before = tree_digest(bad_inputs["dir"])
     main = __import__(module, fromlist=["main"]).main
     with pytest.raises(SystemExit) as exc:
         run_cli(main, argv)
@@ -322,7 +312,7 @@ def test_bad_input_gives_one_line_nonzero_exit_and_changes_nothing(bad_inputs, c
     assert len(lines) == 1, err
     assert "error" in lines[0] and words in lines[0], lines[0]
     assert "Traceback" not in err
-    after = _tree_digest(bad_inputs["dir"])
+    after = tree_digest(bad_inputs["dir"])
     assert {p: h for p, h in after.items() if p in before} == before  # nothing that existed changed
 
 
