@@ -9,9 +9,9 @@ data and metric.
 The names below are loaded on first use (importing `landscape` loads no torch, so re-plotting a file stays light).
 Layers, bottom to top, each importing only those below it (tests/test_layers.py keeps it so):
 foundation without torch (errors, files, grid, config, cli); runtime (distributed, metrics, sources, evaluation);
-models, data, weights files and checkpoints; the core (params, directions, pca, engine, io, hessian, costs, plot); pipelines (runner, api,
-sharpness, exports, render); the commands (plot1d, plot2d, trajectory, hessian_map, export). `trainers` sits on
-top of these and is never imported by them.
+models, data, weights files and checkpoints; the core (params, directions, pca, engine, io, hessian, costs,
+plot); pipelines (runner, api, sharpness_table, exports, render); the commands (plot1d, plot2d, trajectory,
+hessian_map, sharpness, export). `trainers` sits on top of these and is never imported by them.
 """
 
 import importlib
