@@ -111,7 +111,8 @@ def test_sharpness_table_on_cuda_equals_the_cpu(mlp_ckpt, tmp_path):
     from landscape.sharpness_table import run_sharpness
     from tests.conftest import SINGLE
 
-    sc = SharpnessConfig(measures=("lambda_max", "trace", "epsilon", "adaptive", "average", "width"), trace_products=9,
+    sc = SharpnessConfig(measures=("lambda_max", "trace", "density", "epsilon", "adaptive", "average", "width"),
+                         trace_products=9, density_runs=2, density_steps=10,
                          width_directions=2)
     tables = [run_sharpness(SurfaceConfig(mlp_ckpt, splits=("train",), samples=256, x="-1:1:11", out=str(tmp_path),
                                           device=device, progress=False), sc, info, write=False).rows
