@@ -34,6 +34,7 @@ class UnitCosts:
     product: float
     graph_budget: int
     parameters: int
+    on_gpu: bool = False  # SLQ's reorthogonalization then costs little beside the products (H100: 6.6 s in all)
 
 
 def time_units(f: MeanLoss, op: HessianOperator | None) -> UnitCosts:
@@ -49,7 +50,7 @@ def time_units(f: MeanLoss, op: HessianOperator | None) -> UnitCosts:
         v = torch.ones(op.dim, dtype=torch.float64)
         product = seconds(lambda: op.matvec(v))
     return UnitCosts(seconds(lambda: f(f.theta0)), seconds(lambda: f.value_and_grad(f.theta0)), product,
-                     op.cache_bytes if op is not None else 0, f.dim)
+                     op.cache_bytes if op is not None else 0, f.dim, f.device.type == "cuda")
 
 
 def measure_costs(sc: SharpnessConfig, u: UnitCosts, axis: str) -> dict[str, tuple[float, str]]:
@@ -64,7 +65,8 @@ def measure_costs(sc: SharpnessConfig, u: UnitCosts, axis: str) -> dict[str, tup
         out["trace"] = (sc.trace_products * u.product, f"{sc.trace_products} products (Hutch++)")
     if "density" in m:
         n = sc.density_runs * sc.density_steps
-        reorth = sc.density_runs * sc.density_steps**2 * u.parameters * REORTHOGONALIZATION_PER_PARAMETER
+        reorth = 0.0 if u.on_gpu else (sc.density_runs * sc.density_steps**2 * u.parameters
+                                        * REORTHOGONALIZATION_PER_PARAMETER)
         out["density"] = (n * u.product + reorth, f"{n} products (SLQ) and ~{reorth:.0f} s of reorthogonalization")
     if "epsilon" in m:
         n = len(sc.eps) * (sc.lbfgs_iters + 2)
