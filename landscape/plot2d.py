@@ -25,7 +25,8 @@ from landscape.io import read_surface
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
     p = cliargs.get_parser("python -m landscape.plot2d", __doc__, add_help, skip=("log",))
-    p.add_argument("source", help="a checkpoint (.pt) to compute from, or a surface file (.h5) to re-plot")
+    p.add_argument("source", help="a checkpoint to compute from (ours; with --model a weights file: .pt, .pth, .ckpt, "
+                   ".safetensors; or a HuggingFace save_pretrained folder), or a surface file (.h5) to re-plot")
     p.set_defaults(y=None)  # a 2D command: the beta axis like the alpha one, unless a plane finds its own
     add_renamed_flag(p, "--vmax", "--loss-max", "loss_max", type=float)
     return p

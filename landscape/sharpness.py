@@ -27,7 +27,8 @@ NOT_HERE = ("target", "trajectory", "checkpoint", "y", "plane_points", "auto_ris
 def get_parser(add_help: bool = True) -> ArgumentParser:
     p = ArgumentParser(prog="python -m landscape.sharpness", description=__doc__, formatter_class=DefaultsFormatter,
                        add_help=add_help)
-    p.add_argument("checkpoint", help="the checkpoint (.pt), or with --model a weights file")
+    p.add_argument("checkpoint", help="the checkpoint (ours; with --model a weights file: .pt, .pth, .ckpt, "
+                   ".safetensors; or a HuggingFace save_pretrained folder)")
     add_config_args(p, SurfaceConfig, skip=NOT_HERE)
     add_config_args(p, SharpnessConfig)
     p.set_defaults(splits=["train"], x=WIDTH_AXIS)

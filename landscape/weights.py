@@ -142,8 +142,8 @@ def build_hf_model(folder: str) -> nn.Module:
     try:
         import transformers
     except ImportError:
-        raise UserError(f"{folder} is a HuggingFace model folder; install transformers (pip install "
-                        "'landscape-maps[hf]') or give --model") from None
+        raise UserError(f"{folder} is a HuggingFace model folder; install transformers (pip install transformers, "
+                        "or pip install -e '.[hf]' in the clone) or give --model") from None
     with open(os.path.join(folder, HF_CONFIG)) as f:
         raw = json.load(f)
     if raw.get("auto_map"):

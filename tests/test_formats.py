@@ -244,6 +244,18 @@ def test_plot2d_and_sharpness_take_criteria_and_metrics_whose_loss_has_another_n
     assert {r["measure"] for r in rows} == {"lambda_max", "adaptive_sharpness", "width", "width_hessian"}
 
 
+def test_the_hessian_takes_a_metric_by_name_like_surface():
+    from landscape.hessian import HessianOperator, eigenvalues
+    from landscape.metrics import cross_entropy
+
+    model, data = userland.make_mlp(), userland.tensors()
+    by_name = eigenvalues(HessianOperator(model, data, "cross_entropy")).top[0]
+    assert by_name == pytest.approx(eigenvalues(HessianOperator(model, data, cross_entropy)).top[0], rel=1e-9)
+    lm = _gpt2()
+    op = HessianOperator(lm, userland.tokens(), "causal_lm")  # 0.6: TypeError: 'str' object is not callable
+    assert op.count == 2 * 4 * 11  # tokens predicted: 11 per sequence of 12
+
+
 def test_gpt2_conv1d_gets_output_unit_filter_norms_like_linear():
     model = _gpt2()
     d = landscape.random_directions(model, n=1)[0]

@@ -1,5 +1,5 @@
 """HuggingFace, proven: a causal LM built from a tiny config (no download, no hub), evaluated on padded random
-token batches. `transformers` comes with the dev extra (pip install landscape[hf] for users)."""
+token batches. `transformers` comes with the dev extra (pip install -e '.[hf]' for users)."""
 
 import numpy as np
 import pytest
