@@ -11,12 +11,12 @@ import torch
 
 from landscape.config import SharpnessConfig
 from landscape.grid import parse_range
-from landscape.hessian import HessianOperator, krylov_size
+from landscape.hessian import HessianOperator
 from landscape.measures import MeanLoss
 
 LANCZOS_PRODUCTS = 12  # a top eigenvalue at tol 1e-3 took 8-16 products on the trained networks measured
 LAMBDA_MIN_PRODUCTS = 40  # the shifted run for the most negative eigenvalue: a few dozen
-WIDTH_ROUNDS = 1.3  # widths re-evaluated on a wider or finer axis (a basin at the edge, or under two steps)
+WIDTH_REEVALUATED = 1.3  # curves evaluated again on a wider or finer axis (a basin at the edge, or under two steps)
 # Work that grows with the parameters beside the passes, in seconds per parameter, measured on a ResNet-18 (11.2M
 # parameters, 2 CPU cores): scipy's L-BFGS-B step (~4 s per evaluation there) and SLQ's full reorthogonalization
 # (two products with the basis so far at every step: ~100 s of 200 for 5 runs of 60 steps there)
@@ -60,7 +60,7 @@ def measure_costs(sc: SharpnessConfig, u: UnitCosts, axis: str) -> dict[str, tup
     if "lambda_max" in m or "lambda_min" in m or "width" in m:
         n = LANCZOS_PRODUCTS + (LAMBDA_MIN_PRODUCTS if "lambda_min" in m else 0)
         out["lambda_max" if "lambda_max" in m else "lambda_min" if "lambda_min" in m else "eigenvector"] = (
-            n * u.product, f"~{n} Hessian-vector products of {u.product:.2g} s (Lanczos, ncv {krylov_size(1, 10**6)})")
+            n * u.product, f"~{n} Hessian-vector products of {u.product:.2g} s (Lanczos)")
     if "trace" in m:
         out["trace"] = (sc.trace_products * u.product, f"{sc.trace_products} products (Hutch++)")
     if "density" in m:
@@ -80,7 +80,7 @@ def measure_costs(sc: SharpnessConfig, u: UnitCosts, axis: str) -> dict[str, tup
         n = sc.draws + 1
         out["average"] = (n * u.forward, f"{n} forward passes of {u.forward:.2g} s")
     if "width" in m:
-        n = round((sc.width_directions + 1) * len(parse_range(axis)) * WIDTH_ROUNDS)
+        n = round((sc.width_directions + 1) * len(parse_range(axis)) * WIDTH_REEVALUATED)
         out["width"] = (n * u.forward, f"~{n} forward passes ({sc.width_directions + 1} directions x "
                                        f"{len(parse_range(axis))} points, and re-evaluated curves)")
     return out

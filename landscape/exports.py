@@ -17,6 +17,7 @@ import numpy as np
 from landscape.errors import UserError
 from landscape.files import atomic_path, write_text
 from landscape.io import Surface
+from landscape.plot import capped
 
 LOG_OFFSET = 0.1  # --log draws ln(z + 0.1), as the reference implementation's h52vtp
 
@@ -119,9 +120,7 @@ def html_figure(s: Surface, title: str = "", loss_max: float | None = None) -> A
     fig, buttons, per_metric = go.Figure(), [], []
     for metric, values in s.values.items():
         vmax = loss_max if metric in s.loss_metrics() else None
-        z = np.asarray(values, float)
-        if vmax is not None:  # a flat cap at vmax, diverged points included (render.capped)
-            z = np.where(s.done, np.minimum(np.nan_to_num(z, nan=vmax, posinf=vmax), vmax), np.nan)
+        z = capped(np.asarray(values, float), s.done, vmax)  # a flat cap at vmax, diverged points included
         z = np.where(np.isfinite(z), z, np.nan)
         traces = [go.Surface(x=s.x, y=s.y, z=z, name=metric, colorscale="Viridis", colorbar={"title": metric},
                              contours_z={"show": True, "project_z": True, "usecolormap": True},

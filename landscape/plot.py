@@ -24,6 +24,14 @@ def finite_range(z: np.ndarray, vmin: float | None = None, vmax: float | None = 
     return lo, hi
 
 
+def capped(z: np.ndarray, done: np.ndarray, vmax: float | None) -> np.ndarray:
+    """z clipped at vmax, computed points that diverged (inf, NaN) included: a flat cap, not holes. Points not
+    computed yet (done False) stay NaN. vmax None: z as it is."""
+    if vmax is None:
+        return z
+    return np.where(done, np.minimum(np.nan_to_num(np.asarray(z, float), nan=vmax, posinf=vmax), vmax), np.nan)
+
+
 def levels_for(z: np.ndarray, n: int = 20, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     lo, hi = finite_range(z, vmin, vmax)
     return np.linspace(lo, hi, n)

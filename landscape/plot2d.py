@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     surface = read_surface(path)
     if not surface.is_2d:
         raise UserError(f"{path} holds a 1D curve; plot it with python -m landscape.plot1d {path}")
-    stem = cliargs.figure_stem(path) if edges or path != args.source else cliargs.replot_stem(path, args.out,
-                                                                                              args.name)
+    replot = path == args.source  # a .h5 given: its figures go where --out/--name say, else beside it
+    stem = cliargs.replot_stem(path, args.out, args.name) if replot else cliargs.figure_stem(path)
     files = render.render_2d(surface, stem, plot)
     print(f"{report}; {len(files)} figures {stem}_*.{{{','.join(plot.formats)}}} "
           f"({100 * render.done_fraction(surface):.0f}% of points done)", flush=True)

@@ -49,7 +49,7 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
     paths = []
     for metric, z in s.values.items():
         vmax = cfg.loss_max if metric in s.loss_metrics() else None
-        z = capped(z, s.done, vmax)
+        z = plot.capped(z, s.done, vmax)
         levels = plot.levels_for(z, cfg.levels, vmax=vmax)
         for kind in KINDS_2D:
             fig = plt.figure(figsize=(5, 4))
@@ -73,14 +73,6 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
     if "html" in cfg.formats:
         paths.append(exports.write_html(s, f"{out_stem}.html", title, cfg.loss_max))
     return paths
-
-
-def capped(z: np.ndarray, done: np.ndarray, vmax: float | None) -> np.ndarray:
-    """z clipped at vmax, computed points that diverged (inf, NaN) included: a flat cap, not holes. Points not
-    computed yet stay NaN."""
-    if vmax is None:
-        return z
-    return np.where(done, np.minimum(np.nan_to_num(z, nan=vmax, posinf=vmax), vmax), np.nan)
 
 
 def render_hessian_map(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
@@ -131,7 +123,7 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotC
                 kw = {"linestyle": styles[i % len(styles)], "linewidth": 2.0 if first else 1.0,
                       "alpha": 1.0 if first else 0.6}
             acc = s.values.get(f"{prefix}acc") if loss.endswith("loss") else None
-            plot.curve_1d(ax, s.x, capped(s.values[loss], s.done, cfg.loss_max), acc,
+            plot.curve_1d(ax, s.x, plot.capped(s.values[loss], s.done, cfg.loss_max), acc,
                           f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
     named = [s for _, s in surfaces if s.annotations.axis_labels]
     ax.set_xlabel(named[0].axis_names()[0] if named else "alpha")

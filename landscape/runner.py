@@ -129,9 +129,9 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
     evaluator = evaluator or PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type,
                                             job.precision, job.channels_last, job.compile, job.points_per_pass,
                                             job.bn, job.loss_name)
+    arrays = [to_numpy(d) for d in job.directions] if job.path is not None and info.is_main else None
     if job.path is not None:  # a file made by another request is refused before anything is evaluated
-        run_on_main(lambda: check_resumable(job.path, job.origin, [to_numpy(d) for d in job.directions],
-                                            job.evaluation, *known_axes(job)), info)
+        run_on_main(lambda: check_resumable(job.path, job.origin, arrays, job.evaluation, *known_axes(job)), info)
     # the centre's metrics, once, on rank 0: the sanity report shows them and an auto axis rises from them
     started = time.perf_counter()
     centre = run_on_main(lambda: evaluator.evaluate(np.zeros((1, len(job.directions))))[0].tolist(), info)
@@ -144,8 +144,8 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None) -> SurfaceRun:
     names = evaluator.metric_names
     config = {**job.config, "loss_metrics": list(getattr(evaluator, "loss_names", []))}
     if job.path is not None:
-        sink = run_on_main(lambda: open_surface(job.path, x, y, names, [to_numpy(d) for d in job.directions],
-                                                job.origin, job.evaluation, config, report, job.annotations),
+        sink = run_on_main(lambda: open_surface(job.path, x, y, names, arrays, job.origin, job.evaluation, config,
+                                                report, job.annotations),
                            info)
     else:
         sink = MemorySink(len(points), len(names)) if info.is_main else None

@@ -85,6 +85,7 @@ class Subject:
     axis: str
     loss_name: str | None = None
     axes: dict[str, int] = field(default_factory=dict)  # output axes of weights stored (in, out)
+    held: tuple[list[str], HessianOperator] | None = field(default=None, repr=False)  # see hessian()
 
     @property
     def batch_size(self) -> int:
@@ -97,19 +98,18 @@ class Subject:
     def hessian(self, names: list[str]) -> HessianOperator:
         """The Hessian over `names`; the last one made is kept and given again for the same names (its graphs
         are built once), and dropped when another is asked for."""
-        held = getattr(self, "_held", None)
-        if held is not None and held[0] == names:
-            return held[1]
-        self._held = None
+        if self.held is not None and self.held[0] == names:
+            return self.held[1]
+        self.held = None  # its graphs go before the next one's are built
         cap = None if self.info.device.type == "cuda" else min(graph_budget(self.info.device), CPU_GRAPH_BYTES)
         op = HessianOperator(self.model, rank_share(self.source, self.info), self.metric, params=names,
                              batch_size=self.batch_size, cache_bytes=cap, loss_name=self.loss_name)
-        self._held = (names, op)
+        self.held = (names, op)
         return op
 
     def release(self) -> None:
         """Drop the Hessian held for reuse (its graphs take memory)."""
-        self._held = None
+        self.held = None
 
 
 # On a CPU the kept Hessian graphs may hold at most this much (or a quarter of the free memory, if less): past it
@@ -140,7 +140,7 @@ class Progress:
     """One line per measure as it ends, with its time (rank 0)."""
 
     def __init__(self, log: Callable[[str], None], total: int):
-        self.log, self.total, self.done, self.started = log, total, 0, time.perf_counter()
+        self.log, self.total, self.done = log, total, 0
 
     @contextlib.contextmanager
     def step(self, label: str, measure: str) -> Iterator[None]:
@@ -230,7 +230,7 @@ def width_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig, to
     if not covered_tensors(s.theta0, set(names), s.spec.ignore) or top is None:
         return []  # only 1-D tensors (biases, BatchNorm), which the directions leave at zero
     random = create_random_directions(s.theta0, sc.width_directions, s.spec, set(names), s.axes)
-    scale = norm(random[0]) if any(v.any() for v in random[0].values()) else 1.0
+    scale = norm(random[0])  # not zero: covered_tensors found a tensor the random directions move
     dirs = random + [complete({k: t * scale for k, t in top.items()}, s.theta0)]
     evaluator = PointEvaluator(s.model, s.theta0, dirs, [EvalSet("", s.source, s.metric)], loss_name=s.loss_name)
     first = parse_range(s.axis, "--x")
@@ -353,9 +353,8 @@ def table_text(rows: list[dict[str, Any]]) -> str:
     """Rows as a terminal table: one line per subset and measure, value +- standard error."""
     lines = [f"{'subset':<24} {'measure':<26} {'value':>14}   {'stderr':>10}   settings"]
     for r in rows:
-        se = "" if r["stderr"] is None or not np.isfinite(r["stderr"]) else f"{r['stderr']:.3g}"
-        value = "nan" if r["value"] is None else f"{r['value']:.5g}"
-        value = (">= " if r.get("bound") == "lower" else "") + value
+        se = "" if not np.isfinite(r["stderr"]) else f"{r['stderr']:.3g}"
+        value = (">= " if r.get("bound") == "lower" else "") + f"{r['value']:.5g}"
         lines.append(f"{r['subset'][:24]:<24} {r['measure']:<26} {value:>14} +- {se:>10}   "
                      f"{_settings_text(r['settings'])}")
     return "\n".join(lines)

@@ -327,7 +327,7 @@ def test_a_replot_writes_only_where_it_is_told(mlp_ckpt, tmp_path):
 
 
 def test_loss_max_is_a_flat_cap_not_holes():
-    from landscape.render import capped
+    from landscape.plot import capped
 
     z = np.array([[0.1, np.inf], [5.0, np.nan]])
     done = np.array([[True, True], [True, False]])
