@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench gpu-check clean
+.PHONY: demo test test-fast lint bench gpu-check clean
 
 # compat mode: the clone's folder goes on sys.path, so a folder named `landscape` (a clone, from its parent) is not
 # taken for the package; 0.6 and earlier were installed as the distribution `landscape`, removed here
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
+
+# the unit tests alone (no multi-process or end-to-end CLI runs): about a minute, for the edit-test loop
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check landscape trainers figures benchmarks tests

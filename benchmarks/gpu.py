@@ -41,7 +41,7 @@ def run_tests() -> bool:
 
 def synthetic_model(name: str, samples: int, input_shape: list[int], kwargs: dict, device: torch.device):
     """A random-weights model and (x, y) on the device; the engine's timing does not depend on trained weights."""
-    from landscape.models import build_model
+    from landscape.models.registry import build_model
 
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, input_shape=input_shape, **kwargs).to(device).eval()
@@ -51,10 +51,10 @@ def synthetic_model(name: str, samples: int, input_shape: list[int], kwargs: dic
 
 
 def evaluator_for(model, x, y, batch: int, precision: str, compile: bool = False, points_per_pass: int = 1):
-    from landscape.directions import DirectionSpec, create_random_directions
-    from landscape.engine import EvalSet, PointEvaluator
-    from landscape.params import model_tensors, snapshot
-    from landscape.sources import TensorSource
+    from landscape.core.directions import DirectionSpec, create_random_directions
+    from landscape.core.grid_eval import EvalSet, PointEvaluator
+    from landscape.core.params import model_tensors, snapshot
+    from landscape.runtime.sources import TensorSource
 
     theta0 = snapshot(model_tensors(model), device="cpu")
     dirs = create_random_directions(theta0, 2, DirectionSpec())
@@ -67,10 +67,10 @@ def evaluator_for(model, x, y, batch: int, precision: str, compile: bool = False
 
 def engine_points_per_s(ev, n: int, folder: str) -> float:
     """The whole sweep as run_surface does it: a new HDF5 file, every point computed, flushed."""
-    from landscape.distributed import DistInfo
-    from landscape.engine import compute_surface
-    from landscape.grid import grid_points, parse_range
-    from landscape.io import Origin, open_surface
+    from landscape.base.grid import grid_points, parse_range
+    from landscape.core.grid_eval import compute_surface
+    from landscape.core.surface_file import Origin, open_surface
+    from landscape.runtime.distributed import DistInfo
 
     axis = parse_range(f"-1:1:{n}")
     points = grid_points(axis, axis)
@@ -89,7 +89,7 @@ def engine_points_per_s(ev, n: int, folder: str) -> float:
 
 def ceiling_points_per_s(ev, passes: int) -> float:
     """model(x) over the same samples, batches, precision and memory format, `passes` times: nothing else."""
-    from landscape.evaluation import autocast_context
+    from landscape.runtime.forward import autocast_context
 
     net, x, batch = ev.forward, ev.sets[0].source.x, ev.sets[0].source.batch_size
     with torch.inference_mode(), autocast_context(x.device, ev.precision):

@@ -1,4 +1,4 @@
-"""Hessian-engine benchmark: landscape.hessian against PyHessian 0.1, side by side in one run, one thread.
+"""Hessian-engine benchmark: landscape.curvature.hessian against PyHessian 0.1, side by side in one run, one thread.
 
   python benchmarks/hessian.py             # both models; prints ratios and a final JSON line
   python benchmarks/hessian.py --models mlp
@@ -154,7 +154,7 @@ def timed(fn: object) -> tuple[float, object]:
 def bench(name: str, model: nn.Module, pyhessian: object | None, repeats: int) -> dict[str, float]:
     from scipy.sparse.linalg import eigsh
 
-    from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace, hutchpp_trace
+    from landscape.curvature.hessian import HessianOperator, eigenvalues, hutchinson_trace, hutchpp_trace
 
     x, y = digits()
     model = train(model, x, y)

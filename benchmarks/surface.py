@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,10 +59,10 @@ def make_checkpoint(name: str, folder: str) -> str:
 
 def checkpoint_of(dataset: str, dkw: dict, model_name: str, mkw: dict, path: str) -> str:
     """A checkpoint of a freshly initialized model (seed 0) that names its data set, as the trainer writes one."""
-    from landscape.checkpoint import make_checkpoint as make
-    from landscape.checkpoint import save_checkpoint
-    from landscape.data import load_dataset
-    from landscape.models import build_model
+    from landscape.data.datasets import load_dataset
+    from landscape.models.checkpoint import make_checkpoint as make
+    from landscape.models.checkpoint import save_checkpoint
+    from landscape.models.registry import build_model
 
     data = load_dataset(dataset, **dkw)
     torch.manual_seed(0)
@@ -74,32 +75,34 @@ def worker(args: argparse.Namespace) -> None:
     """Times the engine, the ceiling and the vmapped engine on the grid; rank 0 prints one JSON line.
 
     Under torchrun the ceiling loop runs on every rank, each doing its share of the passes between barriers."""
-    import torch.distributed as dist
-
-    from landscape.checkpoint import load_model
-    from landscape.config import SurfaceConfig
-    from landscape.distributed import cleanup_distributed, init_distributed
-    from landscape.engine import PointEvaluator, compute_surface
-    from landscape.grid import grid_points, parse_range
-    from landscape.io import Origin, open_surface
-    from landscape.params import to_numpy
-    from landscape.runner import load_sets, make_directions
+    from landscape.runtime.distributed import process_group
 
     torch.set_num_threads(args.threads)
-    info = init_distributed("cpu")
+    with process_group("cpu") as info:
+        measure(args, info)
+
+
+def measure(args: argparse.Namespace, info: Any) -> None:
+    import torch.distributed as dist
+
+    from landscape.base.config import SurfaceConfig
+    from landscape.base.grid import grid_points, parse_range
+    from landscape.core.grid_eval import PointEvaluator, compute_surface
+    from landscape.core.params import to_numpy
+    from landscape.core.surface_file import Origin, open_surface
+    from landscape.pipelines.from_checkpoint import job_from_config
+
     _, _, _, _, batch, n, per_pass = MODELS[args.model]
     spec = f"-1:1:{n}"
     cfg = SurfaceConfig(args.ckpt, out=args.tmp, x=spec, y=spec, splits=("train",), eval_batch_size=batch,
                         progress=False, name=f"bench_{args.model}_{info.world_size}_{args.threads}")
-    model, ckpt = load_model(args.ckpt)
-    sets, _, _ = load_sets(cfg, ckpt, info.device, batch)
-    theta0, dirs, _ = make_directions(model, cfg, sets[0].source, info)
+    job = job_from_config(cfg, info)  # the commands' own job: model, data, directions, memory format
+    sets, dirs = job.sets, job.directions
     x = parse_range(spec)
     points = grid_points(x, x)
-    channels_last = sets[0].source.x.ndim == 4
-    evaluators = {"engine": PointEvaluator(model, theta0, dirs, sets, channels_last=channels_last)}
+    evaluators = {"engine": PointEvaluator(job.model, job.theta0, dirs, sets, channels_last=job.channels_last)}
     if not info.is_distributed:
-        evaluators["vmap"] = PointEvaluator(model, theta0, dirs, sets, channels_last=channels_last,
+        evaluators["vmap"] = PointEvaluator(job.model, job.theta0, dirs, sets, channels_last=job.channels_last,
                                             points_per_pass=per_pass)
     for ev in evaluators.values():  # warm-up
         ev.evaluate(points[:ev.points_per_pass])
@@ -153,7 +156,6 @@ def worker(args: argparse.Namespace) -> None:
     if info.is_main:
         print("RESULT " + json.dumps({**out, "points": len(points), "samples_per_point": len(sets[0].source.x),
                                       "batch_size": batch, "points_per_pass": per_pass}), flush=True)
-    cleanup_distributed()
 
 
 def plain_point(net: torch.nn.Module, batches) -> tuple[float, float]:
@@ -224,10 +226,10 @@ def streamed(tmp: str, threads: int) -> dict:
     from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
     from landscape.api import random_directions
-    from landscape.engine import EvalSet, PointEvaluator
-    from landscape.models import build_model
-    from landscape.params import model_tensors, snapshot
-    from landscape.sources import as_source
+    from landscape.core.grid_eval import EvalSet, PointEvaluator
+    from landscape.core.params import model_tensors, snapshot
+    from landscape.models.registry import build_model
+    from landscape.runtime.sources import as_source
 
     torch.set_num_threads(threads)
     model = build_model("resnet20").eval()
@@ -264,7 +266,7 @@ def grid_points_2d(n: int) -> list[tuple[float, float]]:
 def memory_worker_rss(n: int, threads: int) -> float:
     """Peak RSS (MB) of a fresh process that computes a 3x3 streamed surface over GeneratedImages(n)."""
     code = (f"import torch, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            "import surface as b; import landscape; from landscape.models import build_model; "
+            "import surface as b; import landscape; from landscape.models.registry import build_model; "
             f"torch.set_num_threads({threads}); m = build_model('resnet20'); "
             f"dl = torch.utils.data.DataLoader(b.GeneratedImages({n}), batch_size=128); "
             "landscape.surface(m, dl, landscape.random_directions(m, 2), x='-1:1:3', y='-1:1:3', progress=False)")
@@ -345,9 +347,9 @@ def paper_job(tmp: str, threads: int) -> dict:
     Then bf16 against fp32 on a 3x3 grid (both eager): points/s and the largest differences of the values."""
     import h5py
 
-    from landscape.checkpoint import load_model
-    from landscape.data import load_dataset
-    from landscape.evaluation import cpu_has_native_bf16
+    from landscape.data.datasets import load_dataset
+    from landscape.models.checkpoint import load_model
+    from landscape.runtime.forward import cpu_has_native_bf16
 
     torch.set_num_threads(threads)
     job = PAPER_JOB

@@ -3,7 +3,7 @@
   python benchmarks/train.py
 
 Same model, data tensors, global batch, optimizer and threads, one process, measured side by side in this run:
-  trainer: trainers.ddp.train_one_epoch (the code `python -m trainers.train` runs), its own timing
+  trainer: trainers.loop.train_one_epoch (the code `python -m trainers.train` runs), its own timing
   bare:    for each batch: x[idx] -> forward -> cross_entropy -> backward -> SGD step -> zero_grad
            (a language model's logits (B, T, V) and targets (B, T) flattened to tokens, as one writes it)
 Epochs alternate between the two; the ratio is the median over epochs of trainer epoch / the bare epoch after
@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from landscape.data import load_dataset
-from landscape.distributed import DistInfo
-from landscape.models import build_model
-from trainers.ddp import TrainConfig, make_optimizer, make_plan, train_one_epoch
+from landscape.data.datasets import load_dataset
+from landscape.models.registry import build_model
+from landscape.runtime.distributed import DistInfo
+from trainers.config import TrainConfig, optimizer_of, plan_of
+from trainers.loop import train_one_epoch
 
 CASES = {  # name: (dataset, dataset kwargs, model, model kwargs, global batch)
     "mlp": ("mnist1d", {}, "mlp", {"hidden": [100, 100]}, 128),
@@ -55,12 +56,12 @@ def run_case(name: str, epochs: int) -> dict:
     info = DistInfo(0, 0, 1, torch.device("cpu"))
     cfg = TrainConfig(out="", dataset=dataset, data_kwargs=dkw, model=model_name, model_kwargs=mkw, batch_size=batch,
                       epochs=epochs, lr=0.01, progress=False)
-    plan = make_plan(cfg, 1, len(data.x_train))
+    plan = plan_of(cfg, 1, len(data.x_train))
     torch.manual_seed(0)
     ours = build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape, **mkw)
     bare = build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape, **mkw)
     bare.load_state_dict(ours.state_dict())
-    opt, sched = make_optimizer(ours, cfg, plan)
+    opt, sched = optimizer_of(ours, cfg, plan)
     bare_opt = torch.optim.SGD(bare.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     sampler = DistributedSampler(range(len(data.x_train)), num_replicas=1, rank=0, shuffle=True, seed=0,
                                  drop_last=True)

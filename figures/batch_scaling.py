@@ -24,15 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run_cli
-from landscape.data import Dataset, load_dataset
-from landscape.distributed import DistInfo, init_distributed
-from landscape.errors import UserError
-from landscape.evaluation import evaluate, resolve_precision
-from landscape.files import read_cached, write_cached, write_csv
-from landscape.metrics import get_metric
-from landscape.models import build_model
-from trainers.ddp import TrainConfig, make_optimizer, make_plan, to_device, train_step
+from landscape.base.errors import UserError
+from landscape.base.files import read_cached, write_cached, write_csv
+from landscape.base.flags import ArgumentParser, DefaultsFormatter, check_writable, run_cli
+from landscape.data.datasets import Dataset, load_dataset
+from landscape.models.registry import build_model
+from landscape.runtime.distributed import DistInfo, process_group
+from landscape.runtime.forward import evaluate, resolve_precision
+from landscape.runtime.metrics import get_metric
+from landscape.training.step import train_step
+from trainers.config import TrainConfig, optimizer_of, plan_of
+from trainers.loop import micro_batches, to_device
 from trainers.noise_scale import estimate_noise
 
 
@@ -106,8 +108,8 @@ def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_no
     torch.manual_seed(p.seed)
     model = build_model(p.model, num_classes=data.num_classes, input_shape=data.input_shape, **p.model_kwargs)
     model.to(info.device)
-    plan = make_plan(cfg, 1, len(data.x_train))
-    opt, sched = make_optimizer(model, cfg, plan)
+    plan = plan_of(cfg, 1, len(data.x_train))
+    opt, sched = optimizer_of(model, cfg, plan)
     gen = torch.Generator(device=info.device).manual_seed(p.seed)
     noise_gen = torch.Generator().manual_seed(p.seed + 1)
     x_test, y_test = data.x_test[:p.eval_samples], data.y_test[:p.eval_samples]
@@ -119,7 +121,8 @@ def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_no
         for i in range(plan.steps_per_epoch):
             model.train()
             t0 = time.perf_counter()
-            train_step(model, opt, sched, data, order[i * bs:(i + 1) * bs], plan, gen, precision, info, losses)
+            train_step(model, opt, sched, micro_batches(data, order[i * bs:(i + 1) * bs], plan, gen, info.device),
+                       plan.accumulation_steps, precision, info, losses)
             losses.clear()
             if info.device.type == "cuda":
                 torch.cuda.synchronize(info.device)
@@ -175,7 +178,7 @@ def fit_critical_batch(results: list[dict[str, Any]]) -> tuple[float, float]:
 def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], critical: float,
              fit: tuple[float, float], tokens: bool, p: Preset, out: str) -> list[str]:
     """The three panels; `fit` is fit_critical_batch's (S_min, E_min), `tokens` says throughput is in tokens."""
-    from landscape import render
+    from landscape.pipelines import render
 
     plt = render.plt
     bs = np.array([r["batch_size"] for r in results], float)
@@ -236,32 +239,40 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     p = PRESETS[args.preset]
-    info = init_distributed(p.device)
-    if info.is_distributed:
-        raise UserError("figures.batch_scaling runs in one process; start it with python -m, not torchrun")
-    check_writable(args.out)
-    data = to_device(load_dataset(p.dataset, **p.data_kwargs), info.device)
-    results = []
-    for bs in p.batch_sizes:
-        r = cached_run(p, bs, data, info, args.out)
-        results.append(r)
-        steps = r["steps_to_target"] if r["steps_to_target"] is not None else f"not reached in {r['steps_run']}"
-        speed = (f"{r['tokens_per_second']:>9.0f} tok/s" if data.sequences else
-                 f"{r['images_per_second']:>9.0f} img/s")
-        print(f"batch {bs:>5}: lr {r['lr']:.4g}  {speed}  steps to {p.target_text}: {steps}", flush=True)
+    with process_group(p.device) as info:
+        if info.is_distributed:
+            raise UserError("figures.batch_scaling runs in one process; start it with python -m, not torchrun")
+        check_writable(args.out)
+        data = to_device(load_dataset(p.dataset, **p.data_kwargs), info.device)
+        results = [measured(p, bs, data, info, args.out) for bs in p.batch_sizes]
+    summarize(results, data.sequences, p, args.out)
+
+
+def measured(p: Preset, bs: int, data: Dataset, info: DistInfo, out: str) -> dict[str, Any]:
+    """One batch size's run (cached), and its line."""
+    r = cached_run(p, bs, data, info, out)
+    steps = r["steps_to_target"] if r["steps_to_target"] is not None else f"not reached in {r['steps_run']}"
+    speed = (f"{r['tokens_per_second']:>9.0f} tok/s" if data.sequences else
+             f"{r['images_per_second']:>9.0f} img/s")
+    print(f"batch {bs:>5}: lr {r['lr']:.4g}  {speed}  steps to {p.target_text}: {steps}", flush=True)
+    return r
+
+
+def summarize(results: list[dict[str, Any]], sequences: bool, p: Preset, out: str) -> None:
+    """The tables, the critical batch size (from the noise scale, and from the steps-to-target fit), the figures."""
     noise = next(r["noise"] for r in results if r["batch_size"] == p.noise_batch)
     critical = b_simple(noise)
-    write_csv(os.path.join(args.out, "summary.csv"), results,
+    write_csv(os.path.join(out, "summary.csv"), results,
               ["batch_size", "lr", "images_per_second", "tokens_per_second", "steps_to_target", "steps_run"])
-    write_csv(os.path.join(args.out, "noise_scale.csv"), noise, ["step", "g2", "trace_sigma", "b_simple"])
+    write_csv(os.path.join(out, "noise_scale.csv"), noise, ["step", "g2", "trace_sigma", "b_simple"])
     s_min, e_min = fit_critical_batch(results)
-    files = plot_all(results, noise, critical, (s_min, e_min), data.sequences, p, args.out)
+    files = plot_all(results, noise, critical, (s_min, e_min), sequences, p, out)
     print(f"gradient noise scale B_simple = {critical:.1f} (measured at batch {p.noise_batch}, averaged over the "
           f"second half of training): the predicted critical batch size")
     print(f"fit S = S_min + E_min/B: S_min {s_min:.0f} steps, E_min {e_min:.0f} samples; measured critical batch "
           f"B_crit = E_min/S_min = {e_min / s_min:.0f}, where steps to target are twice S_min")
-    print(f"figures: {', '.join(files)}\ntables: {os.path.join(args.out, 'summary.csv')}, "
-          f"{os.path.join(args.out, 'noise_scale.csv')}")
+    print(f"figures: {', '.join(files)}\ntables: {os.path.join(out, 'summary.csv')}, "
+          f"{os.path.join(out, 'noise_scale.csv')}")
 
 
 def cli() -> None:

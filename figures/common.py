@@ -7,8 +7,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from landscape.cli import ArgumentParser, DefaultsFormatter
-from landscape.config import DEVICES
+from landscape.base.config import DEVICES
+from landscape.base.flags import ArgumentParser, DefaultsFormatter
 
 
 def preset_parser(prog: str, description: str | None, presets: dict[str, Any], out: str,

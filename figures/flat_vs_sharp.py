@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 
 from figures.common import chosen_preset, preset_parser
-from landscape.cli import ArgumentParser, run_cli
-from landscape.config import SharpnessConfig, SurfaceConfig
-from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
-from landscape.files import write_csv
-from landscape.io import Surface, read_surface
-from landscape.measures import width_1d
-from landscape.runner import check_output_folder, run_surface
-from landscape.sharpness_table import run_sharpness
-from trainers.ddp import TrainConfig
+from landscape.base.config import SharpnessConfig, SurfaceConfig
+from landscape.base.files import write_csv
+from landscape.base.flags import ArgumentParser, run_cli
+from landscape.core.surface_file import Surface
+from landscape.curvature.sharpness import width_1d
+from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
+from landscape.pipelines.sharpness_table import run_sharpness
+from landscape.runtime.distributed import DistInfo, print0, process_group
+from trainers.config import TrainConfig
 from trainers.sweep import run_name, sweep
 
 
@@ -104,18 +104,20 @@ def train_runs(p: Preset, out: str, info: DistInfo, device: str) -> dict[tuple[i
     return {k: os.path.join(o, "last.pt") for k, o in zip(keys, outs)}
 
 
-def surfaces_for(ckpt: str, tag: str, p: Preset, out: str, info: DistInfo, device: str) -> dict[str, str]:
-    """The three surface files of one run: filter-normalized 1D (train+test) and 2D (train), raw 1D."""
+def surfaces_for(ckpt: str, tag: str, p: Preset, out: str, info: DistInfo, device: str
+                 ) -> dict[str, Surface | None]:
+    """The three surfaces of one run, each in its file: filter-normalized 1D (train+test) and 2D (train), raw 1D;
+    on rank 0 (None on the other ranks)."""
     common = dict(checkpoint=ckpt, out=os.path.join(out, "surfaces"), samples=p.samples, device=device, progress=False)
     jobs = {"1d": SurfaceConfig(**common, x=p.x_1d, name=tag),
             "2d": SurfaceConfig(**common, x=p.x_2d, y=p.x_2d, splits=("train",), name=tag),
             "raw": SurfaceConfig(**common, x=p.x_raw, norm="none", name=f"{tag}_nofilternorm")}
-    paths = {}
+    surfaces = {}
     for kind, cfg in jobs.items():
-        run = run_surface(cfg, info)
+        run = run_surface(cfg, info, share=False)
         print0(f"surface {kind:>3}: {run.computed} points computed, {run.already_done} reused -> {run.path}")
-        paths[kind] = run.path
-    return paths
+        surfaces[kind] = run.surface
+    return surfaces
 
 
 def title(bs: int, wd: float, metrics: dict[str, float]) -> str:
@@ -128,7 +130,8 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
             out: str) -> list[str]:
     """The paper's layout: 1D curves (small and large batch overlaid) per weight decay, then one 2D contour per
     run; and a second figure of the un-normalized 1D curves."""
-    from landscape import plot, render
+    from landscape.drawing import artists
+    from landscape.pipelines import render
 
     plt = render.plt
     n_wd, n_runs = len(p.weight_decays), len(rows)
@@ -139,9 +142,9 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
         acc_ax = ax.twinx()
         for style, bs in zip(("-", "--"), p.batch_sizes):
             s = surfaces[(bs, wd)]["1d"]
-            plot.curve_1d(ax, s.x, s.values["train_loss"], s.values["train_acc"], f"BS={bs} train", acc_ax,
+            artists.curve_1d(ax, s.x, s.values["train_loss"], s.values["train_acc"], f"BS={bs} train", acc_ax,
                           linestyle=style, linewidth=2.0)
-            plot.curve_1d(ax, s.x, s.values["test_loss"], s.values["test_acc"], f"BS={bs} test", acc_ax,
+            artists.curve_1d(ax, s.x, s.values["test_loss"], s.values["test_acc"], f"BS={bs} test", acc_ax,
                           linestyle=style, linewidth=1.0, alpha=0.6)
         ax.set_title(f"WD={wd:g}: solid BS={p.batch_sizes[0]}, dashed BS={p.batch_sizes[1]}", fontsize=9)
         ax.set_xlabel("alpha")
@@ -151,7 +154,7 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
     for j, row in enumerate(rows):
         s = surfaces[(row["batch_size"], row["weight_decay"])]["2d"]
         ax = fig.add_subplot(grid[1, j])
-        plot.contour(ax, s.x, s.y, s.values["train_loss"], levels)
+        artists.contour(ax, s.x, s.y, s.values["train_loss"], levels)
         ax.set_title(title(row["batch_size"], row["weight_decay"], row) + f"\nlambda_max={row['lambda_max']:.3g}, "
                      f"eps-sharpness={row['epsilon_sharpness_0.001']:.3g}, adaptive={row['adaptive_sharpness']:.2g}"
                      f"\nwidth {'>= ' if row.get('width_capped') else ''}{row['width']:.3g} +- "
@@ -163,7 +166,7 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
     for ax, wd in zip(axes[0], p.weight_decays):
         for style, bs in zip(("-", "--"), p.batch_sizes):
             s = surfaces[(bs, wd)]["raw"]
-            plot.curve_1d(ax, s.x, s.values["train_loss"], None, f"BS={bs} train", linestyle=style)
+            artists.curve_1d(ax, s.x, s.values["train_loss"], None, f"BS={bs} train", linestyle=style)
         ax.set_title(f"WD={wd:g}, no filter normalization", fontsize=9)
         ax.set_xlabel("alpha (raw Gaussian direction)")
         ax.legend(fontsize=7)
@@ -172,11 +175,11 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
 
 
 def pages(surfaces: dict[tuple[int, float], dict[str, Surface]], out: str) -> list[str]:
-    """One interactive 3D page per 2D panel (landscape.exports), to turn each minimum in one's hands."""
-    from landscape import exports
+    """One interactive 3D page per 2D panel (landscape.pipelines.viewers), to turn each minimum in one's hands."""
+    from landscape.pipelines import viewers
 
     os.makedirs(os.path.join(out, "pages"), exist_ok=True)
-    return [exports.write_html(v["2d"], os.path.join(out, "pages", f"{run_name(bs, wd)}_2d.html"),
+    return [viewers.write_html(v["2d"], os.path.join(out, "pages", f"{run_name(bs, wd)}_2d.html"),
                                f"WD={wd:g}, BS={bs}") for (bs, wd), v in surfaces.items()]
 
 
@@ -206,10 +209,13 @@ def sharpness_of(ckpt: str, tag: str, p: Preset, info: DistInfo, out: str, devic
 
 def summarize(runs: dict[tuple[int, float], str], surfaces: dict[tuple[int, float], dict[str, Surface]],
               p: Preset, info: DistInfo, out: str, device: str) -> list[dict[str, Any]]:
+    """One row per run, on rank 0 (none on the other ranks, which take part in measuring the sharpness)."""
     rows = []
     for (bs, wd), ckpt in runs.items():
-        metrics = surfaces[(bs, wd)]["1d"].origin.metrics  # the checkpoint's own, as its surface file recorded them
         sharp = sharpness_of(ckpt, run_name(bs, wd), p, info, out, device)
+        if not info.is_main:
+            continue
+        metrics = surfaces[(bs, wd)]["1d"].origin.metrics  # the checkpoint's own, as its surface file recorded them
         s, raw = surfaces[(bs, wd)]["1d"], surfaces[(bs, wd)]["raw"]
         rows.append({"batch_size": bs, "weight_decay": wd, **{k: metrics[k] for k in COLUMNS[2:6]},
                      "test_error": 100 - metrics["test_acc"], **sharp,
@@ -256,15 +262,11 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     preset = chosen_preset(args, PRESETS)
-    info = init_distributed(args.device)
-    try:
+    with process_group(args.device) as info:
         check_output_folder(args.out, info)
         runs = train_runs(preset, args.out, info, args.device)
-        paths = {k: surfaces_for(c, run_name(*k), preset, args.out, info, args.device) for k, c in runs.items()}
-        surfaces = {k: {kind: read_surface(p) for kind, p in v.items()} for k, v in paths.items()}
+        surfaces = {k: surfaces_for(c, run_name(*k), preset, args.out, info, args.device) for k, c in runs.items()}
         rows = summarize(runs, surfaces, preset, info, args.out, args.device)
-    finally:
-        cleanup_distributed()
     if not info.is_main:
         return
     files = compose(rows, surfaces, preset, args.out) + pages(surfaces, args.out)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from landscape.cli import ArgumentParser, DefaultsFormatter, run_cli
-from landscape.config import DEVICES, HESSIAN, SurfaceConfig, run_tag
-from landscape.distributed import cleanup_distributed, init_distributed
-from landscape.io import read_surface
-from landscape.runner import check_output_folder, run_surface
+from landscape.base.config import DEVICES, HESSIAN, SurfaceConfig, run_tag
+from landscape.base.flags import ArgumentParser, DefaultsFormatter, run_cli
+from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
+from landscape.runtime.distributed import process_group
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
@@ -38,18 +37,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                   device=args.device, out=os.path.join(args.out, "surfaces"))
     cfgs = [SurfaceConfig(**common, directions_file=HESSIAN, name=run_tag(args.checkpoint) + "_hessian")]
     cfgs += [SurfaceConfig(**common, seed=i, name=f"{run_tag(args.checkpoint)}_seed{i}") for i in range(args.random)]
-    info = init_distributed(args.device)
-    try:
+    with process_group(args.device) as info:
         check_output_folder(args.out, info)
-        paths = [run_surface(cfg, info).path for cfg in cfgs]
-    finally:
-        cleanup_distributed()
+        surfaces = [run_surface(cfg, info, share=False).surface for cfg in cfgs]
     if not info.is_main:
         return
-    from landscape import render
+    from landscape.pipelines import render
 
     fig, ax = render.plt.subplots(figsize=(6, 4))
-    top, *randoms = (read_surface(p) for p in paths)
+    top, *randoms = surfaces
     for i, s in enumerate(randoms):
         ax.plot(s.x, s.values["train_loss"], color="0.6", linewidth=1.0,
                 label="random filter-normalized" if i == 0 else None)

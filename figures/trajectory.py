@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from figures.common import chosen_preset, preset_parser
-from landscape.cli import ArgumentParser, run_cli
-from landscape.config import SurfaceConfig
-from landscape.distributed import cleanup_distributed, init_distributed, print0
-from landscape.files import write_csv
-from landscape.io import Surface, read_surface
-from landscape.runner import check_output_folder, run_surface
-from trainers.ddp import TrainConfig
+from landscape.base.config import SurfaceConfig
+from landscape.base.files import write_csv
+from landscape.base.flags import ArgumentParser, run_cli
+from landscape.core.surface_file import Surface
+from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
+from landscape.runtime.distributed import print0, process_group
+from trainers.config import TrainConfig
 from trainers.sweep import run_name, sweep
 
 
@@ -66,27 +66,28 @@ def train_runs(p: Preset, out: str, info: Any, device: str) -> list[str]:
     return sweep(base, os.path.join(out, "runs"), p.batch_sizes, (p.weight_decay,), info)
 
 
-def trajectory_surface(run: str, p: Preset, out: str, info: Any, device: str) -> str:
+def trajectory_surface(run: str, p: Preset, out: str, info: Any, device: str) -> Surface | None:
     ckpts = sorted(glob.glob(os.path.join(run, "epoch_*.pt")))
     cfg = SurfaceConfig(ckpts[-1], trajectory=tuple(ckpts[:-1]), plane_points=p.points, samples=p.samples,
                         device=device, progress=False, out=os.path.join(out, "surfaces"), name=os.path.basename(run))
-    done = run_surface(cfg, info)
+    done = run_surface(cfg, info, share=False)
     print0(f"trajectory of {run}: {done.computed} points computed, {done.already_done} reused -> {done.path}")
-    return done.path
+    return done.surface
 
 
 def compose(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
     """One panel per run: train-loss contours of its PCA plane, the path with epoch labels, the variance each
     axis explains."""
-    from landscape import plot, render
+    from landscape.drawing import artists
+    from landscape.pipelines import render
 
     plt = render.plt
     fig, axes = plt.subplots(1, len(surfaces), figsize=(4.6 * len(surfaces), 4.2), squeeze=False)
     levels = np.geomspace(*p.contour_levels)
     for ax, (bs, s) in zip(axes[0], surfaces.items()):
-        plot.contour(ax, s.x, s.y, s.values["train_loss"], levels)
+        artists.contour(ax, s.x, s.y, s.values["train_loss"], levels)
         m = s.annotations.markers
-        plot.markers(ax, m.coords, [n.replace("epoch ", "") for n in m.names], m.kind)
+        artists.markers(ax, m.coords, [n.replace("epoch ", "") for n in m.names], m.kind)
         xlabel, ylabel = s.axis_names()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -97,10 +98,10 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
 
 
 def pages(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
-    """An interactive page per run: its plane's surface in 3D with the path drawn on it (landscape.exports)."""
-    from landscape import exports
+    """An interactive page per run: its plane's surface in 3D with the path drawn on it (pipelines.viewers)."""
+    from landscape.pipelines import viewers
 
-    return [exports.write_html(s, os.path.join(out, f"trajectory_{run_name(bs, p.weight_decay)}.html"),
+    return [viewers.write_html(s, os.path.join(out, f"trajectory_{run_name(bs, p.weight_decay)}.html"),
                                f"BS={bs}, WD={p.weight_decay:g}: the path on its PCA plane")
             for bs, s in surfaces.items()]
 
@@ -125,17 +126,13 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     preset = chosen_preset(args, PRESETS)
-    info = init_distributed(args.device)
-    try:
+    with process_group(args.device) as info:
         check_output_folder(args.out, info)
         runs = train_runs(preset, args.out, info, args.device)
-        paths = {bs: trajectory_surface(r, preset, args.out, info, args.device)
-                 for bs, r in zip(preset.batch_sizes, runs)}
-    finally:
-        cleanup_distributed()
+        surfaces = {bs: trajectory_surface(r, preset, args.out, info, args.device)
+                    for bs, r in zip(preset.batch_sizes, runs)}
     if not info.is_main:
         return
-    surfaces = {bs: read_surface(p) for bs, p in paths.items()}
     files = compose(surfaces, preset, args.out) + pages(surfaces, preset, args.out)
     print0(f"\n{summarize(surfaces, args.out)}\n")
     print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"

@@ -11,6 +11,7 @@ The model is never modified and stays where it is (a private copy is evaluated).
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -19,17 +20,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.config import PRECISIONS, check_choice, check_points_per_pass
-from landscape.directions import DirectionSpec, complete, create_random_directions, output_axes, target_direction
-from landscape.distributed import DistInfo, init_distributed, is_torchrun
-from landscape.engine import EvalSet
-from landscape.errors import ConfigError
-from landscape.evaluation import resolve_precision
-from landscape.io import Origin, Surface
-from landscape.metrics import Metric, get_metric
-from landscape.params import Params, model_tensors, snapshot, to_numpy
-from landscape.runner import GridJob, moved_tensors, resolve_batch_size, run_grid
-from landscape.sources import as_source
+from landscape.base.config import PRECISIONS, check_choice, check_points_per_pass
+from landscape.base.errors import ConfigError
+from landscape.core.directions import DirectionSpec, complete, create_random_directions, output_axes, target_direction
+from landscape.core.grid_eval import EvalSet
+from landscape.core.params import Params, model_tensors, snapshot, to_numpy
+from landscape.core.surface_file import Origin, Surface
+from landscape.pipelines.grid_job import evaluation_record, grid_job, run_grid
+from landscape.pipelines.inputs import moved_tensors, resolve_batch_size
+from landscape.runtime.distributed import DistInfo, cleanup_distributed, init_distributed, is_torchrun
+from landscape.runtime.forward import resolve_precision
+from landscape.runtime.metrics import Metric, get_metric
+from landscape.runtime.sources import as_source
 
 ParamSelection = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -58,8 +60,8 @@ def load_weights(path: str, model: nn.Module | None = None, *, strip_prefix: str
     Args: strip_prefix: the prefix the file's tensors carry (default: found when exactly one holds them all, as a
     LightningModule's `model.`); ema: torchvision's references' averaged model (model_ema) instead of `model`.
     What was found (the prefix, tensors left aside) is printed."""
-    from landscape.checkpoint import load_model
-    from landscape.weights import build_hf_model, is_hf_folder, load_weights_into
+    from landscape.models.checkpoint import load_model
+    from landscape.models.weights import build_hf_model, is_hf_folder, load_weights_into
 
     if model is None and is_hf_folder(path):
         model = build_hf_model(path)
@@ -112,7 +114,7 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
         direction may name a subset of the tensors, the rest stay put.
       x, y: "MIN:MAX:NUM", "auto[:NUM]" (where the loss rises by `auto_rise`), or arrays of coordinates. y needs a
         second direction.
-      metrics: a built-in name (cross_entropy, mse, causal_lm, masked_lm, next_token) or a metric (landscape.metrics).
+      metrics: a built-in name (cross_entropy, mse, causal_lm, masked_lm, next_token) or a metric (runtime.metrics).
       out: an .h5 file: written point by point, resumed if it exists and was made for the same request, refused
         (and left alone) if not. None: nothing is written.
       samples / max_batches: evaluate only the first samples / batches, the same at every point.
@@ -136,34 +138,23 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     batch = resolve_batch_size(batch_size, info.device)
     metric = get_metric(metrics)
     named = data if isinstance(data, Mapping) and not _is_batch_dict(data) else {"": data}
-    sets = [EvalSet(name, as_source(_channels_last(d), info.device, batch, samples, max_batches), metric)
+    sets = [EvalSet(name, as_source(d, info.device, batch, samples, max_batches, channels_last=True), metric)
             for name, d in named.items()]
-    images = not sets[0].source.streamed and sets[0].source.x.ndim == 4
-    evaluation = {"splits": list(named), "samples": samples, "loss": metrics if isinstance(metrics, str) else
-                  getattr(metric, "__name__", type(metric).__name__), "precision": prec,
-                  "data": {"name": "python", "kwargs": {}}, "max_batches": max_batches}
-    bn = None
-    if bn_recalibrate is not None:
-        by_name = {s.name: s.source for s in sets}
-        bn_source = (as_source(bn_data, info.device, batch) if bn_data is not None
-                     else by_name.get("train", sets[0].source))
-        bn, evaluation["bn_recalibrate"] = (bn_source, bn_recalibrate), bn_recalibrate
+    loss = metrics if isinstance(metrics, str) else getattr(metric, "__name__", type(metric).__name__)
+    evaluation = evaluation_record(list(named), samples, loss, prec, {"name": "python", "kwargs": {}},
+                                   max_batches=max_batches)
     config = {"x": x if isinstance(x, str) else list(map(float, x)), "y": y if isinstance(y, str) or y is None
               else list(map(float, y)), "api": True, "dir_type": dir_type, "filter_axes": output_axes(model)}
     origin = Origin(model={"name": type(model).__module__ + ":" + type(model).__qualname__, "kwargs": {}},
                     checkpoint_sha256=_weights_sha256(theta0))
     if out is not None and os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-    job = GridJob(model, theta0, dirs, sets, x, y, out, dir_type, prec, images, compile, points_per_pass,
-                  flush_seconds, progress, auto_rise, origin, evaluation, config, bn=bn)
+    job = grid_job(model, dirs, sets, x, y, theta0=theta0, evaluation=evaluation, path=out, dir_type=dir_type,
+                   precision=prec, compile=compile, points_per_pass=points_per_pass, flush_seconds=flush_seconds,
+                   progress=progress, auto_rise=auto_rise, origin=origin, config=config,
+                   bn_recalibrate=bn_recalibrate,
+                   bn_source=None if bn_data is None else as_source(bn_data, info.device, batch))
     return run_grid(job, info).surface
-
-
-def _channels_last(data: Any) -> Any:
-    """Resident image tensors in channels_last, as the CLI keeps them: convolutions on a CPU run ~1.6x faster."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor) and data[0].ndim == 4:
-        return data[0].contiguous(memory_format=torch.channels_last), data[1]
-    return data
 
 
 def _is_batch_dict(data: Mapping) -> bool:
@@ -173,7 +164,7 @@ def _is_batch_dict(data: Mapping) -> bool:
 
 def _weights_sha256(theta0: Params) -> str:
     """What a resume must match of the centre: a hash of its weights (there is no checkpoint file here)."""
-    from landscape.io import directions_sha256
+    from landscape.core.surface_file import directions_sha256
 
     return directions_sha256([to_numpy(theta0)])
 
@@ -183,15 +174,21 @@ def _dist_info(device: str | torch.device | None) -> DistInfo:
     `device` (a torch.device is taken as it is)."""
     if isinstance(device, torch.device) and not is_torchrun():
         return DistInfo(0, 0, 1, device)
-    return init_distributed(device.type if isinstance(device, torch.device) else (device or "auto"))
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    info = init_distributed(device.type if isinstance(device, torch.device) else (device or "auto"))
+    if info.is_distributed and not joined:
+        # the group this call joined is left at exit, all ranks together: a gloo rank that exits while its peer
+        # still holds the group can make the peer abort ("terminate called without an active exception")
+        atexit.register(cleanup_distributed)
+    return info
 
 
 def save_figures(s: Surface, stem: str, formats: Sequence[str] = ("png", "pdf"), loss_max: float | None = None,
                  levels: int = 20, title: str | None = None) -> list[str]:
     """The CLI's figure files for a surface: for each metric, contour lines, filled contours, heatmap and 3D (2D),
     or the loss/accuracy curves (1D), as STEM_<metric>_<kind>.<format>. Returns the paths written."""
-    from landscape.config import PlotConfig
-    from landscape.render import render_1d, render_2d
+    from landscape.base.config import PlotConfig
+    from landscape.pipelines.render import render_1d, render_2d
 
     cfg = PlotConfig(loss_max=loss_max, levels=levels, title=title, formats=tuple(formats))
     if os.path.dirname(stem):

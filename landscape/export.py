@@ -14,10 +14,10 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from landscape import exports, render
-from landscape.cli import ArgumentParser, DefaultsFormatter, check_writable, run_cli
-from landscape.errors import UserError
-from landscape.io import read_surface
+from landscape.base.errors import UserError
+from landscape.base.flags import ArgumentParser, DefaultsFormatter, check_writable, run_cli
+from landscape.core.surface_file import read_surface
+from landscape.pipelines import render, viewers
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
@@ -27,7 +27,7 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
     p.add_argument("--vtp", action="store_true", help="write VTK XML PolyData for ParaView")
     p.add_argument("--html", action="store_true", help="write one self-contained interactive 3D page")
     p.add_argument("--metric", default=None, help="the .vtp's metric (default: the first loss in the file)")
-    p.add_argument("--log", action="store_true", help=f".vtp: draw ln(value + {exports.LOG_OFFSET:g})")
+    p.add_argument("--log", action="store_true", help=f".vtp: draw ln(value + {viewers.LOG_OFFSET:g})")
     p.add_argument("--zmin", type=float, default=None, help=".vtp: clip values below")
     p.add_argument("--zmax", type=float, default=None, help=".vtp: clip values above (also where not computed)")
     p.add_argument("--interp", type=int, default=None, metavar="N", help=".vtp: resample to N x N points (cubic)")
@@ -47,10 +47,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     metric = args.metric or s.loss_metrics()[0]
     written = []
     if args.vtp:
-        written.append(exports.write_vtp(s, f"{stem}_{metric}{'_log' if args.log else ''}.vtp", metric, args.log,
+        written.append(viewers.write_vtp(s, f"{stem}_{metric}{'_log' if args.log else ''}.vtp", metric, args.log,
                                          args.zmin, args.zmax, args.interp))
     if args.html:
-        written.append(exports.write_html(s, f"{stem}.html", render.describe(s), args.loss_max))
+        written.append(viewers.write_html(s, f"{stem}.html", render.describe(s), args.loss_max))
     print(f"wrote {', '.join(written)}", flush=True)
 
 

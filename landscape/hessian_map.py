@@ -16,16 +16,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from landscape import cliargs, render
-from landscape.cli import ArgumentParser, config_from_args, run_cli
-from landscape.config import PlotConfig
+from landscape.base.config import PlotConfig
+from landscape.base.flags import ArgumentParser, config_from_args, run_cli
+from landscape.pipelines import render, surface_commands
 
 NOT_HERE = ("log", "plane", "edges", "splits", "points_per_pass", "compile", "bn_recalibrate", "plane_points",
             "auto_rise", "levels")
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = cliargs.get_parser("python -m landscape.hessian_map", __doc__, add_help, skip=NOT_HERE)
+    p = surface_commands.get_parser("python -m landscape.hessian_map", __doc__, add_help, skip=NOT_HERE)
     p.add_argument("checkpoint", help="the checkpoint (.pt) at the centre")
     p.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (relative to the eigenvalue)")
     p.add_argument("--convex-slack", type=float, nargs="+", default=[0.01, 0.1], help="a point counts as convex "
@@ -35,25 +35,22 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from landscape.distributed import cleanup_distributed, init_distributed
-    from landscape.hessian import convexity_fraction
-    from landscape.runner import check_output_folder, run_hessian_map
+    from landscape.curvature.hessian import convexity_fraction
+    from landscape.pipelines.from_checkpoint import check_output_folder, run_hessian_map
+    from landscape.runtime.distributed import process_group
 
     args = get_parser().parse_args(argv)
     plot = config_from_args(PlotConfig, args)
-    cfg = cliargs.surface_config(args, checkpoint=args.checkpoint)
-    info = init_distributed(cfg.device)
-    try:
+    cfg = surface_commands.surface_config(args, checkpoint=args.checkpoint)
+    with process_group(cfg.device) as info:
         check_output_folder(cfg.out, info)
         t0 = time.perf_counter()
-        run = run_hessian_map(cfg, info, args.tol)
+        run = run_hessian_map(cfg, info, args.tol, share=False)
         seconds = time.perf_counter() - t0
-    finally:
-        cleanup_distributed()
     if not info.is_main:
         return
     s = run.surface
-    stem = cliargs.figure_stem(run.path)
+    stem = surface_commands.figure_stem(run.path)
     files = render.render_hessian_map(s, stem, plot)
     shares = [f"{100 * convexity_fraction(s.values['lambda_max'], s.values['lambda_min'], slack):.1f}% of the points "
               f"(lambda_min >= -{slack:g} lambda_max)" for slack in args.convex_slack]

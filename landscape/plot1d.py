@@ -15,15 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from landscape import cliargs, render
-from landscape.cli import ArgumentParser, config_from_args, run_cli
-from landscape.config import OUT, PlotConfig, run_tag
-from landscape.errors import UserError
-from landscape.io import read_surface
+from landscape.base.config import OUT, PlotConfig, run_tag
+from landscape.base.errors import UserError
+from landscape.base.flags import ArgumentParser, config_from_args, run_cli
+from landscape.pipelines import render, surface_commands
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = cliargs.get_parser("python -m landscape.plot1d", __doc__, add_help,
+    p = surface_commands.get_parser("python -m landscape.plot1d", __doc__, add_help,
                            skip=("y", "levels", "plane", "edges", "plane_points"))
     p.add_argument("sources", nargs="+", help="checkpoints (.pt) to compute from and/or surface files (.h5)")
     p.add_argument("--overlay", action="store_true", help="with two checkpoints: a random-direction curve for "
@@ -37,32 +36,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     ckpts = [s for s in args.sources if not s.endswith(".h5")]
     interp = len(args.sources) == 2 and len(ckpts) == 2 and not args.overlay
     pairs = [(ckpts[0], ckpts[1])] if interp else [(c, None) for c in ckpts]
-    jobs = [cliargs.surface_config(args, checkpoint=c, target=t) for c, t in pairs]
+    jobs = [surface_commands.surface_config(args, checkpoint=c, target=t) for c, t in pairs]
     paths = {s: s for s in args.sources if s.endswith(".h5")}
+    computed = {}
     if jobs:
-        done = cliargs.compute(jobs)
+        done = surface_commands.compute(jobs)
         if done is None:  # not rank 0: rank 0 alone plots
             return
-        for cfg, (path, report) in zip(jobs, done):
-            paths[cfg.checkpoint] = path
+        for cfg, (path, surface, report) in zip(jobs, done):
+            paths[cfg.checkpoint], computed[cfg.checkpoint] = path, surface
             print(report, flush=True)
     surfaces = []
     for src in ckpts[:1] if interp else args.sources:
-        s = read_surface(paths[src])
+        s = surface_commands.surface_of(src, computed)
         if s.is_2d:
             raise UserError(f"{paths[src]} holds a 2D surface; plot it with python -m landscape.plot2d {paths[src]}")
         label = "" if len(args.sources) == 1 or interp else (render.describe(s) or run_tag(src))
         surfaces.append((label, s))
     if interp:
-        stem = cliargs.figure_stem(paths[ckpts[0]])
+        stem = surface_commands.figure_stem(paths[ckpts[0]])
         title = f"{run_tag(ckpts[0])} (alpha=0) -> {run_tag(ckpts[1])} (alpha=1)"
     elif len(surfaces) == 1:
         src = args.sources[0]
-        stem = cliargs.replot_stem(src, args.out, args.name) if src.endswith(".h5") else cliargs.figure_stem(
-            paths[src])
+        replot = src.endswith(".h5")
+        stem = (surface_commands.replot_stem(src, args.out, args.name) if replot
+                else surface_commands.figure_stem(paths[src]))
         title = render.describe(surfaces[0][1])
     else:
-        stem, title = cliargs.figure_stem(os.path.join(args.out or OUT, args.name or "overlay_1d")), ""
+        stem, title = surface_commands.figure_stem(os.path.join(args.out or OUT, args.name or "overlay_1d")), ""
     files = render.render_1d(surfaces, stem, plot, title)
     print(f"figures: {', '.join(files)}", flush=True)
 

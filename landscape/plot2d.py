@@ -16,19 +16,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from landscape import cliargs, render
-from landscape.cli import ArgumentParser, add_renamed_flag, config_from_args, run_cli
-from landscape.config import AXIS, PlotConfig, SurfaceConfig, run_tag
-from landscape.errors import UserError
-from landscape.io import read_surface
+from landscape.base.config import AXIS, PlotConfig, SurfaceConfig, run_tag
+from landscape.base.errors import UserError
+from landscape.base.flags import ArgumentParser, config_from_args, run_cli
+from landscape.core.surface_file import read_surface
+from landscape.pipelines import render, surface_commands
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = cliargs.get_parser("python -m landscape.plot2d", __doc__, add_help, skip=("log",))
+    p = surface_commands.get_parser("python -m landscape.plot2d", __doc__, add_help, skip=("log",))
     p.add_argument("source", help="a checkpoint to compute from (ours; with --model a weights file: .pt, .pth, .ckpt, "
                    ".safetensors; or a HuggingFace save_pretrained folder), or a surface file (.h5) to re-plot")
     p.set_defaults(y=None)  # a 2D command: the beta axis like the alpha one, unless a plane finds its own
-    add_renamed_flag(p, "--vmax", "--loss-max", "loss_max", type=float)
     return p
 
 
@@ -37,27 +36,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     plot = config_from_args(PlotConfig, args)
     path, report = args.source, f"re-plotted {args.source}"
     edges: list[SurfaceConfig] = []
-    if not path.endswith(".h5"):
-        cfg = cliargs.surface_config(args, checkpoint=path, y=args.y or (None if args.plane else AXIS))
+    if path.endswith(".h5"):
+        surface = read_surface(path)
+    else:
+        cfg = surface_commands.surface_config(args, checkpoint=path, y=args.y or (None if args.plane else AXIS))
         edges = edge_configs(cfg)
-        done = cliargs.compute([cfg, *edges])
+        done = surface_commands.compute([cfg, *edges])
         if done is None:  # not rank 0: rank 0 alone plots
             return
-        (path, report), *edge_files = done
-    surface = read_surface(path)
+        (path, surface, report), *edge_runs = done
     if not surface.is_2d:
         raise UserError(f"{path} holds a 1D curve; plot it with python -m landscape.plot1d {path}")
     replot = path == args.source  # a .h5 given: its figures go where --out/--name say, else beside it
-    stem = cliargs.replot_stem(path, args.out, args.name) if replot else cliargs.figure_stem(path)
+    stem = surface_commands.replot_stem(path, args.out, args.name) if replot else surface_commands.figure_stem(path)
     files = render.render_2d(surface, stem, plot)
     print(f"{report}; {len(files)} figures {stem}_*.{{{','.join(plot.formats)}}} "
           f"({100 * render.done_fraction(surface):.0f}% of points done)", flush=True)
     if edges:
-        curves = [(f"{run_tag(e.checkpoint)} -> {run_tag(e.target)}", read_surface(p)) for e, (p, _) in
-                  zip(edges, edge_files)]
+        curves = [(f"{run_tag(e.checkpoint)} -> {run_tag(e.target)}", s) for e, (_, s, _) in zip(edges, edge_runs)]
         files = render.render_1d(curves, stem + "_edges", plot, "the plane's edges (0 -> 1)")
         print(f"edges: {', '.join(files)}", flush=True)
-
 
 EDGE_AXIS = "0:1:21"
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from landscape.cli import ArgumentParser, DefaultsFormatter, add_config_args, config_from_args, run_cli
-from landscape.config import WIDTH_AXIS, SharpnessConfig, SurfaceConfig
+from landscape.base.config import WIDTH_AXIS, SharpnessConfig, SurfaceConfig
+from landscape.base.flags import ArgumentParser, DefaultsFormatter, add_config_args, config_from_args, run_cli
 
 NOT_HERE = ("target", "trajectory", "checkpoint", "y", "plane_points", "auto_rise", "directions_file", "plane",
             "edges", "dir_type", "orthogonal", "bn_recalibrate", "precision", "compile", "points_per_pass",
@@ -41,22 +41,19 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from landscape import render
-    from landscape.cli import check_writable
-    from landscape.distributed import cleanup_distributed, init_distributed
-    from landscape.runner import check_output_folder
-    from landscape.sharpness_table import density_curve, run_sharpness, table_text
+    from landscape.base.flags import check_writable
+    from landscape.pipelines import render
+    from landscape.pipelines.from_checkpoint import check_output_folder
+    from landscape.pipelines.sharpness_table import density_curve, run_sharpness, table_text
+    from landscape.runtime.distributed import process_group
 
     args = get_parser().parse_args(argv)
     cfg = config_from_args(SurfaceConfig, args, checkpoint=args.checkpoint)
     sc = config_from_args(SharpnessConfig, args)
-    info = init_distributed(cfg.device)
-    try:
+    with process_group(cfg.device) as info:
         check_output_folder(cfg.out, info)
         t0 = time.perf_counter()
         run = run_sharpness(cfg, sc, info)
-    finally:
-        cleanup_distributed()
     if not info.is_main:
         return
     how = "reused" if run.reused else f"measured in {time.perf_counter() - t0:.1f}s"

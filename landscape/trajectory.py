@@ -7,7 +7,7 @@ component explains.
   python -m landscape.trajectory runs/a/epoch_000{0,2,4,6,8}.pt --out plots   # chosen checkpoints, final last
   torchrun --standalone --nproc_per_node=4 -m landscape.trajectory runs/a --out plots
 
-The directions are computed once, from a few checkpoints in memory at a time (landscape.pca); rerunning the same
+The directions are computed once, from a few checkpoints in memory at a time (landscape.core.pca); rerunning the same
 command resumes the surface.
 """
 
@@ -17,17 +17,16 @@ import glob
 import os
 from collections.abc import Sequence
 
-from landscape import cliargs, render
-from landscape.cli import ArgumentParser, config_from_args, run_cli
-from landscape.config import PlotConfig
-from landscape.errors import UserError
-from landscape.io import read_surface
+from landscape.base.config import PlotConfig
+from landscape.base.errors import UserError
+from landscape.base.flags import ArgumentParser, config_from_args, run_cli
+from landscape.pipelines import render, surface_commands
 
 NOT_HERE = ("log", "plane", "edges", "directions_file", "dir_type", "norm", "seed", "orthogonal", "auto_rise")
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = cliargs.get_parser("python -m landscape.trajectory", __doc__, add_help, skip=NOT_HERE)
+    p = surface_commands.get_parser("python -m landscape.trajectory", __doc__, add_help, skip=NOT_HERE)
     p.add_argument("sources", nargs="+", help="a run folder of trainers.train (its epoch_*.pt), or checkpoints in "
                    "training order, the final one last")
     return p
@@ -51,13 +50,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     plot = config_from_args(PlotConfig, args)
     ckpts = checkpoints_of(args.sources)
-    cfg = cliargs.surface_config(args, checkpoint=ckpts[-1], trajectory=tuple(ckpts[:-1]))
-    done = cliargs.compute([cfg])
+    cfg = surface_commands.surface_config(args, checkpoint=ckpts[-1], trajectory=tuple(ckpts[:-1]))
+    done = surface_commands.compute([cfg])
     if done is None:  # not rank 0: rank 0 alone plots
         return
-    (path, report), = done
-    surface = read_surface(path)
-    stem = cliargs.figure_stem(path)
+    (path, surface, report), = done
+    stem = surface_commands.figure_stem(path)
     files = render.render_2d(surface, stem, plot)
     print(f"{report}; {len(files)} figures {stem}_*.{{{','.join(plot.formats)}}}", flush=True)
 

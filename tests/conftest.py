@@ -12,8 +12,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from landscape.distributed import DistInfo
-from trainers.ddp import TrainConfig, fit
+from landscape.runtime.distributed import DistInfo
+from trainers.config import TrainConfig
+from trainers.loop import fit
 
 SINGLE = DistInfo(0, 0, 1, torch.device("cpu"))
 

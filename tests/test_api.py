@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import landscape
-from landscape.errors import ConfigError, UserError
-from landscape.io import read_surface
+from landscape.base.errors import ConfigError, UserError
+from landscape.core.surface_file import read_surface
 from tests import userland
 from tests.conftest import run_module
 
@@ -247,19 +247,55 @@ def test_loader_that_shuffles_is_refused_with_a_subset():
         landscape.surface(model, shuffled, landscape.random_directions(model, 1), x="-1:1:3", max_batches=2)
 
 
-def test_the_public_names_resolve_to_modules_of_the_pipelines_layer_or_below():
-    from tests.test_layers import LAYERS, layer_of
-
-    pipelines = next(i for i, (what, _) in enumerate(LAYERS) if what.startswith("pipelines"))
-    for name, module in landscape._API.items():
-        assert layer_of(module) <= pipelines, (name, module)
-        assert getattr(landscape, name) is not None
-
-
 def _readme_block(marker: str) -> str:
     text = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     block = text.split(f"<!-- {marker} -->", 1)[1]
     return block.split("```", 2)[1].split("\n", 1)[1]
+
+
+def _readme() -> str:
+    return open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+
+
+def _resolve(dotted: str) -> object:
+    """A module, or a name of a module, by its dotted path."""
+    import importlib
+
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError:
+        parent, _, name = dotted.rpartition(".")
+        return getattr(importlib.import_module(parent), name)
+
+
+def test_every_name_the_readme_documents_exists_and_its_imports_are_public():
+    """A documented name that disappears (or moves without the README) fails here: every `from landscape... import`
+    in the README names a package's `__all__`, and every dotted landscape name in it resolves."""
+    import re
+
+    text = _readme()
+    imports = re.findall(r"^from (landscape[\w.]*) import ([\w, ]+)$", text, re.M)
+    assert imports
+    for module, names in imports:
+        front = _resolve(module)
+        for name in (n.strip() for n in names.split(",")):
+            assert name in front.__all__, f"README imports {name} from {module}, which does not list it in __all__"
+    dotted = set(re.findall(r"\b(landscape(?:\.[A-Za-z_]\w*)+)", text)) - {"landscape.egg"}
+    assert len(dotted) > 20
+    missing = []
+    for name in sorted(dotted):
+        try:
+            _resolve(name)
+        except (ImportError, AttributeError):
+            missing.append(name)
+    assert missing == []
+
+
+def test_the_readme_pieces_example_runs_on_a_model():
+    prelude = "model = userland.make_mlp()\nx, y = userland.tensors()\n"
+    scope = {"userland": userland}
+    exec(prelude + _readme_block("readme-pieces-example"), scope)
+    assert np.isfinite(scope["loss"]) and 0 <= scope["acc"] <= 100
 
 
 @pytest.mark.slow

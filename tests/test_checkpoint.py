@@ -3,10 +3,10 @@ import os
 import pytest
 import torch
 
-from landscape.checkpoint import load_checkpoint, load_data_for, load_model, make_checkpoint, save_checkpoint
-from landscape.errors import UserError
-from landscape.evaluation import evaluate
-from landscape.models import build_model
+from landscape.base.errors import UserError
+from landscape.models.checkpoint import load_checkpoint, load_data_for, load_model, make_checkpoint, save_checkpoint
+from landscape.models.registry import build_model
+from landscape.runtime.forward import evaluate
 
 
 def test_round_trip_with_weights_only(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.io import read_surface
+from landscape.core.surface_file import read_surface
 from tests.conftest import PLOT2D_ARGS, run_module
 
 pytestmark = pytest.mark.slow
@@ -20,8 +20,8 @@ def test_trainer_cli_on_two_processes_writes_a_checkpoint_that_reproduces_its_ac
                      nproc=2)
     assert res.returncode == 0, res.stderr
     assert "img/s" in res.stdout and "done:" in res.stdout
-    from landscape.checkpoint import load_data_for, load_model
-    from landscape.evaluation import evaluate
+    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.runtime.forward import evaluate
 
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["plan"]["world_size"] == 2 and ckpt["plan"]["global_batch_size"] == 256

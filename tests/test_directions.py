@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from landscape.directions import (
+from landscape.core.directions import (
     DirectionSpec,
     create_random_directions,
     normalize_direction,
     orthogonalize,
     target_direction,
 )
-from landscape.models import build_model
-from landscape.params import dot, model_tensors, norm, snapshot
+from landscape.core.params import dot, model_tensors, norm, snapshot
+from landscape.models.registry import build_model
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_same_seed_same_direction_and_first_direction_shared_by_1d_and_2d(resnet
 def test_directions_are_gaussian_not_uniform(resnet):
     theta = snapshot(model_tensors(resnet))
     g = torch.Generator().manual_seed(0)
-    from landscape.directions import random_direction
+    from landscape.core.directions import random_direction
 
     d = random_direction(theta, g)["layers.8.conv2.weight"]
     assert (d < 0).float().mean().item() == pytest.approx(0.5, abs=0.02)
@@ -99,8 +99,8 @@ def test_target_direction_interpolates_between_checkpoints():
 
 
 def test_direction_file_round_trip_keyed_by_name(resnet, tmp_path):
-    from landscape.io import directions_sha256, read_directions, save_directions
-    from landscape.params import from_numpy, to_numpy
+    from landscape.core.params import from_numpy, to_numpy
+    from landscape.core.surface_file import directions_sha256, read_directions, save_directions
 
     theta = snapshot(model_tensors(resnet))
     dirs = create_random_directions(theta, 2, DirectionSpec(seed=4))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import run_module
 
-from landscape import exports
-from landscape.io import Annotations, Markers, Surface
+from landscape.core.surface_file import Annotations, Markers, Surface
+from landscape.pipelines import viewers
 
 
 def _surface(nx: int = 7, ny: int = 5, markers: bool = True) -> Surface:
@@ -33,7 +33,7 @@ def _arrays(root: ET.Element) -> dict[str, np.ndarray]:
 
 def test_vtp_is_polydata_with_one_point_per_grid_point_and_one_quad_per_cell(tmp_path):
     s = _surface()
-    path = exports.write_vtp(s, str(tmp_path / "s.vtp"), "train_loss")
+    path = viewers.write_vtp(s, str(tmp_path / "s.vtp"), "train_loss")
     root = ET.parse(path).getroot()
     assert root.get("type") == "PolyData"
     piece = root.find("PolyData/Piece")
@@ -54,18 +54,18 @@ def test_vtp_is_polydata_with_one_point_per_grid_point_and_one_quad_per_cell(tmp
 
 def test_vtp_log_scale_clipping_and_resampling(tmp_path):
     s = _surface()
-    a = _arrays(ET.parse(exports.write_vtp(s, str(tmp_path / "l.vtp"), "train_loss", log=True, zmax=1.0)).getroot())
+    a = _arrays(ET.parse(viewers.write_vtp(s, str(tmp_path / "l.vtp"), "train_loss", log=True, zmax=1.0)).getroot())
     z = s.values["train_loss"]
     expected = np.where(np.isfinite(z), np.minimum(np.log(z + 0.1), 1.0), 1.0).ravel()  # not computed: at the top
     np.testing.assert_allclose(a["train_loss_log"], expected, rtol=1e-6)
-    root = ET.parse(exports.write_vtp(s, str(tmp_path / "i.vtp"), "train_loss", interp=20)).getroot()
+    root = ET.parse(viewers.write_vtp(s, str(tmp_path / "i.vtp"), "train_loss", interp=20)).getroot()
     piece = root.find("PolyData/Piece")
     assert int(piece.get("NumberOfPoints")) == 400 and int(piece.get("NumberOfPolys")) == 361
 
 
 @pytest.mark.slow
 def test_export_command_and_its_refusals(tmp_path):
-    from landscape.io import open_surface
+    from landscape.core.surface_file import open_surface
 
     s = _surface()
     h5 = str(tmp_path / "s.h5")
@@ -95,7 +95,7 @@ def test_html_page_renders_offline_in_headless_chromium(tmp_path):
     browser = _chromium()
     if browser is None:
         pytest.skip("no chromium here (apt-get install chromium; .ci/run installs it)")
-    page = exports.write_html(_surface(21, 17), str(tmp_path / "page.html"), "a test surface")
+    page = viewers.write_html(_surface(21, 17), str(tmp_path / "page.html"), "a test surface")
     sources = []
 
     class Scripts(HTMLParser):

@@ -15,11 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-from landscape.config import PlotConfig, SurfaceConfig
-from landscape.io import read_surface
-from landscape.runner import run_surface
+from landscape.base.config import PlotConfig, SurfaceConfig
+from landscape.core.surface_file import read_surface
+from landscape.pipelines.from_checkpoint import run_surface
 from tests.conftest import SINGLE, cli_env
-from trainers.ddp import TrainConfig
+from trainers.config import TrainConfig
 
 COMMANDS = ["landscape.plot1d", "landscape.plot2d", "landscape.trajectory", "landscape.hessian_map",
             "landscape.sharpness", "landscape.export", "trainers.train", "trainers.sweep", "figures.flat_vs_sharp",
@@ -72,13 +72,29 @@ def test_enumerated_flags_offer_their_choices():
         assert flags[flag].choices, flag
 
 
-def test_renamed_flags_still_work_and_say_their_new_name_once(capsys):
-    args = parser_of("landscape.plot2d").parse_args(["c.pt", "--batch-size", "64", "--vmax", "3", "--loss", "mse"])
-    assert (args.eval_batch_size, args.loss_max, args.metric) == (64, 3.0, "mse")
-    assert parser_of("trainers.sweep").parse_args(["--root", "r"]).out == "r"
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 4 and all("is renamed" in line for line in err)
-    assert parser_of("landscape.plot2d").parse_args(["c.pt"]).eval_batch_size is None  # no notice, no value
+@pytest.mark.parametrize("module, old, new", [("landscape.plot2d", "--vmax", "--loss-max"),
+                                              ("landscape.plot1d", "--batch-size", "--eval-batch-size"),
+                                              ("landscape.plot2d", "--loss", "--metric"),
+                                              ("trainers.sweep", "--root", "--out")])
+def test_flags_removed_in_0_7_are_refused_in_one_line_naming_the_new_one(module, old, new, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parser_of(module).parse_args(["c.pt", old, "3"] if module.startswith("landscape") else [old, "r"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{old} is now {new} (the old names were removed in 0.7)" in err
+
+
+def test_removed_names_are_gone_from_the_code():
+    """The 0.2- and 0.3-era aliases: console scripts, trainer module shims, the renamed-flag machinery."""
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    scripts = cfg["options.entry_points"]["console_scripts"]
+    assert "train-ddp" not in scripts and "train-sweep" not in scripts
+    for module in ("trainers.checkpoint", "trainers.models", "trainers.data", "trainers.ddp"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(module)
+    import landscape.base.flags as flags
+    assert not hasattr(flags, "add_renamed_flag") and not hasattr(flags, "renamed_command")
 
 
 def test_console_scripts_are_named_like_their_modules():
@@ -90,7 +106,7 @@ def test_console_scripts_are_named_like_their_modules():
     assert {name: target.split(":")[0].replace(".", "-").replace("_", "-") for name, target in current.items()} == {
         name: name for name in current}
     assert set(current.values()) == {f"{m}:cli" for m in COMMANDS if not m.startswith("figures")}
-    for target in scripts.values():  # the renamed ones still resolve
+    for target in scripts.values():
         module, attr = target.split(":")
         assert callable(getattr(importlib.import_module(module), attr))
 

@@ -19,8 +19,8 @@ import transformers
 from safetensors.torch import save_file
 
 import landscape
-from landscape.cli import run_cli
-from landscape.io import read_surface
+from landscape.base.flags import run_cli
+from landscape.core.surface_file import read_surface
 from tests import userland
 from tests.conftest import cli_env, tree_digest
 
@@ -245,8 +245,8 @@ def test_plot2d_and_sharpness_take_criteria_and_metrics_whose_loss_has_another_n
 
 
 def test_the_hessian_takes_a_metric_by_name_like_surface():
-    from landscape.hessian import HessianOperator, eigenvalues
-    from landscape.metrics import cross_entropy
+    from landscape.curvature.hessian import HessianOperator, eigenvalues
+    from landscape.runtime.metrics import cross_entropy
 
     model, data = userland.make_mlp(), userland.tensors()
     by_name = eigenvalues(HessianOperator(model, data, "cross_entropy")).top[0]
@@ -292,9 +292,9 @@ def test_a_subset_file_stores_only_what_moves(tmp_path):
 
 
 def test_widths_at_the_edge_are_extended_or_marked_lower_bounds(mlp_ckpt, tmp_path):
-    from landscape.config import SharpnessConfig, SurfaceConfig
-    from landscape.measures import basin_1d, next_axis
-    from landscape.sharpness_table import run_sharpness, table_text
+    from landscape.base.config import SharpnessConfig, SurfaceConfig
+    from landscape.curvature.sharpness import basin_1d, next_axis
+    from landscape.pipelines.sharpness_table import run_sharpness, table_text
     from tests.conftest import SINGLE
 
     a = np.linspace(-1, 1, 21)
@@ -327,7 +327,7 @@ def test_a_replot_writes_only_where_it_is_told(mlp_ckpt, tmp_path):
 
 
 def test_loss_max_is_a_flat_cap_not_holes():
-    from landscape.plot import capped
+    from landscape.drawing.artists import capped
 
     z = np.array([[0.1, np.inf], [5.0, np.nan]])
     done = np.array([[True, True], [True, False]])

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.distributed import DistInfo
-from landscape.io import read_surface
+from landscape.core.surface_file import read_surface
+from landscape.runtime.distributed import DistInfo
 from tests.conftest import IMG_DATA, killed_at_epoch, run_module, train_config
-from trainers import ddp
-from trainers.ddp import fit
+from trainers import loop
+from trainers.loop import fit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -82,12 +82,12 @@ def test_trainer_bf16_on_cuda_resumes_to_the_uninterrupted_run(tmp_path, monkeyp
     cfg = train_config(tmp_path / "full", data_kwargs=IMG_DATA, model="resnet20", model_kwargs={}, epochs=3,
                        batch_size=64, device="cuda", precision="bf16")
     fit(cfg, CUDA)
-    real = ddp.train_one_epoch
-    monkeypatch.setattr(ddp, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
+    real = loop.train_one_epoch
+    monkeypatch.setattr(loop, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
     cut = replace(cfg, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         fit(cut, CUDA)
-    monkeypatch.setattr(ddp, "train_one_epoch", real)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
     fit(replace(cut, resume=True), CUDA)
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
@@ -107,8 +107,8 @@ def test_sweep_on_cuda(tmp_path):
 
 
 def test_sharpness_table_on_cuda_equals_the_cpu(mlp_ckpt, tmp_path):
-    from landscape.config import SharpnessConfig, SurfaceConfig
-    from landscape.sharpness_table import run_sharpness
+    from landscape.base.config import SharpnessConfig, SurfaceConfig
+    from landscape.pipelines.sharpness_table import run_sharpness
     from tests.conftest import SINGLE
 
     sc = SharpnessConfig(measures=("lambda_max", "trace", "density", "epsilon", "adaptive", "average", "width"),
@@ -145,8 +145,8 @@ def test_a_streamed_loader_on_cuda_equals_resident_tensors():
 def test_language_models_on_cuda(model, tmp_path):
     # the trainer in bf16 autocast; then the surface's centre in fp32 on CUDA reproduces the stored validation loss
     # (the trainer evaluates in fp32), and lambda_max (double backward: math attention, no cuDNN RNN) matches the CPU
-    from landscape.config import SharpnessConfig, SurfaceConfig
-    from landscape.sharpness_table import run_sharpness
+    from landscape.base.config import SharpnessConfig, SurfaceConfig
+    from landscape.pipelines.sharpness_table import run_sharpness
     from tests.conftest import SINGLE
     from tests.test_lm import lm_config
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.density import spectral_density
-from landscape.hessian import HessianOperator, eigenvalues, hutchinson_trace, hutchpp_trace
-from landscape.measures import width_1d
+from landscape.curvature.density import spectral_density
+from landscape.curvature.hessian import HessianOperator, eigenvalues, hutchinson_trace, hutchpp_trace
+from landscape.curvature.sharpness import width_1d
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def _spawned_top_eigenvalue(rank, world, port, x, y, state, out):
 
     import torch.distributed as dist
 
-    from landscape.distributed import cleanup_distributed
+    from landscape.runtime.distributed import cleanup_distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -126,7 +126,7 @@ def _spawned_top_eigenvalue(rank, world, port, x, y, state, out):
     if rank == 0:
         out.put((eig.top, tr.estimate, hpp.estimate, slq.nodes))
     cleanup_distributed()
-    os._exit(0)  # no interpreter finalization after gloo: see landscape.cli._exit
+    os._exit(0)  # no interpreter finalization after gloo: see landscape.base.flags._exit
 
 
 @pytest.mark.slow
@@ -170,12 +170,12 @@ def test_top_eigenvectors_of_a_parameter_subset_are_the_dense_subblock_ones(tiny
 def test_hessian_directions_are_scaled_eigenvectors_of_the_moved_weights(mlp_ckpt, tmp_path):
     from conftest import SINGLE
 
-    from landscape.checkpoint import load_data_for, load_model
-    from landscape.config import SurfaceConfig
-    from landscape.directions import DirectionSpec, create_random_directions
-    from landscape.io import read_directions, read_surface
-    from landscape.params import model_tensors, norm, snapshot
-    from landscape.runner import run_surface
+    from landscape.base.config import SurfaceConfig
+    from landscape.core.directions import DirectionSpec, create_random_directions
+    from landscape.core.params import model_tensors, norm, snapshot
+    from landscape.core.surface_file import read_directions, read_surface
+    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.pipelines.from_checkpoint import run_surface
 
     cfg = SurfaceConfig(mlp_ckpt, directions_file="hessian", x="-0.5:0.5:3", y="-0.5:0.5:3", samples=128,
                         out=str(tmp_path), progress=False)
@@ -188,7 +188,7 @@ def test_hessian_directions_are_scaled_eigenvectors_of_the_moved_weights(mlp_ckp
     assert abs(sum(float((d1[k].double() * d2[k].double()).sum()) for k in d1)) < 1e-3 * norm(d1) ** 2
     names = {k for k in d1 if d1[k].dim() > 1}
     x, y = load_data_for(ckpt).split("train")
-    from landscape.engine import select_samples
+    from landscape.core.grid_eval import select_samples
 
     x, y = select_samples(x, y, 128, "train")
     op = HessianOperator(model, (x, y), params=names)
@@ -199,7 +199,7 @@ def test_hessian_directions_are_scaled_eigenvectors_of_the_moved_weights(mlp_ckp
     assert lam == pytest.approx(eigenvalues(op, tol=1e-6).top[0], rel=1e-3)  # ...the top one
     assert s.annotations.axis_labels[0].startswith("1st Hessian eigenvector")
     assert run_surface(cfg, SINGLE).computed == 0  # a rerun resumes with the file's eigenvectors
-    from landscape.errors import UserError
+    from landscape.base.errors import UserError
 
     with pytest.raises(UserError, match="other directions"):  # random directions never resume a Hessian file
         run_surface(dataclasses.replace(cfg, directions_file=None), SINGLE)
@@ -214,11 +214,11 @@ def test_hessian_map_centre_is_the_checkpoints_eigenvalues_and_two_processes_equ
                                                                                       one_thread):
     from conftest import SINGLE, run_module
 
-    from landscape.checkpoint import load_data_for, load_model
-    from landscape.config import SurfaceConfig
-    from landscape.engine import select_samples
-    from landscape.io import read_surface
-    from landscape.runner import run_hessian_map
+    from landscape.base.config import SurfaceConfig
+    from landscape.core.grid_eval import select_samples
+    from landscape.core.surface_file import read_surface
+    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.pipelines.from_checkpoint import run_hessian_map
 
     args = [mlp_ckpt, "--x=-0.5:0.5:3", "--y=-0.5:0.5:3", "--samples", "64", "--no-progress", "--formats", "png"]
     two = run_module("landscape.hessian_map", *args, "--out", str(tmp_path / "two"), nproc=2)

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from landscape.checkpoint import load_data_for, load_model
-from landscape.config import SurfaceConfig
-from landscape.errors import UserError
-from landscape.io import read_directions, read_surface
-from landscape.runner import run_surface
+from landscape.base.config import SurfaceConfig
+from landscape.base.errors import UserError
+from landscape.core.surface_file import read_directions, read_surface
+from landscape.models.checkpoint import load_data_for, load_model
+from landscape.pipelines.from_checkpoint import run_surface
 from tests.conftest import SINGLE
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -115,7 +115,7 @@ def test_a_refused_resume_of_a_schema_1_file_leaves_it_untouched(tmp_path):
 
 
 def test_directions_hash_is_the_one_schema_1_stored():
-    from landscape.io import directions_sha256
+    from landscape.core.surface_file import directions_sha256
 
     path = os.path.join(DATA, "v1_tiny_2d.h5")
     assert directions_sha256(read_directions(path)) == read_surface(path).directions_sha256

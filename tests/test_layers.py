@@ -1,40 +1,41 @@
-"""The packages import one way, and the allowed order is written here, once.
+"""The packages import one way, and the order of their folders is written here, once.
 
-A module may import modules of its own layer or of the layers below it, never above; no import circle exists
-between modules. Imports inside functions count too: a lazy upward import is still an upward dependency.
-Every module of the project must be placed in a layer, so a new module is placed on purpose. The package's
-`__init__` names its public API by module name in a table (`landscape._API`) and imports it on first use, so
-importing `landscape` loads nothing; the test checks that table points at modules of the pipelines layer or below.
+A module's layer is the layer of the folder its file lives in, so a new module is placed by where it is saved, and
+a new folder must be declared below before anything in it passes. A module may import modules of its own layer or
+of the layers below it, never above; no import circle exists between modules. Imports inside functions count too:
+a lazy upward import is still an upward dependency. A package's `__init__` names its public API in a table
+(`_API`) and imports it on first use (landscape.base.lazy), so importing a package loads nothing; `landscape`'s own
+`__init__` therefore sits at the bottom, and a test checks that its table points at real names.
 """
 
 from __future__ import annotations
 
 import ast
-import fnmatch
+import functools
+import importlib
 import pathlib
+import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("landscape", "trainers", "figures", "benchmarks")
 
-LAYERS = [  # bottom to top: (what the layer is, fnmatch patterns of module names)
-    ("foundation, no torch: errors, atomic files, grid, configs and CLI plumbing",
-     ["landscape", "landscape.errors", "landscape.files", "landscape.grid", "landscape.config", "landscape.cli"]),
-    ("runtime on torch: process groups and collectives, metrics as exact sums, data sources",
-     ["landscape.distributed", "landscape.metrics", "landscape.sources", "landscape.evaluation"]),
-    ("models, data and checkpoints", ["landscape.corpus", "landscape.lm", "landscape.models", "landscape.data",
-                                         "landscape.weights", "landscape.checkpoint"]),
-    ("the landscape core: directions, trajectory PCA, grid evaluation, HDF5 schema, Hessian, sharpness measures, "
-     "plot functions",
-     ["landscape.params", "landscape.directions", "landscape.pca", "landscape.engine", "landscape.io",
-      "landscape.objective", "landscape.hessian", "landscape.density", "landscape.measures", "landscape.costs",
-      "landscape.plot"]),
-    ("pipelines: checkpoint to surface file, sharpness table, surface file to figure files",
-     ["landscape.runner", "landscape.api", "landscape.sharpness_table", "landscape.exports", "landscape.render"]),
-    ("landscape commands", ["landscape.cliargs", "landscape.plot1d", "landscape.plot2d", "landscape.trajectory",
-                             "landscape.export", "landscape.hessian_map", "landscape.sharpness"]),
-    ("the trainer", ["trainers", "trainers.*"]),
-    ("figure scripts and benchmarks", ["figures", "figures.*", "benchmarks.*"]),
+LAYERS = [  # bottom to top: (what the layer is, the folders whose modules it holds)
+    ("foundation, no torch: errors, atomic files, grid, configs and flags", ["landscape/base"]),
+    ("drawing, no torch: plot functions, arrays and an Axes in, an artist out", ["landscape/drawing"]),
+    ("runtime on torch: process groups, metrics as exact sums, data sources, forward passes", ["landscape/runtime"]),
+    ("models, data, checkpoints and the training step", ["landscape/models", "landscape/data", "landscape/training"]),
+    ("the surface core: named tensors, directions, PCA, grid evaluation, the HDF5 file", ["landscape/core"]),
+    ("curvature: the flat loss, the Hessian, spectral density, sharpness measures and their costs",
+     ["landscape/curvature"]),
+    ("pipelines: the grid-job builder, checkpoint to surface file, sharpness table, figure files",
+     ["landscape/pipelines"]),
+    ("the public face and the commands", ["landscape"]),
+    ("the trainer", ["trainers"]),
+    ("figure scripts and benchmarks", ["figures", "benchmarks"]),
 ]
+BOTTOM = {"landscape"}  # the package's own __init__: a lazy table that imports nothing at import time
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -42,6 +43,7 @@ def module_name(path: pathlib.Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
 def project_modules() -> dict[str, pathlib.Path]:
     return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
 
@@ -62,9 +64,18 @@ def imports_of(source: str, modules: set[str]) -> set[str]:
     return found
 
 
+def folder_of(module: str) -> str:
+    """The folder of a module's file: landscape/core for landscape.core.params and for landscape.core itself."""
+    path = project_modules()[module]
+    return str(path.parent.relative_to(ROOT))
+
+
 def layer_of(module: str) -> int:
-    hits = [i for i, (_, patterns) in enumerate(LAYERS) if any(fnmatch.fnmatchcase(module, p) for p in patterns)]
-    assert len(hits) == 1, f"{module} belongs to {len(hits)} layers; place it in exactly one of LAYERS"
+    if module in BOTTOM:
+        return 0
+    folder = folder_of(module)
+    hits = [i for i, (_, folders) in enumerate(LAYERS) if folder in folders]
+    assert len(hits) == 1, f"{module} lives in {folder}, which is in {len(hits)} layers; declare it in LAYERS"
     return hits[0]
 
 
@@ -103,7 +114,7 @@ def import_graph(overrides: dict[str, str] | None = None) -> dict[str, set[str]]
 
 def test_every_module_has_a_layer_and_imports_only_downward():
     graph = import_graph()
-    assert "landscape.engine" in graph and "trainers.ddp" in graph  # the walk found the project
+    assert "landscape.core.grid_eval" in graph and "trainers.loop" in graph  # the walk found the project
     assert upward_imports(graph) == []
 
 
@@ -119,13 +130,45 @@ def test_landscape_never_imports_trainers_or_figures():
 
 
 def test_the_check_fails_on_an_upward_import_or_a_circle_added_by_hand():
-    errors_src = (ROOT / "landscape" / "errors.py").read_text()
+    errors_src = (ROOT / "landscape" / "base" / "errors.py").read_text()
     lazy_upward = errors_src + "\n\ndef f():\n    from landscape.plot2d import main\n"
-    assert upward_imports(import_graph({"landscape.errors": lazy_upward})) == [
-        f"landscape.errors ({LAYERS[0][0]}) imports landscape.plot2d ({LAYERS[5][0]})"]
-    into_trainers = errors_src + "\nimport trainers.ddp\n"
-    assert any("imports trainers.ddp" in e for e in upward_imports(import_graph({"landscape.errors": into_trainers})))
-    files_src = (ROOT / "landscape" / "files.py").read_text()
-    circle = import_graph({"landscape.files": files_src + "\nfrom landscape import errors\n",
-                           "landscape.errors": errors_src + "\nimport landscape.files\n"})
-    assert ["landscape.errors", "landscape.files", "landscape.errors"] in import_circles(circle)
+    assert upward_imports(import_graph({"landscape.base.errors": lazy_upward})) == [
+        f"landscape.base.errors ({LAYERS[0][0]}) imports landscape.plot2d ({LAYERS[7][0]})"]
+    into_trainers = errors_src + "\nimport trainers.loop\n"
+    assert any("imports trainers.loop" in e
+               for e in upward_imports(import_graph({"landscape.base.errors": into_trainers})))
+    files_src = (ROOT / "landscape" / "base" / "files.py").read_text()
+    circle = import_graph({"landscape.base.files": files_src + "\nfrom landscape.base import errors\n",
+                           "landscape.base.errors": errors_src + "\nimport landscape.base.files\n"})
+    assert ["landscape.base.errors", "landscape.base.files", "landscape.base.errors"] in import_circles(circle)
+
+
+def test_a_module_is_placed_by_its_folder_and_an_undeclared_folder_fails(monkeypatch):
+    assert layer_of("landscape.core.directions") == layer_of("landscape.core") == 4
+    assert layer_of("landscape.plot2d") == 7 and layer_of("landscape") == 0
+    modules = dict(project_modules())
+    modules["landscape.extras.thing"] = ROOT / "landscape" / "extras" / "thing.py"
+    monkeypatch.setattr(sys.modules[__name__], "project_modules", lambda: modules)
+    with pytest.raises(AssertionError, match="landscape/extras, which is in 0 layers"):
+        layer_of("landscape.extras.thing")
+
+
+def test_every_folder_of_the_packages_is_declared_and_none_is_empty():
+    declared = {f for _, folders in LAYERS for f in folders}
+    folders = {str(p.parent.relative_to(ROOT)) for p in project_modules().values()}
+    assert folders == declared
+
+
+@pytest.mark.parametrize("package", ["landscape", *sorted(m for m in project_modules()
+                                                           if m.count(".") == 1 and m.startswith("landscape.")
+                                                           and project_modules()[m].name == "__init__.py")])
+def test_each_front_names_real_things_and_loads_nothing_on_import(package):
+    """Every name in a package's `__all__` resolves; importing the package loads no module of it (its names are
+    loaded on first use), so the lazy fronts never pull torch into a re-plot."""
+    front = importlib.import_module(package)
+    assert front.__all__ and sorted(front.__all__) == sorted(set(front.__all__))
+    for name in front.__all__:
+        assert getattr(front, name) is not None, f"{package}.{name}"
+    source = project_modules()[package].read_text()
+    eager = [n for n in imports_of(source, set(project_modules())) if n != "landscape.base.lazy"]
+    assert eager == [], f"{package}/__init__ imports {eager} at import time"

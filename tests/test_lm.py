@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import corpus
-from landscape.checkpoint import load_data_for, load_model
-from landscape.data import load_dataset
-from landscape.errors import UserError
-from landscape.hessian import HessianOperator, eigenvalues
-from landscape.metrics import get_metric
-from landscape.models import build_model, list_models
-from landscape.params import model_tensors
+from landscape.base.errors import UserError
+from landscape.core.params import model_tensors
+from landscape.curvature.hessian import HessianOperator, eigenvalues
+from landscape.data import corpus
+from landscape.data.datasets import load_dataset
+from landscape.models.checkpoint import load_data_for, load_model
+from landscape.models.registry import build_model, list_models
+from landscape.runtime.metrics import get_metric
 from tests.conftest import SINGLE, killed_at_epoch, run_module
-from trainers import ddp
-from trainers.ddp import TrainConfig, fit
+from trainers import loop
+from trainers.config import TrainConfig
+from trainers.loop import fit
 
 LM_MODELS = [n for n in list_models() if n.startswith(("transformer", "lstm"))]
 SMALL_GRAMMAR = {"seq_len": 16, "train_tokens": 8192, "val_tokens": 2048}
@@ -119,11 +120,11 @@ def test_trainer_on_a_transformer_is_token_weighted_and_resumes_bit_exactly(tmp_
     cfg = lm_config(tmp_path / "cut", epochs=3, warmup_epochs=1, schedule="cosine", model_kwargs={
         "d_model": 16, "n_layer": 1, "n_head": 2, "dropout": 0.1})  # dropout: the RNG state must resume too
     full = fit(replace(cfg, out=str(tmp_path / "full")), SINGLE)
-    real = ddp.train_one_epoch
-    monkeypatch.setattr(ddp, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
+    real = loop.train_one_epoch
+    monkeypatch.setattr(loop, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, SINGLE)
-    monkeypatch.setattr(ddp, "train_one_epoch", real)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
     resumed = fit(replace(cfg, resume=True), SINGLE)
     for k, v in full["state_dict"].items():
         assert torch.equal(v, resumed["state_dict"][k]), k
@@ -155,7 +156,7 @@ def test_hessian_of_a_language_model_equals_the_dense_hessian(name):
         sums = op.sums((x, y), flat)
         return sums["loss"] / sums["count"]
 
-    from landscape.objective import twice_differentiable
+    from landscape.curvature.flat_loss import twice_differentiable
 
     with twice_differentiable(model):
         dense = torch.autograd.functional.hessian(loss, flat0)

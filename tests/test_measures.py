@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.measures import (
+from landscape.curvature.sharpness import (
     MeanLoss,
     adaptive_sharpness,
     average_sharpness,
@@ -140,8 +140,8 @@ def test_the_sharpness_command_per_layer_and_two_processes_equal_one(mlp_ckpt, t
 
     from conftest import SINGLE, run_module
 
-    from landscape.config import SharpnessConfig, SurfaceConfig
-    from landscape.sharpness_table import run_sharpness
+    from landscape.base.config import SharpnessConfig, SurfaceConfig
+    from landscape.pipelines.sharpness_table import run_sharpness
 
     args = ["--samples", "128", "--measures", "lambda_max", "trace", "density", "epsilon", "adaptive", "average",
             "width", "--per-layer", "--trace-products", "9", "--width-directions", "2", "--x=-1:1:9",

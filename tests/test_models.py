@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from landscape.models import build_model, list_models
+from landscape.models.registry import build_model, list_models
 
 SHAPES = {"mlp": (40,), "cnn1d": (40,), "cnn2d": (1, 28, 28)}
 

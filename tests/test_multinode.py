@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.io import read_surface
+from landscape.core.surface_file import read_surface
 from tests.conftest import PLOT2D_ARGS, TRAIN_ARGS, cli_env, run_module
 
 pytestmark = pytest.mark.slow

@@ -15,14 +15,14 @@ import pytest
 import torch
 from conftest import SINGLE, run_module, train_config
 
-from landscape.checkpoint import load_data_for, load_model
-from landscape.config import SurfaceConfig
-from landscape.errors import UserError
-from landscape.io import read_directions, read_surface
-from landscape.params import from_numpy
-from landscape.pca import trajectory_pca
-from landscape.runner import run_surface
-from trainers.ddp import fit
+from landscape.base.config import SurfaceConfig
+from landscape.base.errors import UserError
+from landscape.core.params import from_numpy
+from landscape.core.pca import trajectory_pca
+from landscape.core.surface_file import read_directions, read_surface
+from landscape.models.checkpoint import load_data_for, load_model
+from landscape.pipelines.from_checkpoint import run_surface
+from trainers.loop import fit
 
 
 def _state(path: str) -> dict[str, torch.Tensor]:
@@ -142,7 +142,7 @@ def test_bn_recalibration_is_exact_on_two_processes_and_across_a_resume(bn_ckpt,
         np.testing.assert_array_equal(s1.values[m], s3.values[m])
 
 
-# ----------------------------------------------------------------------------- trajectories (landscape.pca)
+# ----------------------------------------------------------------------------- trajectories (landscape.core.pca)
 
 def _explicit_pca(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's PCA written out on the stacked matrix: centred SVD; (components, ratios, projections)."""

@@ -5,9 +5,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from landscape import plot, render  # noqa: E402
-from landscape.config import PlotConfig  # noqa: E402
-from landscape.io import Surface  # noqa: E402
+from landscape.base.config import PlotConfig  # noqa: E402
+from landscape.core.surface_file import Surface  # noqa: E402
+from landscape.drawing import artists  # noqa: E402
+from landscape.pipelines import render  # noqa: E402
 
 
 def _bowl(nan_corner: bool):
@@ -19,7 +20,7 @@ def _bowl(nan_corner: bool):
 
 
 @pytest.mark.parametrize("nan_corner", [False, True])
-@pytest.mark.parametrize("fn", [plot.contour, plot.contourf, plot.heatmap])
+@pytest.mark.parametrize("fn", [artists.contour, artists.contourf, artists.heatmap])
 def test_2d_plots_render_including_non_finite_points(fn, nan_corner):
     x, y, z = _bowl(nan_corner)
     fig, ax = plt.subplots()
@@ -34,7 +35,7 @@ def test_3d_surface_renders(nan_corner):
     x, y, z = _bowl(nan_corner)
     fig = plt.figure()
     ax = fig.add_subplot(projection="3d")
-    surf = plot.surface3d(ax, x, y, z, vmax=2.0)
+    surf = artists.surface3d(ax, x, y, z, vmax=2.0)
     fig.canvas.draw()
     assert surf is not None
     plt.close(fig)
@@ -42,9 +43,9 @@ def test_3d_surface_renders(nan_corner):
 
 def test_levels_ignore_non_finite_values_and_clip():
     _, _, z = _bowl(True)
-    levels = plot.levels_for(z, 5, vmax=1.0)
+    levels = artists.levels_for(z, 5, vmax=1.0)
     assert levels[0] == pytest.approx(0.1) and levels[-1] == 1.0
-    assert plot.finite_range(np.full((2, 2), np.nan)) == (0.0, 1.0)
+    assert artists.finite_range(np.full((2, 2), np.nan)) == (0.0, 1.0)
 
 
 def test_1d_curves_and_file_rendering(tmp_path):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.cli import run_cli
-from landscape.io import read_surface
+from landscape.base.flags import run_cli
+from landscape.core.surface_file import read_surface
 from tests.conftest import SINGLE, cli_env, run_module, train_config, tree_digest
-from trainers.ddp import fit
+from trainers.loop import fit
 
 # ------------------------------------------------------------------------------------------- kills
 
@@ -355,9 +355,9 @@ def test_bad_input_in_a_real_process_has_no_traceback(bad_inputs):
 
 
 def test_non_finite_points_are_stored_and_plotted(mlp_ckpt, tmp_path):
-    from landscape import render
-    from landscape.config import PlotConfig, SurfaceConfig
-    from landscape.runner import run_surface
+    from landscape.base.config import PlotConfig, SurfaceConfig
+    from landscape.pipelines import render
+    from landscape.pipelines.from_checkpoint import run_surface
 
     far = run_surface(SurfaceConfig(mlp_ckpt, out=str(tmp_path), x="-1e6:1e6:3", y="-1e6:1e6:3", norm="none",
                                     ignore="none", progress=False), SINGLE)

@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.config import SurfaceConfig
-from landscape.directions import DirectionSpec, create_random_directions
-from landscape.engine import EvalSet, PointEvaluator
-from landscape.errors import UserError
-from landscape.grid import parse_range
-from landscape.io import read_surface
-from landscape.metrics import mse
-from landscape.params import PointSetter, model_tensors, snapshot
-from landscape.runner import run_surface
-from landscape.sources import TensorSource
+from landscape.base.config import SurfaceConfig
+from landscape.base.errors import UserError
+from landscape.base.grid import parse_range
+from landscape.core.directions import DirectionSpec, create_random_directions
+from landscape.core.grid_eval import EvalSet, PointEvaluator
+from landscape.core.params import PointSetter, model_tensors, snapshot
+from landscape.core.surface_file import read_surface
+from landscape.pipelines.from_checkpoint import run_surface
+from landscape.runtime.metrics import mse
+from landscape.runtime.sources import TensorSource
 from tests.conftest import SINGLE
 
 CPU = torch.device("cpu")
@@ -39,7 +39,7 @@ def test_centre_point_reproduces_the_checkpoint_metrics(request, tmp_path, ckpt_
 
 
 def test_evaluator_leaves_the_model_untouched(mlp_ckpt):
-    from landscape.checkpoint import load_data_for, load_model
+    from landscape.models.checkpoint import load_data_for, load_model
 
     model, ckpt = load_model(mlp_ckpt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -82,12 +82,12 @@ def test_auto_compile_stays_eager_on_a_small_grid_and_says_so(mlp_ckpt, tmp_path
 def test_auto_compile_on_a_large_grid_compiles_and_keeps_the_values(mlp_ckpt, tmp_path, monkeypatch, capsys):
     """Every grid is large when the threshold is 0 s: auto compiles, says so, and the values are the eager ones
     to float tolerance; when compiling fails, it says so and the values are the eager ones exactly."""
-    import landscape.engine
-    import landscape.runner
+    import landscape.core.grid_eval
+    import landscape.pipelines.grid_job
 
     kw = dict(x="-1:1:3", y="-1:1:3", samples=256)
     eager = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "eager", compile=False, **kw), SINGLE).path)
-    for module in (landscape.engine, landscape.runner):
+    for module in (landscape.core.grid_eval, landscape.pipelines.grid_job):
         monkeypatch.setattr(module, "COMPILE_AFTER_S", 0.0)
     capsys.readouterr()
     auto = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "auto", **kw), SINGLE).path)
@@ -101,7 +101,7 @@ def test_auto_compile_on_a_large_grid_compiles_and_keeps_the_values(mlp_ckpt, tm
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
         return fail
 
-    monkeypatch.setattr(landscape.engine.torch, "compile", no_compiler)
+    monkeypatch.setattr(landscape.core.grid_eval.torch, "compile", no_compiler)
     failed = read_surface(run_surface(_cfg(mlp_ckpt, tmp_path / "failed", **kw), SINGLE).path)
     assert "torch.compile: failed (InvalidCxxCompiler: No working C++ compiler found), evaluating eagerly" in \
         capsys.readouterr().out
@@ -110,7 +110,7 @@ def test_auto_compile_on_a_large_grid_compiles_and_keeps_the_values(mlp_ckpt, tm
 
 
 def test_stacked_weights_are_the_points_weights(mlp_ckpt):
-    from landscape.checkpoint import load_model
+    from landscape.models.checkpoint import load_model
 
     model, _ = load_model(mlp_ckpt)
     theta0 = snapshot(model_tensors(model))

@@ -5,10 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from landscape.errors import UserError
+from landscape.base.errors import UserError
 from tests.conftest import SINGLE, TRAIN_ARGS, killed_at_epoch, run_module, train_config
-from trainers import ddp
-from trainers.ddp import fit, lr_factor, make_plan
+from trainers import checkpoints, loop
+from trainers.config import plan_of, schedule_of
+from trainers.loop import fit
 
 
 def _weights(path):
@@ -31,13 +32,13 @@ def test_accumulation_equals_one_big_batch(tmp_path):
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     fit(train_config(tmp_path / "full", epochs=4, schedule="cosine", warmup_epochs=1), SINGLE)
-    real = ddp.train_one_epoch
-    monkeypatch.setattr(ddp, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
+    real = loop.train_one_epoch
+    monkeypatch.setattr(loop, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
     cfg = train_config(tmp_path / "cut", epochs=4, schedule="cosine", warmup_epochs=1)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, SINGLE)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(ddp, "train_one_epoch", real)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
     fit(replace(cfg, resume=True), SINGLE)
     a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
     for k in a:
@@ -58,18 +59,19 @@ def test_existing_run_is_not_overwritten_and_mismatched_resume_is_refused(tmp_pa
 
 def test_plan_and_schedule():
     cfg = train_config("x", batch_size=8192, micro_batch_size=256)
-    plan = make_plan(cfg, world_size=8, n_train=50_000)
+    plan = plan_of(cfg, world_size=8, n_train=50_000)
     assert (plan.per_rank_batch_size, plan.accumulation_steps, plan.steps_per_epoch) == (1024, 4, 6)
     with pytest.raises(ValueError, match="divisible"):
-        make_plan(train_config("x", batch_size=100), 3, 1000)
+        plan_of(train_config("x", batch_size=100), 3, 1000)
     with pytest.raises(ValueError, match="exceeds"):
-        make_plan(train_config("x", batch_size=256), 1, 100)
+        plan_of(train_config("x", batch_size=256), 1, 100)
     warm = train_config("x", epochs=10, warmup_epochs=2, schedule="cosine")
-    assert lr_factor(0, warm, 10) == pytest.approx(1 / 20)
-    assert lr_factor(19, warm, 10) == pytest.approx(1.0)
-    assert lr_factor(99, warm, 10) < 0.01
+    lr_factor = schedule_of(warm, 10)
+    assert lr_factor(0) == pytest.approx(1 / 20)
+    assert lr_factor(19) == pytest.approx(1.0)
+    assert lr_factor(99) < 0.01
     step = train_config("x", epochs=10, schedule="step", milestones=(5,), gamma=0.1)
-    assert lr_factor(49, step, 10) == 1.0 and lr_factor(50, step, 10) == pytest.approx(0.1)
+    assert schedule_of(step, 10)(49) == 1.0 and schedule_of(step, 10)(50) == pytest.approx(0.1)
 
 
 @pytest.mark.slow
@@ -82,7 +84,7 @@ def test_two_gloo_processes_equal_one_process(train_one, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_names_runs_deterministically_and_skips_finished_ones(tmp_path):
-    args = ["--root", str(tmp_path), "--batch-sizes", "32", "128", "--weight-decays", "0", "5e-4",
+    args = ["--out", str(tmp_path), "--batch-sizes", "32", "128", "--weight-decays", "0", "5e-4",
             "--dataset", "synthetic", "--data-kwargs", '{"n_train": 256}', "--epochs", "1", "--no-progress"]
     first = run_module("trainers.sweep", *args)
     assert first.returncode == 0, first.stderr
@@ -100,11 +102,11 @@ def test_a_resume_restores_the_rank_s_own_cuda_rng_state(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: f"state of {device}")
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, str(device))))
     gpu1 = torch.device("cuda", 1)
-    rng = ddp._rng_state(gpu1)
+    rng = checkpoints.rng_state(gpu1)
     assert rng["cuda"] == "state of cuda:1" and torch.equal(rng["torch"], torch.get_rng_state())
-    assert "cuda" not in ddp._rng_state(torch.device("cpu"))
-    ddp._restore_rng_state(rng, gpu1)
-    ddp._restore_rng_state({**rng, "cuda": ["s0", "s1"]}, gpu1)  # 0.1's list: this rank's device
-    ddp._restore_rng_state({**rng, "cuda": ["s0"]}, gpu1)  # saved with fewer devices: nothing for cuda:1
-    ddp._restore_rng_state(rng, torch.device("cpu"))  # a CUDA run resumed on a CPU
+    assert "cuda" not in checkpoints.rng_state(torch.device("cpu"))
+    checkpoints.restore_rng_state(rng, gpu1)
+    checkpoints.restore_rng_state({**rng, "cuda": ["s0", "s1"]}, gpu1)  # 0.1's list: this rank's device
+    checkpoints.restore_rng_state({**rng, "cuda": ["s0"]}, gpu1)  # saved with fewer devices: nothing for cuda:1
+    checkpoints.restore_rng_state(rng, torch.device("cpu"))  # a CUDA run resumed on a CPU
     assert restored == [("state of cuda:1", "cuda:1"), ("s1", "cuda:1")]

@@ -1,11 +1,5 @@
-"""trainers: data-parallel training that writes self-describing checkpoints (ddp, train, sweep, noise_scale).
+"""trainers: data-parallel training that writes self-describing checkpoints: `config` (TrainConfig, the batch plan),
+`loop` (epochs, evaluation, fit), `checkpoints` (a run's files and resume), the `train` and `sweep` commands, and
+the gradient noise scale (`noise_scale`).
 
-It sits on the lower layers of `landscape` (runtime, models, data, checkpoints) and is never imported by them."""
-
-import warnings
-
-
-def _moved(old: str, new: str) -> None:
-    """The warning of a module alias kept for one release after its module moved."""
-    warnings.warn(f"{old} moved to {new}: import it from there (this alias is removed in the next release)",
-                  FutureWarning, stacklevel=3)
+It sits on the lower layers of `landscape` (runtime, models, data, training) and is never imported by them."""

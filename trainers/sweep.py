@@ -13,19 +13,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 
-from landscape.checkpoint import load_checkpoint
-from landscape.cli import (
-    ArgumentParser,
-    DefaultsFormatter,
-    add_config_args,
-    add_renamed_flag,
-    check_writable,
-    config_from_args,
-    renamed_command,
-    run_cli,
-)
-from landscape.distributed import DistInfo, cleanup_distributed, init_distributed, print0
-from trainers.ddp import TrainConfig, fit
+from landscape.base.flags import ArgumentParser, check_writable, config_from_args, config_parser, run_cli
+from landscape.models.checkpoint import load_checkpoint
+from landscape.runtime.distributed import DistInfo, print0, process_group
+from trainers.config import TrainConfig
+from trainers.loop import fit
 
 
 def run_name(batch_size: int, weight_decay: float) -> str:
@@ -63,32 +55,25 @@ def sweep(base: TrainConfig, root: str, batch_sizes: Sequence[int], weight_decay
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = ArgumentParser(prog="python -m trainers.sweep", description=__doc__, formatter_class=DefaultsFormatter,
-                       add_help=add_help)
+    p = config_parser("python -m trainers.sweep", __doc__, add_help, TrainConfig,
+                      skip=("out", "batch_size", "weight_decay", "resume"))  # set per run
     p.add_argument("--out", default="runs", metavar="DIR", help="root folder of the sweep")
-    add_renamed_flag(p, "--root", "--out", "out")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 8192], help="global batch sizes")
     p.add_argument("--weight-decays", type=float, nargs="+", default=[0.0, 5e-4], help="weight decays")
-    add_config_args(p, TrainConfig, skip=("out", "batch_size", "weight_decay", "resume"))  # set per run
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     base = config_from_args(TrainConfig, args, out="")
-    info = init_distributed(base.device)
-    try:
+    with process_group(base.device) as info:
         outs = sweep(base, args.out, args.batch_sizes, args.weight_decays, info)
         print0("runs:\n  " + "\n  ".join(os.path.join(o, "last.pt") for o in outs))
-    finally:
-        cleanup_distributed()
 
 
 def cli() -> None:
     run_cli(main)
 
-
-train_sweep = renamed_command("train-sweep", "trainers-sweep", cli)  # the 0.1 console script
 
 if __name__ == "__main__":
     cli()

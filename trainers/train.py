@@ -11,44 +11,29 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from landscape.cli import (
-    ArgumentParser,
-    DefaultsFormatter,
-    add_config_args,
-    check_writable,
-    config_from_args,
-    renamed_command,
-    run_cli,
-)
-from landscape.distributed import cleanup_distributed, init_distributed
-from trainers.ddp import TrainConfig, fit, metrics_text
+from landscape.base.flags import ArgumentParser, check_writable, config_from_args, config_parser, run_cli
+from landscape.runtime.distributed import process_group
+from trainers.config import TrainConfig
+from trainers.loop import fit, metrics_text
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = ArgumentParser(prog="python -m trainers.train", description=__doc__, formatter_class=DefaultsFormatter,
-                       add_help=add_help)
-    add_config_args(p, TrainConfig)
-    return p
+    return config_parser("python -m trainers.train", __doc__, add_help, TrainConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = config_from_args(TrainConfig, get_parser().parse_args(argv))
-    info = init_distributed(cfg.device)
-    try:
+    with process_group(cfg.device) as info:
         if info.is_main:
             check_writable(cfg.out)
         ckpt = fit(cfg, info)
         if info.is_main:
             print(f"done: {os.path.join(cfg.out, 'last.pt')}  {metrics_text(ckpt['metrics'])}", flush=True)
-    finally:
-        cleanup_distributed()
 
 
 def cli() -> None:
     run_cli(main)
 
-
-train_ddp = renamed_command("train-ddp", "trainers-train", cli)  # the 0.1 console script
 
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,335 @@
+"""What a user asks for, validated where it enters: `SurfaceConfig` (one surface to compute) and `PlotConfig` (how
+surface files become figure files), and the vocabularies of their enumerated options. Their fields are the flags
+of `landscape.plot1d` and `landscape.plot2d` (landscape.base.flags derives the flags from them). No torch here: a
+re-plot parses these flags without loading it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from landscape.base.errors import ConfigError, UnknownNameError
+from landscape.base.flags import json_object, option
+from landscape.base.grid import parse_range
+
+DEVICES = ("auto", "cpu", "cuda")  # auto: cuda:LOCAL_RANK when CUDA is there, else the CPU
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 on a CPU
+DIR_TYPES = ("weights", "states")
+NORMS = ("filter", "layer", "weight", "none")
+IGNORES = ("biasbn", "none")
+SPLITS = ("train", "test")
+METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm", "next_token")  # landscape.runtime.metrics.METRICS, by name
+FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D surface (landscape.pipelines.viewers)
+
+OUT = "landscape_out"  # where surfaces and figures go unless --out says
+AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
+INTERPOLATION_AXIS = "-0.5:1.5:41"  # theta_A at 0, theta_B at 1, and half the way again beyond each
+HESSIAN = "hessian"  # --directions hessian: the top eigenvectors of the Hessian at the centre
+
+# torch.compile by default (compile=None) when the eager work ahead of one process is at least this long. Measured on
+# this project's 2-core CPU: compiling ResNet-56 takes 22 s (20-45 s per input shape for the conv nets) and cuts its
+# point from 1.49 to 1.05 s (-30%; ResNet-20: -37%); on an H100, 20-90 s of autotuning buys 1.4x (fp32) to 2.7x
+# (bf16). At -30% the compile is paid back after ~70 s of eager work; 120 s leaves room for a slower compile.
+COMPILE_AFTER_S = 120.0
+
+MEASURES = ("lambda_max", "lambda_min", "trace", "density", "epsilon", "adaptive", "average", "width")
+# The default table: a minute or two on a ResNet-18 with 128 samples on 2 CPU cores (the README has the costs);
+# lambda_min, density, epsilon and average are asked for by name.
+DEFAULT_MEASURES = ("lambda_max", "trace", "adaptive", "width")
+WIDTH_AXIS = "-1:1:21"  # the widths' first axis: widened or narrowed per curve until the width is one
+ADAPTIVE_NORMS = ("2", "inf")
+
+
+def check_choice(value: object, choices: tuple[str, ...], flag: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+
+
+def check_points_per_pass(points_per_pass: int, compile: bool | None) -> None:
+    if points_per_pass < 1:
+        raise ConfigError(f"--points-per-pass must be >= 1, got {points_per_pass}")
+    if compile is True and points_per_pass > 1:
+        raise ConfigError("--compile and --points-per-pass > 1 do not combine; pick one")
+
+
+def import_object(spec: str, flag: str) -> Any:
+    """The object a user names as `package.module:attribute`, imported; a one-line error naming what failed."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownNameError(f"{flag} {spec!r}: cannot import {module_name!r} ({exc}); check the module path and "
+                               "that its folder is on PYTHONPATH") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UnknownNameError(f"{flag} {spec!r}: {module_name!r} has no {attr!r}; check the name after ':'")
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_axis(spec: str, flag: str) -> None:
+    """MIN:MAX:NUM, or auto / auto:NUM (resolved when computing)."""
+    if spec.split(":")[0] != "auto":
+        parse_range(spec, flag)
+        return
+    num = spec.split(":")[1:]
+    if len(num) > 1 or (num and not (num[0].isdigit() and int(num[0]) >= 2)):
+        raise ConfigError(f"{flag} {spec!r}: write auto or auto:NUM with NUM >= 2 points")
+
+
+def run_tag(path: str) -> str:
+    """A readable, collision-resistant name for a checkpoint: its folder and file stem (runs/a/last.pt -> a_last)."""
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{parent}_{stem}" if parent else stem
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    """One surface around a checkpoint: `pipelines.from_checkpoint.run_surface` computes it, and every field with a flag
+    is a flag of plot1d/plot2d under the same name. Defaults that depend on the request (the x axis and the
+    direction type of an interpolation) are resolved here, so Python and the CLI make the same surface."""
+
+    checkpoint: str
+    target: str | None = None  # a second checkpoint: d1 = theta_B - theta_A, x runs along the interpolation
+    trajectory: tuple[str, ...] = ()  # earlier checkpoints of the run that ended at `checkpoint`, in order: PCA plane
+    x: str | None = option(None, f"alpha axis MIN:MAX:NUM, or auto[:NUM] (see --auto-rise) (default: {AXIS}, "
+                           f"{INTERPOLATION_AXIS} along an interpolation, 41 points over a plane's or a trajectory's "
+                           "checkpoints)", metavar="MIN:MAX:NUM", group="grid")
+    y: str | None = option(None, "beta axis MIN:MAX:NUM, or auto[:NUM]", metavar="MIN:MAX:NUM",
+                           group="grid")  # None: a 1D curve
+    plane_points: int = option(41, "points per axis of a plane or trajectory whose --x/--y are not given (they "
+                               "then cover its checkpoints with a quarter-span margin)", metavar="NUM", group="grid")
+    auto_rise: float = option(1.0, "an auto axis spans +-t, t where the loss first rises this much above the centre "
+                              "along its direction (either side)", metavar="DL", group="grid")
+    model: str | None = option(None, "build the model: a registered name or package.module:function (e.g. "
+                               "torchvision.models:resnet18); the weights file is then a state dict, plain or under "
+                               "a key", metavar="FN", group="your own code")
+    model_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --model", type=json_object,
+                                          default_factory=dict, metavar="JSON", group="your own code")
+    data: str | None = option(None, "package.module:function returning a DataLoader or iterable of batches, or a "
+                              "dict of them by split name", metavar="FN", group="your own code")
+    data_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --data", type=json_object,
+                                         default_factory=dict, metavar="JSON", group="your own code")
+    max_batches: int | None = option(None, "evaluate the first N batches of --data at every point", metavar="N",
+                                     group="your own code")
+    strip_prefix: str | None = option(None, "the prefix under which the weights file holds the model's tensors "
+                                      "(e.g. 'model.' of a LightningModule; default: found when exactly one prefix "
+                                      "holds them all)", metavar="PREFIX", group="your own code")
+    ema: bool = option(False, "load the averaged model (model_ema) of a torchvision-references checkpoint",
+                       group="your own code")
+    criterion: str | None = option(None, "a loss as written: package.module:function called as fn(outputs, "
+                                   "targets) -> the batch's mean, or a loss class such as torch.nn:CrossEntropyLoss "
+                                   "(summed with reduction='sum')", metavar="FN", group="your own code")
+    criterion_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --criterion (e.g. "
+                                              "'{\"label_smoothing\": 0.1}')", type=json_object,
+                                              default_factory=dict, metavar="JSON", group="your own code")
+    loss_name: str | None = option(None, "which of the metric's sums is the loss that curvature, widths, auto axes "
+                                   "and --loss-max use (default: 'loss', else the one sum ending in 'loss', else "
+                                   "the first)", metavar="NAME", group="your own code")
+    params: tuple[str, ...] = option((), "move only the tensors whose names match these globs (e.g. 'layer4.*')",
+                                     metavar="GLOB", group="directions")
+    trainable_only: bool = option(False, "move only parameters with requires_grad (adapters, LoRA)",
+                                  group="directions")
+    directions_file: str | None = option(None, "reuse the directions of this surface or direction file (.h5); "
+                                         "'hessian': the top eigenvectors of the training loss's Hessian at the "
+                                         "centre, scaled to the norm of a filter-normalized direction",
+                                         flag="--directions", metavar="FILE|hessian", group="directions")
+    plane: tuple[str, ...] = option((), "B C: the plane through the checkpoint A (at 0,0), B (at 1,0) and C "
+                                    "(beta 1, alpha where it projects on A->B); 2D only", metavar="CKPT",
+                                    group="directions")
+    edges: bool = option(False, "with --plane: also the 1D curves along A->B, A->C and B->C", group="directions")
+    dir_type: str | None = option(None, "move the parameters only (weights), or also BatchNorm's running statistics "
+                                  "(states) (default: states along an interpolation, else weights)",
+                                  choices=DIR_TYPES, group="directions")
+    norm: str = option("filter", "rescale each random direction per filter, per layer, elementwise by the "
+                       "weights, or not at all", choices=NORMS, group="directions")
+    ignore: str = option("biasbn", "biasbn: zero the directions on 1-D tensors (biases, BatchNorm); none: keep "
+                         "them", choices=IGNORES, group="directions")
+    seed: int = option(0, "seed of the random directions", group="directions")
+    orthogonal: bool = option(False, "make d2 orthogonal to d1 (after normalization)", group="directions")
+    splits: tuple[str, ...] = option(("train", "test"), "data splits to evaluate", choices=SPLITS,
+                                     group="evaluation")
+    bn_recalibrate: int | None = option(None, "re-estimate BatchNorm's running statistics at every point from N "
+                                        "training batches (train mode, no gradient), then evaluate in eval mode",
+                                        metavar="N", group="evaluation")
+    samples: int | None = option(None, "a fixed subset of N samples per split (default: all)", metavar="N",
+                                 group="evaluation")
+    metric: str | None = option(None, f"what to map: {', '.join(METRICS)}, or package.module:function "
+                                "(see runtime.metrics) (default: the dataset's own: next_token for a language "
+                                "corpus, else cross_entropy)", group="evaluation")
+    eval_batch_size: int | None = option(None, "samples per forward pass (default: 256 on a CPU, 1024 on CUDA)",
+                                         metavar="N", group="evaluation")
+    precision: str = option("fp32", "fp32, or bf16 autocast (faster on GPUs); auto: bf16 on CUDA, fp32 on a CPU",
+                            choices=PRECISIONS, group="evaluation")
+    device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES,
+                         group="evaluation")
+    data_dir: str | None = option(None, "folder of torchvision datasets (default: $LANDSCAPE_DATA or ./data)",
+                                  metavar="DIR", group="evaluation")
+    download: bool = option(False, "let torchvision download a missing dataset", group="evaluation")
+    compile: bool | None = option(None, "torch.compile the model (autotuned kernels on CUDA), or not; by default "
+                                  f"when the points left would take each process at least {COMPILE_AFTER_S:.0f} s "
+                                  "eagerly (timed at the centre): compiling takes 20-90 s and saved 30-60%% of a "
+                                  "conv net's point where measured", group="evaluation")
+    points_per_pass: int = option(1, "evaluate K grid points per forward pass with torch.func.vmap; pays for "
+                                  "small models on a GPU, not on a CPU", metavar="K", group="evaluation")
+    channels_last: bool | None = None  # None: channels_last for image batches
+    flush_seconds: float = option(2.0, "about how much work may be in flight between two flushes of the file",
+                                  metavar="S", group="evaluation")
+    progress: bool = option(True, "no progress bar", flag="--no-progress", group="evaluation")
+    out: str = option(OUT, "folder for the .h5 surface and its figures", metavar="DIR", group="output")
+    name: str | None = option(None, "file stem (default: from the checkpoint's folder and name)", group="output")
+
+    def __post_init__(self) -> None:
+        resolve = object.__setattr__  # frozen: the resolved defaults are set once, here
+        if not (self.plane or self.trajectory):  # those axes are found from where the checkpoints sit (runner)
+            resolve(self, "x", self.x or (INTERPOLATION_AXIS if self.target else AXIS))
+        resolve(self, "dir_type", self.dir_type or ("states" if self.target or self.plane else "weights"))
+        self._check_plane()
+        for flag, axis in [("--x", self.x), ("--y", self.y)]:
+            if axis is not None:
+                check_axis(axis, flag)
+        if self.plane_points < 2:
+            raise ConfigError(f"--plane-points must be >= 2, got {self.plane_points}")
+        if not self.auto_rise > 0:
+            raise ConfigError(f"--auto-rise must be > 0, got {self.auto_rise}")
+        for value, choices, flag in [(self.dir_type, DIR_TYPES, "--dir-type"), (self.norm, NORMS, "--norm"),
+                                     (self.ignore, IGNORES, "--ignore"),
+                                     (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device")]:
+            check_choice(value, choices, flag)
+        if not self.splits:
+            raise ConfigError("--splits needs at least one of: train, test")
+        for split in self.splits:
+            check_choice(split, SPLITS, "--splits")
+        if self.metric is not None and self.metric not in METRICS and ":" not in self.metric:
+            raise ConfigError(f"--metric {self.metric!r} is not one of: {', '.join(METRICS)}, nor "
+                              "package.module:function")
+        if self.criterion is not None and self.metric is not None:
+            raise ConfigError("--metric and --criterion both say what to measure; give one")
+        if self.criterion is not None and ":" not in self.criterion:
+            raise ConfigError(f"--criterion {self.criterion!r}: write package.module:name (e.g. "
+                              "torch.nn:CrossEntropyLoss)")
+        if self.criterion_kwargs and self.criterion is None:
+            raise ConfigError("--criterion-kwargs needs --criterion")
+        if self.model and not self.data:
+            raise ConfigError("--model needs --data: a package.module:function returning your DataLoader")
+        for value, flag in [(self.samples, "--samples"), (self.eval_batch_size, "--eval-batch-size"),
+                            (self.max_batches, "--max-batches"), (self.bn_recalibrate, "--bn-recalibrate")]:
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if self.directions_file == HESSIAN and self.dir_type != "weights":
+            raise ConfigError("--directions hessian moves parameters only; leave out --dir-type states")
+        if self.directions_file and self.target:
+            raise ConfigError("--directions and a second checkpoint both set the first direction; give one")
+        check_points_per_pass(self.points_per_pass, self.compile)
+        if not self.flush_seconds >= 0:
+            raise ConfigError(f"--flush-seconds must be >= 0, got {self.flush_seconds}")
+
+    def _check_plane(self) -> None:
+        if self.trajectory and (self.plane or self.target or self.directions_file or self.dir_type != "weights"):
+            raise ConfigError("a trajectory sets both directions (its principal components) and moves parameters "
+                              "only; leave out --plane, a second checkpoint, --directions and --dir-type")
+        if self.edges and not self.plane:
+            raise ConfigError("--edges draws the edges of a --plane; give --plane B C too")
+        if not self.plane:
+            return
+        if len(self.plane) != 2:
+            raise ConfigError(f"--plane takes two checkpoints (B and C), got {len(self.plane)}")
+        if self.target or self.directions_file:
+            raise ConfigError("--plane sets both directions; leave out the second checkpoint and --directions")
+
+    @property
+    def kind(self) -> str:
+        if self.plane or self.trajectory:
+            return "plane" if self.plane else "trajectory"
+        return ("interp" if self.target else "1d") if self.y is None else "2d"
+
+    @property
+    def path(self) -> str:
+        """The surface file: OUT/<checkpoint's folder>_<stem>[_to_<target>]_<kind>.h5 (a plane names its three
+        checkpoints), or OUT/<name>_<kind>.h5."""
+        others = [self.target] if self.target else list(self.plane)
+        name = self.name or "_".join([run_tag(self.checkpoint), *(("to_" if self.target else "") + run_tag(o)
+                                                                  for o in others)])
+        return os.path.join(self.out, f"{name}_{self.kind}.h5")
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    """How surface files become figure files (landscape.pipelines.render): the figure flags of plot1d and plot2d."""
+
+    loss_max: float | None = option(None, "clip the plotted loss at this value: the top contour level in 2D, the "
+                                    "top of the loss axis in 1D (default: the largest finite loss)", group="figures")
+    levels: int = option(20, "number of contour levels (2D)", group="figures")
+    log: bool = option(False, "log scale for the loss axis (1D)", group="figures")
+    title: str | None = option(None, "figure title (default: from the checkpoint: weight decay, batch size, test "
+                               "error)", group="figures")
+    formats: tuple[str, ...] = option(("png", "pdf", "html"), "figure file formats; html: one interactive 3D page "
+                                      "per 2D surface, self-contained (works offline)", choices=FORMATS,
+                                      group="figures")
+
+    def __post_init__(self) -> None:
+        if self.levels < 2:
+            raise ConfigError(f"--levels must be >= 2, got {self.levels}")
+        if self.loss_max is not None and not math.isfinite(self.loss_max):
+            raise ConfigError(f"--loss-max must be a finite number, got {self.loss_max}")
+        for fmt in self.formats:
+            check_choice(fmt, FORMATS, "--formats")
+
+
+@dataclass(frozen=True)
+class SharpnessConfig:
+    """Which sharpness measures `landscape.sharpness` takes and how (curvature.sharpness, curvature.hessian,
+    landscape.curvature.density); the model, data, subset and directions come from a SurfaceConfig's flags."""
+
+    measures: tuple[str, ...] = option(DEFAULT_MEASURES,
+                                       "what to measure: Hessian extremes (Lanczos), trace (Hutch++), spectral "
+                                       "density (SLQ), Keskar's epsilon-sharpness, adaptive worst-case and "
+                                       "average-case sharpness, basin width over random directions; each prints "
+                                       "its estimated time first", choices=MEASURES, group="measures")
+    per_layer: bool = option(False, "also one row per layer (each module's own parameters)", group="measures")
+    tol: float = option(1e-3, "Lanczos tolerance: the eigenvalues' relative error bound", group="hessian")
+    trace_products: int = option(60, "Hessian-vector products of the Hutch++ trace", metavar="N", group="hessian")
+    density_runs: int = option(5, "SLQ runs averaged for the spectral density", metavar="N", group="hessian")
+    density_steps: int = option(60, "Lanczos steps per SLQ run", metavar="N", group="hessian")
+    eps: tuple[float, ...] = option((1e-3, 5e-4), "Keskar's box half-width(s), relative to |w|+1 (one row each)",
+                                    group="epsilon-sharpness")
+    subspace: int | None = option(None, "maximize in a random P-dimensional subspace (default: the full space)",
+                                  metavar="P", group="epsilon-sharpness")
+    lbfgs_iters: int = option(10, "L-BFGS-B iterations", metavar="N", group="epsilon-sharpness")
+    rho: float = option(0.05, "adaptive sharpness radius: ||delta / |w|||_p <= RHO", group="adaptive sharpness")
+    adaptive_norm: str = option("2", "the norm p of the adaptive ball", choices=ADAPTIVE_NORMS,
+                                group="adaptive sharpness")
+    ascent_steps: int = option(10, "projected gradient-ascent steps", metavar="N", group="adaptive sharpness")
+    m_sharpness: int | None = option(None, "m-sharpness: the mean over chunks of M samples, each with its own "
+                                     "worst case (default: the whole data as one chunk)", metavar="M",
+                                     group="adaptive sharpness")
+    sigma: float = option(0.01, "average-case sharpness: Gaussian perturbation with std SIGMA * |w| per weight",
+                          group="average sharpness")
+    draws: int = option(20, "perturbations drawn for the average and its standard error", metavar="N",
+                        group="average sharpness")
+    width_directions: int = option(10, "filter-normalized random directions whose basin widths are averaged (plus "
+                                   "the top Hessian eigenvector, scaled alike)", metavar="N", group="width")
+    threshold: float = option(0.1, "the width is where the loss stays within this much of the curve's minimum",
+                              group="width")
+
+    def __post_init__(self) -> None:
+        for m in self.measures:
+            check_choice(m, MEASURES, "--measures")
+        check_choice(self.adaptive_norm, ADAPTIVE_NORMS, "--adaptive-norm")
+        for value, flag, low in [(self.trace_products, "--trace-products", 6), (self.density_runs, "--density-runs", 1),
+                                 (self.density_steps, "--density-steps", 2), (self.lbfgs_iters, "--lbfgs-iters", 1),
+                                 (self.ascent_steps, "--ascent-steps", 1), (self.draws, "--draws", 2),
+                                 (self.width_directions, "--width-directions", 2), (self.subspace, "--subspace", 1),
+                                 (self.m_sharpness, "--m-sharpness", 1)]:
+            if value is not None and value < low:
+                raise ConfigError(f"{flag} must be >= {low}, got {value}")
+        for value, flag in [(self.tol, "--tol"), (self.rho, "--rho"), (self.sigma, "--sigma"),
+                            (self.threshold, "--threshold"), *((e, "--eps") for e in self.eps)]:
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{flag} must be a positive number, got {value}")

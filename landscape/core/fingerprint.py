@@ -1,0 +1,34 @@
+"""What a resume must match: a surface's fingerprint (the centre's hash, the directions' hash, what decides the
+values, the grid) as JSON values, and the refusal, naming what differs, to add points to a file made otherwise."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from landscape.base.errors import UserError
+
+
+def fingerprint_of(checkpoint_sha256: str, dir_hash: str, evaluation: dict[str, Any], x: np.ndarray | None,
+                   y: np.ndarray | None) -> dict[str, Any]:
+    """What a resume must match, as JSON values. x None: the x axis is not known yet (auto), so not compared."""
+    known = {"checkpoint_sha256": checkpoint_sha256, "directions_sha256": dir_hash, **evaluation}
+    if x is not None:
+        known.update(xcoordinates=np.asarray(x).tolist(), ycoordinates=None if y is None else np.asarray(y).tolist())
+    return json.loads(json.dumps(known))
+
+
+def check_fingerprint(path: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to mix points: every field that determines the values must match."""
+    diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    if diff:
+        names = {"checkpoint_sha256": "another checkpoint", "directions_sha256": "other directions",
+                 "xcoordinates": "another x grid", "ycoordinates": "another y grid",
+                 "trajectory": "another list of trajectory checkpoints",
+                 "bn_recalibrate": "another --bn-recalibrate (BatchNorm re-estimation)",
+                 "hessian_tol": "another Lanczos --tol"}
+        what = ", ".join(names.get(k, k) for k in diff)
+        raise UserError(f"{path} was made with {what}; refusing to mix results: choose another --out, or delete "
+                        "the file to start over")

@@ -1,0 +1,17 @@
+"""Curvature at a minimum: the loss as a function of a flat weight vector, the Hessian as an operator
+(extreme eigenvalues, trace, spectral density) and the sharpness measures of the large-batch
+literature, with their costs told before they are paid."""
+
+from landscape.base.lazy import lazy_exports
+
+_API = {
+    "FlatLoss": "flat_loss",
+    "HessianOperator": "hessian", "eigenvalues": "hessian", "hutchpp_trace": "hessian",
+    "hutchinson_trace": "hessian", "HessianPointEvaluator": "hessian",
+    "spectral_density": "density",
+    "MeanLoss": "sharpness", "epsilon_sharpness": "sharpness", "adaptive_sharpness": "sharpness",
+    "average_sharpness": "sharpness", "basin_1d": "sharpness", "width_1d": "sharpness",
+    "measure_costs": "costs",
+}
+__all__ = sorted(_API)
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -1,0 +1,103 @@
+"""What each sharpness measure will cost, told before it is paid: one forward pass, one gradient and one
+Hessian-vector product are timed at the centre, and each measure's estimate is its count of those operations.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from landscape.base.config import SharpnessConfig
+from landscape.base.grid import parse_range
+from landscape.curvature.hessian import HessianOperator
+from landscape.curvature.sharpness import MeanLoss
+
+LANCZOS_PRODUCTS = 12  # a top eigenvalue at tol 1e-3 took 8-16 products on the trained networks measured
+LAMBDA_MIN_PRODUCTS = 40  # the shifted run for the most negative eigenvalue: a few dozen
+WIDTH_REEVALUATED = 1.3  # curves evaluated again on a wider or finer axis (a basin at the edge, or under two steps)
+# Work that grows with the parameters beside the passes, in seconds per parameter, measured on a ResNet-18 (11.2M
+# parameters, 2 CPU cores): scipy's L-BFGS-B step (~4 s per evaluation there) and SLQ's full reorthogonalization
+# (two products with the basis so far at every step: ~100 s of 200 for 5 runs of 60 steps there)
+LBFGS_PER_PARAMETER = 3.6e-7
+REORTHOGONALIZATION_PER_PARAMETER = 5e-10  # per basis vector and step
+
+
+@dataclass(frozen=True)
+class UnitCosts:
+    """Seconds of one pass over the data at the centre: forward (the loss), gradient, Hessian-vector product;
+    and the bytes the Hessian's kept graphs may hold."""
+
+    forward: float
+    gradient: float
+    product: float
+    graph_budget: int
+    parameters: int
+    on_gpu: bool = False  # SLQ's reorthogonalization then costs little beside the products (H100: 6.6 s in all)
+
+
+def time_units(f: MeanLoss, op: HessianOperator | None) -> UnitCosts:
+    """Time one of each operation (the second call of each, so that first-call set-up is left out)."""
+    def seconds(fn) -> float:
+        fn()
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started
+
+    product = 0.0
+    if op is not None:
+        v = torch.ones(op.dim, dtype=torch.float64)
+        product = seconds(lambda: op.matvec(v))
+    return UnitCosts(seconds(lambda: f(f.theta0)), seconds(lambda: f.value_and_grad(f.theta0)), product,
+                     op.cache_bytes if op is not None else 0, f.dim, f.device.type == "cuda")
+
+
+def measure_costs(sc: SharpnessConfig, u: UnitCosts, axis: str) -> dict[str, tuple[float, str]]:
+    """measure -> (estimated seconds, how it was counted), for one subset of parameters."""
+    out: dict[str, tuple[float, str]] = {}
+    m = sc.measures
+    if "lambda_max" in m or "lambda_min" in m or "width" in m:
+        n = LANCZOS_PRODUCTS + (LAMBDA_MIN_PRODUCTS if "lambda_min" in m else 0)
+        out["lambda_max" if "lambda_max" in m else "lambda_min" if "lambda_min" in m else "eigenvector"] = (
+            n * u.product, f"~{n} Hessian-vector products of {u.product:.2g} s (Lanczos)")
+    if "trace" in m:
+        out["trace"] = (sc.trace_products * u.product, f"{sc.trace_products} products (Hutch++)")
+    if "density" in m:
+        n = sc.density_runs * sc.density_steps
+        reorth = 0.0 if u.on_gpu else (sc.density_runs * sc.density_steps**2 * u.parameters
+                                        * REORTHOGONALIZATION_PER_PARAMETER)
+        out["density"] = (n * u.product + reorth, f"{n} products (SLQ) and ~{reorth:.0f} s of reorthogonalization")
+    if "epsilon" in m:
+        n = len(sc.eps) * (sc.lbfgs_iters + 2)
+        steps = n * u.parameters * LBFGS_PER_PARAMETER
+        out["epsilon"] = (n * (u.gradient) + steps, f"~{n} gradients of {u.gradient:.2g} s and ~{steps:.0f} s of "
+                                                    "L-BFGS-B steps")
+    if "adaptive" in m:
+        n = sc.ascent_steps + 1
+        out["adaptive"] = (n * u.gradient, f"{n} gradients of {u.gradient:.2g} s")
+    if "average" in m:
+        n = sc.draws + 1
+        out["average"] = (n * u.forward, f"{n} forward passes of {u.forward:.2g} s")
+    if "width" in m:
+        n = round((sc.width_directions + 1) * len(parse_range(axis)) * WIDTH_REEVALUATED)
+        out["width"] = (n * u.forward, f"~{n} forward passes ({sc.width_directions + 1} directions x "
+                                       f"{len(parse_range(axis))} points, and re-evaluated curves)")
+    return out
+
+
+def estimate_text(costs: dict[str, tuple[float, str]], subsets: int) -> str:
+    """The lines printed before measuring: each measure's estimate and the total."""
+    lines = [f"estimate: {name} ~{_seconds(s * subsets)} ({how}{f', x {subsets} subsets' if subsets > 1 else ''})"
+             for name, (s, how) in costs.items()]
+    total = sum(s for s, _ in costs.values()) * subsets
+    return "\n".join([*lines, f"estimate: ~{_seconds(total)} in all"])
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 600 else f"{s / 60:.0f} min"
+
+
+def graph_budget_text(budget: int) -> str:
+    return f"Hessian graphs: up to {budget / 2**30:.2g} GiB kept in memory (past it, rebuilt at every product)"
+

@@ -1,0 +1,14 @@
+"""Models and their weights on disk: the registry (models by name), the language models, our checkpoints
+and weights files as researchers save them. Imports the runtime, the foundation and landscape.data."""
+
+from landscape.base.lazy import lazy_exports
+
+_API = {
+    "register": "registry", "build_model": "registry", "list_models": "registry",
+    "make_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "load_model": "checkpoint", "load_data_for": "checkpoint", "read_checkpoint": "checkpoint",
+    "load_weights_into": "weights", "find_state_dict": "weights", "weights_sha256": "weights",
+    "Transformer": "lm", "LSTMLanguageModel": "lm",
+}
+__all__ = sorted(_API)
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -1,0 +1,18 @@
+"""The pipelines: one builder of grid jobs (the front door of the commands, the Python API, the figure
+scripts and the benchmarks), a checkpoint to its surface file, the sharpness table, and a surface file to its
+figures and to other viewers' formats."""
+
+from landscape.base.lazy import lazy_exports
+
+_API = {
+    "GridJob": "grid_job", "grid_job": "grid_job", "evaluation_record": "grid_job", "run_grid": "grid_job",
+    "SurfaceRun": "grid_job",
+    "run_surface": "from_checkpoint", "run_hessian_map": "from_checkpoint", "job_from_config": "from_checkpoint",
+    "Centre": "inputs", "load_centre": "inputs", "load_sets": "inputs",
+    "make_directions": "chosen_directions",
+    "run_sharpness": "sharpness_table",
+    "render_1d": "render", "render_2d": "render", "render_hessian_map": "render",
+    "write_vtp": "viewers", "write_html": "viewers",
+}
+__all__ = sorted(_API)
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -1,0 +1,154 @@
+"""Figure files from surface files: the 2D set (contour, filled contour, heatmap, 3D) and 1D curves.
+
+Reads `Surface` objects (core.surface_file), composes them with the pure functions of drawing.artists, and saves
+PNG and PDF. Used by the CLIs and the figure scripts; it never evaluates a model.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import matplotlib
+
+if "matplotlib.pyplot" not in sys.modules:  # a command: files only, no display; a notebook keeps its backend
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from landscape.base.config import PlotConfig  # noqa: E402
+from landscape.core.surface_file import Surface  # noqa: E402
+from landscape.drawing import artists  # noqa: E402
+from landscape.pipelines import viewers  # noqa: E402
+
+KINDS_2D = ("contour", "contourf", "heatmap", "3d")
+DEFAULTS = PlotConfig()  # frozen, so one shared default is safe
+
+
+def save(fig: plt.Figure, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[str]:
+    """The figure in each of `formats` that matplotlib writes (html pages are viewers'), then closed."""
+    paths = []
+    for ext in (f for f in formats if f != "html"):
+        path = f"{stem}.{ext}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _title(metric: str, title: str) -> str:
+    return f"{title}  {metric.replace('_', ' ')}".strip()
+
+
+def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
+    """For each stored metric: contour lines with labels, filled contours, heatmap and 3D surface, the file's
+    markers (a plane's checkpoints, a trajectory) on the 2D ones; and with "html" in cfg.formats one interactive
+    page of every metric (STEM.html). The loss clipped at cfg.loss_max. Titled cfg.title, or from the centre's
+    training (describe)."""
+    assert s.y is not None
+    title = describe(s) if cfg.title is None else cfg.title
+    paths = []
+    for metric, z in s.values.items():
+        vmax = cfg.loss_max if metric in s.loss_metrics() else None
+        z = artists.capped(z, s.done, vmax)
+        levels = artists.levels_for(z, cfg.levels, vmax=vmax)
+        for kind in KINDS_2D:
+            fig = plt.figure(figsize=(5, 4))
+            ax = fig.add_subplot(projection="3d") if kind == "3d" else fig.add_subplot()
+            if kind == "contour":
+                artists.contour(ax, s.x, s.y, z, levels)
+            elif kind == "contourf":
+                fig.colorbar(artists.contourf(ax, s.x, s.y, z, levels), ax=ax)
+            elif kind == "heatmap":
+                fig.colorbar(artists.heatmap(ax, s.x, s.y, z, vmax=vmax), ax=ax)
+            else:
+                artists.surface3d(ax, s.x, s.y, z, vmax=vmax)
+            m = s.annotations.markers
+            if m is not None and kind != "3d":
+                artists.markers(ax, m.coords, m.names, m.kind)
+            xlabel, ylabel = s.axis_names()
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_title(_title(metric, title), fontsize=9)
+            paths += save(fig, f"{out_stem}_{metric}_{kind}", cfg.formats)
+    if "html" in cfg.formats:
+        paths.append(viewers.write_html(s, f"{out_stem}.html", title, cfg.loss_max))
+    return paths
+
+
+def render_hessian_map(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
+    """The |lambda_min/lambda_max| map of a Hessian map file (landscape.hessian_map) with its colour bar, and the
+    lambda_max map beside it."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    xlabel, ylabel = s.axis_names()
+    fig.colorbar(artists.eigen_ratio(axes[0], s.x, s.y, s.values["lambda_max"], s.values["lambda_min"]), ax=axes[0])
+    axes[0].set_title("|lambda_min / lambda_max|", fontsize=9)
+    fig.colorbar(artists.heatmap(axes[1], s.x, s.y, s.values["lambda_max"]), ax=axes[1])
+    axes[1].set_title("lambda_max", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(describe(s) if cfg.title is None else cfg.title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_stem, cfg.formats)
+
+
+def render_density(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], sigma: float, out_stem: str,
+                   formats: Sequence[str] = ("png", "pdf"), title: str = "") -> list[str]:
+    """The Hessian's eigenvalue density, one curve per (label, grid, density), the smoothing width in the title."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, grid, density in curves:
+        artists.spectral_density(ax, grid, density, label)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{title}  Hessian eigenvalue density (SLQ, Gaussian width {sigma:.3g})".strip(), fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_stem, formats)
+
+
+def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotConfig = DEFAULTS,
+              title: str = "") -> list[str]:
+    """One or more 1D surfaces overlaid: loss blue and accuracy red on twin axes; a line style per surface
+    (solid, dashed, ...); train drawn thick and test thin, or train solid and test dashed for one surface.
+    Titled cfg.title if given, else `title`."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    acc_ax = ax.twinx()
+    styles = ["-", "--", ":", "-."]
+    for i, (label, s) in enumerate(surfaces):
+        for j, loss in enumerate(s.loss_metrics()):  # train_loss, test_loss; or loss; or a metric of the user's
+            prefix = loss[:-len("loss")] if loss.endswith("loss") else ""
+            first, split = j == 0, prefix.rstrip("_")
+            if len(surfaces) == 1:
+                kw = {"linestyle": "-" if first else "--", "linewidth": 1.5}
+            else:
+                kw = {"linestyle": styles[i % len(styles)], "linewidth": 2.0 if first else 1.0,
+                      "alpha": 1.0 if first else 0.6}
+            acc = s.values.get(f"{prefix}acc") if loss.endswith("loss") else None
+            artists.curve_1d(ax, s.x, artists.capped(s.values[loss], s.done, cfg.loss_max), acc,
+                          f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
+    named = [s for _, s in surfaces if s.annotations.axis_labels]
+    ax.set_xlabel(named[0].axis_names()[0] if named else "alpha")
+    ax.set_ylabel("loss")
+    acc_ax.set_ylabel("accuracy (%)")
+    handles = ax.get_lines() + acc_ax.get_lines()
+    if len(handles) > 6:  # many curves (a plane's edges): the legend below the axes, not over the curves
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=6, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.15), ncol=2)
+    else:
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center")
+    ax.set_title(title if cfg.title is None else cfg.title, fontsize=9)
+    return save(fig, out_stem, cfg.formats)
+
+
+def describe(s: Surface) -> str:
+    """A short title from how the centre was trained: WD, BS and test error, as in Li et al. Fig. 3."""
+    t, parts = s.origin.training, []
+    if t.global_batch_size is not None:
+        parts.append(f"WD={t.weight_decay or 0:g}, BS={t.global_batch_size}")
+    if "test_acc" in s.origin.metrics:
+        parts.append(f"test error {100 - s.origin.metrics['test_acc']:.2f}%")
+    return ", ".join(parts)
+
+
+def done_fraction(s: Surface) -> float:
+    return float(np.mean(s.done))

@@ -1,0 +1,89 @@
+"""Optimizer and learning-rate schedule construction, shared by every command that trains: the batch plan (global
+batch = per-rank batch x world size x accumulation steps), the optimizers by name, and the schedule as a pure
+function of the optimizer step, so a resumed run continues exactly where it stopped."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from landscape.base.config import check_choice
+from landscape.base.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch_size: int
+    per_rank_batch_size: int
+    micro_batch_size: int
+    accumulation_steps: int
+    world_size: int
+    steps_per_epoch: int
+
+
+def make_plan(global_batch_size: int, world_size: int, n_train: int, micro_batch_size: int | None = None
+              ) -> BatchPlan:
+    """Split the global batch over ranks and accumulation steps; every piece must divide exactly."""
+    if global_batch_size % world_size:
+        raise ConfigError(f"--batch-size {global_batch_size} is not divisible by the {world_size} processes; "
+                          f"use a multiple of {world_size}")
+    per_rank = global_batch_size // world_size
+    micro = min(micro_batch_size or per_rank, per_rank)
+    if per_rank % micro:
+        raise ConfigError(f"per-rank batch {per_rank} is not a multiple of --micro-batch-size {micro}; "
+                          "choose a divisor of it")
+    steps = (n_train // world_size) // per_rank
+    if steps == 0:
+        raise ConfigError(f"--batch-size {global_batch_size} exceeds the {n_train} training samples; use a smaller "
+                          "batch")
+    return BatchPlan(global_batch_size, per_rank, micro, per_rank // micro, world_size, steps)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The multiplier of the peak learning rate at each optimizer step: linear warm-up, then constant, step
+    decay (gamma at each milestone epoch) or cosine to zero at the last step."""
+
+    kind: str
+    epochs: int
+    steps_per_epoch: int
+    warmup_epochs: float = 0.0
+    gamma: float = 0.1
+    milestones: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, SCHEDULES, "--schedule")
+
+    def __call__(self, step: int) -> float:
+        warmup = round(self.warmup_epochs * self.steps_per_epoch)
+        total = self.epochs * self.steps_per_epoch
+        factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if self.kind == "step":
+            factor *= self.gamma ** sum(step >= m * self.steps_per_epoch for m in self.milestones)
+        elif self.kind == "cosine" and step >= warmup:
+            factor *= 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return factor
+
+
+def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.9, nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)
+                   ) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov when asked and momentum > 0), Adam, or AdamW (weight decay decoupled from the
+    gradient's moments, Loshchilov & Hutter 2019)."""
+    check_choice(name, OPTIMIZERS, "--optimizer")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                               weight_decay=weight_decay)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, schedule)

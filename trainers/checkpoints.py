@@ -1,0 +1,93 @@
+"""A run's files: its checkpoints (with what a resume restores: optimizer, schedule, step, RNG states), the check
+that a resumed run is the same run, and its metrics log (one JSON line per epoch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from landscape.base.errors import UserError
+from landscape.base.files import write_text
+from landscape.data.datasets import Dataset
+from landscape.models import checkpoint as ckpt_io
+from landscape.runtime.distributed import print0
+from landscape.training.optim import BatchPlan
+from trainers.config import TrainConfig, plain
+
+
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The global RNG states a resume restores (dropout and the like draw from them): the CPU's, and the rank's
+    own CUDA device's. Every rank seeds them alike and draws alike, so rank 0's state serves every rank."""
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng_state(rng: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    cuda = rng.get("cuda")
+    if device.type == "cuda" and isinstance(cuda, list):  # landscape 0.1 saved every visible device's state
+        cuda = cuda[device.index] if device.index < len(cuda) else None
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def run_checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Dataset, epoch: int, step: int,
+                metrics: dict[str, float], opt: torch.optim.Optimizer, sched: Any, device: torch.device
+                ) -> dict[str, Any]:
+    """The checkpoint of epoch `epoch`: the weights and what describes them (landscape.models.checkpoint), plus
+    what a resume restores: optimizer, schedule, step and RNG states."""
+    model_kwargs = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), **cfg.model_kwargs}
+    rng = rng_state(device)
+    return ckpt_io.make_checkpoint(
+        model, cfg.model, plain(model_kwargs), cfg.dataset, plain(cfg.data_kwargs), metrics,
+        train_config=plain(dataclasses.asdict(cfg)), plan=dataclasses.asdict(plan), epoch=epoch, step=step,
+        optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng)
+
+
+def resume_state(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The last checkpoint to continue from, after checking it belongs to this very run."""
+    last = os.path.join(cfg.out, "last.pt")
+    if not os.path.exists(last):
+        if cfg.resume:
+            print0(f"--resume: no {last} yet, starting from scratch")
+        return None
+    if not cfg.resume:
+        raise UserError(f"{cfg.out} already holds a run (last.pt); pass --resume to continue it or choose "
+                        "another --out")
+    state = ckpt_io.load_checkpoint(last)
+    stored = TrainConfig(**{**state["train_config"], "out": cfg.out,
+                            "milestones": tuple(state["train_config"]["milestones"])}).identity()
+    diff = sorted(k for k, v in cfg.identity().items() if stored.get(k) != v)
+    if diff:
+        detail = ", ".join(f"{k}: {stored.get(k)!r} there vs {cfg.identity()[k]!r} now" for k in diff)
+        raise UserError(f"--resume: {last} was trained with other settings ({detail}); use the same flags "
+                        "or another --out")
+    return state
+
+
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(path: str, keep_epochs: int) -> None:
+    """On resume, drop log lines of epochs after the checkpoint (they are about to be redone), and a last line
+    torn by a kill in the middle of an append."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["epoch"] <= keep_epochs:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    write_text(path, "".join(kept))

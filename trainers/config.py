@@ -1,0 +1,131 @@
+"""What one training run is: `TrainConfig` (every field a flag of `python -m trainers.train`), and the batch plan,
+optimizer and schedule it asks for (built by landscape.training)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape.base.config import DEVICES, PRECISIONS, check_choice
+from landscape.base.errors import ConfigError
+from landscape.base.flags import json_object, option
+from landscape.data.datasets import list_datasets
+from landscape.models.registry import list_models
+from landscape.training.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    BatchPlan,
+    Schedule,
+    make_optimizer,
+    make_plan,
+    make_scheduler,
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; every field is a flag of `python -m trainers.train` under the same name."""
+
+    out: str = option(help="run folder: epoch_N.pt (epoch_0000.pt: the initial weights), last.pt, metrics.jsonl, "
+                      "config.json", metavar="DIR")
+    dataset: str = option("mnist1d", "the dataset", choices=list_datasets(), group="data and model")
+    data_kwargs: dict[str, Any] = option(help="JSON options of the dataset", type=json_object, default_factory=dict,
+                                         metavar="JSON", group="data and model")
+    data_dir: str | None = option(None, "folder of torchvision datasets (default: $LANDSCAPE_DATA or ./data)",
+                                  metavar="DIR", group="data and model")
+    download: bool = option(False, "let torchvision download a missing dataset", group="data and model")
+    model: str = option("mlp", f"a registered model ({', '.join(list_models())}) or package.module:callable",
+                        group="data and model")
+    model_kwargs: dict[str, Any] = option(help="JSON keyword arguments of the model", type=json_object,
+                                          default_factory=dict, metavar="JSON", group="data and model")
+    batch_size: int = option(128, "global batch size (all ranks, all micro-batches)", group="optimization")
+    micro_batch_size: int | None = option(None, "largest per-rank forward; larger per-rank batches use gradient "
+                                          "accumulation", group="optimization")
+    epochs: int = option(10, "epochs to train", group="optimization")
+    optimizer: str = option("sgd", "the optimizer", choices=OPTIMIZERS, group="optimization")
+    lr: float = option(0.1, "peak learning rate (at --base-batch-size with --scale-lr)", group="optimization")
+    momentum: float = option(0.9, "SGD momentum", group="optimization")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW beta1 beta2 (language models often use 0.9 0.95)",
+                                        group="optimization")
+    nesterov: bool = option(False, "Nesterov momentum", group="optimization")
+    weight_decay: float = option(0.0, "weight decay: L2 added to the gradient (sgd, adam), decoupled (adamw)",
+                                 group="optimization")
+    schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES, group="optimization")
+    milestones: tuple[int, ...] = option((), "epochs where --schedule step multiplies the lr by --gamma",
+                                         group="optimization")
+    gamma: float = option(0.1, "lr decay factor at each milestone", group="optimization")
+    warmup_epochs: float = option(0.0, "linear warmup (Goyal et al. 2017)", group="optimization")
+    scale_lr: bool = option(False, "linear scaling rule: lr x batch-size / base-batch-size", group="optimization")
+    base_batch_size: int = option(128, "the batch size --lr is given for, with --scale-lr", group="optimization")
+    seed: int = option(0, "seed of the initialization and the data order", group="optimization")
+    precision: str = option("auto", "fp32, or bf16 autocast; auto: bf16 on CUDA, fp32 on a CPU (stored metrics "
+                            "are always fp32)", choices=PRECISIONS, group="runtime")
+    device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES,
+                         group="runtime")
+    compile: bool = option(False, "torch.compile the model", group="runtime")
+    eval_batch_size: int = option(1024, "samples per forward pass when evaluating", metavar="N", group="runtime")
+    eval_every: int = option(1, "epochs between full train/test evaluations", group="runtime")
+    save_every: int = option(10, "epochs between kept epoch_N.pt files (last.pt is written every epoch)",
+                             group="runtime")
+    log_every: int = option(1, "epochs between printed lines (metrics.jsonl gets every epoch)", group="runtime")
+    resume: bool = option(False, "continue from OUT/last.pt", group="runtime")
+    progress: bool = option(True, "no progress bar", flag="--no-progress", group="runtime")
+
+    def __post_init__(self) -> None:
+        checks = [(self.batch_size >= 1, "--batch-size must be >= 1"),
+                  (self.epochs >= 1, "--epochs must be >= 1"),
+                  (self.lr > 0, "--lr must be > 0"),
+                  (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+                  (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
+                  (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+                  (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas takes two values in [0, 1)"),
+                  (min(self.eval_every, self.save_every, self.log_every, self.eval_batch_size) >= 1,
+                   "--eval-every/--save-every/--log-every/--eval-batch-size must be >= 1")]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        for value, choices, flag in [(self.optimizer, OPTIMIZERS, "--optimizer"),
+                                     (self.schedule, SCHEDULES, "--schedule"),
+                                     (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device")]:
+            check_choice(value, choices, flag)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the run: a resume must match them all."""
+        skip = {"out", "data_dir", "download", "device", "compile", "eval_batch_size", "eval_every",
+                "save_every", "log_every", "resume", "progress"}
+        return {k: v for k, v in plain(dataclasses.asdict(self)).items() if k not in skip}
+
+
+def plain(obj: Any) -> Any:
+    """Tuples to lists, recursively: what JSON and weights_only checkpoints hold."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def plan_of(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
+    """cfg's batch plan on `world_size` ranks over `n_train` samples (landscape.training.make_plan)."""
+    return make_plan(cfg.batch_size, world_size, n_train, cfg.micro_batch_size)
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    """--lr, times batch-size / base-batch-size under the linear scaling rule (--scale-lr)."""
+    return cfg.lr * (cfg.batch_size / cfg.base_batch_size if cfg.scale_lr else 1.0)
+
+
+def schedule_of(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    return Schedule(cfg.schedule, cfg.epochs, steps_per_epoch, cfg.warmup_epochs, cfg.gamma, tuple(cfg.milestones))
+
+
+def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan
+                 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """cfg's optimizer over the model's parameters, and its schedule stepped once per optimizer step."""
+    opt = make_optimizer(model.parameters(), cfg.optimizer, peak_lr(cfg), cfg.weight_decay, cfg.momentum,
+                         cfg.nesterov, cfg.betas)
+    return opt, make_scheduler(opt, schedule_of(cfg, plan.steps_per_epoch))

@@ -1,0 +1,188 @@
+"""The epoch loop of data-parallel training: `train_one_epoch`, `evaluate`, `fit`.
+
+One process or many under torchrun (DDP with NCCL on CUDA, gloo on CPU). `batch_size` is the global batch:
+global = per-rank batch x world size, and a per-rank batch larger than `micro_batch_size` is reached by
+gradient accumulation under `no_sync()` (landscape.training). Metrics are reduced as sums and counts, never as
+means of means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from landscape.base.files import write_json
+from landscape.data.datasets import Dataset, augment, load_dataset
+from landscape.models import checkpoint as ckpt_io
+from landscape.models.registry import build_model
+from landscape.runtime.distributed import DistInfo, all_reduce_sum, print0
+from landscape.runtime.forward import resolve_precision, source_sums
+from landscape.runtime.metrics import finish, get_metric
+from landscape.runtime.sources import TensorSource
+from landscape.training.optim import BatchPlan
+from landscape.training.step import train_step, wrap_model
+from trainers.checkpoints import append_jsonl, restore_rng_state, resume_state, run_checkpoint, truncate_log
+from trainers.config import TrainConfig, optimizer_of, peak_lr, plain, plan_of
+
+
+def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
+                    sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
+                    info: DistInfo) -> dict[str, float]:
+    """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
+    model) and samples/second (all ranks), and tokens/second for a language model."""
+    ddp_model.train()
+    sampler.set_epoch(epoch)
+    idx = torch.tensor(list(iter(sampler)), device=info.device if data.resident else "cpu")
+    gen = torch.Generator(device=info.device).manual_seed(cfg.seed * 100_003 + epoch * 1009 + info.rank)
+    precision = resolve_precision(cfg.precision, info.device)
+    losses: list[Tensor] = []  # one detached loss per micro-batch, summed once at the end of the epoch
+    bar = tqdm(total=plan.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in range(plan.steps_per_epoch):
+        batch = idx[step * plan.per_rank_batch_size:(step + 1) * plan.per_rank_batch_size]
+        train_step(ddp_model, opt, sched, micro_batches(data, batch, plan, gen, info.device),
+                   plan.accumulation_steps, precision, info, losses)
+        bar.update()
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    count = plan.steps_per_epoch * plan.global_batch_size
+    loss_sum = torch.stack(losses).sum(dtype=torch.float64) * plan.micro_batch_size
+    record = {"train_loss_running": float(all_reduce_sum(loss_sum)) / count,
+              "images_per_second": count / seconds, "train_seconds": seconds}
+    if data.sequences:  # the throughput that compares across sequence lengths
+        record["tokens_per_second"] = count * data.tokens_per_sample / seconds
+    return record
+
+
+def micro_batches(data: Dataset, batch: Tensor, plan: BatchPlan, gen: torch.Generator, device: torch.device
+                  ) -> Iterator[tuple[Tensor, Tensor]]:
+    """The micro-batches (x, y) of this rank's `batch` of train indices: moved to the device when the data lives
+    on the host, augmented when the dataset asks, channels_last for images on CUDA."""
+    for micro in range(plan.accumulation_steps):
+        mb = batch[micro * plan.micro_batch_size:(micro + 1) * plan.micro_batch_size] \
+            if plan.accumulation_steps > 1 else batch
+        x, y = data.x_train[mb], data.y_train[mb]
+        if not data.resident:  # memory-mapped shards: only the batch travels
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if data.augment:
+            x = augment(x, gen)
+        if x.ndim == 4 and device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y
+
+
+def evaluate(model: nn.Module, data: Dataset, info: DistInfo, batch_size: int, precision: str = "fp32"
+             ) -> dict[str, float]:
+    """Full train and test sets in eval mode, sharded without padding (rank r takes r, r+W, ...), summed: loss
+    and accuracy (token-weighted for a language model, plus its perplexity ppl)."""
+    model.eval()
+    metric = get_metric(data.metric)
+    metrics: dict[str, float] = {}
+    for split in ("train", "test"):
+        x, y = data.split(split)
+        shard = slice(info.rank, None, info.world_size)
+        source = TensorSource(x[shard], y[shard], info.device, batch_size)
+        sums, keys = source_sums(model, source, metric, precision)
+        total = all_reduce_sum(sums)
+        means = finish(metric, {k: total[i] / total[-1] for i, k in enumerate(keys)})
+        metrics.update({f"{split}_{k}": float(v) for k, v in means.items()})
+    return metrics
+
+
+def to_device(data: Dataset, device: torch.device) -> Dataset:
+    """The dataset's tensors on the device, unless it lives on the host (the CPU, memory-mapped shards)."""
+    if device.type == "cpu" or not data.resident:
+        return data
+    return dataclasses.replace(data, **{k: getattr(data, k).to(device, non_blocking=True)
+                                        for k in ("x_train", "y_train", "x_test", "y_test")})
+
+
+def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
+    """Train (or resume) the run described by cfg; returns the final checkpoint dict on rank 0 (None on the
+    other ranks, unless the run was already complete)."""
+    state = resume_state(cfg)
+    data = to_device(load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.data_kwargs), info.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_kwargs)
+    model.to(info.device)
+    if data.x_train.ndim == 4 and info.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    plan = plan_of(cfg, info.world_size, len(data.x_train))
+    opt, sched = optimizer_of(model, cfg, plan)
+    start_epoch, step = 0, 0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        restore_rng_state(state["rng"], info.device)
+        if start_epoch >= cfg.epochs:
+            print0(f"{cfg.out}: already complete ({start_epoch} epochs); nothing to do")
+            return state
+    sampler = DistributedSampler(range(len(data.x_train)), num_replicas=info.world_size, rank=info.rank,
+                                 shuffle=True, seed=cfg.seed, drop_last=True)
+    ddp_model = wrap_model(model, info, cfg.compile)
+    log_path = os.path.join(cfg.out, "metrics.jsonl")
+    if info.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+        truncate_log(log_path, start_epoch)
+        write_json(os.path.join(cfg.out, "config.json"),
+                   {"train_config": plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan)})
+        if start_epoch == 0:  # the initial weights: where a trajectory (landscape.trajectory) starts
+            ckpt_io.save_checkpoint(run_checkpoint(model, cfg, plan, data, 0, 0, {}, opt, sched, info.device),
+                                    os.path.join(cfg.out, "epoch_0000.pt"))
+        tokens = (f" sequences x {data.tokens_per_sample} tokens = {plan.global_batch_size * data.tokens_per_sample} "
+                  "tokens" if data.sequences else "")
+        print0(f"global batch {plan.global_batch_size}{tokens} = {plan.micro_batch_size} per forward x "
+               f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
+               f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}")
+    metrics: dict[str, float] = dict(state["metrics"]) if state else {}
+    ckpt = state
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        run = train_one_epoch(ddp_model, opt, sched, data, sampler, plan, cfg, epoch, info)
+        step += plan.steps_per_epoch
+        done = epoch + 1
+        if done % cfg.eval_every == 0 or done == cfg.epochs:
+            metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
+        record = {"epoch": done, "step": step, "lr": lr, **run, **metrics, "wall_seconds": time.perf_counter() - t0}
+        if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
+            ckpt = run_checkpoint(model, cfg, plan, data, done, step, metrics, opt, sched, info.device)
+            if done % cfg.save_every == 0 or done == cfg.epochs:
+                ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
+            ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
+            append_jsonl(log_path, record)
+            if done % cfg.log_every == 0 or done == cfg.epochs:
+                print0(_format_record(record, cfg.epochs))
+    return ckpt
+
+
+def _format_record(r: dict[str, Any], epochs: int) -> str:
+    speed = (f"{r['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in r else
+             f"{r['images_per_second']:.0f} img/s")
+    line = (f"epoch {r['epoch']}/{epochs}  lr {r['lr']:.4g}  running loss {r['train_loss_running']:.4f}  "
+            f"{speed}  {r['wall_seconds']:.1f}s")
+    if "test_acc" in r:
+        line += f"  | {metrics_text(r)}"
+    return line
+
+
+def metrics_text(m: dict[str, float]) -> str:
+    """train and test loss and accuracy, and perplexity where there is one (a language model's)."""
+    def split(name: str) -> str:
+        ppl = f" ppl {m[f'{name}_ppl']:.3f}" if f"{name}_ppl" in m else ""
+        return f"{name} loss {m[f'{name}_loss']:.4f} acc {m[f'{name}_acc']:.2f}%{ppl}"
+
+    return f"{split('train')}  {split('test')}"
