@@ -51,18 +51,17 @@ def synthetic_model(name: str, samples: int, input_shape: list[int], kwargs: dic
 
 
 def evaluator_for(model, x, y, batch: int, precision: str, compile: bool = False, points_per_pass: int = 1):
-    from landscape.core.directions import DirectionSpec, create_random_directions
-    from landscape.core.grid_eval import EvalSet, PointEvaluator
-    from landscape.core.params import model_tensors, snapshot
-    from landscape.runtime.sources import TensorSource
+    """The evaluator of the job the commands would build for this model and data (the one builder decides the
+    memory format), over two random filter-normalized directions."""
+    from landscape.api import random_directions
+    from landscape.core.grid_eval import EvalSet
+    from landscape.pipelines.grid_job import evaluator_of, grid_job
+    from landscape.runtime.sources import as_source
 
-    theta0 = snapshot(model_tensors(model), device="cpu")
-    dirs = create_random_directions(theta0, 2, DirectionSpec())
-    images = x.ndim == 4
-    data = x.contiguous(memory_format=torch.channels_last) if images else x
-    sets = [EvalSet("train", TensorSource(data, y, x.device, batch))]
-    return PointEvaluator(model, theta0, dirs, sets, precision=precision, channels_last=images, compile=compile,
-                          points_per_pass=points_per_pass)
+    sets = [EvalSet("train", as_source((x, y), x.device, batch, channels_last=True))]
+    job = grid_job(model, random_directions(model, 2), sets, "-1:1:2", evaluation={}, precision=precision,
+                   compile=compile, points_per_pass=points_per_pass)
+    return evaluator_of(job)
 
 
 def engine_points_per_s(ev, n: int, folder: str) -> float:

@@ -26,6 +26,7 @@ launches alternate --rounds times, best of each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -91,6 +92,7 @@ def measure(args: argparse.Namespace, info: Any) -> None:
     from landscape.core.params import to_numpy
     from landscape.core.surface_file import Origin, open_surface
     from landscape.pipelines.from_checkpoint import job_from_config
+    from landscape.pipelines.grid_job import evaluator_of
 
     _, _, _, _, batch, n, per_pass = MODELS[args.model]
     spec = f"-1:1:{n}"
@@ -100,10 +102,9 @@ def measure(args: argparse.Namespace, info: Any) -> None:
     sets, dirs = job.sets, job.directions
     x = parse_range(spec)
     points = grid_points(x, x)
-    evaluators = {"engine": PointEvaluator(job.model, job.theta0, dirs, sets, channels_last=job.channels_last)}
+    evaluators = {"engine": evaluator_of(job)}
     if not info.is_distributed:
-        evaluators["vmap"] = PointEvaluator(job.model, job.theta0, dirs, sets, channels_last=job.channels_last,
-                                            points_per_pass=per_pass)
+        evaluators["vmap"] = evaluator_of(dataclasses.replace(job, points_per_pass=per_pass))
     for ev in evaluators.values():  # warm-up
         ev.evaluate(points[:ev.points_per_pass])
     dirs_np = [to_numpy(d) for d in dirs]
@@ -226,9 +227,9 @@ def streamed(tmp: str, threads: int) -> dict:
     from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
     from landscape.api import random_directions
-    from landscape.core.grid_eval import EvalSet, PointEvaluator
-    from landscape.core.params import model_tensors, snapshot
+    from landscape.core.grid_eval import EvalSet
     from landscape.models.registry import build_model
+    from landscape.pipelines.grid_job import evaluator_of, grid_job
     from landscape.runtime.sources import as_source
 
     torch.set_num_threads(threads)
@@ -245,12 +246,12 @@ def streamed(tmp: str, threads: int) -> dict:
         "PNG folder, 2 workers, 256 images": torch.utils.data.DataLoader(
             ImageFolder(folder, transform=lambda im: pil_to_tensor(im).float() / 255), batch_size=64, num_workers=2,
             persistent_workers=True)}
-    theta0 = snapshot(model_tensors(model), device="cpu")
     dirs = random_directions(model, 2)
     points = grid_points_2d(5)
     out = {}
     for name, loader in loaders.items():
-        ev = PointEvaluator(model, theta0, dirs, [EvalSet("train", as_source(loader, torch.device("cpu"), 128))])
+        sets = [EvalSet("train", as_source(loader, torch.device("cpu"), 128))]
+        ev = evaluator_of(grid_job(model, dirs, sets, "-1:1:5", "-1:1:5", evaluation={}))
         ev(points[0])  # warm-up, and the workers start
         out[name] = interleaved_ratio(lambda p, ev=ev: ev(tuple(float(c) for c in p)).tolist(),
                                       lambda ev=ev, loader=loader: plain_point(ev.model, loader), points)

@@ -131,9 +131,7 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None, share: bool = 
     from what it computed (the file is not read back) and, with `share`, sent to every rank. `evaluator`
     (default: the job's metrics, PointEvaluator) may measure something else at each point, e.g. Hessian
     eigenvalues (landscape.curvature.hessian.HessianPointEvaluator)."""
-    evaluator = evaluator or PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type,
-                                            job.precision, job.channels_last, job.compile, job.points_per_pass,
-                                            job.bn, job.loss_name)
+    evaluator = evaluator or evaluator_of(job)
     arrays = [to_numpy(d) for d in job.directions] if job.path is not None and info.is_main else None
     if job.path is not None:  # a file made by another request is refused before anything is evaluated
         run_on_main(lambda: check_resumable(job.path, job.origin, arrays, job.evaluation, *known_axes(job)), info)
@@ -158,6 +156,13 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None, share: bool = 
     if info.is_main:
         warn_if_off_centre(surface)
     return SurfaceRun(job.path, len(points), computed, broadcast_object(surface) if share else surface)
+
+
+def evaluator_of(job: GridJob) -> PointEvaluator:
+    """The job's evaluator at a grid point: its metrics on its sets, as run_grid computes them (the benchmarks time
+    this same object)."""
+    return PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type, job.precision,
+                          job.channels_last, job.compile, job.points_per_pass, job.bn, job.loss_name)
 
 
 def open_sink(job: GridJob, x: np.ndarray, y: np.ndarray | None, evaluator: Any, arrays: list | None,
