@@ -250,6 +250,12 @@ CASES = [  # (module, argv template, words the error must contain)
      "does not take these options"),
     ("trainers.train", ["--model-kwargs", '{{"hiden": [8]}}', "--out", "{dir}/t7"], "rejected its arguments"),
     ("landscape.plot2d", ["{ckpt}", "--loss-max", "nan", "--out", "{dir}/o6"], "--loss-max must be a finite"),
+    # large-batch remedies
+    ("trainers.train", ["--dataset", "synthetic", "--model-kwargs", '{{"batchnorm": true}}', "--batch-size", "64",
+                        "--ghost-batch-size", "24", "--out", "{dir}/g1"], "does not divide the micro-batch of 64"),
+    ("trainers.train", ["--dataset", "synthetic", "--batch-size", "64", "--ghost-batch-size", "16",
+                        "--out", "{dir}/g2"], "needs BatchNorm layers"),
+    ("trainers.train", ["--ghost-batch-size", "0", "--out", "{dir}/g3"], "--ghost-batch-size must be >= 1"),
     # a user's own model, data and metric (tests/userland.py)
     ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.nomodule:make", "--data", "tests.userland:loader",
                           "--out", "{dir}/u1"], "cannot import"),

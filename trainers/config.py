@@ -16,6 +16,7 @@ from landscape.base.flags import json_object, option
 from landscape.data.datasets import list_datasets
 from landscape.models.registry import list_models
 from landscape.training.optim import (
+    LR_SCALINGS,
     OPTIMIZERS,
     SCHEDULES,
     BatchPlan,
@@ -23,6 +24,7 @@ from landscape.training.optim import (
     make_optimizer,
     make_plan,
     make_scheduler,
+    scaled_lr,
 )
 
 
@@ -59,8 +61,15 @@ class TrainConfig:
                                          group="optimization")
     gamma: float = option(0.1, "lr decay factor at each milestone", group="optimization")
     warmup_epochs: float = option(0.0, "linear warmup (Goyal et al. 2017)", group="optimization")
-    scale_lr: bool = option(False, "linear scaling rule: lr x batch-size / base-batch-size", group="optimization")
+    scale_lr: str | None = option(None, "scale --lr with the batch: linear (Goyal et al. 2017), lr x batch-size / "
+                                  "base-batch-size, or sqrt (Hoffer et al. 2017), lr x sqrt(batch-size / "
+                                  "base-batch-size); given bare, linear", choices=LR_SCALINGS, const="linear",
+                                  metavar="RULE", group="optimization")
     base_batch_size: int = option(128, "the batch size --lr is given for, with --scale-lr", group="optimization")
+    ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "
+                                          "normalizes over chunks of N samples of each micro-batch (N must divide "
+                                          "it); evaluation and the saved model are plain BatchNorm", metavar="N",
+                                          group="large-batch remedies")
     seed: int = option(0, "seed of the initialization and the data order", group="optimization")
     precision: str = option("auto", "fp32, or bf16 autocast; auto: bf16 on CUDA, fp32 on a CPU (stored metrics "
                             "are always fp32)", choices=PRECISIONS, group="runtime")
@@ -76,12 +85,15 @@ class TrainConfig:
     progress: bool = option(True, "no progress bar", flag="--no-progress", group="runtime")
 
     def __post_init__(self) -> None:
+        if isinstance(self.scale_lr, bool):  # runs stored by 0.7 and earlier, and Python callers: a switch for linear
+            object.__setattr__(self, "scale_lr", "linear" if self.scale_lr else None)
         checks = [(self.batch_size >= 1, "--batch-size must be >= 1"),
                   (self.epochs >= 1, "--epochs must be >= 1"),
                   (self.lr > 0, "--lr must be > 0"),
                   (self.weight_decay >= 0, "--weight-decay must be >= 0"),
                   (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
                   (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+                  (self.ghost_batch_size is None or self.ghost_batch_size >= 1, "--ghost-batch-size must be >= 1"),
                   (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas takes two values in [0, 1)"),
                   (min(self.eval_every, self.save_every, self.log_every, self.eval_batch_size) >= 1,
                    "--eval-every/--save-every/--log-every/--eval-batch-size must be >= 1")]
@@ -90,7 +102,8 @@ class TrainConfig:
                 raise ConfigError(msg)
         for value, choices, flag in [(self.optimizer, OPTIMIZERS, "--optimizer"),
                                      (self.schedule, SCHEDULES, "--schedule"),
-                                     (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device")]:
+                                     (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device"),
+                                     *([(self.scale_lr, LR_SCALINGS, "--scale-lr")] if self.scale_lr else [])]:
             check_choice(value, choices, flag)
 
     def identity(self) -> dict[str, Any]:
@@ -110,13 +123,18 @@ def plain(obj: Any) -> Any:
 
 
 def plan_of(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
-    """cfg's batch plan on `world_size` ranks over `n_train` samples (landscape.training.make_plan)."""
-    return make_plan(cfg.batch_size, world_size, n_train, cfg.micro_batch_size)
+    """cfg's batch plan on `world_size` ranks over `n_train` samples (landscape.training.make_plan); a ghost batch
+    must divide the micro-batch, the forward that BatchNorm sees."""
+    plan = make_plan(cfg.batch_size, world_size, n_train, cfg.micro_batch_size)
+    if cfg.ghost_batch_size and plan.micro_batch_size % cfg.ghost_batch_size:
+        raise ConfigError(f"--ghost-batch-size {cfg.ghost_batch_size} does not divide the micro-batch of "
+                          f"{plan.micro_batch_size} samples per forward; choose a divisor of it")
+    return plan
 
 
 def peak_lr(cfg: TrainConfig) -> float:
-    """--lr, times batch-size / base-batch-size under the linear scaling rule (--scale-lr)."""
-    return cfg.lr * (cfg.batch_size / cfg.base_batch_size if cfg.scale_lr else 1.0)
+    """--lr, scaled by --scale-lr: times batch-size / base-batch-size (linear) or its square root (sqrt)."""
+    return scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch_size, cfg.scale_lr)
 
 
 def schedule_of(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:

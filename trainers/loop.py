@@ -27,6 +27,7 @@ from landscape.runtime.distributed import DistInfo, all_reduce_sum, print0
 from landscape.runtime.forward import resolve_precision, source_sums
 from landscape.runtime.metrics import finish, get_metric
 from landscape.runtime.sources import TensorSource
+from landscape.training.ghost_bn import ghost_batchnorm
 from landscape.training.optim import BatchPlan
 from landscape.training.step import train_step, wrap_model
 from trainers.checkpoints import append_jsonl, restore_rng_state, resume_state, run_checkpoint, truncate_log
@@ -119,6 +120,8 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     if data.x_train.ndim == 4 and info.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     plan = plan_of(cfg, info.world_size, len(data.x_train))
+    if cfg.ghost_batch_size:
+        ghost_batchnorm(model, cfg.ghost_batch_size)
     opt, sched = optimizer_of(model, cfg, plan)
     start_epoch, step = 0, 0
     if state is not None:

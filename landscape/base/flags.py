@@ -53,11 +53,12 @@ class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
            choices: Sequence[Any] | None = None, type: Callable[[str], Any] | None = None, group: str | None = None,
-           metavar: str | None = None, default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
+           metavar: str | None = None, const: Any = None,
+           default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
     """A dataclass field that is also a command-line flag (see add_config_args). `flag` overrides the flag's
-    name."""
+    name; `const` is the value of the flag given bare (`--scale-lr` for `--scale-lr linear`)."""
     meta = {"cli": {"help": help, "flag": flag, "choices": choices, "type": type, "group": group,
-                    "metavar": metavar}}
+                    "metavar": metavar, "const": const}}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -110,6 +111,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Iterable[s
             kw.update(type=meta["type"] or value_type, choices=meta["choices"], metavar=meta["metavar"])
             if several:
                 kw["nargs"] = "+" if kw.get("default") else "*"
+            elif meta["const"] is not None:
+                kw.update(nargs="?", const=meta["const"])
         group.add_argument(name, **kw)
 
 

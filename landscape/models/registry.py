@@ -72,12 +72,14 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 @register("mlp")
-def mlp(num_classes: int = 10, input_shape: Sequence[int] = (40,), hidden: Sequence[int] = (100, 100)) -> nn.Module:
-    """Fully connected ReLU network on the flattened input (the MNIST-1D baseline uses two layers of 100)."""
+def mlp(num_classes: int = 10, input_shape: Sequence[int] = (40,), hidden: Sequence[int] = (100, 100),
+        batchnorm: bool = False) -> nn.Module:
+    """Fully connected ReLU network on the flattened input (the MNIST-1D baseline uses two layers of 100); with
+    `batchnorm`, BatchNorm1d after each hidden linear layer (what Ghost BatchNorm acts on)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = _numel(input_shape)
     for h in hidden:
-        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        layers += [nn.Linear(width, int(h)), *([nn.BatchNorm1d(int(h))] if batchnorm else []), nn.ReLU()]
         width = int(h)
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)

@@ -16,6 +16,7 @@ from landscape.base.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
+LR_SCALINGS = ("linear", "sqrt")  # Goyal et al. 2017; Hoffer et al. 2017
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,16 @@ def make_plan(global_batch_size: int, world_size: int, n_train: int, micro_batch
         raise ConfigError(f"--batch-size {global_batch_size} exceeds the {n_train} training samples; use a smaller "
                           "batch")
     return BatchPlan(global_batch_size, per_rank, micro, per_rank // micro, world_size, steps)
+
+
+def scaled_lr(lr: float, global_batch_size: int, base_batch_size: int, rule: str | None) -> float:
+    """`lr`, given for `base_batch_size`, at `global_batch_size`: unchanged (rule None), times the batch ratio
+    (linear) or times its square root (sqrt)."""
+    if rule is None:
+        return lr
+    check_choice(rule, LR_SCALINGS, "--scale-lr")
+    ratio = global_batch_size / base_batch_size
+    return lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,88 @@
+"""Large-batch remedies in the trainer: learning-rate scaling rules and Ghost BatchNorm."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from landscape.models.checkpoint import load_model
+from landscape.training.ghost_bn import ghost_batchnorm
+from tests.conftest import SINGLE, train_config
+from trainers.config import TrainConfig, peak_lr
+from trainers.loop import fit
+from trainers.train import get_parser
+
+
+def _manual_batchnorm(x, mean, var, weight, bias, momentum, eps):
+    """Train-mode BatchNorm over all of x (N, C), written out: the output, and the running statistics after one
+    update (the variance stored unbiased, as torch does)."""
+    mu, v = x.mean(0), x.var(0, unbiased=False)
+    out = (x - mu) / torch.sqrt(v + eps) * weight + bias
+    n = x.shape[0]
+    return out, (1 - momentum) * mean + momentum * mu, (1 - momentum) * var + momentum * v * n / (n - 1)
+
+
+def _layer(features=5, seed=0):
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm1d(features, momentum=0.3)
+    with torch.no_grad():  # not the identity affine, not the initial statistics
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    return bn
+
+
+def test_ghost_batches_of_half_the_batch_normalize_each_half_and_update_the_statistics_twice():
+    bn = _layer()
+    x = torch.randn(16, 5) * 3 + torch.arange(16.0)[:, None] / 4  # halves with other means
+    w, b, mean, var = bn.weight.detach(), bn.bias.detach(), bn.running_mean.clone(), bn.running_var.clone()
+    first, mean, var = _manual_batchnorm(x[:8], mean, var, w, b, 0.3, bn.eps)
+    second, mean, var = _manual_batchnorm(x[8:], mean, var, w, b, 0.3, bn.eps)
+    ghost = ghost_batchnorm(nn.Sequential(bn), 8)[0].train()
+    out = ghost(x)
+    torch.testing.assert_close(out, torch.cat([first, second]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ghost.running_mean, mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ghost.running_var, var, rtol=1e-6, atol=1e-6)
+    assert int(ghost.num_batches_tracked) == 2
+    whole, _, _ = _manual_batchnorm(x, bn.running_mean, bn.running_var, w, b, 0.3, bn.eps)
+    assert (out - whole).abs().max() > 0.1  # the halves' statistics differ from the whole batch's
+
+
+def test_a_ghost_batch_of_the_whole_batch_is_plain_batchnorm_and_eval_mode_is_untouched():
+    plain, ghost = _layer(seed=1), ghost_batchnorm(nn.Sequential(_layer(seed=1)), 16)[0]
+    x = torch.randn(16, 5)
+    assert torch.equal(plain.train()(x), ghost.train()(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(plain, name), getattr(ghost, name)), name
+    small = ghost_batchnorm(nn.Sequential(_layer(seed=1)), 4)[0]
+    assert torch.equal(_layer(seed=1).eval()(x), small.eval()(x))  # eval: the running statistics, any ghost size
+
+
+def test_a_ghost_batchnorm_run_trains_differently_and_its_checkpoint_loads_into_the_plain_model(tmp_path):
+    kw = dict(model_kwargs={"hidden": [32, 32], "batchnorm": True}, batch_size=64, epochs=2)
+    fit(train_config(tmp_path / "plain", **kw), SINGLE)
+    fit(train_config(tmp_path / "ghost", ghost_batch_size=16, **kw), SINGLE)
+    plain, _ = load_model(str(tmp_path / "plain" / "last.pt"))
+    ghost, ckpt = load_model(str(tmp_path / "ghost" / "last.pt"))  # a plain mlp, loaded strictly
+    assert type(ghost[2]) is nn.BatchNorm1d and ckpt["train_config"]["ghost_batch_size"] == 16
+    assert not torch.allclose(plain[2].running_var, ghost[2].running_var)  # 16-sample statistics are noisier
+
+
+def test_scale_lr_rules_the_bare_flag_and_runs_stored_with_the_old_switch(tmp_path):
+    parse = get_parser().parse_args
+    assert parse(["--out", "r", "--scale-lr"]).scale_lr == "linear"
+    assert parse(["--out", "r", "--scale-lr", "sqrt", "--epochs", "2"]).scale_lr == "sqrt"
+    assert parse(["--out", "r"]).scale_lr is None
+    cfg = TrainConfig(out="r", lr=0.1, batch_size=512, base_batch_size=128)
+    assert [peak_lr(replace(cfg, scale_lr=r)) for r in (None, "linear", "sqrt")] == pytest.approx([0.1, 0.4, 0.2])
+    assert TrainConfig(out="r", scale_lr=True).scale_lr == "linear" and TrainConfig(out="r").scale_lr is None
+    # a run stored by 0.7, whose train_config says scale_lr: true, resumes under --scale-lr
+    cfg = train_config(tmp_path / "r", scale_lr="linear", base_batch_size=32, epochs=1)
+    fit(cfg, SINGLE)
+    last = tmp_path / "r" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["train_config"]["scale_lr"] = True
+    torch.save(state, last)
+    assert fit(replace(cfg, resume=True), SINGLE)["epoch"] == 1  # already complete: the stored run is this one
+    assert math.isclose(state["optimizer"]["param_groups"][0]["initial_lr"], 0.05 * 64 / 32)
