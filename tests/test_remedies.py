@@ -1,4 +1,4 @@
-"""Large-batch remedies in the trainer: learning-rate scaling rules and Ghost BatchNorm."""
+"""Large-batch remedies in the trainer: learning-rate scaling rules, Ghost BatchNorm and regime adaptation."""
 
 import math
 from dataclasses import replace
@@ -9,9 +9,11 @@ from torch import nn
 
 from landscape.models.checkpoint import load_model
 from landscape.training.ghost_bn import ghost_batchnorm
-from tests.conftest import SINGLE, train_config
-from trainers.config import TrainConfig, peak_lr
+from tests.conftest import SINGLE, killed_at_epoch, train_config
+from trainers import loop
+from trainers.config import TrainConfig, peak_lr, plan_of, run_length, schedule_of
 from trainers.loop import fit
+from trainers.sweep import is_complete
 from trainers.train import get_parser
 
 
@@ -86,3 +88,45 @@ def test_scale_lr_rules_the_bare_flag_and_runs_stored_with_the_old_switch(tmp_pa
     torch.save(state, last)
     assert fit(replace(cfg, resume=True), SINGLE)["epoch"] == 1  # already complete: the stored run is this one
     assert math.isclose(state["optimizer"]["param_groups"][0]["initial_lr"], 0.05 * 64 / 32)
+
+
+def test_regime_adaptation_takes_the_small_batch_s_steps_and_stretches_the_schedule(tmp_path):
+    """512 training samples: batch 32 takes 16 steps an epoch, so 2 epochs are 32 steps; batch 128 takes 4 an
+    epoch, so it trains 8 epochs, and its milestone (epoch 1) and warmup (half an epoch) stretch 4x."""
+    cfg = train_config(tmp_path / "r", batch_size=128, base_batch_size=32, epochs=2, regime_adaptation=True,
+                       schedule="step", milestones=(1,), gamma=0.5, warmup_epochs=0.5, save_every=100)
+    plan = plan_of(cfg, 1, 512)
+    length = run_length(cfg, plan, 512)
+    assert (length.epochs, length.stretch) == (8, 4.0)
+    lr = schedule_of(cfg, plan.steps_per_epoch, length)
+    assert lr(7) == pytest.approx(1.0) and lr(6) < 1.0  # warmup: 2 epochs x 4 steps
+    assert lr(15) == pytest.approx(1.0) and lr(16) == pytest.approx(0.5)  # the milestone, at epoch 4 of 8
+    ckpt = fit(cfg, SINGLE)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["run_epochs"]) == (8, 32, 8)
+    assert is_complete(str(tmp_path / "r"), cfg.epochs)  # the sweep's check reads the run's own length
+    plain = fit(replace(cfg, out=str(tmp_path / "p"), regime_adaptation=False), SINGLE)
+    assert (plain["epoch"], plain["step"]) == (2, 8)
+
+
+REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
+            "ghost": dict(ghost_batch_size=16, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
+            "regime": dict(regime_adaptation=True, base_batch_size=32, epochs=2, schedule="cosine",
+                           warmup_epochs=0.5)}
+
+
+@pytest.mark.parametrize("remedy", sorted(REMEDIES))
+def test_a_killed_and_resumed_remedy_run_equals_an_uninterrupted_one(remedy, tmp_path, monkeypatch):
+    kw = {"epochs": 3, "batch_size": 64, **REMEDIES[remedy]}
+    fit(train_config(tmp_path / "full", **kw), SINGLE)
+    real = loop.train_one_epoch
+    monkeypatch.setattr(loop, "train_one_epoch", killed_at_epoch(real, 2))
+    cut = train_config(tmp_path / "cut", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cut, SINGLE)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    fit(replace(cut, resume=True), SINGLE)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k

@@ -256,6 +256,8 @@ CASES = [  # (module, argv template, words the error must contain)
     ("trainers.train", ["--dataset", "synthetic", "--batch-size", "64", "--ghost-batch-size", "16",
                         "--out", "{dir}/g2"], "needs BatchNorm layers"),
     ("trainers.train", ["--ghost-batch-size", "0", "--out", "{dir}/g3"], "--ghost-batch-size must be >= 1"),
+    ("trainers.train", ["--dataset", "synthetic", "--regime-adaptation", "--base-batch-size", "100000",
+                        "--out", "{dir}/g4"], "has no steps to match"),
     # a user's own model, data and metric (tests/userland.py)
     ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.nomodule:make", "--data", "tests.userland:loader",
                           "--out", "{dir}/u1"], "cannot import"),

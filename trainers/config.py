@@ -4,6 +4,7 @@ optimizer and schedule it asks for (built by landscape.training)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,9 @@ class TrainConfig:
                                   "base-batch-size); given bare, linear", choices=LR_SCALINGS, const="linear",
                                   metavar="RULE", group="optimization")
     base_batch_size: int = option(128, "the batch size --lr is given for, with --scale-lr", group="optimization")
+    regime_adaptation: bool = option(False, "Hoffer et al. 2017: train as many optimizer steps as --base-batch-size "
+                                     "takes in --epochs (a batch k times larger trains k times the epochs), with the "
+                                     "schedule's warmup and milestones stretched alike", group="large-batch remedies")
     ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "
                                           "normalizes over chunks of N samples of each micro-batch (N must divide "
                                           "it); evaluation and the saved model are plain BatchNorm", metavar="N",
@@ -137,13 +141,39 @@ def peak_lr(cfg: TrainConfig) -> float:
     return scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch_size, cfg.scale_lr)
 
 
-def schedule_of(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
-    return Schedule(cfg.schedule, cfg.epochs, steps_per_epoch, cfg.warmup_epochs, cfg.gamma, tuple(cfg.milestones))
+@dataclass(frozen=True)
+class RunLength:
+    """How long a run trains: its epochs, and the factor by which its schedule's warmup and milestones stretch
+    (regime adaptation), 1 otherwise."""
+
+    epochs: int
+    stretch: float = 1.0
 
 
-def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan
+def run_length(cfg: TrainConfig, plan: BatchPlan, n_train: int) -> RunLength:
+    """--epochs, or with --regime-adaptation the epochs in which this batch takes as many optimizer steps as
+    --base-batch-size takes in --epochs (rounded up to whole epochs)."""
+    if not cfg.regime_adaptation:
+        return RunLength(cfg.epochs)
+    reference = cfg.epochs * (n_train // cfg.base_batch_size)
+    if reference == 0:
+        raise ConfigError(f"--base-batch-size {cfg.base_batch_size} exceeds the {n_train} training samples, so "
+                          "--regime-adaptation has no steps to match; use a smaller --base-batch-size")
+    epochs = math.ceil(reference / plan.steps_per_epoch)
+    return RunLength(epochs, epochs / cfg.epochs)
+
+
+def schedule_of(cfg: TrainConfig, steps_per_epoch: int, length: RunLength | None = None) -> Schedule:
+    """cfg's learning-rate schedule over `length` (default: --epochs), its warmup and milestones stretched."""
+    length = length or RunLength(cfg.epochs)
+    s = length.stretch
+    return Schedule(cfg.schedule, length.epochs, steps_per_epoch, cfg.warmup_epochs * s, cfg.gamma,
+                    tuple(m * s for m in cfg.milestones))
+
+
+def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, length: RunLength | None = None
                  ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """cfg's optimizer over the model's parameters, and its schedule stepped once per optimizer step."""
     opt = make_optimizer(model.parameters(), cfg.optimizer, peak_lr(cfg), cfg.weight_decay, cfg.momentum,
                          cfg.nesterov, cfg.betas)
-    return opt, make_scheduler(opt, schedule_of(cfg, plan.steps_per_epoch))
+    return opt, make_scheduler(opt, schedule_of(cfg, plan.steps_per_epoch, length))

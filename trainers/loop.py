@@ -9,6 +9,7 @@ means of means.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -31,12 +32,12 @@ from landscape.training.ghost_bn import ghost_batchnorm
 from landscape.training.optim import BatchPlan
 from landscape.training.step import train_step, wrap_model
 from trainers.checkpoints import append_jsonl, restore_rng_state, resume_state, run_checkpoint, truncate_log
-from trainers.config import TrainConfig, optimizer_of, peak_lr, plain, plan_of
+from trainers.config import RunLength, TrainConfig, optimizer_of, peak_lr, plain, plan_of, run_length
 
 
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
                     sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
-                    info: DistInfo) -> dict[str, float]:
+                    info: DistInfo, epochs: int | None = None) -> dict[str, float]:
     """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
     model) and samples/second (all ranks), and tokens/second for a language model."""
     ddp_model.train()
@@ -45,7 +46,7 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     gen = torch.Generator(device=info.device).manual_seed(cfg.seed * 100_003 + epoch * 1009 + info.rank)
     precision = resolve_precision(cfg.precision, info.device)
     losses: list[Tensor] = []  # one detached loss per micro-batch, summed once at the end of the epoch
-    bar = tqdm(total=plan.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+    bar = tqdm(total=plan.steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs or cfg.epochs}", leave=False,
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in range(plan.steps_per_epoch):
@@ -114,6 +115,58 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     other ranks, unless the run was already complete)."""
     state = resume_state(cfg)
     data = to_device(load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.data_kwargs), info.device)
+    model, plan, length = build_run(cfg, data, info)
+    opt, sched = optimizer_of(model, cfg, plan, length)
+    start_epoch, step = 0, 0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        restore_rng_state(state["rng"], info.device)
+        if start_epoch >= length.epochs:
+            print0(f"{cfg.out}: already complete ({start_epoch} epochs); nothing to do")
+            return state
+    sampler = DistributedSampler(range(len(data.x_train)), num_replicas=info.world_size, rank=info.rank,
+                                 shuffle=True, seed=cfg.seed, drop_last=True)
+    ddp_model = wrap_model(model, info, cfg.compile)
+    log_path = os.path.join(cfg.out, "metrics.jsonl")
+    save = functools.partial(run_checkpoint, model, cfg, plan, data, opt=opt, sched=sched, device=info.device,
+                             run_epochs=length.epochs)
+    if info.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+        truncate_log(log_path, start_epoch)
+        write_json(os.path.join(cfg.out, "config.json"),
+                   {"train_config": plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan),
+                    "run_epochs": length.epochs})
+        if start_epoch == 0:  # the initial weights: where a trajectory (landscape.trajectory) starts
+            ckpt_io.save_checkpoint(save(0, 0, {}), os.path.join(cfg.out, "epoch_0000.pt"))
+        print0(plan_text(cfg, plan, length, data, info))
+    metrics: dict[str, float] = dict(state["metrics"]) if state else {}
+    ckpt = state
+    for epoch in range(start_epoch, length.epochs):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        run = train_one_epoch(ddp_model, opt, sched, data, sampler, plan, cfg, epoch, info, length.epochs)
+        step += plan.steps_per_epoch
+        done, last = epoch + 1, epoch + 1 == length.epochs
+        if done % cfg.eval_every == 0 or last:
+            metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
+        record = {"epoch": done, "step": step, "lr": lr, **run, **metrics, "wall_seconds": time.perf_counter() - t0}
+        if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
+            ckpt = save(done, step, metrics)
+            if done % cfg.save_every == 0 or last:
+                ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
+            ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
+            append_jsonl(log_path, record)
+            if done % cfg.log_every == 0 or last:
+                print0(_format_record(record, length.epochs))
+    return ckpt
+
+
+def build_run(cfg: TrainConfig, data: Dataset, info: DistInfo) -> tuple[nn.Module, BatchPlan, RunLength]:
+    """The model (seeded, on the device, Ghost BatchNorm when asked), the batch plan and the run's length; every
+    check of the flags against the data and the model happens here, before anything is written."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_kwargs)
     model.to(info.device)
@@ -122,54 +175,18 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     plan = plan_of(cfg, info.world_size, len(data.x_train))
     if cfg.ghost_batch_size:
         ghost_batchnorm(model, cfg.ghost_batch_size)
-    opt, sched = optimizer_of(model, cfg, plan)
-    start_epoch, step = 0, 0
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        restore_rng_state(state["rng"], info.device)
-        if start_epoch >= cfg.epochs:
-            print0(f"{cfg.out}: already complete ({start_epoch} epochs); nothing to do")
-            return state
-    sampler = DistributedSampler(range(len(data.x_train)), num_replicas=info.world_size, rank=info.rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=True)
-    ddp_model = wrap_model(model, info, cfg.compile)
-    log_path = os.path.join(cfg.out, "metrics.jsonl")
-    if info.is_main:
-        os.makedirs(cfg.out, exist_ok=True)
-        truncate_log(log_path, start_epoch)
-        write_json(os.path.join(cfg.out, "config.json"),
-                   {"train_config": plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan)})
-        if start_epoch == 0:  # the initial weights: where a trajectory (landscape.trajectory) starts
-            ckpt_io.save_checkpoint(run_checkpoint(model, cfg, plan, data, 0, 0, {}, opt, sched, info.device),
-                                    os.path.join(cfg.out, "epoch_0000.pt"))
-        tokens = (f" sequences x {data.tokens_per_sample} tokens = {plan.global_batch_size * data.tokens_per_sample} "
-                  "tokens" if data.sequences else "")
-        print0(f"global batch {plan.global_batch_size}{tokens} = {plan.micro_batch_size} per forward x "
-               f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
-               f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}")
-    metrics: dict[str, float] = dict(state["metrics"]) if state else {}
-    ckpt = state
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        run = train_one_epoch(ddp_model, opt, sched, data, sampler, plan, cfg, epoch, info)
-        step += plan.steps_per_epoch
-        done = epoch + 1
-        if done % cfg.eval_every == 0 or done == cfg.epochs:
-            metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
-        record = {"epoch": done, "step": step, "lr": lr, **run, **metrics, "wall_seconds": time.perf_counter() - t0}
-        if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
-            ckpt = run_checkpoint(model, cfg, plan, data, done, step, metrics, opt, sched, info.device)
-            if done % cfg.save_every == 0 or done == cfg.epochs:
-                ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
-            ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
-            append_jsonl(log_path, record)
-            if done % cfg.log_every == 0 or done == cfg.epochs:
-                print0(_format_record(record, cfg.epochs))
-    return ckpt
+    return model, plan, run_length(cfg, plan, len(data.x_train))
+
+
+def plan_text(cfg: TrainConfig, plan: BatchPlan, length: RunLength, data: Dataset, info: DistInfo) -> str:
+    """The line that says how the global batch is made, and how long the run is."""
+    tokens = (f" sequences x {data.tokens_per_sample} tokens = {plan.global_batch_size * data.tokens_per_sample} "
+              "tokens" if data.sequences else "")
+    regime = (f"; regime adaptation: {length.epochs} epochs = {length.epochs * plan.steps_per_epoch} steps, as batch "
+              f"{cfg.base_batch_size} takes in {cfg.epochs} epochs" if cfg.regime_adaptation else "")
+    return (f"global batch {plan.global_batch_size}{tokens} = {plan.micro_batch_size} per forward x "
+            f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
+            f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}{regime}")
 
 
 def _format_record(r: dict[str, Any], epochs: int) -> str:

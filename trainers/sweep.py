@@ -31,8 +31,13 @@ def run_dir(root: str, cfg: TrainConfig) -> str:
 
 
 def is_complete(out: str, epochs: int) -> bool:
+    """Whether the run in `out` trained all its epochs (its own count: regime adaptation trains more than --epochs;
+    checkpoints of 0.7 and earlier do not say it, and ran --epochs)."""
     last = os.path.join(out, "last.pt")
-    return os.path.exists(last) and int(load_checkpoint(last)["epoch"]) >= epochs
+    if not os.path.exists(last):
+        return False
+    ckpt = load_checkpoint(last)
+    return int(ckpt["epoch"]) >= int(ckpt.get("run_epochs", epochs))
 
 
 def sweep(base: TrainConfig, root: str, batch_sizes: Sequence[int], weight_decays: Sequence[float],

@@ -67,7 +67,7 @@ class Schedule:
     steps_per_epoch: int
     warmup_epochs: float = 0.0
     gamma: float = 0.1
-    milestones: tuple[int, ...] = ()
+    milestones: tuple[float, ...] = ()  # epochs
 
     def __post_init__(self) -> None:
         check_choice(self.kind, SCHEDULES, "--schedule")
