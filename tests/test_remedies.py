@@ -111,7 +111,9 @@ def test_regime_adaptation_takes_the_small_batch_s_steps_and_stretches_the_sched
 REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
             "ghost": dict(ghost_batch_size=16, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
             "regime": dict(regime_adaptation=True, base_batch_size=32, epochs=2, schedule="cosine",
-                           warmup_epochs=0.5)}
+                           warmup_epochs=0.5),
+            "lars": dict(optimizer="lars", lr=2.0, weight_decay=5e-4),
+            "lamb": dict(optimizer="lamb", lr=0.01, model_kwargs={"hidden": [32, 32], "batchnorm": True})}
 
 
 @pytest.mark.parametrize("remedy", sorted(REMEDIES))
@@ -130,3 +132,69 @@ def test_a_killed_and_resumed_remedy_run_equals_an_uninterrupted_one(remedy, tmp
     assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def _layered(weight_grad):
+    """Linear(3, 2) + BatchNorm1d(2) with the linear weight [[3, 0, 4], [0, 0, 0]] (norm 5), its gradient given,
+    and every 1-D tensor's value 1 and gradient [0.5, -0.5]."""
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[3.0, 0, 4], [0, 0, 0]]))
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.fill_(1.0)
+    model[0].weight.grad = weight_grad.clone()
+    for p in model.parameters():
+        if p.ndim == 1:
+            p.grad = torch.tensor([0.5, -0.5])
+    return model
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_lars_scales_each_weight_by_its_trust_ratio_and_leaves_biases_and_norms_plain(weight_decay):
+    from landscape.training.optim import make_optimizer
+
+    g = torch.tensor([[0.0, 2, 0], [0, 0, 0]])  # norm 2
+    model = _layered(g)
+    make_optimizer(model, "lars", lr=1.0, weight_decay=weight_decay, momentum=0.9).step()
+    w = torch.tensor([[3.0, 0, 4], [0, 0, 0]])
+    trust = 0.001 * 5 / (2 + 5 * weight_decay + 1e-8)  # eta |w| / (|g| + wd |w| + eps), You et al. 2017
+    torch.testing.assert_close(model[0].weight.detach(), w - trust * (g + weight_decay * w))
+    if weight_decay == 0:
+        assert model[0].weight[0, 1].item() == pytest.approx(-0.005)  # written out: 0.001 x 5 / 2 x 2
+    for p in (model[0].bias, model[1].weight, model[1].bias):  # plain SGD: no decay, no trust ratio
+        torch.testing.assert_close(p.detach(), torch.tensor([0.5, 1.5]))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_lamb_scales_each_weight_s_adam_step_by_its_trust_ratio_and_leaves_biases_and_norms_plain(weight_decay):
+    from landscape.training.optim import make_optimizer
+
+    g = torch.tensor([[0.0, 2, 0], [0, 0, 0]])
+    model = _layered(g)
+    make_optimizer(model, "lamb", lr=0.01, weight_decay=weight_decay, betas=(0.9, 0.999)).step()
+    w = torch.tensor([[3.0, 0, 4], [0, 0, 0]])
+    adam = g / (g.abs() + 1e-6)  # the first bias-corrected Adam step: m/(sqrt(v) + eps) = g/(|g| + eps)
+    update = adam + weight_decay * w
+    trust = 5 / update.norm()  # |w| / |update|, You et al. 2019
+    torch.testing.assert_close(model[0].weight.detach(), w - 0.01 * trust * update)
+    if weight_decay == 0:
+        assert model[0].weight[0, 1].item() == pytest.approx(-0.05, rel=1e-5)  # written out: 0.01 x 5 x 1
+    for p in (model[0].bias, model[1].weight, model[1].bias):  # Adam's step, no decay, no trust ratio
+        torch.testing.assert_close(p.detach(), torch.tensor([1 - 0.01, 1 + 0.01]), rtol=1e-5, atol=1e-7)
+
+
+def test_lars_and_lamb_without_timm_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from landscape.base.flags import run_cli
+    from trainers.train import main
+
+    monkeypatch.setitem(sys.modules, "timm", None)
+    monkeypatch.setitem(sys.modules, "timm.optim", None)
+    for name in ("lars", "lamb"):
+        with pytest.raises(SystemExit) as exc:
+            run_cli(main, ["--dataset", "synthetic", "--optimizer", name, "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and "needs timm's optimizers; install timm" in err[0]
+        assert not any((tmp_path / name).iterdir())

@@ -49,10 +49,12 @@ class TrainConfig:
     micro_batch_size: int | None = option(None, "largest per-rank forward; larger per-rank batches use gradient "
                                           "accumulation", group="optimization")
     epochs: int = option(10, "epochs to train", group="optimization")
-    optimizer: str = option("sgd", "the optimizer", choices=OPTIMIZERS, group="optimization")
+    optimizer: str = option("sgd", "the optimizer; lars and lamb (You et al. 2017, 2019) are timm's, with biases and "
+                            "normalization parameters left out of weight decay and of the trust ratio",
+                            choices=OPTIMIZERS, group="optimization")
     lr: float = option(0.1, "peak learning rate (at --base-batch-size with --scale-lr)", group="optimization")
-    momentum: float = option(0.9, "SGD momentum", group="optimization")
-    betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW beta1 beta2 (language models often use 0.9 0.95)",
+    momentum: float = option(0.9, "SGD and LARS momentum", group="optimization")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW/LAMB beta1 beta2 (language models: 0.9 0.95)",
                                         group="optimization")
     nesterov: bool = option(False, "Nesterov momentum", group="optimization")
     weight_decay: float = option(0.0, "weight decay: L2 added to the gradient (sgd, adam), decoupled (adamw)",
@@ -174,6 +176,6 @@ def schedule_of(cfg: TrainConfig, steps_per_epoch: int, length: RunLength | None
 def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, length: RunLength | None = None
                  ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """cfg's optimizer over the model's parameters, and its schedule stepped once per optimizer step."""
-    opt = make_optimizer(model.parameters(), cfg.optimizer, peak_lr(cfg), cfg.weight_decay, cfg.momentum,
+    opt = make_optimizer(model, cfg.optimizer, peak_lr(cfg), cfg.weight_decay, cfg.momentum,
                          cfg.nesterov, cfg.betas)
     return opt, make_scheduler(opt, schedule_of(cfg, plan.steps_per_epoch, length))

@@ -5,7 +5,6 @@ function of the optimizer step, so a resumed run continues exactly where it stop
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +13,8 @@ from torch import nn
 from landscape.base.config import check_choice
 from landscape.base.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")  # lars, lamb: timm's (You et al. 2017, 2019)
+LARS_TRUST = 0.001  # LARS's trust coefficient eta (You et al. 2017), timm's default
 SCHEDULES = ("constant", "step", "cosine")
 LR_SCALINGS = ("linear", "sqrt")  # Goyal et al. 2017; Hoffer et al. 2017
 
@@ -83,17 +83,40 @@ class Schedule:
         return factor
 
 
-def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
-                   momentum: float = 0.9, nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)
-                   ) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov when asked and momentum > 0), Adam, or AdamW (weight decay decoupled from the
-    gradient's moments, Loshchilov & Hutter 2019)."""
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                   nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """The optimizer `name` over the model's parameters: SGD (momentum, Nesterov when asked and momentum > 0), Adam,
+    AdamW (weight decay decoupled from the gradient's moments, Loshchilov & Hutter 2019), or LARS / LAMB (layer-wise
+    trust ratios for SGD / Adam, You et al. 2017, 2019; see layerwise_optimizer)."""
     check_choice(name, OPTIMIZERS, "--optimizer")
+    if name in ("lars", "lamb"):
+        return layerwise_optimizer(model, name, lr, weight_decay, momentum, nesterov, betas)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                                weight_decay=weight_decay)
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return cls(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def layerwise_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
+                        nesterov: bool, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """timm's Lars or Lamb, with the reference implementations' exclusions: biases and normalization parameters
+    (every 1-D tensor) take neither weight decay nor the trust ratio, the weights always take the trust ratio.
+    timm adapts a group only where its weight decay is non-zero unless `always_adapt`, so the weights' group sets
+    it: at --weight-decay 0 LARS and LAMB would otherwise silently be SGD and Adam. LAMB's global gradient clipping
+    (timm's max_grad_norm=1.0) is off, as in the trainer's other optimizers."""
+    try:
+        from timm.optim import Lamb, Lars
+    except ImportError:
+        raise ConfigError(f"--optimizer {name} needs timm's optimizers; install timm (pip install timm, or pip "
+                          "install -e '.[remedies]' in the clone)") from None
+    weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": weights, "weight_decay": weight_decay, "always_adapt": True},
+              {"params": rest, "weight_decay": 0.0, "always_adapt": False}]
+    if name == "lars":
+        return Lars(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, trust_coeff=LARS_TRUST)
+    return Lamb(groups, lr=lr, betas=tuple(betas), max_grad_norm=None)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
