@@ -1,5 +1,6 @@
-"""Large-batch remedies in the trainer: learning-rate scaling rules, Ghost BatchNorm and regime adaptation."""
+"""Large-batch remedies in the trainer: lr scaling, Ghost BatchNorm, regime adaptation, LARS and LAMB, SAM."""
 
+import copy
 import math
 from dataclasses import replace
 
@@ -113,7 +114,8 @@ REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
             "regime": dict(regime_adaptation=True, base_batch_size=32, epochs=2, schedule="cosine",
                            warmup_epochs=0.5),
             "lars": dict(optimizer="lars", lr=2.0, weight_decay=5e-4),
-            "lamb": dict(optimizer="lamb", lr=0.01, model_kwargs={"hidden": [32, 32], "batchnorm": True})}
+            "lamb": dict(optimizer="lamb", lr=0.01, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
+            "sam": dict(sam=0.05, sam_m=16, sam_adaptive=True, model_kwargs={"hidden": [32, 32], "batchnorm": True})}
 
 
 @pytest.mark.parametrize("remedy", sorted(REMEDIES))
@@ -198,3 +200,87 @@ def test_lars_and_lamb_without_timm_are_one_line_and_write_nothing(tmp_path, mon
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code == 2 and len(err) == 1 and "needs timm's optimizers; install timm" in err[0]
         assert not any((tmp_path / name).iterdir())
+
+
+def _two_pass_sam(model, x, y, m, rho, lr, adaptive=False):
+    """A SAM step of plain SGD written out with torch.func: per group of m samples the gradient g at w, the step
+    e = rho g/|g| (ASAM: rho w^2 g/|w g|), the gradient at w + e; the update is lr times their mean."""
+    from torch.func import functional_call, grad
+
+    w = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def loss(params, xc, yc):
+        return nn.functional.cross_entropy(functional_call(model, params, (xc,)), yc)
+
+    total = {k: torch.zeros_like(v) for k, v in w.items()}
+    chunks = list(zip(x.split(m), y.split(m)))
+    for xc, yc in chunks:
+        g = grad(loss)(w, xc, yc)
+        t = {k: w[k].abs() if adaptive else torch.ones_like(w[k]) for k in w}
+        norm = torch.sqrt(sum(((t[k] * g[k]) ** 2).sum() for k in w))
+        e = {k: rho * t[k] ** 2 * g[k] / norm for k in w}
+        g2 = grad(loss)({k: w[k] + e[k] for k in w}, xc, yc)
+        for k in w:
+            total[k] += g2[k] / len(chunks)
+    return {k: w[k] - lr * total[k] for k in w}
+
+
+@pytest.mark.parametrize("m, adaptive", [(4, False), (None, False), (4, True)])
+def test_one_sam_step_equals_the_two_pass_computation(m, adaptive):
+    from landscape.training.sam import sam_step
+    from landscape.training.step import wrap_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    expected = _two_pass_sam(model, x, y, m or 8, rho=0.5, lr=0.1, adaptive=adaptive)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    losses = []
+    sam_step(wrap_model(model, SINGLE), model, opt, sched, [(x, y)], "fp32", SINGLE, losses, rho=0.5,
+             adaptive=adaptive, m=m)
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(v.detach(), expected[k], rtol=1e-5, atol=1e-6)
+    assert len(losses) == 1  # one loss per micro-batch, as a plain step logs
+    plain = _two_pass_sam(model, x, y, m or 8, rho=1e-12, lr=0.1)  # rho -> 0 is plain SGD: a different step
+    assert max((plain[k] - expected[k]).abs().max() for k in plain) > 1e-4
+
+
+def test_sam_keeps_the_batchnorm_statistics_of_the_pass_at_the_weights():
+    from landscape.training.sam import sam_step
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).train()
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    with torch.no_grad():
+        for xc in x.split(4):
+            reference(xc)  # the ascent passes alone, at w, in order
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sam_step(model, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), [(x, y)], "fp32", SINGLE,
+             [], rho=0.5, m=4)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(model[1], name), getattr(reference[1], name)), name
+
+
+def test_sam_flags_refuse_a_zero_radius_and_options_without_sam():
+    with pytest.raises(ValueError, match="--sam must be > 0"):
+        TrainConfig(out="r", sam=0.0)
+    with pytest.raises(ValueError, match="need --sam RHO"):
+        TrainConfig(out="r", sam_m=4)
+
+
+@pytest.mark.slow
+def test_sam_on_two_processes_equals_one_process_with_the_same_m(tmp_path):
+    """m = 1: every sample's own ascent, so the groups are the same however the batch is split over ranks; each
+    step all-reduces once, the gradient at the perturbed points."""
+    from tests.conftest import TRAIN_ARGS, run_module
+
+    args = [*TRAIN_ARGS, "--sam", "0.05", "--sam-m", "1", "--epochs", "1"]
+    one = run_module("trainers.train", *args, "--out", str(tmp_path / "one"))
+    two = run_module("trainers.train", *args, "--out", str(tmp_path / "two"), nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

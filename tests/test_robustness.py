@@ -258,6 +258,9 @@ CASES = [  # (module, argv template, words the error must contain)
     ("trainers.train", ["--ghost-batch-size", "0", "--out", "{dir}/g3"], "--ghost-batch-size must be >= 1"),
     ("trainers.train", ["--dataset", "synthetic", "--regime-adaptation", "--base-batch-size", "100000",
                         "--out", "{dir}/g4"], "has no steps to match"),
+    ("trainers.train", ["--sam", "0", "--out", "{dir}/g5"], "--sam must be > 0"),
+    ("trainers.train", ["--dataset", "synthetic", "--batch-size", "64", "--sam", "0.05", "--sam-m", "24",
+                        "--out", "{dir}/g6"], "--sam-m 24 does not divide the micro-batch"),
     # a user's own model, data and metric (tests/userland.py)
     ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.nomodule:make", "--data", "tests.userland:loader",
                           "--out", "{dir}/u1"], "cannot import"),

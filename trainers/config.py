@@ -72,6 +72,12 @@ class TrainConfig:
     regime_adaptation: bool = option(False, "Hoffer et al. 2017: train as many optimizer steps as --base-batch-size "
                                      "takes in --epochs (a batch k times larger trains k times the epochs), with the "
                                      "schedule's warmup and milestones stretched alike", group="large-batch remedies")
+    sam: float | None = option(None, "Sharpness-Aware Minimization (Foret et al. 2021) around the optimizer, with "
+                               "ascent radius RHO (0.05 is the paper's)", metavar="RHO", group="large-batch remedies")
+    sam_adaptive: bool = option(False, "ASAM (Kwon et al. 2021): the ascent scaled by the weights' magnitudes",
+                                group="large-batch remedies")
+    sam_m: int | None = option(None, "m-sharpness: an ascent per M samples (M divides the micro-batch); default "
+                               "the rank's whole batch", metavar="M", group="large-batch remedies")
     ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "
                                           "normalizes over chunks of N samples of each micro-batch (N must divide "
                                           "it); evaluation and the saved model are plain BatchNorm", metavar="N",
@@ -100,6 +106,10 @@ class TrainConfig:
                   (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
                   (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
                   (self.ghost_batch_size is None or self.ghost_batch_size >= 1, "--ghost-batch-size must be >= 1"),
+                  (self.sam is None or self.sam > 0, "--sam must be > 0 (the ascent radius rho), or left out"),
+                  (self.sam is not None or not (self.sam_adaptive or self.sam_m), "--sam-m and --sam-adaptive need "
+                   "--sam RHO"),
+                  (self.sam_m is None or self.sam_m >= 1, "--sam-m must be >= 1"),
                   (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas takes two values in [0, 1)"),
                   (min(self.eval_every, self.save_every, self.log_every, self.eval_batch_size) >= 1,
                    "--eval-every/--save-every/--log-every/--eval-batch-size must be >= 1")]
@@ -132,9 +142,10 @@ def plan_of(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
     """cfg's batch plan on `world_size` ranks over `n_train` samples (landscape.training.make_plan); a ghost batch
     must divide the micro-batch, the forward that BatchNorm sees."""
     plan = make_plan(cfg.batch_size, world_size, n_train, cfg.micro_batch_size)
-    if cfg.ghost_batch_size and plan.micro_batch_size % cfg.ghost_batch_size:
-        raise ConfigError(f"--ghost-batch-size {cfg.ghost_batch_size} does not divide the micro-batch of "
-                          f"{plan.micro_batch_size} samples per forward; choose a divisor of it")
+    for flag, n in [("--ghost-batch-size", cfg.ghost_batch_size), ("--sam-m", cfg.sam_m)]:
+        if n and plan.micro_batch_size % n:
+            raise ConfigError(f"{flag} {n} does not divide the micro-batch of {plan.micro_batch_size} samples per "
+                              "forward; choose a divisor of it")
     return plan
 
 

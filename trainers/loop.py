@@ -30,6 +30,7 @@ from landscape.runtime.metrics import finish, get_metric
 from landscape.runtime.sources import TensorSource
 from landscape.training.ghost_bn import ghost_batchnorm
 from landscape.training.optim import BatchPlan
+from landscape.training.sam import sam_step
 from landscape.training.step import train_step, wrap_model
 from trainers.checkpoints import append_jsonl, restore_rng_state, resume_state, run_checkpoint, truncate_log
 from trainers.config import RunLength, TrainConfig, optimizer_of, peak_lr, plain, plan_of, run_length
@@ -37,7 +38,7 @@ from trainers.config import RunLength, TrainConfig, optimizer_of, peak_lr, plain
 
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
                     sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
-                    info: DistInfo, epochs: int | None = None) -> dict[str, float]:
+                    info: DistInfo, epochs: int | None = None, model: nn.Module | None = None) -> dict[str, float]:
     """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
     model) and samples/second (all ranks), and tokens/second for a language model."""
     ddp_model.train()
@@ -51,8 +52,12 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     t0 = time.perf_counter()
     for step in range(plan.steps_per_epoch):
         batch = idx[step * plan.per_rank_batch_size:(step + 1) * plan.per_rank_batch_size]
-        train_step(ddp_model, opt, sched, micro_batches(data, batch, plan, gen, info.device),
-                   plan.accumulation_steps, precision, info, losses)
+        pieces = micro_batches(data, batch, plan, gen, info.device)
+        if cfg.sam:
+            sam_step(ddp_model, model or ddp_model, opt, sched, pieces, precision, info, losses, cfg.sam,
+                     cfg.sam_adaptive, cfg.sam_m)
+        else:
+            train_step(ddp_model, opt, sched, pieces, plan.accumulation_steps, precision, info, losses)
         bar.update()
     if info.device.type == "cuda":
         torch.cuda.synchronize(info.device)
@@ -147,7 +152,7 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     for epoch in range(start_epoch, length.epochs):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        run = train_one_epoch(ddp_model, opt, sched, data, sampler, plan, cfg, epoch, info, length.epochs)
+        run = train_one_epoch(ddp_model, opt, sched, data, sampler, plan, cfg, epoch, info, length.epochs, model)
         step += plan.steps_per_epoch
         done, last = epoch + 1, epoch + 1 == length.epochs
         if done % cfg.eval_every == 0 or last:
