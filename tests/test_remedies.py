@@ -115,7 +115,8 @@ REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
                            warmup_epochs=0.5),
             "lars": dict(optimizer="lars", lr=2.0, weight_decay=5e-4),
             "lamb": dict(optimizer="lamb", lr=0.01, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
-            "sam": dict(sam=0.05, sam_m=16, sam_adaptive=True, model_kwargs={"hidden": [32, 32], "batchnorm": True})}
+            "sam": dict(sam=0.05, sam_m=16, sam_adaptive=True, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
+            "ramp": dict(micro_batch_size=16, batch_ramp="16:2", schedule="cosine")}
 
 
 @pytest.mark.parametrize("remedy", sorted(REMEDIES))
@@ -284,3 +285,23 @@ def test_sam_on_two_processes_equals_one_process_with_the_same_m(tmp_path):
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_ramp_grows_the_batch_by_accumulation_and_the_schedule_follows_the_samples(tmp_path):
+    from landscape.training.optim import RampedSchedule, Schedule, make_plan, make_ramp
+
+    plan = make_plan(128, 1, 512, micro_batch_size=16)  # 8 accumulation steps of 16, 4 steps an epoch
+    ramp = make_ramp(plan, 32, 2, 512)  # 2 accumulation steps at epoch 0, 5 at epoch 1, 8 from epoch 2 on
+    assert [ramp.accumulation(e) for e in range(4)] == [2, 5, 8, 8]
+    assert [ramp.plan_at(e).steps_per_epoch for e in range(3)] == [16, 6, 4]  # 512 // 32, 512 // 80, 512 // 128
+    assert ramp.samples_before(16) == 512 and ramp.samples_before(22) == 512 + 480
+    cosine = Schedule("cosine", 4, 4)
+    ramped = RampedSchedule(cosine, ramp)
+    assert ramped(16) == pytest.approx(cosine(4.0))  # after one epoch of samples: the full batch's step 4
+    assert ramped(8) == pytest.approx(cosine(2.0)) and ramped(30) == pytest.approx(cosine(30 - 16 - 6 + 7.75))
+    cfg = train_config(tmp_path / "r", batch_size=128, micro_batch_size=16, batch_ramp="32:2", epochs=3,
+                       schedule="cosine")
+    ckpt = fit(cfg, SINGLE)
+    assert ckpt["step"] == 16 + 6 + 4
+    log = [__import__("json").loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert [r["global_batch_size"] for r in log] == [32, 80, 128]

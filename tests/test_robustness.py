@@ -261,6 +261,11 @@ CASES = [  # (module, argv template, words the error must contain)
     ("trainers.train", ["--sam", "0", "--out", "{dir}/g5"], "--sam must be > 0"),
     ("trainers.train", ["--dataset", "synthetic", "--batch-size", "64", "--sam", "0.05", "--sam-m", "24",
                         "--out", "{dir}/g6"], "--sam-m 24 does not divide the micro-batch"),
+    ("trainers.train", ["--dataset", "synthetic", "--batch-size", "64", "--micro-batch-size", "16", "--batch-ramp",
+                        "16:5", "--epochs", "3", "--out", "{dir}/g7"], "make the ramp shorter than the run"),
+    ("trainers.train", ["--dataset", "synthetic", "--batch-size", "64", "--batch-ramp", "16:1", "--epochs", "3",
+                        "--out", "{dir}/g8"], "multiple of the micro-batch x ranks (64)"),
+    ("trainers.train", ["--batch-ramp", "16", "--out", "{dir}/g9"], "give START:EPOCHS"),
     # a user's own model, data and metric (tests/userland.py)
     ("landscape.plot2d", ["{dir}/w.pt", "--model", "tests.nomodule:make", "--data", "tests.userland:loader",
                           "--out", "{dir}/u1"], "cannot import"),

@@ -21,9 +21,12 @@ from landscape.training.optim import (
     OPTIMIZERS,
     SCHEDULES,
     BatchPlan,
+    BatchRamp,
+    RampedSchedule,
     Schedule,
     make_optimizer,
     make_plan,
+    make_ramp,
     make_scheduler,
     scaled_lr,
 )
@@ -78,6 +81,10 @@ class TrainConfig:
                                 group="large-batch remedies")
     sam_m: int | None = option(None, "m-sharpness: an ascent per M samples (M divides the micro-batch); default "
                                "the rank's whole batch", metavar="M", group="large-batch remedies")
+    batch_ramp: str | None = option(None, "batch-size warmup (Smith et al. 2018): the global batch grows linearly from "
+                                    "START to --batch-size over EPOCHS epochs, by accumulation steps (START a "
+                                    "multiple of micro-batch x ranks); the schedule follows the samples seen",
+                                    metavar="START:EPOCHS", group="large-batch remedies")
     ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "
                                           "normalizes over chunks of N samples of each micro-batch (N must divide "
                                           "it); evaluation and the saved model are plain BatchNorm", metavar="N",
@@ -116,6 +123,8 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        if self.batch_ramp is not None:
+            ramp_start_epochs(self.batch_ramp)
         for value, choices, flag in [(self.optimizer, OPTIMIZERS, "--optimizer"),
                                      (self.schedule, SCHEDULES, "--schedule"),
                                      (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device"),
@@ -136,6 +145,28 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
     return obj
+
+
+def ramp_start_epochs(text: str) -> tuple[int, int]:
+    """(START, EPOCHS) of --batch-ramp START:EPOCHS."""
+    try:
+        start, epochs = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--batch-ramp {text!r}: give START:EPOCHS, two integers, e.g. 128:5") from None
+    if start < 1 or epochs < 1:
+        raise ConfigError(f"--batch-ramp {text!r}: START and EPOCHS must be >= 1")
+    return start, epochs
+
+
+def ramp_of(cfg: TrainConfig, plan: BatchPlan, length: RunLength, n_train: int) -> BatchRamp | None:
+    """cfg's batch ramp, refused when it is longer than the run."""
+    if cfg.batch_ramp is None:
+        return None
+    start, epochs = ramp_start_epochs(cfg.batch_ramp)
+    if epochs > length.epochs:
+        raise ConfigError(f"--batch-ramp {cfg.batch_ramp} grows the batch over {epochs} epochs but the run trains "
+                          f"{length.epochs}; make the ramp shorter than the run")
+    return make_ramp(plan, start, epochs, n_train)
 
 
 def plan_of(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
@@ -184,9 +215,11 @@ def schedule_of(cfg: TrainConfig, steps_per_epoch: int, length: RunLength | None
                     tuple(m * s for m in cfg.milestones))
 
 
-def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, length: RunLength | None = None
-                 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """cfg's optimizer over the model's parameters, and its schedule stepped once per optimizer step."""
+def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, length: RunLength | None = None,
+                 ramp: BatchRamp | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """cfg's optimizer over the model's parameters, and its schedule stepped once per optimizer step (with a batch
+    ramp, followed in samples seen)."""
     opt = make_optimizer(model, cfg.optimizer, peak_lr(cfg), cfg.weight_decay, cfg.momentum,
                          cfg.nesterov, cfg.betas)
-    return opt, make_scheduler(opt, schedule_of(cfg, plan.steps_per_epoch, length))
+    schedule = schedule_of(cfg, plan.steps_per_epoch, length)
+    return opt, make_scheduler(opt, schedule if ramp is None else RampedSchedule(schedule, ramp))

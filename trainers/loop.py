@@ -33,7 +33,16 @@ from landscape.training.optim import BatchPlan
 from landscape.training.sam import sam_step
 from landscape.training.step import train_step, wrap_model
 from trainers.checkpoints import append_jsonl, restore_rng_state, resume_state, run_checkpoint, truncate_log
-from trainers.config import RunLength, TrainConfig, optimizer_of, peak_lr, plain, plan_of, run_length
+from trainers.config import (
+    RunLength,
+    TrainConfig,
+    optimizer_of,
+    peak_lr,
+    plain,
+    plan_of,
+    ramp_of,
+    run_length,
+)
 
 
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
@@ -121,7 +130,8 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     state = resume_state(cfg)
     data = to_device(load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.data_kwargs), info.device)
     model, plan, length = build_run(cfg, data, info)
-    opt, sched = optimizer_of(model, cfg, plan, length)
+    ramp = ramp_of(cfg, plan, length, len(data.x_train))
+    opt, sched = optimizer_of(model, cfg, plan, length, ramp)
     start_epoch, step = 0, 0
     if state is not None:
         model.load_state_dict(state["state_dict"])
@@ -152,12 +162,14 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     for epoch in range(start_epoch, length.epochs):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        run = train_one_epoch(ddp_model, opt, sched, data, sampler, plan, cfg, epoch, info, length.epochs, model)
-        step += plan.steps_per_epoch
+        now = ramp.plan_at(epoch) if ramp is not None else plan  # this epoch's batch
+        run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, length.epochs, model)
+        step += now.steps_per_epoch
         done, last = epoch + 1, epoch + 1 == length.epochs
         if done % cfg.eval_every == 0 or last:
             metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
-        record = {"epoch": done, "step": step, "lr": lr, **run, **metrics, "wall_seconds": time.perf_counter() - t0}
+        record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, **run, **metrics,
+                  "wall_seconds": time.perf_counter() - t0}
         if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
             ckpt = save(done, step, metrics)
             if done % cfg.save_every == 0 or last:

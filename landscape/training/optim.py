@@ -47,6 +47,63 @@ def make_plan(global_batch_size: int, world_size: int, n_train: int, micro_batch
     return BatchPlan(global_batch_size, per_rank, micro, per_rank // micro, world_size, steps)
 
 
+@dataclass(frozen=True)
+class BatchRamp:
+    """A global batch that grows with the epochs (Smith et al. 2018), by accumulation steps over a fixed
+    micro-batch: `start` accumulation steps at epoch 0, linearly more each epoch, all of `plan`'s from `epochs` on.
+    The data order and the ranks' shares stay those of a fixed batch: only how many samples one step takes changes.
+    """
+
+    plan: BatchPlan  # the full batch's plan
+    start: int  # accumulation steps at epoch 0
+    epochs: int  # the epochs the ramp takes
+    rank_samples: int  # training samples of one rank per epoch (the sampler's share)
+
+    def accumulation(self, epoch: int) -> int:
+        if epoch >= self.epochs:
+            return self.plan.accumulation_steps
+        return round(self.start + (self.plan.accumulation_steps - self.start) * epoch / self.epochs)
+
+    def plan_at(self, epoch: int) -> BatchPlan:
+        """The batch plan of one epoch of the ramp."""
+        acc, p = self.accumulation(epoch), self.plan
+        per_rank = acc * p.micro_batch_size
+        return BatchPlan(per_rank * p.world_size, per_rank, p.micro_batch_size, acc, p.world_size,
+                         self.rank_samples // per_rank)
+
+    def samples_before(self, step: int) -> int:
+        """The global samples the optimizer steps before `step` took: what the schedule follows."""
+        seen, epoch = 0, 0
+        while step > 0:
+            p = self.plan_at(epoch)
+            taken = min(step, p.steps_per_epoch)
+            seen, step, epoch = seen + taken * p.global_batch_size, step - taken, epoch + 1
+        return seen
+
+
+def make_ramp(plan: BatchPlan, start_batch: int, epochs: int, n_train: int) -> BatchRamp:
+    """The ramp from a global batch of `start_batch` to `plan`'s over `epochs`, refused unless the start is a whole
+    number of accumulation steps (micro-batch x ranks) smaller than the full batch."""
+    unit = plan.micro_batch_size * plan.world_size
+    if start_batch % unit or not 0 < start_batch < plan.global_batch_size:
+        raise ConfigError(f"--batch-ramp starts at {start_batch}, which must be a multiple of the micro-batch x "
+                          f"ranks ({unit}) below --batch-size {plan.global_batch_size}; set --micro-batch-size so "
+                          "that the batch grows by accumulation steps")
+    return BatchRamp(plan, start_batch // unit, epochs, n_train // plan.world_size)
+
+
+@dataclass(frozen=True)
+class RampedSchedule:
+    """A schedule followed in samples: at a step of a growing batch, the lr the full batch would have after the
+    same number of samples (so growing the batch, not the schedule, is what changes)."""
+
+    schedule: Schedule
+    ramp: BatchRamp
+
+    def __call__(self, step: int) -> float:
+        return self.schedule(self.ramp.samples_before(step) / self.ramp.plan.global_batch_size)
+
+
 def scaled_lr(lr: float, global_batch_size: int, base_batch_size: int, rule: str | None) -> float:
     """`lr`, given for `base_batch_size`, at `global_batch_size`: unchanged (rule None), times the batch ratio
     (linear) or times its square root (sqrt)."""
@@ -119,5 +176,8 @@ def layerwise_optimizer(model: nn.Module, name: str, lr: float, weight_decay: fl
     return Lamb(groups, lr=lr, betas=tuple(betas), max_grad_norm=None)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+def make_scheduler(opt: torch.optim.Optimizer, schedule: Schedule | RampedSchedule
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule as a LambdaLR. Wrapped in a function: LambdaLR's state_dict stores a callable object's fields
+    (weights_only loading would refuse a nested one), and the schedule is rebuilt from the config on resume."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step))
