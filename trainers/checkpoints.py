@@ -40,7 +40,7 @@ def restore_rng_state(rng: dict[str, Any], device: torch.device) -> None:
 
 def run_checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Dataset, epoch: int, step: int,
                    metrics: dict[str, float], opt: torch.optim.Optimizer, sched: Any, device: torch.device,
-                   run_epochs: int | None = None) -> dict[str, Any]:
+                   run_epochs: int | None = None, tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint of epoch `epoch` of a run of `run_epochs` (default --epochs): the weights and what describes
     them (landscape.models.checkpoint), plus what a resume restores: optimizer, schedule, step and RNG states."""
     model_kwargs = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), **cfg.model_kwargs}
@@ -48,7 +48,8 @@ def run_checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Da
     return ckpt_io.make_checkpoint(
         model, cfg.model, plain(model_kwargs), cfg.dataset, plain(cfg.data_kwargs), metrics,
         train_config=plain(dataclasses.asdict(cfg)), plan=dataclasses.asdict(plan), epoch=epoch, step=step,
-        optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng, run_epochs=run_epochs or cfg.epochs)
+        optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng, run_epochs=run_epochs or cfg.epochs,
+        **({"tracking": tracking} if tracking else {}))
 
 
 def resume_state(cfg: TrainConfig) -> dict[str, Any] | None:

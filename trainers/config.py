@@ -85,6 +85,12 @@ class TrainConfig:
                                     "START to --batch-size over EPOCHS epochs, by accumulation steps (START a "
                                     "multiple of micro-batch x ranks); the schedule follows the samples seen",
                                     metavar="START:EPOCHS", group="large-batch remedies")
+    track_sharpness: int | None = option(None, "every STEPS optimizer steps (and at the last), the top Hessian "
+                                         "eigenvalue of the data loss on --track-samples training samples, beside "
+                                         "the optimizer's stability threshold (Cohen et al. 2021), in metrics.jsonl",
+                                         metavar="STEPS", group="tracking")
+    track_samples: int = option(512, "the training samples --track-sharpness measures on (a fixed random subset, "
+                                "landscape.sharpness --samples's)", metavar="N", group="tracking")
     ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "
                                           "normalizes over chunks of N samples of each micro-batch (N must divide "
                                           "it); evaluation and the saved model are plain BatchNorm", metavar="N",
@@ -117,6 +123,8 @@ class TrainConfig:
                   (self.sam is not None or not (self.sam_adaptive or self.sam_m), "--sam-m and --sam-adaptive need "
                    "--sam RHO"),
                   (self.sam_m is None or self.sam_m >= 1, "--sam-m must be >= 1"),
+                  (self.track_sharpness is None or self.track_sharpness >= 1, "--track-sharpness must be >= 1"),
+                  (self.track_samples >= 1, "--track-samples must be >= 1"),
                   (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas takes two values in [0, 1)"),
                   (min(self.eval_every, self.save_every, self.log_every, self.eval_batch_size) >= 1,
                    "--eval-every/--save-every/--log-every/--eval-batch-size must be >= 1")]

@@ -43,11 +43,13 @@ from trainers.config import (
     ramp_of,
     run_length,
 )
+from trainers.tracking import SharpnessTracker
 
 
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
                     sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
-                    info: DistInfo, epochs: int | None = None, model: nn.Module | None = None) -> dict[str, float]:
+                    info: DistInfo, epochs: int | None = None, model: nn.Module | None = None,
+                    first_step: int = 0, tracker: SharpnessTracker | None = None) -> dict[str, float]:
     """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
     model) and samples/second (all ranks), and tokens/second for a language model."""
     ddp_model.train()
@@ -67,6 +69,8 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
                      cfg.sam_adaptive, cfg.sam_m)
         else:
             train_step(ddp_model, opt, sched, pieces, plan.accumulation_steps, precision, info, losses)
+        if tracker is not None:
+            tracker.after_step(first_step + step + 1, epoch, opt)
         bar.update()
     if info.device.type == "cuda":
         torch.cuda.synchronize(info.device)
@@ -146,6 +150,10 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     ddp_model = wrap_model(model, info, cfg.compile)
     log_path = os.path.join(cfg.out, "metrics.jsonl")
+    tracker = None
+    if cfg.track_sharpness:
+        last_step = sum((ramp.plan_at(e) if ramp else plan).steps_per_epoch for e in range(length.epochs))
+        tracker = SharpnessTracker(cfg, model, data, info, last_step, state.get("tracking") if state else None)
     save = functools.partial(run_checkpoint, model, cfg, plan, data, opt=opt, sched=sched, device=info.device,
                              run_epochs=length.epochs)
     if info.is_main:
@@ -163,7 +171,8 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         now = ramp.plan_at(epoch) if ramp is not None else plan  # this epoch's batch
-        run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, length.epochs, model)
+        run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, length.epochs, model,
+                              step, tracker)
         step += now.steps_per_epoch
         done, last = epoch + 1, epoch + 1 == length.epochs
         if done % cfg.eval_every == 0 or last:
@@ -171,13 +180,17 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
         record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, **run, **metrics,
                   "wall_seconds": time.perf_counter() - t0}
         if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
-            ckpt = save(done, step, metrics)
+            ckpt = save(done, step, metrics, tracking=tracker.state() if tracker else None)
             if done % cfg.save_every == 0 or last:
                 ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
             ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
+            for measured in tracker.records if tracker else []:
+                append_jsonl(log_path, measured)
             append_jsonl(log_path, record)
             if done % cfg.log_every == 0 or last:
                 print0(_format_record(record, length.epochs))
+        if tracker is not None:
+            tracker.records.clear()
     return ckpt
 
 
