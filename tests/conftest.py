@@ -57,6 +57,21 @@ def bn_ckpt(tmp_path_factory) -> str:
     return str(out / "last.pt")
 
 
+def killed_then_resumed(full: TrainConfig, cut: TrainConfig, info, monkeypatch) -> tuple[dict, dict]:
+    """Train `full` uninterrupted; train `cut` killed when epoch 2 starts (epochs 0 and 1 saved), then resumed to
+    the end. The two runs' last checkpoints, as read from disk."""
+    from trainers import loop
+
+    fit(full, info)
+    real = loop.train_one_epoch
+    monkeypatch.setattr(loop, "train_one_epoch", killed_at_epoch(real, 2))
+    with pytest.raises(KeyboardInterrupt):
+        fit(cut, info)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    fit(replace(cut, resume=True), info)
+    return tuple(torch.load(os.path.join(c.out, "last.pt"), weights_only=True) for c in (full, cut))
+
+
 def killed_at_epoch(train_one_epoch, epoch: int):
     """train_one_epoch that raises KeyboardInterrupt (a simulated kill) when it is asked for `epoch`."""
     def wrapped(*args, **kw):

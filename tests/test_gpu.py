@@ -13,8 +13,7 @@ import torch
 
 from landscape.core.surface_file import read_surface
 from landscape.runtime.distributed import DistInfo
-from tests.conftest import IMG_DATA, killed_at_epoch, run_module, train_config
-from trainers import loop
+from tests.conftest import IMG_DATA, killed_then_resumed, run_module, train_config
 from trainers.loop import fit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
@@ -81,16 +80,7 @@ def test_plot1d_on_cuda(mlp_ckpt, mlp_ckpt_b, tmp_path):
 def test_trainer_bf16_on_cuda_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
     cfg = train_config(tmp_path / "full", data_kwargs=IMG_DATA, model="resnet20", model_kwargs={}, epochs=3,
                        batch_size=64, device="cuda", precision="bf16")
-    fit(cfg, CUDA)
-    real = loop.train_one_epoch
-    monkeypatch.setattr(loop, "train_one_epoch", killed_at_epoch(real, 2))  # epochs 0, 1 saved
-    cut = replace(cfg, out=str(tmp_path / "cut"))
-    with pytest.raises(KeyboardInterrupt):
-        fit(cut, CUDA)
-    monkeypatch.setattr(loop, "train_one_epoch", real)
-    fit(replace(cut, resume=True), CUDA)
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    a, b = killed_then_resumed(cfg, replace(cfg, out=str(tmp_path / "cut")), CUDA, monkeypatch)
     assert a["epoch"] == b["epoch"] == 3 and a["train_config"]["precision"] == "bf16"
     for k in a["state_dict"]:  # one process, the same kernels: the resumed run is the uninterrupted one
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6, msg=k)

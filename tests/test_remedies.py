@@ -11,8 +11,7 @@ from torch import nn
 
 from landscape.models.checkpoint import load_model
 from landscape.training.ghost_bn import ghost_batchnorm
-from tests.conftest import SINGLE, killed_at_epoch, train_config
-from trainers import loop
+from tests.conftest import SINGLE, killed_then_resumed, train_config
 from trainers.config import TrainConfig, peak_lr, plan_of, run_length, schedule_of
 from trainers.loop import fit
 from trainers.sweep import is_complete
@@ -124,16 +123,8 @@ REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
 @pytest.mark.parametrize("remedy", sorted(REMEDIES))
 def test_a_killed_and_resumed_remedy_run_equals_an_uninterrupted_one(remedy, tmp_path, monkeypatch):
     kw = {"epochs": 3, "batch_size": 64, **REMEDIES[remedy]}
-    fit(train_config(tmp_path / "full", **kw), SINGLE)
-    real = loop.train_one_epoch
-    monkeypatch.setattr(loop, "train_one_epoch", killed_at_epoch(real, 2))
-    cut = train_config(tmp_path / "cut", **kw)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cut, SINGLE)
-    monkeypatch.setattr(loop, "train_one_epoch", real)
-    fit(replace(cut, resume=True), SINGLE)
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    a, b = killed_then_resumed(train_config(tmp_path / "full", **kw), train_config(tmp_path / "cut", **kw), SINGLE,
+                               monkeypatch)
     assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
