@@ -117,7 +117,8 @@ REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
             "lamb": dict(optimizer="lamb", lr=0.01, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
             "sam": dict(sam=0.05, sam_m=16, sam_adaptive=True, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
             "ramp": dict(micro_batch_size=16, batch_ramp="16:2", schedule="cosine"),
-            "tracked": dict(track_sharpness=5, track_samples=128, optimizer="adam", lr=3e-3)}
+            "tracked": dict(track_sharpness=5, track_samples=128, track_noise=3, optimizer="adam", lr=3e-3),
+            "noise_micro": dict(track_noise=2, micro_batch_size=16)}
 
 
 @pytest.mark.parametrize("remedy", sorted(REMEDIES))

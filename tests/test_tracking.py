@@ -65,3 +65,78 @@ def test_the_tracked_lambda_max_at_the_last_step_is_landscape_sharpness_s(tmp_pa
                          SharpnessConfig(measures=("lambda_max",)), SINGLE, write=False).rows
     reference = next(r["value"] for r in rows if r["measure"] == "lambda_max" and r["subset"] == "all")
     assert tracked[-1]["lambda_max"] == pytest.approx(reference, rel=2e-3)  # both to Lanczos's tol = 1e-3
+
+
+def _first_step_gradients(run, batch_indices):
+    """The gradient (flat, float64) of the mean cross-entropy at the run's initial weights over each index set."""
+    from landscape.data.datasets import load_dataset
+    from landscape.models.checkpoint import load_model
+
+    model, ckpt = load_model(str(run / "epoch_0000.pt"))
+    data = load_dataset(ckpt["data"]["name"], **ckpt["data"]["kwargs"])
+    model.train()
+    grads = []
+    for idx in batch_indices:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double())
+    return torch.stack(grads)
+
+
+def _two_batch(g, small, big):
+    g2_small, g2_big = float(g.pow(2).sum(1).mean()), float(g.mean(0).pow(2).sum())
+    g2 = (big * g2_big - small * g2_small) / (big - small)
+    return g2, (g2_small - g2_big) / (1 / small - 1 / big)
+
+
+def _sampler_indices(n, replicas, rank, seed=0):
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(0)
+    return torch.tensor(list(iter(sampler)))
+
+
+def _noise_records(run):
+    return [r for r in map(json.loads, open(run / "metrics.jsonl")) if r.get("kind") == "noise"]
+
+
+def test_the_noise_scale_from_micro_batches_is_the_two_batch_estimate_of_their_gradients(tmp_path):
+    """One process, 4 micro-batches of 16: the first step's record equals the estimate computed here from the four
+    micro-batch gradients at the initial weights; and measuring changes nothing in the training."""
+    cfg = train_config(tmp_path / "r", batch_size=64, micro_batch_size=16, epochs=1, track_noise=1)
+    tracked = fit(cfg, SINGLE)
+    idx = _sampler_indices(512, 1, 0)[:64]
+    g2, trace = _two_batch(_first_step_gradients(tmp_path / "r", idx.view(4, 16)), 16, 64)
+    first = _noise_records(tmp_path / "r")[0]
+    assert (first["source"], first["step"], first["b_small"], first["b_big"]) == ("micro-batches", 1, 16, 64)
+    assert first["g2"] == pytest.approx(g2, rel=1e-5) and first["trace_sigma"] == pytest.approx(trace, rel=1e-5)
+    plain = fit(train_config(tmp_path / "p", batch_size=64, micro_batch_size=16, epochs=1), SINGLE)
+    for k in plain["state_dict"]:
+        assert torch.equal(plain["state_dict"][k], tracked["state_dict"][k]), k
+
+
+def test_the_estimator_leaves_batchnorm_and_training_alone(tmp_path):
+    kw = dict(model_kwargs={"hidden": [32, 32], "batchnorm": True}, batch_size=64, epochs=1)
+    tracked = fit(train_config(tmp_path / "r", track_noise=2, **kw), SINGLE)
+    plain = fit(train_config(tmp_path / "p", **kw), SINGLE)
+    assert _noise_records(tmp_path / "r")[0]["source"] == "estimator"
+    for k in plain["state_dict"]:  # running statistics included
+        assert torch.equal(plain["state_dict"][k], tracked["state_dict"][k]), k
+
+
+@pytest.mark.slow
+def test_under_ddp_the_noise_scale_comes_from_each_rank_s_gradient_and_their_mean(tmp_path):
+    """Two gloo ranks of 32 samples: the communication hook's per-rank squared norms and the all-reduced mean give
+    the estimate computed here from the two ranks' gradients at the initial weights."""
+    from tests.conftest import TRAIN_ARGS, run_module
+
+    run = tmp_path / "two"
+    res = run_module("trainers.train", *TRAIN_ARGS, "--track-noise", "1", "--epochs", "1", "--out", str(run),
+                     nproc=2)
+    assert res.returncode == 0, res.stderr
+    shards = torch.stack([_sampler_indices(512, 2, r)[:32] for r in range(2)])
+    g2, trace = _two_batch(_first_step_gradients(run, shards), 32, 64)
+    first = _noise_records(run)[0]
+    assert (first["source"], first["b_small"], first["b_big"]) == ("ddp", 32, 64)
+    assert first["g2"] == pytest.approx(g2, rel=1e-4) and first["trace_sigma"] == pytest.approx(trace, rel=1e-4)

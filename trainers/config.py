@@ -89,6 +89,9 @@ class TrainConfig:
                                          "eigenvalue of the data loss on --track-samples training samples, beside "
                                          "the optimizer's stability threshold (Cohen et al. 2021), in metrics.jsonl",
                                          metavar="STEPS", group="tracking")
+    track_noise: int | None = option(None, "every STEPS optimizer steps, the gradient noise scale B_simple "
+                                     "(McCandlish et al. 2018) from the step's own gradients where it can, in "
+                                     "metrics.jsonl", metavar="STEPS", group="tracking")
     track_samples: int = option(512, "the training samples --track-sharpness measures on (a fixed random subset, "
                                 "landscape.sharpness --samples's)", metavar="N", group="tracking")
     ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "
@@ -125,6 +128,7 @@ class TrainConfig:
                   (self.sam_m is None or self.sam_m >= 1, "--sam-m must be >= 1"),
                   (self.track_sharpness is None or self.track_sharpness >= 1, "--track-sharpness must be >= 1"),
                   (self.track_samples >= 1, "--track-samples must be >= 1"),
+                  (self.track_noise is None or self.track_noise >= 1, "--track-noise must be >= 1"),
                   (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas takes two values in [0, 1)"),
                   (min(self.eval_every, self.save_every, self.log_every, self.eval_batch_size) >= 1,
                    "--eval-every/--save-every/--log-every/--eval-batch-size must be >= 1")]

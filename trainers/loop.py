@@ -43,13 +43,13 @@ from trainers.config import (
     ramp_of,
     run_length,
 )
-from trainers.tracking import SharpnessTracker
+from trainers.tracking import NoiseTracker, SharpnessTracker, Tracking
 
 
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
                     sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
                     info: DistInfo, epochs: int | None = None, model: nn.Module | None = None,
-                    first_step: int = 0, tracker: SharpnessTracker | None = None) -> dict[str, float]:
+                    first_step: int = 0, tracking: Tracking | None = None) -> dict[str, float]:
     """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
     model) and samples/second (all ranks), and tokens/second for a language model."""
     ddp_model.train()
@@ -68,9 +68,11 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
             sam_step(ddp_model, model or ddp_model, opt, sched, pieces, precision, info, losses, cfg.sam,
                      cfg.sam_adaptive, cfg.sam_m)
         else:
-            train_step(ddp_model, opt, sched, pieces, plan.accumulation_steps, precision, info, losses)
-        if tracker is not None:
-            tracker.after_step(first_step + step + 1, epoch, opt)
+            observer = tracking.observer(first_step + step + 1, plan) if tracking is not None else None
+            train_step(ddp_model, opt, sched, pieces, plan.accumulation_steps, precision, info, losses,
+                       observer=observer)
+        if tracking is not None:
+            tracking.after_step(first_step + step + 1, epoch, opt)
         bar.update()
     if info.device.type == "cuda":
         torch.cuda.synchronize(info.device)
@@ -150,10 +152,7 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     ddp_model = wrap_model(model, info, cfg.compile)
     log_path = os.path.join(cfg.out, "metrics.jsonl")
-    tracker = None
-    if cfg.track_sharpness:
-        last_step = sum((ramp.plan_at(e) if ramp else plan).steps_per_epoch for e in range(length.epochs))
-        tracker = SharpnessTracker(cfg, model, data, info, last_step, state.get("tracking") if state else None)
+    tracking = tracking_of(cfg, model, ddp_model, data, plan, ramp, length, info, state)
     save = functools.partial(run_checkpoint, model, cfg, plan, data, opt=opt, sched=sched, device=info.device,
                              run_epochs=length.epochs)
     if info.is_main:
@@ -172,26 +171,38 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
         lr = opt.param_groups[0]["lr"]
         now = ramp.plan_at(epoch) if ramp is not None else plan  # this epoch's batch
         run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, length.epochs, model,
-                              step, tracker)
+                              step, tracking)
+        measured, summary = tracking.epoch_records() if tracking is not None else ([], {})
         step += now.steps_per_epoch
         done, last = epoch + 1, epoch + 1 == length.epochs
         if done % cfg.eval_every == 0 or last:
             metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
-        record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, **run, **metrics,
-                  "wall_seconds": time.perf_counter() - t0}
+        record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, **run, **summary,
+                  **metrics, "wall_seconds": time.perf_counter() - t0}
         if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
-            ckpt = save(done, step, metrics, tracking=tracker.state() if tracker else None)
+            ckpt = save(done, step, metrics, tracking=tracking.state() if tracking else None)
             if done % cfg.save_every == 0 or last:
                 ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
             ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
-            for measured in tracker.records if tracker else []:
-                append_jsonl(log_path, measured)
+            for one in measured:
+                append_jsonl(log_path, one)
             append_jsonl(log_path, record)
             if done % cfg.log_every == 0 or last:
                 print0(_format_record(record, length.epochs))
-        if tracker is not None:
-            tracker.records.clear()
     return ckpt
+
+
+def tracking_of(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module, data: Dataset, plan: BatchPlan,
+                ramp: Any, length: RunLength, info: DistInfo, state: dict[str, Any] | None) -> Tracking | None:
+    """What the run measures while training (--track-sharpness, --track-noise), resumed from `state`."""
+    if not (cfg.track_sharpness or cfg.track_noise):
+        return None
+    sharpness = None
+    if cfg.track_sharpness:
+        last_step = sum((ramp.plan_at(e) if ramp else plan).steps_per_epoch for e in range(length.epochs))
+        sharpness = SharpnessTracker(cfg, model, data, info, last_step, state.get("tracking") if state else None)
+    noise = NoiseTracker(cfg, model, ddp_model, data, plan, info) if cfg.track_noise else None
+    return Tracking(sharpness, noise)
 
 
 def build_run(cfg: TrainConfig, data: Dataset, info: DistInfo) -> tuple[nn.Module, BatchPlan, RunLength]:

@@ -11,7 +11,7 @@ _API = {
     "BatchRamp": "optim", "make_ramp": "optim", "RampedSchedule": "optim",
     "GhostBatchNorm": "ghost_bn", "ghost_batchnorm": "ghost_bn",
     "sam_step": "sam", "ascent_step": "sam",
-    "wrap_model": "step", "train_step": "step", "token_cross_entropy": "step",
+    "wrap_model": "step", "GradientObserver": "step", "train_step": "step", "token_cross_entropy": "step",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)
