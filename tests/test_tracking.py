@@ -2,6 +2,7 @@
 Hessian, and the tracked lambda_max against landscape.sharpness's on the same checkpoint and samples."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -140,3 +141,64 @@ def test_under_ddp_the_noise_scale_comes_from_each_rank_s_gradient_and_their_mea
     first = _noise_records(run)[0]
     assert (first["source"], first["b_small"], first["b_big"]) == ("ddp", 32, 64)
     assert first["g2"] == pytest.approx(g2, rel=1e-4) and first["trace_sigma"] == pytest.approx(trace, rel=1e-4)
+
+
+def _scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_events_read_back_and_a_resume_continues_them_without_duplicates(tmp_path, monkeypatch):
+    from tests.conftest import killed_then_resumed
+
+    kw = dict(epochs=4, tensorboard=True, track_sharpness=4, track_samples=128)
+    killed_then_resumed(train_config(tmp_path / "full", **kw), train_config(tmp_path / "cut", **kw), SINGLE,
+                        monkeypatch)
+    for tag in ("epoch/test_loss", "epoch/lr", "sharpness/lambda_max", "sharpness/threshold"):
+        full, cut = _scalars(tmp_path / "full", tag), _scalars(tmp_path / "cut", tag)
+        assert full and [s for s, _ in cut] == sorted({s for s, _ in cut}), tag  # each step once, in order
+        assert [s for s, _ in cut] == [s for s, _ in full], tag
+        assert [v for _, v in cut] == pytest.approx([v for _, v in full]), tag
+    assert [s for s, _ in _scalars(tmp_path / "full", "epoch/test_loss")] == [8, 16, 24, 32]
+    assert len(list((tmp_path / "cut" / "tensorboard").iterdir())) == 2  # the killed run's file and the resumed one's
+
+
+def test_events_a_kill_left_past_the_checkpoint_are_hidden_on_resume(tmp_path, monkeypatch):
+    """Killed after epoch 3's events were written but before its checkpoint: the resumed run redoes epoch 3, and
+    the reader shows step 24 once, with the resumed run's values."""
+    from trainers import loop
+
+    cfg = train_config(tmp_path / "r", epochs=4, tensorboard=True)
+    real = loop.ckpt_io.save_checkpoint
+
+    def dies_at_epoch_3(ckpt, path):
+        if ckpt["epoch"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        real(ckpt, path)
+
+    monkeypatch.setattr(loop.ckpt_io, "save_checkpoint", dies_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, SINGLE)
+    monkeypatch.setattr(loop.ckpt_io, "save_checkpoint", real)
+    fit(replace(cfg, resume=True), SINGLE)
+    fit(train_config(tmp_path / "full", epochs=4, tensorboard=True), SINGLE)
+    cut, full = _scalars(tmp_path / "r", "epoch/test_loss"), _scalars(tmp_path / "full", "epoch/test_loss")
+    assert [s for s, _ in cut] == [8, 16, 24, 32]
+    assert [v for _, v in cut] == pytest.approx([v for _, v in full])
+
+
+def test_tensorboard_without_its_package_is_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from landscape.base.flags import run_cli
+    from trainers.train import main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, ["--dataset", "synthetic", "--tensorboard", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "needs the tensorboard package" in err[0]
+    assert not (tmp_path / "r" / "last.pt").exists()

@@ -92,6 +92,8 @@ class TrainConfig:
     track_noise: int | None = option(None, "every STEPS optimizer steps, the gradient noise scale B_simple "
                                      "(McCandlish et al. 2018) from the step's own gradients where it can, in "
                                      "metrics.jsonl", metavar="STEPS", group="tracking")
+    tensorboard: bool = option(False, "also write TensorBoard event files to OUT/tensorboard (loss, accuracy, lr, "
+                               "throughput, and what --track-* measure)", group="tracking")
     track_samples: int = option(512, "the training samples --track-sharpness measures on (a fixed random subset, "
                                 "landscape.sharpness --samples's)", metavar="N", group="tracking")
     ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "

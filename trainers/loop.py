@@ -43,6 +43,7 @@ from trainers.config import (
     ramp_of,
     run_length,
 )
+from trainers.events import EventLog
 from trainers.tracking import NoiseTracker, SharpnessTracker, Tracking
 
 
@@ -155,6 +156,7 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     tracking = tracking_of(cfg, model, ddp_model, data, plan, ramp, length, info, state)
     save = functools.partial(run_checkpoint, model, cfg, plan, data, opt=opt, sched=sched, device=info.device,
                              run_epochs=length.epochs)
+    events = EventLog(cfg.out, step) if cfg.tensorboard and info.is_main else None
     if info.is_main:
         os.makedirs(cfg.out, exist_ok=True)
         truncate_log(log_path, start_epoch)
@@ -180,6 +182,8 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
         record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, **run, **summary,
                   **metrics, "wall_seconds": time.perf_counter() - t0}
         if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
+            if events is not None:  # before the checkpoint: a resume hides what a kill left past it
+                events.write(record, measured)
             ckpt = save(done, step, metrics, tracking=tracking.state() if tracking else None)
             if done % cfg.save_every == 0 or last:
                 ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
@@ -189,6 +193,8 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
             append_jsonl(log_path, record)
             if done % cfg.log_every == 0 or last:
                 print0(_format_record(record, length.epochs))
+    if events is not None:
+        events.close()
     return ckpt
 
 
