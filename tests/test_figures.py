@@ -1,6 +1,7 @@
 """The figure scripts end to end on their seconds-long 'smoke' presets (generated data)."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -26,6 +27,25 @@ def test_flat_vs_sharp_writes_figures_and_summary_and_reuses_everything(tmp_path
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already complete") == 4
     assert again.stdout.count("0 points computed") == 12
+
+
+def test_generalization_gap_trains_every_remedy_and_writes_its_figures_table_and_verdict(tmp_path):
+    res = run_module("figures.generalization_gap", "--preset", "smoke", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rows = {r["run"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    assert list(rows) == ["small", "naive", "goyal", "hoffer", "lars", "sam", "ramp"]
+    assert float(rows["small"]["gap_recovered"]) == 1 and float(rows["naive"]["gap_recovered"]) == 0
+    assert rows["hoffer"]["bn_batch"] == "16" and rows["naive"]["bn_batch"] == "128"  # the ghost batch
+    assert int(rows["hoffer"]["steps"]) >= int(rows["small"]["steps"]) > int(rows["naive"]["steps"])  # regime
+    for col in ("test_error", "lambda_max", "trace", "epsilon_sharpness", "width"):
+        assert all(r[col] not in ("", "nan") for r in rows.values()), col
+    for name in ("gap_curves", "edge_of_stability", "minima"):
+        assert os.path.getsize(tmp_path / f"{name}.png") > 10_000 and os.path.exists(tmp_path / f"{name}.pdf")
+    assert "rank correlation over the 6 large-batch runs" in res.stdout
+    tracked = [json.loads(line) for line in open(tmp_path / "runs" / "naive_s0" / "metrics.jsonl")]
+    assert any(r.get("kind") == "sharpness" and r["threshold"] for r in tracked)
+    again = run_module("figures.generalization_gap", "--preset", "smoke", "--out", str(tmp_path))
+    assert again.returncode == 0 and again.stdout.count("already complete") == 7, again.stderr
 
 
 def test_batch_scaling_writes_three_plots_and_tables(tmp_path):
