@@ -86,8 +86,8 @@ class NoiseTracker:
         if step % self.cfg.track_noise or self.source == "estimator":
             return None
         if self.source == "ddp":
-            return _FromRanks(self, plan)
-        return _FromMicroBatches(self, plan)
+            return RankNoise(self, plan)
+        return MicroBatchNoise(self, plan)
 
     def after_step(self, step: int, epoch: int) -> None:
         if step % self.cfg.track_noise:
@@ -132,7 +132,7 @@ def _flat_grad(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1).double() for p in model.parameters() if p.grad is not None])
 
 
-class _FromMicroBatches:
+class MicroBatchNoise:
     """One process with accumulation: micro-batch k's gradient is the growth of .grad times the steps."""
 
     def __init__(self, tracker: NoiseTracker, plan: Any):
@@ -150,7 +150,7 @@ class _FromMicroBatches:
                             self.plan.per_rank_batch_size)
 
 
-class _FromRanks:
+class RankNoise:
     """DDP: each rank's gradient, squared by the hook before the all-reduce; the all-reduced mean from .grad."""
 
     def __init__(self, tracker: NoiseTracker, plan: Any):
