@@ -110,6 +110,7 @@ def test_regime_adaptation_takes_the_small_batch_s_steps_and_stretches_the_sched
 
 
 REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
+            "goyal": dict(scale_lr="linear", base_batch_size=16, warmup_epochs=1.5, schedule="step", milestones=(2,)),
             "ghost": dict(ghost_batch_size=16, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
             "regime": dict(regime_adaptation=True, base_batch_size=32, epochs=2, schedule="cosine",
                            warmup_epochs=0.5),
