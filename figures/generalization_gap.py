@@ -164,10 +164,6 @@ def measure(p: Preset, cfg: TrainConfig, name: str, out: str, info: DistInfo, de
     return cols, surf
 
 
-def judged(p: Preset, metrics: dict[str, float]) -> float:
-    return 100 - metrics["test_acc"] if p.judge == "test_error" else metrics["test_loss"]
-
-
 def summarize(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], flat: dict[str, dict[str, float]],
               seeds: int) -> list[dict[str, Any]]:
     """A row per run: the judged error as mean +- stderr over the seeds, the share of the naive gap recovered, and
@@ -175,16 +171,17 @@ def summarize(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], flat: dict[st
     rows = []
     for name in run_names(p):
         finals = [log_of(cfgs[(name, s)])[0][-1] for s in range(seeds)]
-        values = np.array([judged(p, f) for f in finals])
         c = cfgs[(name, 0)]
         remedy = DESCRIPTIONS[name]
         if name == "hoffer" and not p.ghost:  # no BatchNorm: no ghost batch
             remedy = remedy.replace(" + ghost BN", "")
-        rows.append({"run": name, "remedy": remedy, "batch_size": c.batch_size,
-                     "bn_batch": c.ghost_batch_size or c.micro_batch_size or c.batch_size,
-                     "steps": finals[0]["step"], p.judge: float(values.mean()),
-                     f"{p.judge}_stderr": float(values.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else float("nan"),
-                     **flat[name]})
+        row = {"run": name, "remedy": remedy, "batch_size": c.batch_size,
+               "bn_batch": c.ghost_batch_size or c.micro_batch_size or c.batch_size, "steps": finals[0]["step"]}
+        for key in dict.fromkeys(("test_error", p.judge)):  # a language model's judge is its test loss
+            values = np.array([100 - f["test_acc"] if key == "test_error" else f[key] for f in finals])
+            row[key] = float(values.mean())
+            row[f"{key}_stderr"] = float(values.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else float("nan")
+        rows.append({**row, **flat[name]})
     small, naive = rows[0][p.judge], rows[1][p.judge]
     for r in rows:
         r["gap_recovered"] = (naive - r[p.judge]) / (naive - small) if naive != small else float("nan")
