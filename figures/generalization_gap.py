@@ -28,6 +28,7 @@ from scipy.stats import spearmanr
 
 from figures.common import chosen_preset, preset_parser
 from landscape.base.config import SharpnessConfig, SurfaceConfig
+from landscape.base.errors import ConfigError
 from landscape.base.files import write_csv
 from landscape.base.flags import ArgumentParser, run_cli
 from landscape.core.surface_file import Surface
@@ -295,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     preset = chosen_preset(args, PRESETS)
     if args.seeds < 1:
-        raise ValueError("--seeds must be >= 1")
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     with process_group(args.device) as info:
         check_output_folder(args.out, info)
         cfgs = train(preset, args.seeds, args.out, info, args.device)
