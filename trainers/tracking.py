@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from landscape.core.grid_eval import select_samples
 from landscape.curvature.edge import adam_preconditioner, stability_threshold, top_eigenvalue
@@ -20,6 +19,7 @@ from landscape.curvature.hessian import HessianOperator
 from landscape.data.datasets import Dataset
 from landscape.pipelines.inputs import rank_share
 from landscape.runtime.distributed import DistInfo, all_reduce_sum
+from landscape.runtime.forward import batchnorm_statistics_kept
 from landscape.runtime.sources import TensorSource
 from trainers.config import TrainConfig
 from trainers.noise_scale import estimate_noise
@@ -118,12 +118,8 @@ class NoiseTracker:
         per_rank = self.plan.per_rank_batch_size
         micro = max(1, min(per_rank, len(self.data.x_train) // 8) // 8)
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-        kept = [(b, b.detach().clone()) for m in self.model.modules() if isinstance(m, _BatchNorm)
-                for b in m.buffers()]
-        est = estimate_noise(self.model, self.data.x_train, self.data.y_train, micro, generator)
-        with torch.no_grad():
-            for buffer, value in kept:
-                buffer.copy_(value)
+        with batchnorm_statistics_kept(self.model):
+            est = estimate_noise(self.model, self.data.x_train, self.data.y_train, micro, generator)
         return {"g2": est.g2, "trace_sigma": est.trace_sigma, "b_simple": est.b_simple, "b_small": micro,
                 "b_big": micro * 8}
 

@@ -129,6 +129,19 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
 
 
+@contextlib.contextmanager
+def batchnorm_statistics_kept(model: nn.Module) -> Iterator[None]:
+    """The model's BatchNorm running statistics (and their counters) as they were before the block: what the
+    block's forward passes write there is undone on the way out."""
+    kept = [(b, b.detach().clone()) for m in batchnorm_layers(model) for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in kept:
+                buffer.copy_(value)
+
+
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], precision: str = "fp32") -> None:
     """Reset the running statistics of every BatchNorm layer and re-estimate them from `batches`: forward passes
     in train mode without gradients, with momentum None, so each statistic is the plain average over the batches

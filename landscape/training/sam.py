@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from landscape.base.errors import ConfigError
 from landscape.runtime.distributed import DistInfo
-from landscape.runtime.forward import autocast_context
+from landscape.runtime.forward import autocast_context, batchnorm_statistics_kept
 from landscape.training.step import token_cross_entropy
 
 
@@ -75,27 +74,21 @@ def sam_step(ddp_model: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
                 losses.append(torch.stack(pending).mean())
                 pending = []
         e = ascent_step(params, grads, rho, adaptive)
-        kept, statistics = [p.detach().clone() for p in params], _batchnorm_state(model)
+        kept = [p.detach().clone() for p in params]
         with torch.no_grad():
             for p, step in zip(params, e):
                 p.add_(step)
-        for x, y in group:  # the descent pass at w + e: the gradient the optimizer takes
-            done += 1
-            sync = ddp_model.no_sync() if info.is_distributed and done < n_pieces else contextlib.nullcontext()
-            with sync:
-                with autocast_context(info.device, precision):
-                    out = ddp_model(x)
-                (loss_fn(out, y) / n_pieces).backward()
+        with batchnorm_statistics_kept(model):  # the descent pass at w + e: the gradient the optimizer takes
+            for x, y in group:
+                done += 1
+                sync = ddp_model.no_sync() if info.is_distributed and done < n_pieces else contextlib.nullcontext()
+                with sync:
+                    with autocast_context(info.device, precision):
+                        out = ddp_model(x)
+                    (loss_fn(out, y) / n_pieces).backward()
         with torch.no_grad():
             for p, w in zip(params, kept):
                 p.copy_(w)
-            for buffer, value in statistics:
-                buffer.copy_(value)
     opt.step()
     opt.zero_grad(set_to_none=True)
     sched.step()
-
-
-def _batchnorm_state(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
-    """(buffer, copy) for every BatchNorm buffer: restored after the descent pass, whose updates do not count."""
-    return [(b, b.detach().clone()) for m in model.modules() if isinstance(m, _BatchNorm) for b in m.buffers()]
