@@ -60,16 +60,9 @@ def load_weights(path: str, model: nn.Module | None = None, *, strip_prefix: str
     Args: strip_prefix: the prefix the file's tensors carry (default: found when exactly one holds them all, as a
     LightningModule's `model.`); ema: torchvision's references' averaged model (model_ema) instead of `model`.
     What was found (the prefix, tensors left aside) is printed."""
-    from landscape.models.checkpoint import load_model
-    from landscape.models.weights import build_hf_model, is_hf_folder, load_weights_into
+    from landscape.pipelines.inputs import centre_of
 
-    if model is None and is_hf_folder(path):
-        model = build_hf_model(path)
-    elif model is None:
-        return load_model(path)[0]
-    for note in load_weights_into(model, path, strip_prefix, ema):
-        print(note, flush=True)
-    return model.eval()
+    return centre_of(path, model, strip_prefix=strip_prefix, ema=ema, log=lambda note: print(note, flush=True)).model
 
 
 def direction_to(model: nn.Module, other: nn.Module | Mapping[str, Tensor], dir_type: str = "weights") -> Params:

@@ -344,3 +344,20 @@ def test_a_folder_named_landscape_does_not_shadow_the_package(tmp_path):
                          timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith(os.path.join("landscape", "__init__.py"))
+
+
+def test_the_hash_taken_from_the_one_read_is_weights_sha256_of_the_file(tmp_path, mlp_ckpt):
+    """What a surface file records as checkpoint_sha256 (read once, hashed from the bytes parsed) is the file hash of
+    0.6, so a file made by 0.6 resumes: a .pt, a .safetensors, a sharded save_pretrained folder, our checkpoint."""
+    from landscape.models.checkpoint import read_checkpoint
+    from landscape.models.weights import read_weights_into, weights_sha256
+
+    model = userland.make_mlp(width=16)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    gpt2 = _gpt2()
+    gpt2.save_pretrained(tmp_path / "hf", max_shard_size="40KB")  # config, index and shards, hashed in order
+    for path, target in [("w.pt", model), ("w.safetensors", model), ("hf", gpt2)]:
+        _, sha = read_weights_into(target, str(tmp_path / path))
+        assert sha == weights_sha256(str(tmp_path / path)), path
+    assert read_checkpoint(mlp_ckpt)[1] == weights_sha256(mlp_ckpt)

@@ -5,7 +5,7 @@ re-estimation), which tensors the directions move, and each rank's share of the 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +38,21 @@ class Centre:
 def load_centre(cfg: SurfaceConfig, path: str) -> Centre:
     """A model with the weights of `path`: our checkpoint, or --model's module (or the model a HuggingFace folder
     describes) with the weights of a file or folder as researchers save them (landscape.models.weights)."""
-    if not cfg.model and not is_hf_folder(path):
+    model = build_model(cfg.model, **cfg.model_kwargs) if cfg.model else None
+    return centre_of(path, model, strip_prefix=cfg.strip_prefix, ema=cfg.ema)
+
+
+def centre_of(path: str, model: nn.Module | None = None, *, strip_prefix: str | None = None, ema: bool = False,
+              log: Callable[[str], None] = print0) -> Centre:
+    """`model` (eval mode) with the weights of `path`, read once; without a model, the one our checkpoint or a
+    HuggingFace folder describes. What was found in a weights file (its prefix, tensors left aside) goes to `log`."""
+    if model is None and not is_hf_folder(path):
         ckpt, sha256 = read_checkpoint(path)
         return Centre(build_from_checkpoint(ckpt), ckpt, sha256)
-    model = build_model(cfg.model, **cfg.model_kwargs) if cfg.model else build_hf_model(path)
-    notes, sha256 = read_weights_into(model, path, cfg.strip_prefix, cfg.ema)
+    model = build_hf_model(path) if model is None else model
+    notes, sha256 = read_weights_into(model, path, strip_prefix, ema)
     for note in notes:
-        print0(note)
+        log(note)
     return Centre(model.eval(), None, sha256)
 
 
