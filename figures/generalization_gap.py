@@ -165,13 +165,16 @@ def measure(p: Preset, cfg: TrainConfig, name: str, out: str, info: DistInfo, de
     return cols, surf
 
 
-def summarize(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], flat: dict[str, dict[str, float]],
+Logs = dict[tuple[str, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]  # (run, seed) -> log_of
+
+
+def summarize(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], logs: Logs, flat: dict[str, dict[str, float]],
               seeds: int) -> list[dict[str, Any]]:
     """A row per run: the judged error as mean +- stderr over the seeds, the share of the naive gap recovered, and
     the seed-0 minimum's flatness."""
     rows = []
     for name in run_names(p):
-        finals = [log_of(cfgs[(name, s)])[0][-1] for s in range(seeds)]
+        finals = [logs[(name, s)][0][-1] for s in range(seeds)]
         c = cfgs[(name, 0)]
         remedy = DESCRIPTIONS[name]
         if name == "hoffer" and not p.ghost:  # no BatchNorm: no ghost batch
@@ -214,7 +217,7 @@ def verdict(p: Preset, rows: list[dict[str, Any]], seeds: int) -> str:
     return "\n".join(lines)
 
 
-def compose(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], rows: list[dict[str, Any]],
+def compose(p: Preset, logs: Logs, rows: list[dict[str, Any]],
             surfaces: dict[str, dict[str, Surface]], out: str) -> list[str]:
     """The three figures, from the seed-0 runs."""
     from landscape.drawing import artists
@@ -225,7 +228,7 @@ def compose(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], rows: list[dict
     files = []
     fig, axes = render.plt.subplots(2, 2, figsize=(10, 7))  # Hoffer et al.'s figure, against epochs and steps
     for name in names:
-        epochs, _ = log_of(cfgs[(name, 0)])
+        epochs, _ = logs[(name, 0)]
         for row, split in enumerate(("train", "test")):
             err = [100 - r[f"{split}_acc"] for r in epochs if f"{split}_acc" in r]
             done = [r for r in epochs if f"{split}_acc" in r]
@@ -243,7 +246,7 @@ def compose(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], rows: list[dict
     files += render.save(fig, os.path.join(out, "gap_curves"))
     fig, axes = render.plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):  # the edge of stability, per run
-        _, tracked = log_of(cfgs[(name, 0)])
+        _, tracked = logs[(name, 0)]
         steps = [r["step"] for r in tracked]
         ax.semilogy(steps, [r["lambda_max"] for r in tracked], color=colors[name])
         if tracked and tracked[0]["threshold"] is not None:
@@ -303,8 +306,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         measured = {n: measure(preset, cfgs[(n, 0)], n, args.out, info, args.device) for n in run_names(preset)}
     if not info.is_main:
         return
-    rows = summarize(preset, cfgs, {n: m[0] for n, m in measured.items()}, args.seeds)
-    files = compose(preset, cfgs, rows, {n: m[1] for n, m in measured.items()}, args.out)
+    logs = {k: log_of(cfg) for k, cfg in cfgs.items()}  # each run's metrics.jsonl, read once
+    rows = summarize(preset, cfgs, logs, {n: m[0] for n, m in measured.items()}, args.seeds)
+    files = compose(preset, logs, rows, {n: m[1] for n, m in measured.items()}, args.out)
     path = os.path.join(args.out, "summary.csv")
     write_csv(path, rows, [c for c in COLUMNS if c in rows[0]], ".4g")
     print(f"\n{verdict(preset, rows, args.seeds)}\n\nfigures: {', '.join(files)}\ntable: {path}", flush=True)
