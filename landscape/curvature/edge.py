@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from landscape.curvature.hessian import HessianOperator, krylov_size
+from landscape.curvature.hessian import HessianOperator, krylov_size, unit_vector
 
 
 def stability_threshold(optimizer: str, lr: float, momentum: float = 0.0, nesterov: bool = False,
@@ -54,5 +54,4 @@ def top_eigenvalue(op: HessianOperator, v0: np.ndarray | None = None, tol: float
                              dtype=np.float64)
     start = np.random.default_rng(seed).standard_normal(op.dim) if v0 is None else np.asarray(v0, np.float64)
     values, vectors = eigsh(lin, k=1, which="LA", v0=start, tol=tol, ncv=krylov_size(1, op.dim), maxiter=1000)
-    v = vectors[:, 0] / np.linalg.norm(vectors[:, 0])
-    return float(values[0]), v * np.sign(v[np.argmax(np.abs(v))])
+    return float(values[0]), unit_vector(vectors[:, 0])

@@ -190,9 +190,14 @@ def eigenvalues(op: HessianOperator, k: int = 1, tol: float = 1e-3, seed: int = 
     if vecs is not None:
         unit = []
         for j in order:
-            v = vecs[:, j] / np.linalg.norm(vecs[:, j])
-            unit.append(op.as_params(v * np.sign(v[np.argmax(np.abs(v))])))  # the sign an eigenvector lacks
+            unit.append(op.as_params(unit_vector(vecs[:, j])))
     return Eigen(top, lam_min, converged, op.products - start, unit)
+
+
+def unit_vector(v: np.ndarray) -> np.ndarray:
+    """An eigenvector of unit norm with the sign it lacks fixed: its largest entry positive."""
+    v = v / np.linalg.norm(v)
+    return v * np.sign(v[np.argmax(np.abs(v))])
 
 
 class HessianPointEvaluator:
