@@ -29,6 +29,8 @@ LAYERS = [  # bottom to top: (what the layer is, the folders whose modules it ho
     ("the surface core: named tensors, directions, PCA, grid evaluation, the HDF5 file", ["landscape/core"]),
     ("curvature: the flat loss, the Hessian, spectral density, sharpness measures and their costs",
      ["landscape/curvature"]),
+    ("connectivity: permutation alignment, curves between minima and their training, barriers",
+     ["landscape/connectivity"]),
     ("pipelines: the grid-job builder, checkpoint to surface file, sharpness table, figure files",
      ["landscape/pipelines"]),
     ("the public face and the commands", ["landscape"]),
@@ -133,7 +135,7 @@ def test_the_check_fails_on_an_upward_import_or_a_circle_added_by_hand():
     errors_src = (ROOT / "landscape" / "base" / "errors.py").read_text()
     lazy_upward = errors_src + "\n\ndef f():\n    from landscape.plot2d import main\n"
     assert upward_imports(import_graph({"landscape.base.errors": lazy_upward})) == [
-        f"landscape.base.errors ({LAYERS[0][0]}) imports landscape.plot2d ({LAYERS[7][0]})"]
+        f"landscape.base.errors ({LAYERS[0][0]}) imports landscape.plot2d ({LAYERS[layer_of('landscape.plot2d')][0]})"]
     into_trainers = errors_src + "\nimport trainers.loop\n"
     assert any("imports trainers.loop" in e
                for e in upward_imports(import_graph({"landscape.base.errors": into_trainers})))
@@ -145,7 +147,8 @@ def test_the_check_fails_on_an_upward_import_or_a_circle_added_by_hand():
 
 def test_a_module_is_placed_by_its_folder_and_an_undeclared_folder_fails(monkeypatch):
     assert layer_of("landscape.core.directions") == layer_of("landscape.core") == 4
-    assert layer_of("landscape.plot2d") == 7 and layer_of("landscape") == 0
+    assert layer_of("landscape.plot2d") == 8 and layer_of("landscape") == 0
+    assert layer_of("landscape.connectivity.curves") == 6  # above curvature, below the pipelines that use it
     modules = dict(project_modules())
     modules["landscape.extras.thing"] = ROOT / "landscape" / "extras" / "thing.py"
     monkeypatch.setattr(sys.modules[__name__], "project_modules", lambda: modules)

@@ -1,0 +1,213 @@
+"""Permutation specs: which axes of which tensors a hidden-unit permutation reorders, so that permuting them all
+leaves the network's function unchanged (Ainsworth et al. 2023's "permutation spec").
+
+A spec maps a state-dict name to one entry per axis: None (not permuted), a permutation's name, or
+`{"perm": name, "outer": O, "inner": I}` for an axis laid out as (O, n, I) whose middle part the permutation
+reorders: a Linear after Flatten reads channel c at columns c*I ... c*I + I - 1, and an attention layer's qkv rows
+are (3, heads, head_dim). Tensors the spec leaves out are not permuted (the input layer's inputs, the logits).
+
+`spec_for(model)` knows our registry's models (chains of Linear/Conv/BatchNorm such as mlp, cnn1d, cnn2d and
+vgg9; the CIFAR ResNets with their residual streams; the Transformer's residual stream, MLP units and heads) and
+takes a user's spec as JSON or as `package.module:function` called with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from landscape.base.config import import_object
+from landscape.base.errors import ConfigError, UserError
+from landscape.models.lm import Transformer
+from landscape.models.registry import BasicBlock, CifarResNet
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One permuted axis: laid out as (outer, n, inner), the permutation `perm` reorders its n middle parts."""
+
+    perm: str
+    outer: int = 1
+    inner: int = 1
+
+
+@dataclass(frozen=True)
+class PermutationSpec:
+    """Per tensor name, each axis's Axis (or None); `sizes` gives each permutation's number of units."""
+
+    axes: dict[str, tuple[Axis | None, ...]]
+    sizes: dict[str, int]
+
+    def uses(self, perm: str) -> list[tuple[str, int]]:
+        """The (tensor, axis) pairs that `perm` reorders."""
+        return [(name, i) for name, axes in self.axes.items() for i, a in enumerate(axes)
+                if a is not None and a.perm == perm]
+
+
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Identity,
+               nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+SPEC_HELP = ("give --align-spec FILE.json or package.module:function returning {tensor name: [permutation name or "
+             "null, per axis]} (README: Aligning your own model)")
+
+
+def spec_for(model: nn.Module, spec: str | Mapping[str, Any] | None = None) -> PermutationSpec:
+    """The permutation spec of `model`: `spec` when given (a JSON file, `package.module:function` called with the
+    model, or the mapping itself), else the one of a registry model, checked against the model's state dict."""
+    if spec is None:
+        raw = known_spec(model)
+    elif isinstance(spec, str) and spec.endswith(".json"):
+        if not os.path.exists(spec):
+            raise UserError(f"--align-spec {spec}: file not found")
+        with open(spec) as f:
+            raw = json.load(f)
+    elif isinstance(spec, str):
+        made = import_object(spec, "--align-spec")
+        raw = made(model) if callable(made) else made
+    else:
+        raw = spec
+    return checked(raw, model)
+
+
+def known_spec(model: nn.Module) -> dict[str, list]:
+    """The spec of a model of ours, or of any chain of Linear/Conv/BatchNorm layers; a one-line refusal naming
+    what is missing otherwise."""
+    if isinstance(model, CifarResNet):
+        return resnet_spec(model)
+    if isinstance(model, Transformer):
+        return transformer_spec(model)
+    return chain_spec(model)
+
+
+def chain_spec(model: nn.Module) -> dict[str, list]:
+    """A network whose modules run in the order they are registered (nested nn.Sequential): each hidden
+    Linear/Conv layer's outputs get a permutation, carried through BatchNorm, activations, pooling and Flatten
+    into the next weighted layer's inputs; the last layer's outputs (the logits) stay in place."""
+    kind = type(model).__name__
+    if not isinstance(model, nn.Sequential):
+        raise UserError(f"cannot align {kind}: no permutation spec is known for it and it is not an nn.Sequential "
+                        f"chain of Linear/Conv/BatchNorm layers; {SPEC_HELP}")
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    weighted = [n for n, m in leaves if isinstance(m, WEIGHTED)]
+    raw: dict[str, list] = {}
+    flowing: tuple[str, int] | None = None  # the permutation on the features flowing, and its size
+    for name, m in leaves:
+        prefix = f"{name}." if name else ""
+        if isinstance(m, WEIGHTED):
+            if getattr(m, "groups", 1) != 1:
+                raise UserError(f"cannot align {kind}: {name} is a grouped convolution; {SPEC_HELP}")
+            fan_in = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            inp = None
+            if flowing is not None:  # after Flatten a Linear reads each channel's positions side by side
+                inp = {"perm": flowing[0], "inner": fan_in // flowing[1]}
+            out = None if name == weighted[-1] else f"{prefix}out"
+            raw[f"{prefix}weight"] = [out, inp, *[None] * (m.weight.ndim - 2)]
+            if m.bias is not None:
+                raw[f"{prefix}bias"] = [out]
+            flowing = None if out is None else (out, m.weight.shape[0])
+        elif isinstance(m, NORMS):
+            if flowing is not None:
+                for t in ("weight", "bias", "running_mean", "running_var"):
+                    if getattr(m, t, None) is not None:
+                        raw[f"{prefix}{t}"] = [flowing[0]]
+        elif isinstance(m, nn.Unflatten) and flowing is not None or not isinstance(
+                m, (*ELEMENTWISE, nn.Flatten, nn.Unflatten)):
+            raise UserError(f"cannot align {kind}: its {type(m).__name__} at {name!r} is not a layer a chain's "
+                            f"permutation passes through; {SPEC_HELP}")
+    return raw
+
+
+def resnet_spec(model: CifarResNet) -> dict[str, list]:
+    """A CIFAR ResNet: one permutation per residual stream (blocks joined by identity shortcuts share it, a 1x1
+    projection shortcut starts a new one) and one per block's inner channels; without shortcuts every block's
+    output is a stream of its own."""
+    raw: dict[str, list] = {"conv1.weight": ["s0", None, None, None],
+                            **{f"bn1.{t}": ["s0"] for t in ("weight", "bias", "running_mean", "running_var")}}
+    stream = "s0"
+    for i, block in enumerate(model.layers):
+        assert isinstance(block, BasicBlock)
+        p = f"layers.{i}."
+        projected = not isinstance(block.shortcut, nn.Identity)
+        out = f"s{i + 1}" if projected or not block.use_shortcut else stream
+        raw |= conv_bn(p + "conv1", p + "bn1", f"b{i}", stream)
+        raw |= conv_bn(p + "conv2", p + "bn2", out, f"b{i}")
+        if projected:
+            raw |= conv_bn(p + "shortcut.0", p + "shortcut.1", out, stream)
+        stream = out
+    raw["linear.weight"] = [None, stream]
+    return raw
+
+
+def conv_bn(conv: str, bn: str, out: str, inp: str) -> dict[str, list]:
+    """A bias-free convolution from `inp` to `out` followed by its BatchNorm."""
+    return {f"{conv}.weight": [out, inp, None, None],
+            **{f"{bn}.{t}": [out] for t in ("weight", "bias", "running_mean", "running_var")}}
+
+
+def transformer_spec(model: Transformer) -> dict[str, list]:
+    """Our decoder-only Transformer: the residual stream (embeddings, every LayerNorm, each block's inputs and
+    outputs, the head's inputs: LayerNorm commutes with a permutation of its features), each block's MLP units,
+    and each block's attention heads as wholes (q, k and v of a head move together, rotary positions included)."""
+    d = model.tok.weight.shape[1]
+    raw: dict[str, list] = {"tok.weight": [None, "res"], "ln_f.weight": ["res"], "ln_f.bias": ["res"],
+                            "head.weight": [None, "res"]}
+    if model.pos is not None:
+        raw["pos.weight"] = [None, "res"]
+    for i, block in enumerate(model.blocks):
+        p, heads, mlp = f"blocks.{i}.", f"h{i}", f"m{i}"
+        hd = d // block.attn.n_head
+        raw |= {f"{p}{ln}.{t}": ["res"] for ln in ("ln1", "ln2") for t in ("weight", "bias")}
+        raw |= {f"{p}attn.qkv.weight": [{"perm": heads, "outer": 3, "inner": hd}, "res"],
+                f"{p}attn.qkv.bias": [{"perm": heads, "outer": 3, "inner": hd}],
+                f"{p}attn.proj.weight": ["res", {"perm": heads, "inner": hd}], f"{p}attn.proj.bias": ["res"],
+                f"{p}mlp.0.weight": [mlp, "res"], f"{p}mlp.0.bias": [mlp],
+                f"{p}mlp.2.weight": ["res", mlp], f"{p}mlp.2.bias": ["res"]}
+    return raw
+
+
+def checked(raw: Mapping[str, Any], model: nn.Module) -> PermutationSpec:
+    """A PermutationSpec from its plain form, checked against the model's state dict: every tensor exists, has one
+    entry per axis, and each permutation has one size wherever it is used."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise UserError(f"the permutation spec must be a non-empty mapping {{tensor name: [axes]}}; {SPEC_HELP}")
+    state = model.state_dict()
+    axes: dict[str, tuple[Axis | None, ...]] = {}
+    sizes: dict[str, int] = {}
+    for name, entries in raw.items():
+        if name not in state:
+            raise UserError(f"the permutation spec names {name!r}, which the model does not have (it has e.g. "
+                            f"{list(state)[:3]}); use the names of model.state_dict()")
+        shape = state[name].shape
+        if not isinstance(entries, (list, tuple)) or len(entries) != len(shape):
+            raise UserError(f"the permutation spec gives {name!r} {entries!r}; it needs one entry per axis of its "
+                            f"shape {tuple(shape)} (null for an axis not permuted)")
+        axes[name] = tuple(_axis(e, name) for e in entries)
+        for a, size in zip(axes[name], shape):
+            if a is None:
+                continue
+            n, rest = divmod(size, a.outer * a.inner)
+            if rest or n == 0 or sizes.setdefault(a.perm, n) != n:
+                raise UserError(f"the permutation spec's {a.perm!r} has {sizes.get(a.perm, n)} units but {name!r} "
+                                f"has {size} along that axis (outer {a.outer}, inner {a.inner}); fix the spec")
+    return PermutationSpec(axes, sizes)
+
+
+def _axis(entry: Any, name: str) -> Axis | None:
+    if entry is None:
+        return None
+    if isinstance(entry, str):
+        return Axis(entry)
+    if isinstance(entry, Mapping) and isinstance(entry.get("perm"), str):
+        try:
+            return Axis(entry["perm"], int(entry.get("outer", 1)), int(entry.get("inner", 1)))
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"the permutation spec's entry {entry!r} for {name!r} is not null, a permutation name, or "
+                      "{\"perm\": name, \"outer\": O, \"inner\": I}")
