@@ -8,16 +8,18 @@ data and metric.
 
 The names below are loaded on first use (importing `landscape` loads no torch, so re-plotting a file stays light).
 The pieces below them are public too, each subpackage naming its own in `__all__`: base (foundation, no torch),
-runtime, models, data, training, core (directions, grid evaluation, the HDF5 file), curvature, drawing, pipelines.
+runtime, models, data, training, core (directions, grid evaluation, the HDF5 file), curvature, connectivity
+(alignment, curves, barriers), drawing, pipelines.
 The README's "How the code is laid out" is their map; tests/test_layers.py keeps their imports one way.
 """
 
 from landscape.base.lazy import lazy_exports
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 _API = {"random_directions": "api", "direction_to": "api", "surface": "api", "save_figures": "api",
-        "load_weights": "api", "Surface": "core.surface_file", "read_surface": "core.surface_file",
+        "load_weights": "api", "align": "api", "connect_checkpoints": "api", "barriers": "api",
+        "read_curve": "core.surface_file", "Surface": "core.surface_file", "read_surface": "core.surface_file",
         "read_directions": "core.surface_file", "save_directions": "core.surface_file",
         "metrics": "runtime.metrics", "Criterion": "runtime.metrics"}
 __all__ = sorted(_API)

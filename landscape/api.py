@@ -12,6 +12,7 @@ The model is never modified and stays where it is (a private copy is evaluated).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,7 +29,13 @@ from landscape.core.params import Params, model_tensors, snapshot, to_numpy
 from landscape.core.surface_file import Origin, Surface
 from landscape.pipelines.grid_job import evaluation_record, grid_job, run_grid
 from landscape.pipelines.inputs import moved_tensors, resolve_batch_size
-from landscape.runtime.distributed import DistInfo, cleanup_distributed, init_distributed, is_torchrun
+from landscape.runtime.distributed import (
+    DistInfo,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    is_torchrun,
+)
 from landscape.runtime.forward import resolve_precision
 from landscape.runtime.metrics import Metric, get_metric
 from landscape.runtime.sources import as_source
@@ -187,3 +194,47 @@ def save_figures(s: Surface, stem: str, formats: Sequence[str] = ("png", "pdf"),
     if os.path.dirname(stem):
         os.makedirs(os.path.dirname(stem), exist_ok=True)
     return render_2d(s, stem, cfg) if s.is_2d else render_1d([("", s)], stem, cfg, title or "")
+
+
+def align(model_a: nn.Module, model_b: nn.Module, spec: str | Mapping[str, Any] | None = None, seed: int = 0,
+          batch: Any = None) -> tuple[nn.Module, Any]:
+    """A copy of model_b with its hidden units permuted toward model_a's by weight matching (Ainsworth et al.
+    2023), and the Alignment found (its `summary()`, `moved`, `perms`). model_b computes the same function before and
+    after; with a `batch`, that is checked and a spec that breaks it refused.
+
+    Args: spec: None for our registry's models (chains of Linear/Conv/BatchNorm, CIFAR ResNets, our Transformer),
+    else a {tensor name: [permutation name or None per axis]} mapping, a JSON file or package.module:function
+    (README: Aligning your own model)."""
+    from landscape.connectivity.alignment import align_models
+
+    return align_models(model_a, model_b, spec, seed, batch)
+
+
+def connect_checkpoints(a: str, b: str, out: str = "landscape_out", *, device: str = "auto", **options: Any) -> Any:
+    """What `python -m landscape.connect A B` does, from Python: align (align=True), train the curve and evaluate
+    every path; returns the curve file's content (landscape.core.surface_file.Curve; `landscape.barriers(curve)`
+    gives its barrier table) on every rank. `options` are the command's flags by their field names: curve="polychain",
+    align=True, epochs=50, lr=0.05, points=21, samples=1000, bn_recalibrate=20, model=..., data=..., name=..."""
+    from landscape.base.config import CurveConfig, SurfaceConfig
+    from landscape.pipelines.connect_job import run_connect
+
+    surface_fields = {f.name for f in dataclasses.fields(SurfaceConfig)}
+    curve_fields = {f.name for f in dataclasses.fields(CurveConfig)}
+    unknown = sorted(set(options) - surface_fields - curve_fields)
+    if unknown:
+        raise ConfigError(f"connect_checkpoints has no option {unknown[0]!r}; the options are the flags of python -m "
+                          "landscape.connect, by field name (curve, align, epochs, lr, points, samples, ...)")
+    cfg = SurfaceConfig(checkpoint=a, target=b, out=out, device=device,
+                        **{k: v for k, v in options.items() if k in surface_fields and k not in curve_fields})
+    curve_cfg = CurveConfig(**{k: v for k, v in options.items() if k in curve_fields})
+    info = _dist_info(device)
+    run = run_connect(cfg, curve_cfg, info)
+    return broadcast_object(run.curve)
+
+
+def barriers(curve: Any) -> list[dict[str, Any]]:
+    """The barrier table of a curve (connect_checkpoints' result or read_curve(path)): one row per path and metric,
+    max_t L(t) - ((1-t) L(A) + t L(B)), for the losses and the errors (100 - accuracy)."""
+    from landscape.connectivity.barriers import barrier_rows
+
+    return barrier_rows(curve)

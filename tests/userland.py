@@ -99,3 +99,26 @@ def tokens(n: int = 8, length: int = 12, vocab: int = 101) -> list[dict[str, tor
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (n, length), generator=g)
     return [{"input_ids": ids[:4], "labels": ids[:4]}, {"input_ids": ids[4:], "labels": ids[4:]}]
+
+
+class Residual(nn.Module):
+    """A researcher's own network that is no nn.Sequential: a residual hidden layer, so aligning it needs a spec."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.inp, self.hidden, self.out = nn.Linear(8, width), nn.Linear(width, width), nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x))
+        return self.out(h + torch.relu(self.hidden(h)))
+
+
+def residual_spec(model: Residual) -> dict:
+    """Its permutation spec: one permutation "h" of the hidden units, on both axes of the residual layer."""
+    return {"inp.weight": ["h", None], "inp.bias": ["h"], "hidden.weight": ["h", "h"], "hidden.bias": ["h"],
+            "out.weight": [None, "h"]}
+
+
+def residual_spec_missing_a_tensor(model: Residual) -> dict:
+    """A wrong spec: the residual layer's bias is left out, so permuting changes the function."""
+    return {k: v for k, v in residual_spec(model).items() if k != "hidden.bias"}

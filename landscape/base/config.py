@@ -153,6 +153,13 @@ class SurfaceConfig:
                          "them", choices=IGNORES, group="directions")
     seed: int = option(0, "seed of the random directions", group="directions")
     orthogonal: bool = option(False, "make d2 orthogonal to d1 (after normalization)", group="directions")
+    align: bool = option(False, "permute the hidden units of the other checkpoints (B of an interpolation, B and C "
+                         "of a plane) toward A's by weight matching first (Ainsworth et al. 2023); their function "
+                         "is unchanged", group="alignment")
+    align_spec: str | None = option(None, "the permutation spec of a model landscape does not know: FILE.json or "
+                                    "package.module:function(model) returning {tensor name: [permutation name or "
+                                    "null, per axis]} (README: Aligning your own model)", metavar="SPEC",
+                                    group="alignment")
     splits: tuple[str, ...] = option(("train", "test"), "data splits to evaluate", choices=SPLITS,
                                      group="evaluation")
     bn_recalibrate: int | None = option(None, "re-estimate BatchNorm's running statistics at every point from N "
@@ -224,6 +231,10 @@ class SurfaceConfig:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
         if self.directions_file == HESSIAN and self.dir_type != "weights":
             raise ConfigError("--directions hessian moves parameters only; leave out --dir-type states")
+        if self.align_spec and not self.align:
+            raise ConfigError("--align-spec says how to align; add --align")
+        if self.align and not (self.target or self.plane):
+            raise ConfigError("--align aligns a second checkpoint to the first; give two checkpoints or --plane B C")
         if self.directions_file and self.target:
             raise ConfigError("--directions and a second checkpoint both set the first direction; give one")
         check_points_per_pass(self.points_per_pass, self.compile)
@@ -333,3 +344,48 @@ class SharpnessConfig:
                             (self.threshold, "--threshold"), *((e, "--eps") for e in self.eps)]:
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{flag} must be a positive number, got {value}")
+
+
+CURVE_TYPES = ("bezier", "polychain", "none")  # none: the straight lines only (and aligned with --align)
+CURVE_OPTIMIZERS = ("sgd", "adam")
+CURVE_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """How `landscape.connect` trains and evaluates the curve between two checkpoints (landscape.connectivity);
+    the checkpoints, data, evaluation and alignment come from a SurfaceConfig's flags."""
+
+    curve: str = option("bezier", "the path trained between A and B: a quadratic Bezier curve (its control point "
+                        "free) or a polygonal chain (its middle bend free); none: only the straight line (and the "
+                        "aligned one)", choices=CURVE_TYPES, group="curve")
+    points: int = option(21, "values of t in [0, 1] at which every path is evaluated", metavar="N", group="curve")
+    epochs: int = option(20, "passes over the training data while training the curve", metavar="N", group="curve")
+    train_batch_size: int = option(128, "global batch of the curve's training", metavar="N", group="curve")
+    optimizer: str = option("sgd", "optimizer of the bend's weights", choices=CURVE_OPTIMIZERS, group="curve")
+    lr: float = option(0.05, "peak learning rate", group="curve")
+    momentum: float = option(0.9, "SGD momentum", group="curve")
+    weight_decay: float = option(0.0, "L2 weight decay on the bend's weights", group="curve")
+    schedule: str = option("cosine", "learning rate over the steps", choices=CURVE_SCHEDULES, group="curve")
+    seed: int = option(0, "seed of the t drawn at each step, the data order and the alignment's sweep order",
+                       group="curve")
+    save_seconds: float = option(30.0, "about how often the training state is saved (and at each epoch's end)",
+                                 metavar="S", group="curve")
+
+    def __post_init__(self) -> None:
+        check_choice(self.curve, CURVE_TYPES, "--curve")
+        check_choice(self.optimizer, CURVE_OPTIMIZERS, "--optimizer")
+        check_choice(self.schedule, CURVE_SCHEDULES, "--schedule")
+        for value, flag, low in [(self.points, "--points", 2), (self.epochs, "--epochs", 1),
+                                 (self.train_batch_size, "--train-batch-size", 1)]:
+            if value < low:
+                raise ConfigError(f"{flag} must be >= {low}, got {value}")
+        for value, flag in [(self.lr, "--lr"), (self.momentum, "--momentum"), (self.weight_decay, "--weight-decay"),
+                            (self.save_seconds, "--save-seconds")]:
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{flag} must be a number >= 0, got {value}")
+
+    def training_record(self) -> dict[str, Any]:
+        """What decides the trained bend besides the endpoints and the data: a resume must match it."""
+        return {k: getattr(self, k) for k in ("epochs", "train_batch_size", "optimizer", "lr", "momentum",
+                                               "weight_decay", "schedule", "seed")}

@@ -28,7 +28,9 @@ def check_fingerprint(path: str, stored: dict[str, Any], current: dict[str, Any]
                  "xcoordinates": "another x grid", "ycoordinates": "another y grid",
                  "trajectory": "another list of trajectory checkpoints",
                  "bn_recalibrate": "another --bn-recalibrate (BatchNorm re-estimation)",
-                 "hessian_tol": "another Lanczos --tol"}
+                 "hessian_tol": "another Lanczos --tol", "curve": "another --curve",
+                 "target_sha256": "another second checkpoint", "training": "other curve training settings",
+                 "align": "another --align", "t": "another --points"}
         what = ", ".join(names.get(k, k) for k in diff)
         raise UserError(f"{path} was made with {what}; refusing to mix results: choose another --out, or delete "
                         "the file to start over")

@@ -4,6 +4,8 @@ and the flat-buffer update theta = theta0 + alpha*d1 + beta*d2 used at every gri
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -38,6 +40,16 @@ def to_numpy(p: Params) -> dict[str, np.ndarray]:
 
 def from_numpy(arrays: dict[str, np.ndarray]) -> Params:
     return {k: torch.from_numpy(np.asarray(a)) for k, a in arrays.items()}
+
+
+def digest(p: Params) -> str:
+    """A content hash of named tensors (names, shapes, float32 bytes): tells whether two sets of weights are one."""
+    h = hashlib.sha256()
+    for k in sorted(p):
+        a = p[k].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{k}/{tuple(a.shape)}".encode())
+        h.update(a.numpy().tobytes())
+    return h.hexdigest()
 
 
 def dot(a: Params, b: Params) -> float:

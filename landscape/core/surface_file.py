@@ -39,6 +39,7 @@ from landscape.core.fingerprint import check_fingerprint, fingerprint_of
 
 SCHEMA_VERSION = 2
 PRODUCER = "landscape"
+SURFACE, CURVE = "surface", "curve"  # the root attribute `kind` (since 0.8; a file without it is a surface)
 _SCHEMA1_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 Arrays = dict[str, np.ndarray]  # one direction: parameter name -> float32 array
@@ -98,6 +99,7 @@ class Annotations:
     axis_labels: tuple[str, ...] = ()  # e.g. ("1st PC: 82.11 %", "2nd PC: 9.40 %"); () for alpha/beta
     markers: Markers | None = None
     explained_variance_ratio: tuple[float, ...] = ()
+    curve: np.ndarray | None = None  # (n, 2): a curve trained between the plane's first two checkpoints (0.8)
 
 
 @dataclass
@@ -167,14 +169,18 @@ def _open(path: str, mode: str) -> h5py.File:
                         "--out") from None
 
 
-def _check_ours(f: h5py.File, path: str) -> int:
-    """The schema version of a file of ours; refuse foreign and newer files."""
+def _check_ours(f: h5py.File, path: str, kind: str = SURFACE) -> int:
+    """The schema version of a file of ours of this kind; refuse foreign and newer files and the other kind."""
     if f.attrs.get("producer") != PRODUCER or "schema_version" not in f.attrs:
-        raise UserError(f"{path} is an HDF5 file but not a landscape surface; move it away or choose another --out")
+        raise UserError(f"{path} is an HDF5 file but not a landscape {kind}; move it away or choose another --out")
     version = int(f.attrs["schema_version"])
     if version > SCHEMA_VERSION:
         raise UserError(f"{path} has schema version {version}, newer than this landscape ({SCHEMA_VERSION}); "
                         "upgrade landscape")
+    found = f.attrs.get("kind", SURFACE)  # files before 0.8 are surfaces
+    if found != kind:
+        how = "python -m landscape.connect FILE.h5 re-plots it" if found == CURVE else "plot1d/plot2d read it"
+        raise UserError(f"{path} is a {found} file, not a {kind} file ({how}); give a {kind} file")
     return version
 
 
@@ -201,7 +207,7 @@ def _write(path: str, s: Surface, directions: list[Arrays]) -> None:
     o = s.origin
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({
-            **_header(), "metrics": json.dumps(list(s.values)),
+            **_header(), "kind": SURFACE, "metrics": json.dumps(list(s.values)),
             "fingerprint": json.dumps(s.fingerprint, sort_keys=True), "config": json.dumps(s.config),
             "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256, "target_checkpoint": o.target,
             "directions_sha256": s.directions_sha256, "model": json.dumps(o.model),
@@ -228,6 +234,8 @@ def _write_annotations(f: h5py.File, a: Annotations) -> None:
         ds.attrs.update({"names": json.dumps(list(a.markers.names)), "kind": a.markers.kind})
     if a.explained_variance_ratio:
         f.create_dataset("explained_variance_ratio", data=np.asarray(a.explained_variance_ratio, np.float64))
+    if a.curve is not None:
+        f.create_dataset("markers/curve", data=np.asarray(a.curve, np.float64))
 
 
 def _read_annotations(f: h5py.File, attrs: dict[str, Any]) -> Annotations:
@@ -236,7 +244,8 @@ def _read_annotations(f: h5py.File, attrs: dict[str, Any]) -> Annotations:
         ds = f["markers/coordinates"]
         markers = Markers(tuple(json.loads(ds.attrs["names"])), ds[...], str(ds.attrs["kind"]))
     ratio = tuple(map(float, f["explained_variance_ratio"][...])) if "explained_variance_ratio" in f else ()
-    return Annotations(tuple(json.loads(attrs.get("axis_labels") or "[]")), markers, ratio)
+    curve = f["markers/curve"][...] if "markers/curve" in f else None
+    return Annotations(tuple(json.loads(attrs.get("axis_labels") or "[]")), markers, ratio, curve)
 
 
 def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[str], directions: list[Arrays],
@@ -304,25 +313,28 @@ class SurfaceSink:
 
 
 class SurfaceWriter(SurfaceSink):
-    """A SurfaceSink that holds its surface file open and flushes every row as it arrives."""
+    """A SurfaceSink that holds its surface file open and flushes every row as it arrives; `file` and `group`:
+    one path of a curve file, whose datasets lie under the group and whose file its CurveFile holds open."""
 
-    def __init__(self, path: str, surface: Surface, metrics: list[str]):
+    def __init__(self, path: str, surface: Surface, metrics: list[str], file: h5py.File | None = None,
+                 group: str = ""):
         super().__init__(surface, metrics)
-        self.path = path
-        self.file = _open(path, "r+")
+        self.path, self.group, self.owns = path, group, file is None
+        self.file = _open(path, "r+") if file is None else file
 
     def write(self, flat_idx: np.ndarray, rows: np.ndarray) -> None:
         """Store rows at flat point indices, then mark them done; the file is flushed after each."""
         for j, m in enumerate(self.values):
             self.values[m].reshape(-1)[flat_idx] = rows[:, j]
-            self.file[m][...] = self.values[m]
+            self.file[self.group + m][...] = self.values[m]
         self.file.flush()  # values reach the file before the mask that says they are valid
         self.done.reshape(-1)[flat_idx] = True
-        self.file["done"][...] = self.done.astype(np.uint8)
+        self.file[self.group + "done"][...] = self.done.astype(np.uint8)
         self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.owns:
+            self.file.close()
 
 
 def check_resumable(path: str, origin: Origin, directions: list[Arrays], evaluation: dict[str, Any],
@@ -386,3 +398,109 @@ def save_directions(path: str, directions: list[Arrays], config: dict[str, Any] 
         f.attrs.update({**_header(), "directions_sha256": directions_sha256(directions),
                         "config": json.dumps(config or {})})
         _write_directions(f, directions)
+
+
+# ----------------------------------------------------------------------------- curve files (kind "curve", 0.8)
+
+@dataclass
+class Curve:
+    """A curve file's content: each path between A and B (line, aligned_line, curve) as a 1D Surface over t, the
+    curve's type, the bend's place in the plane through A, B and the bend, the alignment found and the training's
+    record. Barriers are computed from the values (landscape.connectivity.barriers), not stored."""
+
+    t: np.ndarray
+    paths: dict[str, Surface]
+    curve: str  # bezier, polychain, or none
+    origin: Origin = field(default_factory=Origin)  # A, with B as its target
+    target_sha256: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    alignment: dict[str, Any] = field(default_factory=dict)  # {} without --align
+    training: dict[str, Any] = field(default_factory=dict)  # epoch losses, steps, seconds
+    bend_at: tuple[float, float] | None = None  # (alpha, beta) of the bend in plot2d's plane A, B, bend
+
+
+def _write_curve(path: str, c: Curve, bend: Arrays, perms: dict[str, np.ndarray]) -> None:
+    """A new curve file, written atomically: every path's values NaN and not done, the bend, the permutations."""
+    o = c.origin
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({
+            **_header(), "kind": CURVE, "curve": c.curve, "fingerprint": json.dumps(c.fingerprint, sort_keys=True),
+            "config": json.dumps(c.config), "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256,
+            "target_checkpoint": o.target, "target_sha256": c.target_sha256, "model": json.dumps(o.model),
+            "checkpoint_metrics": json.dumps(o.metrics), "checkpoint_train_config": json.dumps(o.training.config),
+            "alignment": json.dumps(c.alignment), "training": json.dumps(c.training), "acc_unit": "percent",
+            "bend_at": json.dumps(list(c.bend_at) if c.bend_at is not None else None),
+            "paths": json.dumps(list(c.paths))})
+        scale = f.create_dataset("t", data=np.asarray(c.t, np.float64))
+        scale.make_scale("t")
+        for name, s in c.paths.items():
+            g = f.create_group(f"paths/{name}")
+            g.attrs["metrics"] = json.dumps(list(s.values))
+            g.attrs["loss_metrics"] = json.dumps(s.config.get("loss_metrics", []))
+            for m, data in [*s.values.items(), ("done", s.done.astype(np.uint8))]:
+                g.create_dataset(m, data=data).dims[0].attach_scale(scale)
+        for k, v in bend.items():
+            f.create_dataset(f"bend/{k}", data=np.asarray(v, np.float32))
+        for k, v in perms.items():
+            f.create_dataset(f"permutations/{k}", data=np.asarray(v, np.int64))
+
+
+class CurveFile:
+    """A curve file open for writing (rank 0 only): `sink(name)` is the Sink of one path's points, flushed row by
+    row as a surface's are."""
+
+    def __init__(self, path: str, curve: Curve):
+        self.path, self.curve = path, curve
+        self.file = _open(path, "r+")
+
+    def sink(self, name: str) -> SurfaceWriter:
+        s = self.curve.paths[name]
+        return SurfaceWriter(self.path, s, list(s.values), self.file, f"paths/{name}/")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_curve(path: str, c: Curve, bend: Arrays, perms: dict[str, np.ndarray]) -> CurveFile:
+    """The curve file of a request, created with `c`'s paths (all points to do), the bend and the permutations
+    if missing; an existing file must have been made with the same fingerprint (endpoints, curve, training,
+    alignment, evaluation, t), or it is refused and left untouched. Its points done are kept."""
+    if os.path.exists(path):
+        old = read_curve(path)
+        check_fingerprint(path, old.fingerprint, c.fingerprint)
+        missing = [p for p in c.paths if p not in old.paths]
+        if missing:
+            raise UserError(f"{path} lacks the paths {missing}; it was made for others: use another --out")
+        return CurveFile(path, old)
+    _write_curve(path, c, bend, perms)
+    return CurveFile(path, c)
+
+
+def read_curve(path: str) -> Curve:
+    """A curve file (landscape.connect's)."""
+    if not os.path.exists(path):
+        raise UserError(f"curve file not found: {path}")
+    with _open(path, "r") as f:
+        _check_ours(f, path, CURVE)
+        a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        t = f["t"][...]
+        origin = Origin(a["checkpoint"], a["checkpoint_sha256"], a["target_checkpoint"], _json(a, "model"),
+                        _json(a, "checkpoint_metrics"), Training.from_train_config(_json(a, "checkpoint_train_config")))
+        config = _json(a, "config")
+        paths = {}
+        for name in json.loads(a["paths"]):
+            g = f[f"paths/{name}"]
+            values = {m: g[m][...] for m in json.loads(g.attrs["metrics"])}
+            paths[name] = Surface(t, None, values, g["done"][...].astype(bool), origin,
+                                  {**config, "loss_metrics": json.loads(g.attrs["loss_metrics"])})
+    bend_at = json.loads(a.get("bend_at") or "null")
+    return Curve(t, paths, a["curve"], origin, a["target_sha256"], config, _json(a, "fingerprint"),
+                 _json(a, "alignment"), _json(a, "training"), tuple(bend_at) if bend_at else None)
+
+
+def read_bend(path: str) -> Arrays:
+    """The bend's weights stored in a curve file, by tensor name."""
+    with _open(path, "r") as f:
+        _check_ours(f, path, CURVE)
+        return {k: f["bend"][k][...] for k in f["bend"]} if "bend" in f else {}

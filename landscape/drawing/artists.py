@@ -152,3 +152,17 @@ def spectral_density(ax: Axes, grid: np.ndarray, density: np.ndarray, label: str
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (log scale)")
     return lines
+
+
+def path_line(ax: Axes, t: np.ndarray, values: np.ndarray, label: str, **kw: Any) -> Any:
+    """One metric along a path between two minima, t = 0 (A) to 1 (B), with a marker at each evaluated t."""
+    (line,) = ax.plot(t, np.asarray(values, float), marker="o", markersize=2.5, label=label, **kw)
+    ax.set_xlabel("t")
+    return line
+
+
+def plane_path(ax: Axes, coords: np.ndarray, label: str = "curve", **kw: Any) -> Any:
+    """A curve drawn on a plane's 2D plot, through its (n, 2) coordinates in order."""
+    (line,) = ax.plot(coords[:, 0], coords[:, 1], color=kw.pop("color", "tab:blue"), linewidth=2.0, label=label,
+                      **kw)
+    return line

@@ -13,6 +13,8 @@ from torch import nn
 
 from landscape.base.config import HESSIAN, SurfaceConfig, run_tag
 from landscape.base.errors import UserError
+from landscape.connectivity.alignment import align_models
+from landscape.connectivity.curves import CURVES, plane_coordinates
 from landscape.core.directions import (
     DirectionSpec,
     check_compatible,
@@ -24,7 +26,7 @@ from landscape.core.directions import (
     restrict,
     target_direction,
 )
-from landscape.core.params import Params, from_numpy, model_tensors, norm, snapshot
+from landscape.core.params import Params, digest, from_numpy, model_tensors, norm, snapshot
 from landscape.core.pca import trajectory_pca
 from landscape.core.surface_file import Annotations, Markers, Surface, read_directions, read_surface
 from landscape.curvature.hessian import HessianOperator, eigenvalues
@@ -63,17 +65,51 @@ def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | St
         for d in dirs[:n]:
             check_compatible(d, theta0, f"direction in {cfg.directions_file}")
         return theta0, dirs[:n], Annotations()
-    others = [cfg.target] if cfg.target else list(cfg.plane)
-    thetas = [snapshot(model_tensors(load_centre(cfg, p).model, cfg.dir_type), device="cpu") for p in others]
+    others = [load_centre(cfg, p) for p in ([cfg.target] if cfg.target else list(cfg.plane))]
+    models = [aligned_to(model, c, p, cfg) for c, p in zip(others, [cfg.target] if cfg.target else cfg.plane)]
+    thetas = [snapshot(model_tensors(m, cfg.dir_type), device="cpu") for m in models]
     if cfg.plane:
         dirs, (alpha, beta) = plane_through(theta0, *thetas)
         names = tuple(run_tag(p) for p in (cfg.checkpoint, *cfg.plane))
         markers = Markers(names, np.array([[0.0, 0.0], [1.0, 0.0], [alpha, beta]]), "points")
-        return theta0, [restrict(d, moved) for d in dirs], Annotations(markers=markers)
+        curve = curve_on_plane(model, models[0], others[1], (alpha, beta))
+        return theta0, [restrict(d, moved) for d in dirs], Annotations(markers=markers, curve=curve)
     if cfg.target:
         d1 = restrict(target_direction(theta0, thetas[0]), moved)
         return theta0, [d1, *create_random_directions(theta0, 2, spec, moved, axes)[1:n]], Annotations()
     return theta0, create_random_directions(theta0, n, spec, moved, axes), Annotations()
+
+
+def bend_note(centre: Centre) -> dict[str, Any] | None:
+    """What a bend written by landscape.connect says of its curve (None for any other checkpoint)."""
+    return centre.ckpt.get("curve") if centre.ckpt is not None else None
+
+
+def aligned_to(model_a: nn.Module, other: Centre, path: str, cfg: SurfaceConfig) -> nn.Module:
+    """`other`'s model, its hidden units permuted toward model_a's with --align (weight matching); a bend that
+    landscape.connect trained toward an aligned B is in A's order already and is left as it is."""
+    note = bend_note(other)
+    if not cfg.align or (note is not None and note.get("aligned")):
+        return other.model
+    aligned, found = align_models(model_a, other.model, cfg.align_spec, batch=None)
+    print0(f"{run_tag(path)}: {found.summary()}")
+    return aligned
+
+
+def curve_on_plane(model_a: nn.Module, model_b: nn.Module, third: Centre, bend_at: tuple[float, float]
+                   ) -> np.ndarray | None:
+    """The curve of a plane A, B, C whose C is the bend of a curve landscape.connect trained between exactly these
+    A and B: its coordinates on the plane (drawn over the contours, as Garipov et al.'s Figure 1); else None."""
+    note = bend_note(third)
+    if note is None or note.get("curve") not in CURVES:
+        return None
+    ends = [digest(snapshot(model_tensors(m, "states"), device="cpu")) for m in (model_a, model_b)]
+    if ends != note.get("ends_digest"):
+        hint = "; add --align, or give its NAME_aligned.pt as B" if note.get("aligned") else ""
+        print0(f"the bend's curve was trained between other endpoints than this plane's first two checkpoints, so "
+               f"it is not drawn{hint}")
+        return None
+    return plane_coordinates(note["curve"], np.linspace(0.0, 1.0, 101), bend_at)
 
 
 def _made_alike(cfg: SurfaceConfig) -> Surface | None:

@@ -16,8 +16,9 @@ if "matplotlib.pyplot" not in sys.modules:  # a command: files only, no display;
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from landscape.base.config import PlotConfig  # noqa: E402
-from landscape.core.surface_file import Surface  # noqa: E402
+from landscape.base.config import PlotConfig, run_tag  # noqa: E402
+from landscape.connectivity.barriers import barrier, barrier_series  # noqa: E402
+from landscape.core.surface_file import Curve, Surface  # noqa: E402
 from landscape.drawing import artists  # noqa: E402
 from landscape.pipelines import viewers  # noqa: E402
 
@@ -64,6 +65,8 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
             else:
                 artists.surface3d(ax, s.x, s.y, z, vmax=vmax)
             m = s.annotations.markers
+            if s.annotations.curve is not None and kind != "3d":
+                artists.plane_path(ax, s.annotations.curve)
             if m is not None and kind != "3d":
                 artists.markers(ax, m.coords, m.names, m.kind)
             xlabel, ylabel = s.axis_names()
@@ -152,3 +155,36 @@ def describe(s: Surface) -> str:
 
 def done_fraction(s: Surface) -> float:
     return float(np.mean(s.done))
+
+
+PATH_STYLES = {"line": ("line", "tab:red", "--"), "aligned_line": ("aligned line", "tab:orange", "-."),
+               "curve": ("curve", "tab:blue", "-")}
+
+
+def render_curve(curve: Curve, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
+    """Every path of a curve file along t, one panel per loss and per error (train, test), each path's barrier
+    in its legend; the endpoints named in the title."""
+    first = next(iter(curve.paths.values()))
+    keys = list(barrier_series(first.values, first.loss_metrics()))
+    cols = min(2, len(keys))  # losses in the first column, errors in the second: train above, test below
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, s in curve.paths.items():
+            values = barrier_series(s.values, s.loss_metrics())[key]
+            label, color, style = PATH_STYLES[name]
+            if name == "curve":
+                label = curve.curve
+            height = barrier(curve.t, values).height
+            artists.path_line(ax, curve.t, artists.capped(values, s.done, cfg.loss_max if key.endswith("loss")
+                                                          else None),
+                              f"{label} (barrier {height:.3g})", color=color, linestyle=style)
+        ax.set_title(key.replace("_", " ") + (" (%)" if key.endswith("error") else ""), fontsize=9)
+        if cfg.log and key.endswith("loss"):
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    o = curve.origin
+    title = f"{run_tag(o.checkpoint)} (t=0) -> {run_tag(o.target)} (t=1)"
+    fig.suptitle(title if cfg.title is None else cfg.title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_stem, cfg.formats)
