@@ -93,8 +93,8 @@ PRESETS = {
 }
 
 
-def train_runs(p: Preset, out: str, info: DistInfo, device: str) -> dict[tuple[int, float], str]:
-    base = TrainConfig(out="", dataset=p.dataset, data_kwargs=p.data_kwargs, model=p.model,
+def train_runs(p: Preset, out: str, info: DistInfo, device: str, seed: int = 0) -> dict[tuple[int, float], str]:
+    base = TrainConfig(out="", seed=seed, dataset=p.dataset, data_kwargs=p.data_kwargs, model=p.model,
                        model_kwargs=p.model_kwargs, epochs=p.epochs, lr=p.lr, schedule=p.schedule,
                        optimizer=p.optimizer, betas=p.betas, warmup_epochs=p.warmup_epochs,
                        milestones=p.milestones, micro_batch_size=p.micro_batch_size, eval_every=p.epochs,

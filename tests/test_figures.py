@@ -29,6 +29,24 @@ def test_flat_vs_sharp_writes_figures_and_summary_and_reuses_everything(tmp_path
     assert again.stdout.count("0 points computed") == 12
 
 
+def test_connectivity_joins_three_pairs_three_ways_and_reuses_everything(tmp_path):
+    res = run_module("figures.connectivity", "--preset", "smoke", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [(r["pair"], r["path"]) for r in rows] == [(pair, path) for pair in ("batch", "weight_decay", "seed")
+                                                      for path in ("line", "aligned_line", "curve")]
+    for col in ("train_loss_barrier", "test_loss_barrier", "train_error_barrier", "test_error_barrier"):
+        assert all(float(r[col]) >= 0 for r in rows), col  # t = 0 rises by nothing: no barrier is negative
+    seed = {r["path"]: r for r in rows if r["pair"] == "seed"}
+    assert float(seed["line"]["units_moved_pct"]) > 50  # two seeds: most units change places
+    assert float(seed["aligned_line"]["train_loss_barrier"]) < float(seed["line"]["train_loss_barrier"])
+    assert os.path.getsize(tmp_path / "connectivity.png") > 10_000 and os.path.exists(tmp_path / "connectivity.pdf")
+    assert len([f for f in os.listdir(tmp_path / "connect") if f.endswith(".h5")]) == 6  # 3 curve files, 3 planes
+    again = run_module("figures.connectivity", "--preset", "smoke", "--out", str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already complete") == 5 and again.stdout.count("0 points along the paths") == 3
+
+
 def test_generalization_gap_trains_every_remedy_and_writes_its_figures_table_and_verdict(tmp_path):
     res = run_module("figures.generalization_gap", "--preset", "smoke", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr

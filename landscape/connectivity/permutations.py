@@ -8,7 +8,8 @@ are (3, heads, head_dim). Tensors the spec leaves out are not permuted (the inpu
 
 `spec_for(model)` knows our registry's models (chains of Linear/Conv/BatchNorm such as mlp, cnn1d, cnn2d and
 vgg9; the CIFAR ResNets with their residual streams; the Transformer's residual stream, MLP units and heads) and
-takes a user's spec as JSON or as `package.module:function` called with the model.
+torchvision's (and timm's plain) ResNets, and takes a user's spec as JSON or as `package.module:function` called
+with the model.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def known_spec(model: nn.Module) -> dict[str, list]:
         return resnet_spec(model)
     if isinstance(model, Transformer):
         return transformer_spec(model)
+    if all(hasattr(model, a) for a in ("conv1", "bn1", "layer1", "fc")):
+        return torchvision_resnet_spec(model)
     return chain_spec(model)
 
 
@@ -145,7 +148,33 @@ def resnet_spec(model: CifarResNet) -> dict[str, list]:
     return raw
 
 
-def conv_bn(conv: str, bn: str, out: str, inp: str) -> dict[str, list]:
+def torchvision_resnet_spec(model: nn.Module) -> dict[str, list]:
+    """torchvision's ResNets (and timm's plain ones, which name their tensors alike): the stem's stream, one
+    stream per stage whose first block projects (downsample), and the inner channels of each BasicBlock (2 convs)
+    or Bottleneck (3); refused where a block holds more (squeeze-excitation) or a convolution is grouped."""
+    raw = conv_bn("conv1", "bn1", "s0", None)
+    stream = "s0"
+    for stage in range(1, 5):
+        for i, block in enumerate(getattr(model, f"layer{stage}", [])):
+            p, depth = f"layer{stage}.{i}.", 3 if hasattr(block, "conv3") else 2
+            extra = [n for n, m in block.named_children() if n.startswith("se") and not isinstance(m, nn.Identity)]
+            grouped = [n for n, m in block.named_modules() if isinstance(m, nn.Conv2d) and m.groups != 1]
+            if extra or grouped:
+                raise UserError(f"cannot align {type(model).__name__}: block {p[:-1]} has "
+                                f"{(extra or grouped)[0]!r} (squeeze-excitation or a grouped convolution); {SPEC_HELP}")
+            projected = getattr(block, "downsample", None) is not None
+            out = f"s{stage}.{i}" if projected else stream
+            inputs = [stream] + [f"{p}c{k}" for k in range(1, depth)]
+            for k in range(1, depth + 1):
+                raw |= conv_bn(f"{p}conv{k}", f"{p}bn{k}", out if k == depth else f"{p}c{k}", inputs[k - 1])
+            if projected:
+                raw |= conv_bn(f"{p}downsample.0", f"{p}downsample.1", out, stream)
+            stream = out
+    raw["fc.weight"] = [None, stream]
+    return raw
+
+
+def conv_bn(conv: str, bn: str, out: str, inp: str | None) -> dict[str, list]:
     """A bias-free convolution from `inp` to `out` followed by its BatchNorm."""
     return {f"{conv}.weight": [out, inp, None, None],
             **{f"{bn}.{t}": [out] for t in ("weight", "bias", "running_mean", "running_var")}}
