@@ -30,7 +30,7 @@ from figures.common import preset_parser
 from landscape.base.config import CurveConfig, SurfaceConfig, run_tag
 from landscape.base.files import write_csv
 from landscape.base.flags import ArgumentParser, run_cli
-from landscape.connectivity.barriers import barrier_series, path_barriers
+from landscape.connectivity.barriers import path_barriers
 from landscape.core.surface_file import Curve, Surface
 from landscape.pipelines.connect_job import run_connect
 from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
@@ -109,20 +109,14 @@ def compose(results: dict[str, tuple[Curve, Surface]], p: Preset, out: str) -> l
     """A row per pair: train loss along t, test error along t (every path, its barrier in the legend), and the
     plane of the curve with the curve on it."""
     from landscape.drawing import artists
-    from landscape.pipelines.render import PATH_STYLES, plt, save
+    from landscape.pipelines.render import path_panel, plt, save
 
     fig, axes = plt.subplots(len(results), 3, figsize=(13, 3.6 * len(results)), squeeze=False)
     for row, (pair, (curve, plane)) in zip(axes, results.items()):
         for ax, key in zip(row[:2], ("train_loss", "test_error")):
-            for name, s in curve.paths.items():
-                values = barrier_series(s.values, s.loss_metrics()).get(key)
-                if values is None:
-                    continue
-                label, color, style = PATH_STYLES[name]
-                height = path_barriers(curve.t, s.values, s.loss_metrics())[key].height
-                artists.path_line(ax, curve.t, values, f"{label} (barrier {height:.3g})", color=color,
-                                  linestyle=style)
-            ax.set_title(f"{pair}: {key.replace('_', ' ')}", fontsize=9)
+            heights = path_panel(ax, curve, key)
+            ax.set_title(f"{pair}: {key.replace('_', ' ')}, barrier " + ", ".join(f"{k} {v:.3g}"
+                                                                              for k, v in heights.items()), fontsize=8)
             ax.legend(fontsize=7)
         ax = row[2]
         z = artists.capped(plane.values["train_loss"], plane.done, p.loss_max)

@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from conftest import SINGLE, run_module, tree_digest
+from conftest import run_module, tree_digest
 
 import landscape
 from landscape.base.config import CurveConfig, SurfaceConfig
@@ -96,6 +96,40 @@ def test_a_users_spec_aligns_their_own_model_and_a_wrong_one_is_caught():
         spec_for(model, {"inp.weight": ["h"]})
     with pytest.raises(UserError, match="has 16 units but"):
         spec_for(model, {"inp.weight": ["h", None], "out.weight": ["h", None]})
+
+
+@pytest.mark.parametrize("make", ["torchvision.models:resnet18", "timm:create_model"])
+def test_torchvision_and_timm_resnets_align_without_a_spec(make):
+    torch.manual_seed(0)
+    if make.startswith("timm"):
+        timm = pytest.importorskip("timm")
+        model = timm.create_model("resnet18", num_classes=10)
+    else:
+        import torchvision
+        model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    model = trained_statistics(model, x)
+    spec = spec_for(model)
+    scrambled = copy.deepcopy(model)
+    scrambled.load_state_dict(permuted(spec, model.state_dict(), random_permutations(spec, 2)))
+    aligned, found = align_models(model, scrambled, batch=x)
+    assert found.distance_after < 1e-5 and found.units == 2880
+    with torch.no_grad():
+        assert torch.allclose(aligned(x), model(x), atol=1e-5)
+
+
+def test_the_readmes_spec_example_aligns_its_model():
+    text = open(pathlib.Path(__file__).parents[1] / "README.md").read()
+    block = text.split("<!-- connect-spec -->", 1)[1].split("```", 2)[1].split("\n", 1)[1]
+    scope: dict = {}
+    exec(block, scope)
+    torch.manual_seed(0)
+    model, spec = scope["Residual"](), scope["residual_spec"]
+    scrambled = copy.deepcopy(model)
+    scrambled.load_state_dict(permuted(spec_for(model, spec(model)), model.state_dict(), random_permutations(
+        spec_for(model, spec(model)), 4)))
+    aligned, found = landscape.align(model, scrambled, spec(model), batch=torch.randn(5, 8))
+    assert found.moved > 0 and found.distance_after < 1e-6
 
 
 def test_curve_endpoints_are_exact_and_a_midpoint_bezier_is_the_straight_line():

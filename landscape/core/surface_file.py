@@ -1,4 +1,4 @@
-"""The HDF5 surface file and its one owner: every dataset and attribute of a surface (or direction) file is
+"""The HDF5 files and their one owner: every dataset and attribute of a surface, direction or curve file is
 written and read here, through typed fields (`Surface`, `Origin`, `Training`); nothing else opens these files.
 
 Schema 2 (landscape 0.2):
@@ -14,6 +14,10 @@ Schema 2 (landscape 0.2):
     fingerprint (JSON: what a resume must match), config (JSON: the request as resolved), checkpoint,
     checkpoint_sha256, target_checkpoint, directions_sha256, model, checkpoint_metrics and
     checkpoint_train_config (JSON, as the checkpoint holds them), acc_unit, report (JSON: the sanity report)
+  kind (since 0.8): "surface" (files without it are surfaces), or "curve" for landscape.connect's curve files:
+    /t (n,), /paths/<line|aligned_line|curve>/<metric> and .../done (n,), /bend/<tensor>, /permutations/<name>,
+    attributes curve, checkpoint(_sha256), target_checkpoint, target_sha256, fingerprint, config, alignment,
+    training, bend_at (see Curve). Each kind refuses to be read as the other.
 Schema 1 (landscape 0.1) laid 2D arrays out as (nx, ny): it is read transposed, and resuming one rewrites it in
 schema 2 first. Only one process (rank 0) opens a file for writing. A new file is written whole under a temporary
 name and renamed; points are then written and flushed as they finish, so a kill loses only the points in flight.

@@ -6,6 +6,7 @@ PNG and PDF. Used by the CLIs and the figure scripts; it never evaluates a model
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -170,21 +171,32 @@ def render_curve(curve: Curve, out_stem: str, cfg: PlotConfig = DEFAULTS) -> lis
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for name, s in curve.paths.items():
-            values = barrier_series(s.values, s.loss_metrics())[key]
-            label, color, style = PATH_STYLES[name]
-            if name == "curve":
-                label = curve.curve
-            height = barrier(curve.t, values).height
-            artists.path_line(ax, curve.t, artists.capped(values, s.done, cfg.loss_max if key.endswith("loss")
-                                                          else None),
-                              f"{label} (barrier {height:.3g})", color=color, linestyle=style)
-        ax.set_title(key.replace("_", " ") + (" (%)" if key.endswith("error") else ""), fontsize=9)
+        heights = path_panel(ax, curve, key, cfg.loss_max if key.endswith("loss") else None)
+        unit = " (%)" if key.endswith("error") else ""
+        ax.set_title(f"{key.replace('_', ' ')}{unit}: barrier " + ", ".join(f"{k} {v:.3g}" for k, v in heights.items()),
+                     fontsize=8)
         if cfg.log and key.endswith("loss"):
             ax.set_yscale("log")
         ax.legend(fontsize=7)
-    o = curve.origin
-    title = f"{run_tag(o.checkpoint)} (t=0) -> {run_tag(o.target)} (t=1)"
+    a, b = run_tag(curve.origin.checkpoint), run_tag(curve.origin.target)
+    if a == b:  # e.g. two seeds' runs in folders of the same name: the paths' last folders tell them apart
+        a, b = ("/".join(p.split(os.sep)[-4:]) for p in (curve.origin.checkpoint, curve.origin.target))
+    title = f"{a} (t=0) -> {b} (t=1)"
     fig.suptitle(title if cfg.title is None else cfg.title, fontsize=9)
     fig.tight_layout()
     return save(fig, out_stem, cfg.formats)
+
+
+def path_panel(ax: plt.Axes, curve: Curve, key: str, loss_max: float | None = None) -> dict[str, float]:
+    """One barrier series (train_loss, test_error, ...) of every path of a curve along t on `ax`; returns each
+    path's barrier by its label (line, aligned line, bezier or polychain)."""
+    heights = {}
+    for name, s in curve.paths.items():
+        values = barrier_series(s.values, s.loss_metrics()).get(key)
+        if values is None:
+            continue
+        label, color, style = PATH_STYLES[name]
+        label = curve.curve if name == "curve" else label
+        heights[label] = barrier(curve.t, values).height
+        artists.path_line(ax, curve.t, artists.capped(values, s.done, loss_max), label, color=color, linestyle=style)
+    return heights
