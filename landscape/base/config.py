@@ -347,8 +347,10 @@ class SharpnessConfig:
 
 
 CURVE_TYPES = ("bezier", "polychain", "none")  # none: the straight lines only (and aligned with --align)
-CURVE_OPTIMIZERS = ("sgd", "adam")
-CURVE_SCHEDULES = ("constant", "cosine")
+# the optimizers and schedules of every command that trains (landscape.training.optim builds them)
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")  # lars, lamb: timm's (You et al. 2017, 2019)
+SCHEDULES = ("constant", "step", "cosine")
+CURVE_MILESTONES = (0.5, 0.75)  # --schedule step of a curve: lr x 0.1 at half and at three quarters of the epochs
 
 
 @dataclass(frozen=True)
@@ -362,11 +364,13 @@ class CurveConfig:
     points: int = option(21, "values of t in [0, 1] at which every path is evaluated", metavar="N", group="curve")
     epochs: int = option(20, "passes over the training data while training the curve", metavar="N", group="curve")
     train_batch_size: int = option(128, "global batch of the curve's training", metavar="N", group="curve")
-    optimizer: str = option("sgd", "optimizer of the bend's weights", choices=CURVE_OPTIMIZERS, group="curve")
+    optimizer: str = option("sgd", "optimizer of the bend's weights (Garipov et al.: SGD; lars and lamb need timm)",
+                            choices=OPTIMIZERS, group="curve")
     lr: float = option(0.05, "peak learning rate", group="curve")
     momentum: float = option(0.9, "SGD momentum", group="curve")
     weight_decay: float = option(0.0, "L2 weight decay on the bend's weights", group="curve")
-    schedule: str = option("cosine", "learning rate over the steps", choices=CURVE_SCHEDULES, group="curve")
+    schedule: str = option("cosine", "learning rate over the steps (step: x0.1 at half and at three quarters of "
+                           "the epochs)", choices=SCHEDULES, group="curve")
     seed: int = option(0, "seed of the t drawn at each step, the data order and the alignment's sweep order",
                        group="curve")
     save_seconds: float = option(30.0, "about how often the training state is saved (and at each epoch's end)",
@@ -374,8 +378,8 @@ class CurveConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.curve, CURVE_TYPES, "--curve")
-        check_choice(self.optimizer, CURVE_OPTIMIZERS, "--optimizer")
-        check_choice(self.schedule, CURVE_SCHEDULES, "--schedule")
+        check_choice(self.optimizer, OPTIMIZERS, "--optimizer")
+        check_choice(self.schedule, SCHEDULES, "--schedule")
         for value, flag, low in [(self.points, "--points", 2), (self.epochs, "--epochs", 1),
                                  (self.train_batch_size, "--train-batch-size", 1)]:
             if value < low:

@@ -23,6 +23,7 @@ from landscape.connectivity.permutations import Axis, PermutationSpec, spec_for
 from landscape.core.params import Params
 from landscape.runtime.forward import forward_batch
 from landscape.runtime.metrics import logits_of
+from landscape.runtime.sources import map_tensors
 
 MAX_SWEEPS = 100  # rounds over all permutations; matching usually settles in under 10
 
@@ -148,6 +149,8 @@ def check_function(model_b: nn.Module, aligned: nn.Module, batch: Any) -> None:
     was = model_b.training
     model_b.eval()
     aligned.eval()
+    device = next(model_b.parameters()).device  # the batch may sit on the evaluation's device (CUDA)
+    batch = map_tensors(batch, lambda t: t.to(device))
     with torch.no_grad():
         before = logits_of(forward_batch(model_b, batch)).float()
         after = logits_of(forward_batch(aligned, batch)).float()

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from landscape.base.config import CurveConfig
+from landscape.base.config import CURVE_MILESTONES, CurveConfig
 from landscape.base.errors import UserError
 from landscape.base.files import atomic_path
 from landscape.connectivity.curves import CurveModule
@@ -117,7 +117,8 @@ def train_curve(curve: CurveModule, data: ShuffledTensors | LoaderBatches, loss_
     ddp_curve = wrap_model(curve, info)
     opt = make_optimizer(curve, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = data.steps_per_epoch
-    sched = make_scheduler(opt, Schedule(cfg.schedule, cfg.epochs, steps))
+    milestones = tuple(m * cfg.epochs for m in CURVE_MILESTONES)
+    sched = make_scheduler(opt, Schedule(cfg.schedule, cfg.epochs, steps, milestones=milestones))
     t_gen = torch.Generator().manual_seed(cfg.seed)
     step, record = restore(state_path, fingerprint, curve, opt, sched, t_gen, info)
     first, total = step, cfg.epochs * steps

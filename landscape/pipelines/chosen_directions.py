@@ -66,7 +66,8 @@ def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | St
             check_compatible(d, theta0, f"direction in {cfg.directions_file}")
         return theta0, dirs[:n], Annotations()
     others = [load_centre(cfg, p) for p in ([cfg.target] if cfg.target else list(cfg.plane))]
-    models = [aligned_to(model, c, p, cfg) for c, p in zip(others, [cfg.target] if cfg.target else cfg.plane)]
+    batch = next(iter(train)) if cfg.align else None  # the aligned networks' outputs are checked on it
+    models = [aligned_to(model, c, p, cfg, batch) for c, p in zip(others, [cfg.target] if cfg.target else cfg.plane)]
     thetas = [snapshot(model_tensors(m, cfg.dir_type), device="cpu") for m in models]
     if cfg.plane:
         dirs, (alpha, beta) = plane_through(theta0, *thetas)
@@ -85,13 +86,14 @@ def bend_note(centre: Centre) -> dict[str, Any] | None:
     return centre.ckpt.get("curve") if centre.ckpt is not None else None
 
 
-def aligned_to(model_a: nn.Module, other: Centre, path: str, cfg: SurfaceConfig) -> nn.Module:
-    """`other`'s model, its hidden units permuted toward model_a's with --align (weight matching); a bend that
-    landscape.connect trained toward an aligned B is in A's order already and is left as it is."""
+def aligned_to(model_a: nn.Module, other: Centre, path: str, cfg: SurfaceConfig, batch: Any) -> nn.Module:
+    """`other`'s model, its hidden units permuted toward model_a's with --align (weight matching; its outputs on
+    `batch` checked unchanged); a bend that landscape.connect trained toward an aligned B is in A's order already
+    and is left as it is."""
     note = bend_note(other)
     if not cfg.align or (note is not None and note.get("aligned")):
         return other.model
-    aligned, found = align_models(model_a, other.model, cfg.align_spec, batch=None)
+    aligned, found = align_models(model_a, other.model, cfg.align_spec, batch=batch)
     print0(f"{run_tag(path)}: {found.summary()}")
     return aligned
 

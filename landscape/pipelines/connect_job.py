@@ -119,12 +119,12 @@ def run_connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo) -> C
                   fingerprint, alignment_record(alignment), training_record(training),
                   bend_position(theta_a, theta_b, bend) if curve_cfg.curve != "none" else None)
     evaluators = path_evaluators(a.model, theta_a, theta_b, bend, b, sets, cfg, curve_cfg, precision, bn, train)
-    names = [m for m in evaluators["line"][0].metric_names]
+    names = list(evaluators["line"][0].metric_names)
     loss_names = evaluators["line"][0].loss_names
     curve.paths = {p: empty_path(ts, names, loss_names, curve.config) for p in evaluators}
     perms = {k: v.numpy() for k, v in alignment.perms.items()} if alignment is not None else {}
     sink_file = run_on_main(lambda: opened(files, curve, to_numpy(bend), perms), info)
-    computed = evaluate_paths(evaluators, ts, curve_cfg.curve, sink_file, cfg, info)
+    computed = evaluate_paths(evaluators, ts, sink_file, cfg, info)
     return ConnectRun(files, sink_file.curve if sink_file is not None else None, alignment, training, computed)
 
 
@@ -249,8 +249,8 @@ def empty_path(ts: np.ndarray, names: list[str], loss_names: list[str], config: 
     return empty_surface(ts, None, names, config={**config, "loss_metrics": loss_names})
 
 
-def evaluate_paths(evaluators: dict[str, tuple[PointEvaluator, str]], ts: np.ndarray, curve: str,
-                   sink_file: CurveFile | None, cfg: SurfaceConfig, info: DistInfo) -> int:
+def evaluate_paths(evaluators: dict[str, tuple[PointEvaluator, str]], ts: np.ndarray, sink_file: CurveFile | None,
+                   cfg: SurfaceConfig, info: DistInfo) -> int:
     """Each path's points not yet in the file, split across ranks and flushed as they finish."""
     computed = 0
     try:

@@ -10,12 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from landscape.base.config import check_choice
+from landscape.base.config import OPTIMIZERS, SCHEDULES, check_choice
 from landscape.base.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")  # lars, lamb: timm's (You et al. 2017, 2019)
 LARS_TRUST = 0.001  # LARS's trust coefficient eta (You et al. 2017), timm's default
-SCHEDULES = ("constant", "step", "cosine")
 LR_SCALINGS = ("linear", "sqrt")  # Goyal et al. 2017; Hoffer et al. 2017
 
 
