@@ -348,3 +348,14 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(mlp_ckpt, mlp_ckpt_b, 
         SurfaceConfig(checkpoint="a.pt", target="b.pt", align_spec="x.json")
     with pytest.raises(UserError, match="--points must be >= 2"):
         CurveConfig(points=1)
+
+
+def test_a_bend_written_into_a_tied_model_moves_both_names():
+    from landscape.pipelines.connect_job import with_tensors
+
+    model = build_model("transformer", num_classes=20, input_shape=(8,), d_model=16, n_layer=1, n_head=2,
+                        tie_weights=True)
+    new = torch.randn_like(model.tok.weight)
+    state = with_tensors(model, {"tok.weight": new}).state_dict()
+    assert torch.equal(state["tok.weight"], new) and torch.equal(state["head.weight"], new)
+    assert not torch.equal(model.tok.weight, new)  # the model given is left as it was

@@ -297,11 +297,22 @@ def write_checkpoints(files: ConnectFiles, a: Centre, b: Centre, model_b: nn.Mod
                       "endpoints_sha256": [a.sha256, b.sha256], "aligned": bool(cfg.align),
                       "ends_digest": [digest(theta_a), digest(theta_b)]}
         if curve_cfg.curve != "none":
-            save_as(files.bend, a, {**a.model.state_dict(), **bend}, {"curve": curve_note})
+            save_as(files.bend, a, with_tensors(a.model, bend).state_dict(), {"curve": curve_note})
         if cfg.align:
             save_as(files.aligned, b, model_b.state_dict(), {"aligned_to": curve_note["endpoints"][0]})
 
     run_on_main(write, info)
+
+
+def with_tensors(model: nn.Module, tensors: Params) -> nn.Module:
+    """A copy of `model` with these state tensors written into its own (a tied weight, listed once, moves with
+    its alias: writing the state dict by names would leave the alias at the old value)."""
+    copied = copy.deepcopy(model)
+    live = model_tensors(copied, "states")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            live[k].copy_(v)
+    return copied
 
 
 def save_as(path: str, like: Centre, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
