@@ -55,3 +55,28 @@ def test_a_surface_over_the_attention_blocks_only(tmp_path):
     assert (s.values["loss"] != s.values["loss"][1, 1]).sum() == 8  # the attention weights moved the loss
     files = landscape.save_figures(s, str(tmp_path / "lm"), formats=("png",))
     assert len(files) == 12  # loss, acc, ppl x contour, filled, heatmap, 3d
+
+
+def test_connect_joins_two_save_pretrained_folders_and_writes_the_bend_as_one(tmp_path):
+    """A researcher's two GPT-2 folders: a curve trained between them on their own token batches, the bend written
+    as a save_pretrained folder that plot2d's plane reads (and draws the curve on)."""
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+        transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / f"g{seed}")
+    a, b = str(tmp_path / "g0"), str(tmp_path / "g1")
+    curve = landscape.connect_checkpoints(a, b, str(tmp_path / "out"), data="tests.userland:tokens",
+                                          metric="causal_lm", epochs=2, optimizer="adam", lr=1e-3,
+                                          train_batch_size=4, points=3, progress=False, device="cpu")
+    assert list(curve.paths) == ["line", "curve"] and curve.paths["curve"].done.all()
+    assert curve.paths["curve"].values["loss"][0] == curve.paths["line"].values["loss"][0]  # both start at A
+    bend = next(p for p in (tmp_path / "out").iterdir() if p.name.endswith("_bend"))
+    model = landscape.load_weights(str(bend))  # a save_pretrained folder, as the user's tools read it
+    assert isinstance(model, transformers.GPT2LMHeadModel)
+    from landscape.base.config import SurfaceConfig
+    from landscape.pipelines.from_checkpoint import run_surface
+    from tests.conftest import SINGLE
+
+    plane = run_surface(SurfaceConfig(a, plane=(b, str(bend)), plane_points=3, data="tests.userland:tokens",
+                                      metric="causal_lm", out=str(tmp_path), progress=False), SINGLE).surface
+    assert plane.annotations.curve is not None and np.allclose(plane.annotations.curve[-1], [1.0, 0.0])

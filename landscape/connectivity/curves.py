@@ -12,6 +12,8 @@ the bend's gradients only.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,3 +103,23 @@ class CurveModule(nn.Module):
         reads them)."""
         weights = self.weights()
         return forward_batch(lambda *a, **kw: functional_call(self._model[0], weights, a, kw, strict=False), batch)
+
+
+NOTE_FILE = "landscape_connect.json"  # in a save_pretrained folder written by landscape.connect
+
+
+def note_path(weights: str) -> str:
+    """Where a bend or aligned B of the user's model says what it is: beside a weights file (PATH.json), or in a
+    save_pretrained folder (landscape_connect.json); our checkpoints hold it themselves."""
+    return os.path.join(weights, NOTE_FILE) if os.path.isdir(weights) else f"{weights}.json"
+
+
+def read_curve_note(weights: str, ckpt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a bend written by landscape.connect says of its curve (type, endpoints, whether aligned), from our
+    checkpoint's `curve` entry or the note beside the user's weights; None for any other file."""
+    if ckpt is not None:
+        return ckpt.get("curve")
+    if not os.path.isfile(note_path(weights)):
+        return None
+    with open(note_path(weights)) as f:
+        return json.load(f).get("curve")

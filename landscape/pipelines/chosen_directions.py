@@ -14,7 +14,7 @@ from torch import nn
 from landscape.base.config import HESSIAN, SurfaceConfig, run_tag
 from landscape.base.errors import UserError
 from landscape.connectivity.alignment import align_models
-from landscape.connectivity.curves import CURVES, plane_coordinates
+from landscape.connectivity.curves import CURVES, plane_coordinates, read_curve_note
 from landscape.core.directions import (
     DirectionSpec,
     check_compatible,
@@ -73,7 +73,7 @@ def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | St
         dirs, (alpha, beta) = plane_through(theta0, *thetas)
         names = tuple(run_tag(p) for p in (cfg.checkpoint, *cfg.plane))
         markers = Markers(names, np.array([[0.0, 0.0], [1.0, 0.0], [alpha, beta]]), "points")
-        curve = curve_on_plane(model, models[0], others[1], (alpha, beta))
+        curve = curve_on_plane(model, models[0], bend_note(others[1], cfg.plane[1]), (alpha, beta))
         return theta0, [restrict(d, moved) for d in dirs], Annotations(markers=markers, curve=curve)
     if cfg.target:
         d1 = restrict(target_direction(theta0, thetas[0]), moved)
@@ -81,16 +81,16 @@ def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | St
     return theta0, create_random_directions(theta0, n, spec, moved, axes), Annotations()
 
 
-def bend_note(centre: Centre) -> dict[str, Any] | None:
+def bend_note(centre: Centre, path: str) -> dict[str, Any] | None:
     """What a bend written by landscape.connect says of its curve (None for any other checkpoint)."""
-    return centre.ckpt.get("curve") if centre.ckpt is not None else None
+    return read_curve_note(path, centre.ckpt)
 
 
 def aligned_to(model_a: nn.Module, other: Centre, path: str, cfg: SurfaceConfig, batch: Any) -> nn.Module:
     """`other`'s model, its hidden units permuted toward model_a's with --align (weight matching; its outputs on
     `batch` checked unchanged); a bend that landscape.connect trained toward an aligned B is in A's order already
     and is left as it is."""
-    note = bend_note(other)
+    note = bend_note(other, path)
     if not cfg.align or (note is not None and note.get("aligned")):
         return other.model
     aligned, found = align_models(model_a, other.model, cfg.align_spec, batch=batch)
@@ -98,11 +98,11 @@ def aligned_to(model_a: nn.Module, other: Centre, path: str, cfg: SurfaceConfig,
     return aligned
 
 
-def curve_on_plane(model_a: nn.Module, model_b: nn.Module, third: Centre, bend_at: tuple[float, float]
+def curve_on_plane(model_a: nn.Module, model_b: nn.Module, note: dict[str, Any] | None, bend_at: tuple[float, float]
                    ) -> np.ndarray | None:
-    """The curve of a plane A, B, C whose C is the bend of a curve landscape.connect trained between exactly these
-    A and B: its coordinates on the plane (drawn over the contours, as Garipov et al.'s Figure 1); else None."""
-    note = bend_note(third)
+    """The curve of a plane A, B, C whose C is the bend (`note`: what it says of its curve) of a curve
+    landscape.connect trained between exactly these A and B: its coordinates on the plane (drawn over the contours,
+    as Garipov et al.'s Figure 1); else None."""
     if note is None or note.get("curve") not in CURVES:
         return None
     ends = [digest(snapshot(model_tensors(m, "states"), device="cpu")) for m in (model_a, model_b)]

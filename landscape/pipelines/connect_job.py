@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from landscape.base.config import CurveConfig, SurfaceConfig, run_tag
 from landscape.base.errors import UserError
-from landscape.base.files import atomic_path
+from landscape.base.files import atomic_path, write_json
 from landscape.connectivity.alignment import Alignment, align_models
 from landscape.connectivity.barriers import barrier_rows
 from landscape.connectivity.curve_training import (
@@ -35,7 +36,7 @@ from landscape.connectivity.curve_training import (
     mean_loss,
     train_curve,
 )
-from landscape.connectivity.curves import CurveModule, coefficient_table, midpoint
+from landscape.connectivity.curves import NOTE_FILE, CurveModule, coefficient_table, midpoint, note_path
 from landscape.core.directions import plane_through
 from landscape.core.fingerprint import check_fingerprint
 from landscape.core.grid_eval import EvalSet, PointEvaluator, compute_surface
@@ -51,6 +52,7 @@ from landscape.core.surface_file import (
 )
 from landscape.data.datasets import augment
 from landscape.models.checkpoint import load_data_for, save_checkpoint
+from landscape.models.weights import is_hf_folder
 from landscape.pipelines.from_checkpoint import check_output_folder, origin_of
 from landscape.pipelines.grid_job import evaluation_record, holds_images
 from landscape.pipelines.inputs import Centre, load_centre, load_sets, resolve_batch_size, training_source
@@ -69,8 +71,10 @@ class ConnectFiles:
 
     @classmethod
     def of(cls, cfg: SurfaceConfig) -> ConnectFiles:
+        """The files of a request; the bend and the aligned B are save_pretrained folders when A is one."""
         stem = os.path.join(cfg.out, cfg.name or f"{run_tag(cfg.checkpoint)}_to_{run_tag(cfg.target or '')}")
-        return cls(f"{stem}_connect.h5", f"{stem}_training.pt", f"{stem}_bend.pt", f"{stem}_aligned.pt")
+        ext = "" if is_hf_folder(cfg.checkpoint) else ".pt"
+        return cls(f"{stem}_connect.h5", f"{stem}_training.pt", f"{stem}_bend{ext}", f"{stem}_aligned{ext}")
 
 
 @dataclass(frozen=True)
@@ -297,9 +301,9 @@ def write_checkpoints(files: ConnectFiles, a: Centre, b: Centre, model_b: nn.Mod
                       "endpoints_sha256": [a.sha256, b.sha256], "aligned": bool(cfg.align),
                       "ends_digest": [digest(theta_a), digest(theta_b)]}
         if curve_cfg.curve != "none":
-            save_as(files.bend, a, with_tensors(a.model, bend).state_dict(), {"curve": curve_note})
+            save_as(files.bend, a, with_tensors(a.model, bend), {"curve": curve_note})
         if cfg.align:
-            save_as(files.aligned, b, model_b.state_dict(), {"aligned_to": curve_note["endpoints"][0]})
+            save_as(files.aligned, b, model_b, {"aligned_to": curve_note["endpoints"][0]})
 
     run_on_main(write, info)
 
@@ -315,12 +319,22 @@ def with_tensors(model: nn.Module, tensors: Params) -> nn.Module:
     return copied
 
 
-def save_as(path: str, like: Centre, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-    """`state` in a checkpoint like `like`'s (ours: model, data, train config; else a plain state dict)."""
-    state = {k: v.detach().cpu().to(like.model.state_dict()[k].dtype) for k, v in state.items()}
-    if like.ckpt is None:
+def save_as(path: str, like: Centre, model: nn.Module, extra: dict[str, Any]) -> None:
+    """`model`'s weights in a file like `like`'s: our checkpoint (model, data, train config, and `extra`), a
+    save_pretrained folder (a HuggingFace model: `path` has no extension), else a plain state dict."""
+    if like.ckpt is None and not path.endswith(".pt"):
+        tmp = f"{path}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        write_json(os.path.join(tmp, NOTE_FILE), extra)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        return
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if like.ckpt is None:  # a plain state dict, as the user's code loads it; what it is goes beside it
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
+        write_json(note_path(path), extra)
         return
     keep = ("format", "format_version", "package_version", "model", "data", "train_config")
     save_checkpoint({**{k: like.ckpt[k] for k in keep if k in like.ckpt}, "metrics": {}, "state_dict": state,
