@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -297,6 +299,11 @@ def test_connect_cli_writes_its_files_and_plot2d_draws_the_curve_on_its_plane(ml
         assert os.path.exists(f"{stem}{suffix}"), suffix
     replot = run_module("landscape.connect", f"{stem}_connect.h5", "--out", str(tmp_path / "re"), "--formats", "png")
     assert replot.returncode == 0 and written(tmp_path / "re", "_connect.png"), replot.stderr
+    light = subprocess.run([sys.executable, "-c", "import sys; from landscape.connect import main; main(["
+                            f"{stem + '_connect.h5'!r}, '--out', {str(tmp_path / 're2')!r}, '--formats', 'png']); "
+                            "assert 'torch' not in sys.modules, 'a re-plot loaded torch'"], capture_output=True,
+                           text=True, cwd=str(pathlib.Path(__file__).parents[1]))
+    assert light.returncode == 0, light.stderr
     plane = run_module("landscape.plot2d", mlp_ckpt, "--plane", f"{stem}_aligned.pt", f"{stem}_bend.pt",
                        "--plane-points", "5", "--samples", "64", "--no-progress", "--formats", "png", "--out",
                        str(tmp_path), "--name", "plane")

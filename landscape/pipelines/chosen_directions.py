@@ -73,7 +73,7 @@ def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | St
         dirs, (alpha, beta) = plane_through(theta0, *thetas)
         names = tuple(run_tag(p) for p in (cfg.checkpoint, *cfg.plane))
         markers = Markers(names, np.array([[0.0, 0.0], [1.0, 0.0], [alpha, beta]]), "points")
-        curve = curve_on_plane(model, models[0], bend_note(others[1], cfg.plane[1]), (alpha, beta))
+        curve = curve_on_plane(model, models[0], read_curve_note(cfg.plane[1], others[1].ckpt), (alpha, beta))
         return theta0, [restrict(d, moved) for d in dirs], Annotations(markers=markers, curve=curve)
     if cfg.target:
         d1 = restrict(target_direction(theta0, thetas[0]), moved)
@@ -81,16 +81,11 @@ def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | St
     return theta0, create_random_directions(theta0, n, spec, moved, axes), Annotations()
 
 
-def bend_note(centre: Centre, path: str) -> dict[str, Any] | None:
-    """What a bend written by landscape.connect says of its curve (None for any other checkpoint)."""
-    return read_curve_note(path, centre.ckpt)
-
-
 def aligned_to(model_a: nn.Module, other: Centre, path: str, cfg: SurfaceConfig, batch: Any) -> nn.Module:
     """`other`'s model, its hidden units permuted toward model_a's with --align (weight matching; its outputs on
     `batch` checked unchanged); a bend that landscape.connect trained toward an aligned B is in A's order already
     and is left as it is."""
-    note = bend_note(other, path)
+    note = read_curve_note(path, other.ckpt)
     if not cfg.align or (note is not None and note.get("aligned")):
         return other.model
     aligned, found = align_models(model_a, other.model, cfg.align_spec, batch=batch)

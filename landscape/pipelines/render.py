@@ -163,8 +163,8 @@ PATH_STYLES = {"line": ("line", "tab:red", "--"), "aligned_line": ("aligned line
 
 
 def render_curve(curve: Curve, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
-    """Every path of a curve file along t, one panel per loss and per error (train, test), each path's barrier
-    in its legend; the endpoints named in the title."""
+    """Every path of a curve file along t, one panel per loss and per error (train, test), the paths' barriers in
+    its title; the endpoints named in the figure's title."""
     first = next(iter(curve.paths.values()))
     keys = list(barrier_series(first.values, first.loss_metrics()))
     cols = min(2, len(keys))  # losses in the first column, errors in the second: train above, test below
