@@ -260,6 +260,8 @@ def test_a_run_killed_while_evaluating_resumes_its_points(mlp_ckpt, mlp_ckpt_c, 
         for m, v in full.paths[p].values.items():
             assert np.array_equal(resumed.paths[p].values[m], v) and np.array_equal(on_disk.paths[p].values[m], v)
     assert barrier_rows(on_disk) == barrier_rows(full)
+    with pytest.raises(UserError, match="is a curve file, not a surface file"):  # each kind refuses the other
+        read_surface(written(tmp_path / "cut", "_connect.h5"))
 
 
 def test_the_midpoint_bezier_evaluates_to_the_line(mlp_ckpt, mlp_ckpt_b, tmp_path):
@@ -309,6 +311,8 @@ def test_connect_cli_writes_its_files_and_plot2d_draws_the_curve_on_its_plane(ml
                        str(tmp_path), "--name", "plane")
     assert plane.returncode == 0, plane.stderr
     s = read_surface(str(tmp_path / "plane_plane.h5"))
+    with pytest.raises(UserError, match="is a surface file, not a curve file"):
+        read_curve(str(tmp_path / "plane_plane.h5"))
     bend_at = s.annotations.markers.coords[2]
     assert np.allclose(s.annotations.curve[[0, -1]], [[0, 0], [1, 0]])  # from A to B ...
     assert np.allclose(s.annotations.curve[50], [0.5 * bend_at[0] + 0.25, 0.5 * bend_at[1]])  # ... Bezier at t=1/2
