@@ -60,7 +60,7 @@ def midpoint(theta_a: Params, theta_b: Params) -> Params:
 
 
 class CurveModule(nn.Module):
-    """The network on a curve: forward(x) evaluates `model` at theta(t) for the t last set (`set_t`), its
+    """The network on a curve: forward(batch) evaluates `model` at theta(t) for the t last set (`set_t`), its
     parameters replaced by c_A A + c_C C + c_B B; C (the bend) is this module's only parameters, so an optimizer
     and DDP see nothing else. Buffers (BatchNorm statistics) stay the model's own: in train mode BatchNorm
     normalizes with each batch's statistics, which is what the curve is trained through."""
