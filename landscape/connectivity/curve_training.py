@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DistributedSampler
 
 from landscape.base.config import CURVE_MILESTONES, CurveConfig
 from landscape.base.errors import UserError
@@ -28,15 +29,16 @@ from landscape.connectivity.curves import CurveModule
 from landscape.core.fingerprint import check_fingerprint
 from landscape.core.params import Params
 from landscape.runtime.distributed import DistInfo, all_reduce_sum, broadcast_object, print0, run_on_main
+from landscape.runtime.metrics import loss_key
 from landscape.runtime.sources import map_tensors
 from landscape.training.optim import Schedule, make_optimizer, make_plan, make_scheduler
 from landscape.training.step import train_step, wrap_model
 
 
 class ShuffledTensors:
-    """Training batches from resident tensors: each epoch a permutation seeded by (seed, epoch), rank r taking
-    every world_size-th sample of it, as DistributedSampler does; so the global batch of a step is the same
-    samples whatever the number of processes."""
+    """Training batches from resident tensors, in torch's DistributedSampler order (one permutation per epoch,
+    rank r taking every world_size-th sample of it): the global batch of a step is the same samples whatever the
+    number of processes."""
 
     def __init__(self, x: Tensor, y: Tensor, global_batch_size: int, info: DistInfo, seed: int,
                  augment: Callable[[Tensor, torch.Generator], Tensor] | None = None):
@@ -45,9 +47,10 @@ class ShuffledTensors:
         self.per_rank, self.steps_per_epoch = plan.per_rank_batch_size, plan.steps_per_epoch
 
     def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
-        n, w = len(self.x), self.info.world_size
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        mine = order[:w * (n // w)][self.info.rank::w]
+        sampler = DistributedSampler(range(len(self.x)), self.info.world_size, self.info.rank, shuffle=True,
+                                     seed=self.seed * 1_000_003, drop_last=True)
+        sampler.set_epoch(epoch)
+        mine = torch.tensor(list(sampler))
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch * 1009 + self.info.rank)
         for step in range(start, self.steps_per_epoch):
             idx = mine[step * self.per_rank:(step + 1) * self.per_rank]
@@ -210,10 +213,16 @@ def restore(path: str, fingerprint: dict[str, Any], curve: CurveModule, opt: tor
     return int(state["step"]), Losses(list(state["epoch_losses"]), (float(partial[0]), int(partial[1])))
 
 
-def mean_loss(metric: Any, key: str) -> Callable[[Any, Any], Tensor]:
-    """The batch's mean loss from a metric's exact sums (what the evaluation measures), as training's loss_fn."""
+def mean_loss(metric: Any, loss_name: str | None = None) -> Callable[[Any, Any], Tensor]:
+    """The batch's mean loss from a metric's exact sums (what the evaluation measures), as training's loss_fn; the
+    loss among the sums is picked as the evaluation picks it (landscape.runtime.metrics.loss_key), on the first
+    batch."""
+    keys: list[str] = []
+
     def loss(outputs: Any, batch: Any) -> Tensor:
         sums = metric(outputs, batch)
-        return sums[key] / sums["count"]
+        if not keys:
+            keys.append(loss_key(list(sums), loss_name))
+        return sums[keys[0]] / sums["count"]
 
     return loss

@@ -53,12 +53,11 @@ from landscape.core.surface_file import (
 from landscape.data.datasets import augment
 from landscape.models.checkpoint import load_data_for, save_checkpoint
 from landscape.models.weights import is_hf_folder
-from landscape.pipelines.from_checkpoint import check_output_folder, origin_of
-from landscape.pipelines.grid_job import evaluation_record, holds_images
+from landscape.pipelines.from_checkpoint import check_output_folder, evaluation_of, origin_of
+from landscape.pipelines.grid_job import holds_images
 from landscape.pipelines.inputs import Centre, load_centre, load_sets, resolve_batch_size, training_source
 from landscape.runtime.distributed import DistInfo, broadcast_object, print0, run_on_main
-from landscape.runtime.forward import batchnorm_layers, forward_batch, resolve_precision
-from landscape.runtime.metrics import loss_key
+from landscape.runtime.forward import batchnorm_layers, resolve_precision
 from landscape.runtime.sources import StreamSource, TensorSource
 
 
@@ -107,9 +106,7 @@ def run_connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo) -> C
     theta_a, theta_b = states(a.model), states(model_b)
     ts = np.linspace(0.0, 1.0, curve_cfg.points)
     precision = resolve_precision(cfg.precision, info.device)
-    evaluation = evaluation_record([s.name for s in sets] if cfg.data else list(cfg.splits), cfg.samples,
-                                   cfg.metric or f"criterion {cfg.criterion}", precision, data,
-                                   bn_recalibrate=bn, max_batches=cfg.max_batches, loss_name=cfg.loss_name)
+    evaluation = evaluation_of(cfg, sets, data, precision, bn_recalibrate=bn)
     fingerprint = {"checkpoint_sha256": a.sha256, "target_sha256": b.sha256, "curve": curve_cfg.curve,
                    "training": curve_cfg.training_record() if curve_cfg.curve != "none" else None,
                    "align": (cfg.align_spec or True) if cfg.align else False, "evaluation": evaluation,
@@ -198,15 +195,11 @@ def the_bend(cfg: SurfaceConfig, curve_cfg: CurveConfig, a: Centre, theta_a: Par
                                           info))
     if stored:
         return {k: torch.from_numpy(v) for k, v in stored.items()}, None
-    params = [k for k, p in a.model.named_parameters()]
+    params = [k for k, _ in a.model.named_parameters()]
     module = CurveModule(copy.deepcopy(a.model), curve_cfg.curve, theta_a, theta_b, {k: base[k] for k in params})
-    metric = sets[0].metric
-    probe = next(iter(sets[0].source))
-    with torch.no_grad():
-        keys = [k for k in metric(forward_batch(a.model.to(info.device), probe), probe) if k != "count"]
     data = training_batches(cfg, a, sets, train, curve_cfg, info)
-    training = train_curve(module, data, mean_loss(metric, loss_key(keys, cfg.loss_name)), curve_cfg, info,
-                           files.state, fingerprint, precision, cfg.progress)
+    training = train_curve(module, data, mean_loss(sets[0].metric, cfg.loss_name), curve_cfg, info, files.state,
+                           fingerprint, precision, cfg.progress)
     return {**base, **training.bend}, training
 
 

@@ -17,6 +17,7 @@ from landscape.base.errors import UserError
 from landscape.base.flags import check_writable
 from landscape.base.grid import covering_axis
 from landscape.core.directions import output_axes
+from landscape.core.grid_eval import EvalSet
 from landscape.core.surface_file import Markers, Origin, Training
 from landscape.curvature.hessian import HessianPointEvaluator
 from landscape.pipelines.chosen_directions import make_directions, trajectory_listing
@@ -56,11 +57,9 @@ def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
     theta0, dirs, annotations = make_directions(centre, cfg, train, info)
     x, y = plane_axes(cfg, annotations.markers) if annotations.markers is not None else (cfg.x, cfg.y)
     precision = resolve_precision(cfg.precision, info.device)
-    evaluation = evaluation_record(
-        [s.name for s in sets] if cfg.data else list(cfg.splits), cfg.samples,
-        cfg.metric or f"criterion {cfg.criterion}", precision, data, max_batches=cfg.max_batches,
-        params=list(cfg.params) or None, criterion_kwargs=cfg.criterion_kwargs or None, loss_name=cfg.loss_name,
-        trainable_only=cfg.trainable_only or None, trajectory=trajectory_listing(cfg.trajectory) or None)
+    evaluation = evaluation_of(cfg, sets, data, precision, params=list(cfg.params) or None,
+                               trainable_only=cfg.trainable_only or None,
+                               trajectory=trajectory_listing(cfg.trajectory) or None)
     return grid_job(centre.model, dirs, sets, x, y, theta0=theta0, evaluation=evaluation, path=cfg.path,
                     dir_type=cfg.dir_type, precision=precision, channels_last=cfg.channels_last, compile=cfg.compile,
                     points_per_pass=cfg.points_per_pass, flush_seconds=cfg.flush_seconds, progress=cfg.progress,
@@ -68,6 +67,16 @@ def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
                     config={**asdict(cfg), "filter_axes": output_axes(centre.model)},  # axes normalized along
                     annotations=annotations, bn_recalibrate=cfg.bn_recalibrate, bn_source=train,
                     loss_name=cfg.loss_name)
+
+
+def evaluation_of(cfg: SurfaceConfig, sets: list[EvalSet], data: dict[str, Any], precision: str,
+                  **optional: Any) -> dict[str, Any]:
+    """What decides the values of cfg's evaluation besides the weights and where they are taken (a resume must
+    match it): the sets, samples, loss, precision, data, batches, criterion's kwargs and loss name; `optional`
+    adds a command's own keys (landscape.pipelines.grid_job.evaluation_record)."""
+    return evaluation_record([s.name for s in sets] if cfg.data else list(cfg.splits), cfg.samples,
+                             cfg.metric or f"criterion {cfg.criterion}", precision, data, max_batches=cfg.max_batches,
+                             criterion_kwargs=cfg.criterion_kwargs or None, loss_name=cfg.loss_name, **optional)
 
 
 def run_surface(cfg: SurfaceConfig, info: DistInfo, share: bool = True) -> SurfaceRun:
