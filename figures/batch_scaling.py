@@ -26,10 +26,10 @@ import torch
 
 from landscape.base.errors import UserError
 from landscape.base.files import read_cached, write_cached, write_csv
-from landscape.base.flags import ArgumentParser, DefaultsFormatter, check_writable, run_cli
+from landscape.base.flags import ArgumentParser, DefaultsFormatter, run_cli
 from landscape.data.datasets import Dataset, load_dataset
 from landscape.models.registry import build_model
-from landscape.runtime.distributed import DistInfo, process_group
+from landscape.runtime.distributed import DistInfo, exclusive_output, process_group
 from landscape.runtime.forward import evaluate, resolve_precision
 from landscape.runtime.metrics import get_metric
 from landscape.training.step import train_step
@@ -131,7 +131,8 @@ def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_no
             if measure_noise and step % p.noise_every == 0:
                 est = estimate_noise(model, data.x_train, data.y_train, min(bs, 64), noise_gen,
                                      p.noise_micro_batches)
-                noise.append({"step": step, "g2": est.g2, "trace_sigma": est.trace_sigma, "b_simple": est.b_simple})
+                noise.append({"step": step, "g2": est.g2, "trace_sigma": est.trace_sigma, "b_simple": est.b_simple,
+                              "b_simple_undefined": est.b_simple_note})
             if step >= next_check:
                 next_check = step + max(1, int(p.eval_growth * step))
                 model.eval()
@@ -209,7 +210,8 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
         ax.legend(fontsize=7)
 
     def noise_plot(ax):
-        ax.semilogy([n["step"] for n in noise], [max(n["b_simple"], 1e-3) for n in noise], ".-")
+        defined = [n for n in noise if n["b_simple"] is not None]  # undefined where |G|^2 came out <= 0
+        ax.semilogy([n["step"] for n in defined], [max(n["b_simple"], 1e-3) for n in defined], ".-")
         ax.axhline(critical, color="tab:red", ls="--")
         ax.set(xlabel=f"step (batch {p.noise_batch})", ylabel="B_simple = tr(Sigma)/|G|^2",
                title="(c) gradient noise scale")
@@ -242,10 +244,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     with process_group(p.device) as info:
         if info.is_distributed:
             raise UserError("figures.batch_scaling runs in one process; start it with python -m, not torchrun")
-        check_writable(args.out)
-        data = to_device(load_dataset(p.dataset, **p.data_kwargs), info.device)
-        results = [measured(p, bs, data, info, args.out) for bs in p.batch_sizes]
-    summarize(results, data.sequences, p, args.out)
+        with exclusive_output(args.out, info):
+            data = to_device(load_dataset(p.dataset, **p.data_kwargs), info.device)
+            results = [measured(p, bs, data, info, args.out) for bs in p.batch_sizes]
+            summarize(results, data.sequences, p, args.out)
 
 
 def measured(p: Preset, bs: int, data: Dataset, info: DistInfo, out: str) -> dict[str, Any]:
@@ -264,7 +266,8 @@ def summarize(results: list[dict[str, Any]], sequences: bool, p: Preset, out: st
     critical = b_simple(noise)
     write_csv(os.path.join(out, "summary.csv"), results,
               ["batch_size", "lr", "images_per_second", "tokens_per_second", "steps_to_target", "steps_run"])
-    write_csv(os.path.join(out, "noise_scale.csv"), noise, ["step", "g2", "trace_sigma", "b_simple"])
+    write_csv(os.path.join(out, "noise_scale.csv"), noise, ["step", "g2", "trace_sigma", "b_simple",
+                                                                   "b_simple_undefined"])
     s_min, e_min = fit_critical_batch(results)
     files = plot_all(results, noise, critical, (s_min, e_min), sequences, p, out)
     print(f"gradient noise scale B_simple = {critical:.1f} (measured at batch {p.noise_batch}, averaged over the "

@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 
 import figures.flat_vs_sharp as fvs
-from figures.common import preset_parser
+from figures.common import chosen_preset, preset_parser
 from landscape.base.config import CurveConfig, SurfaceConfig, run_tag
 from landscape.base.files import write_csv
 from landscape.base.flags import ArgumentParser, run_cli
 from landscape.connectivity.barriers import path_barriers
 from landscape.core.surface_file import Curve, Surface
 from landscape.pipelines.connect_job import run_connect
-from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
-from landscape.runtime.distributed import DistInfo, print0, process_group
+from landscape.pipelines.from_checkpoint import run_surface
+from landscape.runtime.distributed import DistInfo, exclusive_output, print0, process_group
 
 
 @dataclass(frozen=True)
@@ -149,18 +149,16 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     p = PRESETS[args.preset]
-    if args.epochs:  # the minima's epochs
-        p = dataclasses.replace(p, runs=dataclasses.replace(p.runs, epochs=args.epochs))
-    with process_group(args.device) as info:
-        check_output_folder(args.out, info)
+    p = dataclasses.replace(p, runs=chosen_preset(args, {args.preset: p.runs}))  # --epochs: the minima's
+    with process_group(args.device) as info, exclusive_output(args.out, info):
         pairs = train_runs(p, args.out, info, args.device)
         results = {pair: connect_pair(pair, a, b, p, args.out, info, args.device) for pair, (a, b) in pairs.items()}
-    if not info.is_main:
-        return
-    rows = [r for pair, (curve, _) in results.items() for r in summary_rows(pair, curve)]
-    table = os.path.join(args.out, "summary.csv")
-    write_csv(table, rows, list(dict.fromkeys(k for r in rows for k in r)), float_format=".6g")
-    files = compose(results, p, args.out)
+        if not info.is_main:
+            return
+        rows = [r for pair, (curve, _) in results.items() for r in summary_rows(pair, curve)]
+        table = os.path.join(args.out, "summary.csv")
+        write_csv(table, rows, list(dict.fromkeys(k for r in rows for k in r)), float_format=".6g")
+        files = compose(results, p, args.out)
     print(verdict(rows))
     print(f"figures: {', '.join(files)}\ntable: {table}")
 

@@ -29,9 +29,9 @@ from landscape.base.files import write_csv
 from landscape.base.flags import ArgumentParser, run_cli
 from landscape.core.surface_file import Surface
 from landscape.curvature.sharpness import width_1d
-from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
+from landscape.pipelines.from_checkpoint import run_surface
 from landscape.pipelines.sharpness_table import run_sharpness
-from landscape.runtime.distributed import DistInfo, print0, process_group
+from landscape.runtime.distributed import DistInfo, exclusive_output, print0, process_group
 from trainers.config import TrainConfig
 from trainers.sweep import run_name, sweep
 
@@ -262,15 +262,14 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     preset = chosen_preset(args, PRESETS)
-    with process_group(args.device) as info:
-        check_output_folder(args.out, info)
+    with process_group(args.device) as info, exclusive_output(args.out, info):
         runs = train_runs(preset, args.out, info, args.device)
         surfaces = {k: surfaces_for(c, run_name(*k), preset, args.out, info, args.device) for k, c in runs.items()}
         rows = summarize(runs, surfaces, preset, info, args.out, args.device)
-    if not info.is_main:
-        return
-    files = compose(rows, surfaces, preset, args.out) + pages(surfaces, args.out)
-    table = write_table(rows, os.path.join(args.out, "summary.csv"))
+        if not info.is_main:
+            return
+        files = compose(rows, surfaces, preset, args.out) + pages(surfaces, args.out)
+        table = write_table(rows, os.path.join(args.out, "summary.csv"))
     print0(f"\n{table}\n\n{verdict(rows, preset)}\n")
     print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"
            f"data: {os.path.join(args.out, 'surfaces')}/*.h5, {os.path.join(args.out, 'runs')}/")

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from landscape.base.config import DEVICES, HESSIAN, SurfaceConfig, run_tag
 from landscape.base.flags import ArgumentParser, DefaultsFormatter, run_cli
-from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
-from landscape.runtime.distributed import process_group
+from landscape.pipelines.from_checkpoint import run_surface
+from landscape.runtime.distributed import exclusive_output, process_group
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
@@ -37,11 +37,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                   device=args.device, out=os.path.join(args.out, "surfaces"))
     cfgs = [SurfaceConfig(**common, directions_file=HESSIAN, name=run_tag(args.checkpoint) + "_hessian")]
     cfgs += [SurfaceConfig(**common, seed=i, name=f"{run_tag(args.checkpoint)}_seed{i}") for i in range(args.random)]
-    with process_group(args.device) as info:
-        check_output_folder(args.out, info)
+    with process_group(args.device) as info, exclusive_output(args.out, info):
         surfaces = [run_surface(cfg, info, share=False).surface for cfg in cfgs]
-    if not info.is_main:
-        return
+        if info.is_main:
+            draw(surfaces, args.out)
+
+
+def draw(surfaces: list, out: str) -> None:
+    """The top eigenvector's curve over the random directions' curves, saved with their data."""
     from landscape.pipelines import render
 
     fig, ax = render.plt.subplots(figsize=(6, 4))
@@ -54,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ax.set_ylabel("train loss")
     ax.legend(fontsize=7)
     ax.set_title(f"{render.describe(top)}: top eigenvector vs {len(randoms)} random directions", fontsize=9)
-    files = render.save(fig, os.path.join(args.out, "hessian_directions"))
-    print(f"figures: {', '.join(files)}\ndata: {os.path.join(args.out, 'surfaces')}/*.h5", flush=True)
+    files = render.save(fig, os.path.join(out, "hessian_directions"))
+    print(f"figures: {', '.join(files)}\ndata: {os.path.join(out, 'surfaces')}/*.h5", flush=True)
 
 
 def cli() -> None:

@@ -24,8 +24,8 @@ from landscape.base.config import SurfaceConfig
 from landscape.base.files import write_csv
 from landscape.base.flags import ArgumentParser, run_cli
 from landscape.core.surface_file import Surface
-from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
-from landscape.runtime.distributed import print0, process_group
+from landscape.pipelines.from_checkpoint import run_surface
+from landscape.runtime.distributed import exclusive_output, print0, process_group
 from trainers.config import TrainConfig
 from trainers.sweep import run_name, sweep
 
@@ -126,15 +126,15 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     preset = chosen_preset(args, PRESETS)
-    with process_group(args.device) as info:
-        check_output_folder(args.out, info)
+    with process_group(args.device) as info, exclusive_output(args.out, info):
         runs = train_runs(preset, args.out, info, args.device)
         surfaces = {bs: trajectory_surface(r, preset, args.out, info, args.device)
                     for bs, r in zip(preset.batch_sizes, runs)}
-    if not info.is_main:
-        return
-    files = compose(surfaces, preset, args.out) + pages(surfaces, preset, args.out)
-    print0(f"\n{summarize(surfaces, args.out)}\n")
+        if not info.is_main:
+            return
+        files = compose(surfaces, preset, args.out) + pages(surfaces, preset, args.out)
+        summary = summarize(surfaces, args.out)
+    print0(f"\n{summary}\n")
     print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"
            f"data: {os.path.join(args.out, 'surfaces')}/*.h5, {os.path.join(args.out, 'runs')}/ "
            f"({', '.join(run_name(bs, preset.weight_decay) for bs in preset.batch_sizes)})")

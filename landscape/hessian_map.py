@@ -11,6 +11,7 @@ surface: OUT/<name>_2d_hessian.h5. Points are split across processes; rerunning 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -36,14 +37,14 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from landscape.curvature.hessian import convexity_fraction
-    from landscape.pipelines.from_checkpoint import check_output_folder, run_hessian_map
-    from landscape.runtime.distributed import process_group
+    from landscape.pipelines.from_checkpoint import run_hessian_map
+    from landscape.runtime.distributed import exclusive_output, process_group
 
     args = get_parser().parse_args(argv)
     plot = config_from_args(PlotConfig, args)
     cfg = surface_commands.surface_config(args, checkpoint=args.checkpoint)
-    with process_group(cfg.device) as info:
-        check_output_folder(cfg.out, info)
+    stem = os.path.basename(cfg.path)[:-len(".h5")] + "_hessian.h5"
+    with process_group(cfg.device) as info, exclusive_output(cfg.out, info, stem=stem):  # one writer per map
         t0 = time.perf_counter()
         run = run_hessian_map(cfg, info, args.tol, share=False)
         seconds = time.perf_counter() - t0

@@ -13,6 +13,7 @@ the JSON. The data is the first of --splits (default: train), split across proce
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -43,15 +44,14 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     from landscape.base.flags import check_writable
     from landscape.pipelines import render
-    from landscape.pipelines.from_checkpoint import check_output_folder
-    from landscape.pipelines.sharpness_table import density_curve, run_sharpness, table_text
-    from landscape.runtime.distributed import process_group
+    from landscape.pipelines.sharpness_table import density_curve, paths_for, run_sharpness, table_text
+    from landscape.runtime.distributed import exclusive_output, process_group
 
     args = get_parser().parse_args(argv)
     cfg = config_from_args(SurfaceConfig, args, checkpoint=args.checkpoint)
     sc = config_from_args(SharpnessConfig, args)
-    with process_group(cfg.device) as info:
-        check_output_folder(cfg.out, info)
+    stem = os.path.splitext(os.path.basename(paths_for(cfg)[0]))[0]
+    with process_group(cfg.device) as info, exclusive_output(cfg.out, info, stem=stem):  # one writer per table
         t0 = time.perf_counter()
         run = run_sharpness(cfg, sc, info)
     if not info.is_main:

@@ -13,9 +13,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 
-from landscape.base.flags import ArgumentParser, check_writable, config_from_args, config_parser, run_cli
+from landscape.base.flags import ArgumentParser, config_from_args, config_parser, run_cli
 from landscape.models.checkpoint import load_checkpoint
-from landscape.runtime.distributed import DistInfo, print0, process_group
+from landscape.runtime.distributed import DistInfo, exclusive_output, print0, process_group
 from trainers.config import TrainConfig
 from trainers.loop import fit
 
@@ -42,20 +42,20 @@ def is_complete(out: str, epochs: int) -> bool:
 
 def sweep(base: TrainConfig, root: str, batch_sizes: Sequence[int], weight_decays: Sequence[float],
           info: DistInfo) -> list[str]:
-    """Train every (batch size, weight decay) pair; returns the run folders in grid order."""
+    """Train every (batch size, weight decay) pair, as the one writer of `root` (and each run of its folder);
+    returns the run folders in grid order."""
     outs = []
-    for bs in batch_sizes:
-        for wd in weight_decays:
-            cfg = replace(base, batch_size=bs, weight_decay=wd, resume=True)
-            cfg = replace(cfg, out=run_dir(root, cfg))
-            outs.append(cfg.out)
-            if is_complete(cfg.out, cfg.epochs):
-                print0(f"{cfg.out}: already complete, skipped")
-                continue
-            print0(f"== {cfg.out}")
-            if info.is_main:
-                check_writable(cfg.out)
-            fit(cfg, info)
+    with exclusive_output(root, info):
+        for bs in batch_sizes:
+            for wd in weight_decays:
+                cfg = replace(base, batch_size=bs, weight_decay=wd, resume=True)
+                cfg = replace(cfg, out=run_dir(root, cfg))
+                outs.append(cfg.out)
+                if is_complete(cfg.out, cfg.epochs):
+                    print0(f"{cfg.out}: already complete, skipped")
+                    continue
+                print0(f"== {cfg.out}")
+                fit(cfg, info)
     return outs
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from landscape.base.flags import ArgumentParser, check_writable, config_from_args, config_parser, run_cli
+from landscape.base.flags import ArgumentParser, config_from_args, config_parser, run_cli
 from landscape.runtime.distributed import process_group
 from trainers.config import TrainConfig
 from trainers.loop import fit, metrics_text
@@ -24,9 +24,7 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = config_from_args(TrainConfig, get_parser().parse_args(argv))
     with process_group(cfg.device) as info:
-        if info.is_main:
-            check_writable(cfg.out)
-        ckpt = fit(cfg, info)
+        ckpt = fit(cfg, info)  # the one writer of cfg.out: a second run on it is refused before any work
         if info.is_main:
             print(f"done: {os.path.join(cfg.out, 'last.pt')}  {metrics_text(ckpt['metrics'])}", flush=True)
 

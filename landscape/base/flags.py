@@ -135,10 +135,19 @@ def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -
     return cls(**values, **overrides)
 
 
+_created: list[str] = []  # folders check_writable made in this command: removed again if it is refused
+
+
 def check_writable(folder: str) -> None:
-    """Create `folder` if needed and fail early, before any work, if a file cannot be written in it."""
+    """Create `folder` if needed and fail early, before any work, if a file cannot be written in it. The folders
+    made here are remembered, so that a command refused later (run_cli) leaves no empty folder behind."""
+    new, parent = [], os.path.abspath(folder)
+    while not os.path.exists(parent):
+        new.append(parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(folder, exist_ok=True)
+        _created.extend(reversed(new))
         probe = os.path.join(folder, f".write_test_{os.getpid()}")
         with open(probe, "w"):
             pass
@@ -151,9 +160,11 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
     """Run a CLI main. A UserError (raised on purpose where the input enters) becomes one line, `error: ...`, on
     stderr and exit status 2, and a collective that failed because another process died one line and status 1,
     unless LANDSCAPE_DEBUG is set; any other exception is a bug of ours and keeps its traceback."""
+    _created.clear()
     try:
         main(argv)
     except UserError as exc:
+        remove_empty_created()
         if os.environ.get("LANDSCAPE_DEBUG"):
             raise
         rank = os.environ.get("RANK")
@@ -173,6 +184,17 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
         _exit(1)
     if "TORCHELASTIC_RUN_ID" in os.environ:
         _exit(0)
+
+
+def remove_empty_created() -> None:
+    """Remove the folders check_writable made that are still empty (deepest first): a refused command leaves no
+    empty --out behind, and never touches a folder that holds anything."""
+    for folder in reversed(_created):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            continue  # not empty (or gone): it stays, and so do its parents
+    _created.clear()
 
 
 def peer_lost(exc: BaseException) -> bool:

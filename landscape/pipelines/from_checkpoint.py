@@ -14,7 +14,6 @@ from typing import Any
 
 from landscape.base.config import HESSIAN, SurfaceConfig
 from landscape.base.errors import UserError
-from landscape.base.flags import check_writable
 from landscape.base.grid import covering_axis
 from landscape.core.directions import output_axes
 from landscape.core.grid_eval import EvalSet
@@ -23,7 +22,7 @@ from landscape.curvature.hessian import HessianPointEvaluator
 from landscape.pipelines.chosen_directions import make_directions, trajectory_listing
 from landscape.pipelines.grid_job import GridJob, SurfaceRun, evaluation_record, grid_job, run_grid, train_or_first
 from landscape.pipelines.inputs import Centre, load_centre, load_sets, resolve_batch_size, training_source
-from landscape.runtime.distributed import DistInfo, run_on_main
+from landscape.runtime.distributed import DistInfo
 from landscape.runtime.forward import resolve_precision
 from landscape.runtime.sources import TensorSource
 
@@ -100,7 +99,3 @@ def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3, share
     job = dataclasses.replace(job, path=path, evaluation={**job.evaluation, "hessian_tol": tol})
     return run_grid(job, info, evaluator, share)
 
-
-def check_output_folder(folder: str, info: DistInfo) -> None:
-    """Create the output folder on rank 0 and fail early, on every rank, if it cannot be written."""
-    run_on_main(lambda: check_writable(folder), info)

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from landscape.base.config import OUT, PlotConfig, SurfaceConfig
+from landscape.base.config import OUT, PlotConfig, SurfaceConfig, check_file_stem
 from landscape.base.flags import ArgumentParser, DefaultsFormatter, add_config_args, check_writable, config_from_args
 from landscape.core.surface_file import Surface, read_surface
 
@@ -35,6 +35,8 @@ def surface_config(args: argparse.Namespace, **overrides: Any) -> SurfaceConfig:
 def replot_stem(path: str, out: str | None, name: str | None) -> str:
     """Where a re-plotted surface file's figures go: OUT/NAME when --out or --name is given (the folder defaults to
     the file's, the name to its stem), else beside the file, named after it. Fails early if it is not writable."""
+    if name is not None:
+        check_file_stem(name, "--name")
     if out is None and name is None:
         return figure_stem(path)
     folder = out if out is not None else (os.path.dirname(path) or ".")
@@ -46,15 +48,15 @@ def compute(cfgs: list[SurfaceConfig]) -> list[tuple[str, Surface, str]] | None:
     """Compute or resume each surface file, every rank of a torchrun job taking part. Returns, on rank 0, each
     file's path, its surface (as computed, not read back) and a one-line report; None on the other ranks, which
     have nothing to plot."""
-    from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
-    from landscape.runtime.distributed import process_group
+    from landscape.pipelines.from_checkpoint import run_surface
+    from landscape.runtime.distributed import exclusive_output, process_group
 
     done = []
     with process_group(cfgs[0].device) as info:
         for cfg in cfgs:
-            check_output_folder(cfg.out, info)
             t0 = time.perf_counter()
-            run = run_surface(cfg, info, share=False)
+            with exclusive_output(cfg.out, info, stem=os.path.basename(cfg.path)):  # one writer per surface file
+                run = run_surface(cfg, info, share=False)
             procs = f" on {info.world_size} processes" if info.is_distributed else ""
             done.append((run.path, run.surface, f"computed {run.computed} of {run.total} points ("
                          f"{run.already_done} already done) in {time.perf_counter() - t0:.1f}s{procs} -> {run.path}"))

@@ -21,6 +21,8 @@ import torch.distributed as dist
 
 from landscape.base.config import DEVICES, check_choice
 from landscape.base.errors import ConfigError, UserError, error_message
+from landscape.base.flags import check_writable
+from landscape.base.locks import one_writer
 
 T = TypeVar("T")
 
@@ -142,6 +144,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    """In-place MIN across ranks; a no-op in a single process."""
+    if _several_ranks():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """rank `src`'s Python object on every rank (pickled by torch.distributed; our own data only)."""
     if not _several_ranks():
@@ -168,6 +177,20 @@ def run_on_main(fn: Callable[[], T], info: DistInfo) -> T | None:
     if shared_error is not None:
         raise shared_error
     return result
+
+
+@contextlib.contextmanager
+def exclusive_output(folder: str, info: DistInfo, stem: str | None = None, what: str = "--out") -> Iterator[None]:
+    """The block as the one writer of `folder` (or of its output `stem`): rank 0 creates the folder, checks that
+    it is writable and takes its lock (landscape.base.locks), held until the block ends; when another process
+    holds it, every rank raises the one-line refusal that names that process, before any work."""
+    with contextlib.ExitStack() as stack:
+        def take() -> None:
+            check_writable(folder)
+            stack.enter_context(one_writer(folder, stem, what))
+
+        run_on_main(take, info)
+        yield
 
 
 def _portable(exc: BaseException | None) -> BaseException | None:
