@@ -32,9 +32,10 @@ from landscape.base.errors import ConfigError
 from landscape.base.files import write_csv
 from landscape.base.flags import ArgumentParser, run_cli
 from landscape.core.surface_file import Surface
-from landscape.pipelines.from_checkpoint import check_output_folder, run_surface
+from landscape.pipelines.from_checkpoint import run_surface
 from landscape.pipelines.sharpness_table import run_sharpness
-from landscape.runtime.distributed import DistInfo, print0, process_group
+from landscape.runtime.distributed import DistInfo, exclusive_output, print0, process_group
+from landscape.training.divergence import TrainingDiverged
 from trainers.config import TrainConfig
 from trainers.loop import fit
 
@@ -129,16 +130,23 @@ def config_of(p: Preset, name: str, seed: int, out: str, device: str) -> TrainCo
     return replace(base, **REMEDIES[name](p)) if name != "naive" else base
 
 
-def train(p: Preset, seeds: int, out: str, info: DistInfo, device: str) -> dict[tuple[str, int], TrainConfig]:
-    """Every run of every seed, trained or resumed (a finished one is reused)."""
-    cfgs = {}
+def train(p: Preset, seeds: int, out: str, info: DistInfo, device: str
+          ) -> tuple[dict[tuple[str, int], TrainConfig], dict[tuple[str, int], TrainingDiverged]]:
+    """Every run of every seed, trained or resumed (a finished one is reused); and the runs that diverged (their
+    last finite checkpoint kept: a rerun diverges again at the same step, after at most an epoch)."""
+    cfgs, diverged = {}, {}
     for seed in range(seeds):
         for name in run_names(p):
             cfg = config_of(p, name, seed, out, device)
-            fit(cfg, info)
             cfgs[(name, seed)] = cfg
+            try:
+                fit(cfg, info)
+            except TrainingDiverged as exc:
+                diverged[(name, seed)] = exc
+                print0(f"run {name} (seed {seed}): {exc}")
+                continue
             print0(f"run {name} (seed {seed}) -> {cfg.out}")
-    return cfgs
+    return cfgs, diverged
 
 
 def log_of(cfg: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -169,18 +177,26 @@ Logs = dict[tuple[str, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]] 
 
 
 def summarize(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], logs: Logs, flat: dict[str, dict[str, float]],
-              seeds: int) -> list[dict[str, Any]]:
+              seeds: int, diverged: dict[tuple[str, int], TrainingDiverged] | None = None) -> list[dict[str, Any]]:
     """A row per run: the judged error as mean +- stderr over the seeds, the share of the naive gap recovered, and
-    the seed-0 minimum's flatness."""
-    rows = []
+    the seed-0 minimum's flatness; a run that diverged (any seed) is a row that says where, with no numbers."""
+    rows, diverged = [], diverged or {}
     for name in run_names(p):
-        finals = [logs[(name, s)][0][-1] for s in range(seeds)]
         c = cfgs[(name, 0)]
         remedy = DESCRIPTIONS[name]
         if name == "hoffer" and not p.ghost:  # no BatchNorm: no ghost batch
             remedy = remedy.replace(" + ghost BN", "")
         row = {"run": name, "remedy": remedy, "batch_size": c.batch_size,
-               "bn_batch": c.ghost_batch_size or c.micro_batch_size or c.batch_size, "steps": finals[0]["step"]}
+               "bn_batch": c.ghost_batch_size or c.micro_batch_size or c.batch_size}
+        failed = [(s, diverged[(name, s)]) for s in range(seeds) if (name, s) in diverged]
+        if failed:
+            s, exc = failed[0]
+            rows.append({**row, "steps": exc.step, "status": f"diverged at step {exc.step} (seed {s}; lr {exc.lr:.4g})",
+                         **{k: float("nan") for k in ("test_error", p.judge, "gap_recovered", *FLATNESS,
+                                                      "test_error_stderr", f"{p.judge}_stderr")}})
+            continue
+        finals = [logs[(name, s)][0][-1] for s in range(seeds)]
+        row.update(steps=finals[0]["step"], status="trained")
         for key in dict.fromkeys(("test_error", p.judge)):  # a language model's judge is its test loss
             values = np.array([100 - f["test_acc"] if key == "test_error" else f[key] for f in finals])
             row[key] = float(values.mean())
@@ -188,7 +204,8 @@ def summarize(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], logs: Logs, f
         rows.append({**row, **flat[name]})
     small, naive = rows[0][p.judge], rows[1][p.judge]
     for r in rows:
-        r["gap_recovered"] = (naive - r[p.judge]) / (naive - small) if naive != small else float("nan")
+        if r["status"] == "trained":
+            r["gap_recovered"] = (naive - r[p.judge]) / (naive - small) if naive != small else float("nan")
     return rows
 
 
@@ -200,8 +217,13 @@ def verdict(p: Preset, rows: list[dict[str, Any]], seeds: int) -> str:
     how = f"mean of {seeds} seeds" if seeds > 1 else "one seed: descriptive, not a test"
     lines = [f"{j.replace('_', ' ')}: small batch {small[j]:.4g}{unit}, naive large batch {naive[j]:.4g}{unit} "
              f"({how})"]
+    lines += [f"{r['run']}: {r['status']}; not drawn, and left out of the comparison" for r in rows
+              if r["status"] != "trained"]
+    if small["status"] != "trained" or naive["status"] != "trained":
+        return "\n".join([*lines, "without both the small and the naive large batch there is no gap to measure"])
     if not naive[j] > small[j]:
         return "\n".join([*lines, "the naive large batch lost nothing here: there is no gap to close"])
+    rows = [*rows[:2], *(r for r in rows[2:] if r["status"] == "trained")]
     for r in rows[2:]:
         flatter = "flatter" if r["lambda_max"] < naive["lambda_max"] else "not flatter"
         lines.append(f"{r['run']}: recovers {100 * r['gap_recovered']:.0f}% of the gap ({j.replace('_', ' ')} "
@@ -223,8 +245,9 @@ def compose(p: Preset, logs: Logs, rows: list[dict[str, Any]],
     from landscape.drawing import artists
     from landscape.pipelines import render
 
-    names = run_names(p)
-    colors = {n: render.plt.cm.tab10(i) for i, n in enumerate(names)}
+    colors = {n: render.plt.cm.tab10(i) for i, n in enumerate(run_names(p))}
+    names = [r["run"] for r in rows if r["status"] == "trained"]  # a diverged run is in the table, not drawn
+    rows = [r for r in rows if r["status"] == "trained"]
     files = []
     fig, axes = render.plt.subplots(2, 2, figsize=(10, 7))  # Hoffer et al.'s figure, against epochs and steps
     for name in names:
@@ -283,7 +306,7 @@ def _minima(p: Preset, rows: list[dict[str, Any]], surfaces: dict[str, dict[str,
     return render.save(fig, os.path.join(out, "minima"))
 
 
-COLUMNS = ["run", "remedy", "batch_size", "bn_batch", "steps", "test_error", "test_error_stderr", "test_loss",
+COLUMNS = ["run", "remedy", "status", "batch_size", "bn_batch", "steps", "test_error", "test_error_stderr", "test_loss",
            "test_loss_stderr", "gap_recovered", *FLATNESS]
 
 
@@ -300,17 +323,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     preset = chosen_preset(args, PRESETS)
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    with process_group(args.device) as info:
-        check_output_folder(args.out, info)
-        cfgs = train(preset, args.seeds, args.out, info, args.device)
-        measured = {n: measure(preset, cfgs[(n, 0)], n, args.out, info, args.device) for n in run_names(preset)}
-    if not info.is_main:
-        return
-    logs = {k: log_of(cfg) for k, cfg in cfgs.items()}  # each run's metrics.jsonl, read once
-    rows = summarize(preset, cfgs, logs, {n: m[0] for n, m in measured.items()}, args.seeds)
-    files = compose(preset, logs, rows, {n: m[1] for n, m in measured.items()}, args.out)
-    path = os.path.join(args.out, "summary.csv")
-    write_csv(path, rows, [c for c in COLUMNS if c in rows[0]], ".4g")
+    with process_group(args.device) as info, exclusive_output(args.out, info):
+        cfgs, diverged = train(preset, args.seeds, args.out, info, args.device)
+        trained = [n for n in run_names(preset) if not any((n, s) in diverged for s in range(args.seeds))]
+        measured = {n: measure(preset, cfgs[(n, 0)], n, args.out, info, args.device) for n in trained}
+        if not info.is_main:
+            return
+        logs = {k: log_of(cfg) for k, cfg in cfgs.items() if k[0] in trained}  # each run's metrics.jsonl, read once
+        rows = summarize(preset, cfgs, logs, {n: m[0] for n, m in measured.items()}, args.seeds, diverged)
+        files = compose(preset, logs, rows, {n: m[1] for n, m in measured.items()}, args.out)
+        path = os.path.join(args.out, "summary.csv")
+        write_csv(path, rows, [c for c in COLUMNS if c in rows[0]], ".4g")
     print(f"\n{verdict(preset, rows, args.seeds)}\n\nfigures: {', '.join(files)}\ntable: {path}", flush=True)
 
 

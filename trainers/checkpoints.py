@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.base.errors import UserError
-from landscape.base.files import write_text
+from landscape.base.files import strict_json, write_text
 from landscape.data.datasets import Dataset
 from landscape.models import checkpoint as ckpt_io
 from landscape.runtime.distributed import print0
@@ -73,21 +73,26 @@ def resume_state(cfg: TrainConfig) -> dict[str, Any] | None:
     return state
 
 
-def append_jsonl(path: str, record: dict[str, Any]) -> None:
+def append_jsonl(path: str, records: list[dict[str, Any]]) -> None:
+    """Append records as lines of strict JSON (an undefined value is null, never NaN or Infinity), flushed to
+    disk before returning."""
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write("".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def truncate_log(path: str, keep_epochs: int) -> None:
-    """On resume, drop log lines of epochs after the checkpoint (they are about to be redone), and a last line
-    torn by a kill in the middle of an append."""
+def truncate_log(path: str, keep_step: int) -> None:
+    """On resume from the checkpoint of optimizer step `keep_step`, drop the log's records past it (a kill after
+    they were written and before the checkpoint: they are about to be redone), and a last line torn by a kill in
+    the middle of an append."""
     if not os.path.exists(path):
         return
     kept = []
     with open(path) as f:
         for line in f:
             try:
-                if json.loads(line)["epoch"] <= keep_epochs:
+                if json.loads(line)["step"] <= keep_step:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue

@@ -24,10 +24,11 @@ from landscape.base.files import write_json
 from landscape.data.datasets import Dataset, augment, load_dataset
 from landscape.models import checkpoint as ckpt_io
 from landscape.models.registry import build_model
-from landscape.runtime.distributed import DistInfo, all_reduce_sum, print0
+from landscape.runtime.distributed import DistInfo, all_reduce_sum, exclusive_output, print0
 from landscape.runtime.forward import resolve_precision, source_sums
 from landscape.runtime.metrics import finish, get_metric
 from landscape.runtime.sources import TensorSource
+from landscape.training.divergence import DivergenceWatch, TrainingDiverged, diverged_message
 from landscape.training.ghost_bn import ghost_batchnorm
 from landscape.training.optim import BatchPlan
 from landscape.training.sam import sam_step
@@ -50,9 +51,11 @@ from trainers.tracking import NoiseTracker, SharpnessTracker, Tracking
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
                     sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
                     info: DistInfo, epochs: int | None = None, model: nn.Module | None = None,
-                    first_step: int = 0, tracking: Tracking | None = None) -> dict[str, float]:
+                    first_step: int = 0, tracking: Tracking | None = None,
+                    watch: DivergenceWatch | None = None) -> dict[str, Any]:
     """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
-    model) and samples/second (all ranks), and tokens/second for a language model."""
+    model) and samples/second (all ranks), and tokens/second for a language model. When `watch` finds a
+    non-finite loss or weights, the pass stops there and returns {"diverged": (step, lr)} instead."""
     ddp_model.train()
     sampler.set_epoch(epoch)
     idx = torch.tensor(list(iter(sampler)), device=info.device if data.resident else "cpu")
@@ -65,6 +68,7 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     for step in range(plan.steps_per_epoch):
         batch = idx[step * plan.per_rank_batch_size:(step + 1) * plan.per_rank_batch_size]
         pieces = micro_batches(data, batch, plan, gen, info.device)
+        lr, before = opt.param_groups[0]["lr"], len(losses)
         if cfg.sam:
             sam_step(ddp_model, model or ddp_model, opt, sched, pieces, precision, info, losses, cfg.sam,
                      cfg.sam_adaptive, cfg.sam_m)
@@ -72,6 +76,12 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
             observer = tracking.observer(first_step + step + 1, plan) if tracking is not None else None
             train_step(ddp_model, opt, sched, pieces, plan.accumulation_steps, precision, info, losses,
                        observer=observer)
+        bad = watch.after_step(first_step + step + 1, losses[before:], lr) if watch is not None else None
+        if bad is None and watch is not None and step + 1 == plan.steps_per_epoch:
+            bad = watch.check()  # the rest of the epoch, and the weights the checkpoint would hold
+        if bad is not None:
+            bar.close()
+            return {"diverged": bad}
         if tracking is not None:
             tracking.after_step(first_step + step + 1, epoch, opt)
         bar.update()
@@ -132,8 +142,15 @@ def to_device(data: Dataset, device: torch.device) -> Dataset:
 
 
 def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
-    """Train (or resume) the run described by cfg; returns the final checkpoint dict on rank 0 (None on the
-    other ranks, unless the run was already complete)."""
+    """Train (or resume) the run described by cfg, as the one writer of cfg.out (a second run on the same folder is
+    refused before any work); returns the final checkpoint dict on rank 0 (None on the other ranks, unless the run
+    was already complete). A run whose loss or weights stop being finite raises TrainingDiverged, its last finite
+    checkpoint kept."""
+    with exclusive_output(cfg.out, info):
+        return _fit(cfg, info)
+
+
+def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     state = resume_state(cfg)
     data = to_device(load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.data_kwargs), info.device)
     model, plan, length = build_run(cfg, data, info)
@@ -158,8 +175,7 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
                              run_epochs=length.epochs)
     events = EventLog(cfg.out, step) if cfg.tensorboard and info.is_main else None
     if info.is_main:
-        os.makedirs(cfg.out, exist_ok=True)
-        truncate_log(log_path, start_epoch)
+        truncate_log(log_path, step)
         write_json(os.path.join(cfg.out, "config.json"),
                    {"train_config": plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan),
                     "run_epochs": length.epochs})
@@ -167,35 +183,55 @@ def fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
             ckpt_io.save_checkpoint(save(0, 0, {}), os.path.join(cfg.out, "epoch_0000.pt"))
         print0(plan_text(cfg, plan, length, data, info))
     metrics: dict[str, float] = dict(state["metrics"]) if state else {}
-    ckpt = state
-    for epoch in range(start_epoch, length.epochs):
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        now = ramp.plan_at(epoch) if ramp is not None else plan  # this epoch's batch
-        run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, length.epochs, model,
-                              step, tracking)
-        measured, summary = tracking.epoch_records() if tracking is not None else ([], {})
-        step += now.steps_per_epoch
-        done, last = epoch + 1, epoch + 1 == length.epochs
-        if done % cfg.eval_every == 0 or last:
-            metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
-        record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, **run, **summary,
-                  **metrics, "wall_seconds": time.perf_counter() - t0}
-        if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
-            if events is not None:  # before the checkpoint: a resume hides what a kill left past it
-                events.write(record, measured)
-            ckpt = save(done, step, metrics, tracking=tracking.state() if tracking else None)
-            if done % cfg.save_every == 0 or last:
-                ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
-            ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
-            for one in measured:
-                append_jsonl(log_path, one)
-            append_jsonl(log_path, record)
-            if done % cfg.log_every == 0 or last:
-                print0(_format_record(record, length.epochs))
-    if events is not None:
-        events.close()
+    ckpt, watch = state, DivergenceWatch(model, info)
+    try:
+        for epoch in range(start_epoch, length.epochs):
+            t0 = time.perf_counter()
+            lr = opt.param_groups[0]["lr"]
+            now = ramp.plan_at(epoch) if ramp is not None else plan  # this epoch's batch
+            run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, length.epochs, model,
+                                  step, tracking, watch)
+            if "diverged" in run:
+                raise diverged(cfg, epoch, *run["diverged"])
+            measured, summary = tracking.epoch_records() if tracking is not None else ([], {})
+            step += now.steps_per_epoch
+            done, last = epoch + 1, epoch + 1 == length.epochs
+            if done % cfg.eval_every == 0 or last:
+                metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
+            record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, **run,
+                      **summary, **metrics, "wall_seconds": time.perf_counter() - t0}
+            if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
+                ckpt = write_epoch(cfg, record, measured, events, save(done, step, metrics, tracking=tracking.state()
+                                                                       if tracking else None), last)
+                if done % cfg.log_every == 0 or last:
+                    print0(_format_record(record, length.epochs))
+    finally:
+        if events is not None:
+            events.close()
     return ckpt
+
+
+def write_epoch(cfg: TrainConfig, record: dict[str, Any], measured: list[dict[str, Any]], events: EventLog | None,
+                ckpt: dict[str, Any], last: bool) -> dict[str, Any]:
+    """The epoch's records, then its checkpoint: the TensorBoard events and the log lines first, so that a kill
+    before the checkpoint leaves records past its step, which a resume drops (truncate_log, the events' purge
+    step) and writes again; a kill after it leaves both complete."""
+    if events is not None:
+        events.write(record, measured)
+    log_path = os.path.join(cfg.out, "metrics.jsonl")
+    append_jsonl(log_path, [*measured, record])
+    done = record["epoch"]
+    if done % cfg.save_every == 0 or last:
+        ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, f"epoch_{done:04d}.pt"))
+    ckpt_io.save_checkpoint(ckpt, os.path.join(cfg.out, "last.pt"))
+    return ckpt
+
+
+def diverged(cfg: TrainConfig, epoch: int, step: int, lr: float) -> TrainingDiverged:
+    """The error of a run that diverged at `step`, naming the checkpoint it keeps (none after it was written)."""
+    last = os.path.join(cfg.out, "last.pt")
+    kept = last if os.path.exists(last) else os.path.join(cfg.out, "epoch_0000.pt")
+    return TrainingDiverged(diverged_message(step, epoch + 1, lr, kept, cfg.sam), step, lr)
 
 
 def tracking_of(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module, data: Dataset, plan: BatchPlan,

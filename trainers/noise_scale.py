@@ -21,8 +21,23 @@ class NoiseEstimate:
     trace_sigma: float  # tr(Sigma), the per-sample gradient variance summed over parameters
 
     @property
-    def b_simple(self) -> float:
-        return self.trace_sigma / self.g2 if self.g2 > 0 else float("inf")
+    def b_simple(self) -> float | None:
+        """tr(Sigma) / |G|^2, or None where the estimate of |G|^2 is not positive (a small batch, a noisy step):
+        the ratio is undefined there, not infinite (b_simple_note says why)."""
+        return self.trace_sigma / self.g2 if self.g2 > 0 else None
+
+    @property
+    def b_simple_note(self) -> str | None:
+        return None if self.g2 > 0 else UNDEFINED
+
+
+UNDEFINED = "|G|^2 estimate not positive"  # why a B_simple is null
+
+
+def b_simple_of(g2: float, trace_sigma: float) -> dict[str, float | str | None]:
+    """A record's B_simple: the ratio, or null with the reason beside it (strict JSON has no Infinity)."""
+    est = NoiseEstimate(g2, trace_sigma)
+    return {"b_simple": est.b_simple, **({"b_simple_undefined": UNDEFINED} if est.b_simple is None else {})}
 
 
 def estimate_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, generator: torch.Generator,

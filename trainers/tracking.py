@@ -22,7 +22,7 @@ from landscape.runtime.distributed import DistInfo, all_reduce_sum
 from landscape.runtime.forward import batchnorm_statistics_kept
 from landscape.runtime.sources import TensorSource
 from trainers.config import TrainConfig
-from trainers.noise_scale import estimate_noise
+from trainers.noise_scale import b_simple_of, estimate_noise
 
 TRACK_TOL = 1e-3  # Lanczos's relative tolerance on the tracked eigenvalue
 
@@ -99,20 +99,20 @@ class NoiseTracker:
                                  **self._pending})
             self._pending = None
 
-    def epoch_b_simple(self) -> float | None:
-        """The epoch's B_simple: averaged numerator over averaged denominator, never a mean of ratios."""
+    def epoch_summary(self) -> dict[str, Any]:
+        """The epoch's B_simple (noise_b_simple): averaged numerator over averaged denominator, never a mean of
+        ratios; null with the reason where that |G|^2 is not positive; {} when the epoch measured none."""
         measured = [r for r in self.records if r["kind"] == "noise"]
         if not measured:
-            return None
-        g2 = sum(r["g2"] for r in measured)
-        return sum(r["trace_sigma"] for r in measured) / g2 if g2 > 0 else float("inf")
+            return {}
+        found = b_simple_of(sum(r["g2"] for r in measured), sum(r["trace_sigma"] for r in measured))
+        return {f"noise_{k}": v for k, v in found.items()}
 
     def record(self, g2_small: float, g2_big: float, small: int, big: int) -> None:
         """The two-batch estimate from |G_small|^2 (mean over the small batches) and |G_big|^2."""
         g2 = (big * g2_big - small * g2_small) / (big - small)
         trace = (g2_small - g2_big) / (1 / small - 1 / big)
-        self._pending = {"g2": g2, "trace_sigma": trace, "b_simple": trace / g2 if g2 > 0 else float("inf"),
-                         "b_small": small, "b_big": big}
+        self._pending = {"g2": g2, "trace_sigma": trace, **b_simple_of(g2, trace), "b_small": small, "b_big": big}
 
     def _estimate(self, step: int) -> dict[str, float]:
         per_rank = self.plan.per_rank_batch_size
@@ -120,8 +120,8 @@ class NoiseTracker:
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
         with batchnorm_statistics_kept(self.model):
             est = estimate_noise(self.model, self.data.x_train, self.data.y_train, micro, generator)
-        return {"g2": est.g2, "trace_sigma": est.trace_sigma, "b_simple": est.b_simple, "b_small": micro,
-                "b_big": micro * 8}
+        return {"g2": est.g2, "trace_sigma": est.trace_sigma, **b_simple_of(est.g2, est.trace_sigma),
+                "b_small": micro, "b_big": micro * 8}
 
 
 def _flat_grad(model: nn.Module) -> torch.Tensor:
@@ -198,9 +198,7 @@ class Tracking:
     def epoch_records(self) -> tuple[list[dict[str, Any]], dict[str, float]]:
         """The epoch's step records (in step order) and what goes into its epoch record; then forgets them."""
         records = [*(self.noise.records if self.noise else []), *(self.sharpness.records if self.sharpness else [])]
-        summary = {}
-        if self.noise is not None and self.noise.epoch_b_simple() is not None:
-            summary["noise_b_simple"] = self.noise.epoch_b_simple()
+        summary = self.noise.epoch_summary() if self.noise is not None else {}
         for tracker in (self.noise, self.sharpness):
             if tracker is not None:
                 tracker.records.clear()
