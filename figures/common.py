@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from landscape.base.config import DEVICES
+from landscape.base.errors import ConfigError
 from landscape.base.flags import ArgumentParser, DefaultsFormatter
 
 
@@ -23,6 +24,10 @@ def preset_parser(prog: str, description: str | None, presets: dict[str, Any], o
 
 
 def chosen_preset(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
-    """The preset named by --preset, with --epochs applied."""
+    """The preset named by --preset, with --epochs applied (refused below 1: never silently the preset's)."""
     preset = presets[args.preset]
-    return dataclasses.replace(preset, epochs=args.epochs) if args.epochs else preset
+    if args.epochs is None:
+        return preset
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {args.epochs} (leave it out for the preset's {preset.epochs})")
+    return dataclasses.replace(preset, epochs=args.epochs)

@@ -349,9 +349,12 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(mlp_ckpt, mlp_ckpt_b, 
     grammar = {"seq_len": 8, "train_tokens": 2048, "val_tokens": 512}
     save_checkpoint(make_checkpoint(lstm, "lstm_lm", {"num_classes": 28, "d_model": 8, "hidden": 8}, "grammar",
                                     grammar), str(unalignable))
+    lstm_b = build_model("lstm_lm", num_classes=28, d_model=8, hidden=8)  # other initial weights
+    save_checkpoint(make_checkpoint(lstm_b, "lstm_lm", {"num_classes": 28, "d_model": 8, "hidden": 8}, "grammar",
+                                    grammar), str(tmp_path / "lstm_b.pt"))
     cases = [([mlp_ckpt, str(other)], "different architectures"),
              ([mlp_ckpt, bn_ckpt], "different architectures"),
-             ([str(unalignable), str(unalignable), "--align"], "cannot align LSTMLanguageModel"),
+             ([str(unalignable), str(tmp_path / "lstm_b.pt"), "--align"], "cannot align LSTMLanguageModel"),
              ([mlp_ckpt, mlp_ckpt_b, "--curve", "wiggly"], "invalid choice")]
     # the first through a real process; the others in this one (the same run_cli, without the import time)
     res = run_module("landscape.connect", *cases[0][0], "--out", str(out), "--no-progress")

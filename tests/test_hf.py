@@ -67,7 +67,7 @@ def test_connect_joins_two_save_pretrained_folders_and_writes_the_bend_as_one(tm
     a, b = str(tmp_path / "g0"), str(tmp_path / "g1")
     curve = landscape.connect_checkpoints(a, b, str(tmp_path / "out"), data="tests.userland:tokens",
                                           metric="causal_lm", epochs=2, optimizer="adam", lr=1e-3,
-                                          train_batch_size=4, points=3, progress=False, device="cpu")
+                                          points=3, progress=False, device="cpu")
     assert list(curve.paths) == ["line", "curve"] and curve.paths["curve"].done.all()
     assert curve.paths["curve"].values["loss"][0] == curve.paths["line"].values["loss"][0]  # both start at A
     bend = next(p for p in (tmp_path / "out").iterdir() if p.name.endswith("_bend"))

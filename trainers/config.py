@@ -117,16 +117,25 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.scale_lr, bool):  # runs stored by 0.7 and earlier, and Python callers: a switch for linear
             object.__setattr__(self, "scale_lr", "linear" if self.scale_lr else None)
-        checks = [(self.batch_size >= 1, "--batch-size must be >= 1"),
+        finite = all(math.isfinite(v) for v in (self.lr, self.momentum, self.weight_decay, self.gamma,
+                                                 self.warmup_epochs, self.sam or 0.0))
+        checks = [(finite, f"{self._non_finite()} is not a finite number; give a finite value"),
+                  (self.batch_size >= 1, "--batch-size must be >= 1"),
+                  (self.base_batch_size >= 1, "--base-batch-size must be >= 1"),
                   (self.epochs >= 1, "--epochs must be >= 1"),
-                  (self.lr > 0, "--lr must be > 0"),
-                  (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+                  (self.lr > 0, f"--lr must be > 0, got {self.lr:g}"),
+                  (self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum:g}"),
+                  (self.gamma > 0, f"--gamma must be > 0 (the lr's factor at each milestone), got {self.gamma:g}"),
+                  (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay:g}"),
                   (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
                   (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
                   (self.ghost_batch_size is None or self.ghost_batch_size >= 1, "--ghost-batch-size must be >= 1"),
                   (self.sam is None or self.sam > 0, "--sam must be > 0 (the ascent radius rho), or left out"),
                   (self.sam is not None or not (self.sam_adaptive or self.sam_m), "--sam-m and --sam-adaptive need "
                    "--sam RHO"),
+                  (not (self.batch_ramp and self.regime_adaptation), "--batch-ramp and --regime-adaptation do not "
+                   "combine: regime adaptation matches the optimizer steps of a fixed batch, and a ramp's smaller "
+                   "early batches take more steps; give one of them"),
                   (self.sam_m is None or self.sam_m >= 1, "--sam-m must be >= 1"),
                   (self.track_sharpness is None or self.track_sharpness >= 1, "--track-sharpness must be >= 1"),
                   (self.track_samples >= 1, "--track-samples must be >= 1"),
@@ -144,6 +153,11 @@ class TrainConfig:
                                      (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device"),
                                      *([(self.scale_lr, LR_SCALINGS, "--scale-lr")] if self.scale_lr else [])]:
             check_choice(value, choices, flag)
+
+    def _non_finite(self) -> str:
+        values = {"--lr": self.lr, "--momentum": self.momentum, "--weight-decay": self.weight_decay,
+                  "--gamma": self.gamma, "--warmup-epochs": self.warmup_epochs, "--sam": self.sam or 0.0}
+        return next((f"{k} {v}" for k, v in values.items() if not math.isfinite(v)), "")
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the run: a resume must match them all."""

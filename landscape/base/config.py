@@ -49,6 +49,14 @@ def check_choice(value: object, choices: tuple[str, ...], flag: str) -> None:
         raise ConfigError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
 
 
+def check_file_stem(name: str, flag: str) -> None:
+    """A name that is a file stem inside the output folder: no path separator, not empty, '.' or '..'."""
+    seps = [c for c in ("/", "\\", os.sep, os.altsep) if c]
+    if not name or name in (".", "..") or any(c in name for c in seps) or "\0" in name:
+        raise ConfigError(f"{flag} {name!r} must be a plain file name (no '/', not '..'); choose the folder with "
+                          "--out")
+
+
 def check_points_per_pass(points_per_pass: int, compile: bool | None) -> None:
     if points_per_pass < 1:
         raise ConfigError(f"--points-per-pass must be >= 1, got {points_per_pass}")
@@ -238,6 +246,8 @@ class SurfaceConfig:
         if self.directions_file and self.target:
             raise ConfigError("--directions and a second checkpoint both set the first direction; give one")
         check_points_per_pass(self.points_per_pass, self.compile)
+        if self.name is not None:
+            check_file_stem(self.name, "--name")
         if not self.flush_seconds >= 0:
             raise ConfigError(f"--flush-seconds must be >= 0, got {self.flush_seconds}")
 
@@ -351,6 +361,7 @@ CURVE_TYPES = ("bezier", "polychain", "none")  # none: the straight lines only (
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")  # lars, lamb: timm's (You et al. 2017, 2019)
 SCHEDULES = ("constant", "step", "cosine")
 CURVE_MILESTONES = (0.5, 0.75)  # --schedule step of a curve: lr x 0.1 at half and at three quarters of the epochs
+CURVE_BATCH = 128  # --train-batch-size of a curve trained on tensors (a checkpoint's data)
 
 
 @dataclass(frozen=True)
@@ -363,7 +374,9 @@ class CurveConfig:
                         "aligned one)", choices=CURVE_TYPES, group="curve")
     points: int = option(21, "values of t in [0, 1] at which every path is evaluated", metavar="N", group="curve")
     epochs: int = option(20, "passes over the training data while training the curve", metavar="N", group="curve")
-    train_batch_size: int = option(128, "global batch of the curve's training", metavar="N", group="curve")
+    train_batch_size: int | None = option(None, f"global batch of the curve's training (default: {CURVE_BATCH}); "
+                                          "with --data, your loader's batches are the curve's, so the flag is "
+                                          "refused there", metavar="N", group="curve")
     optimizer: str = option("sgd", "optimizer of the bend's weights (Garipov et al.: SGD; lars and lamb need timm)",
                             choices=OPTIMIZERS, group="curve")
     lr: float = option(0.05, "peak learning rate", group="curve")
@@ -381,7 +394,7 @@ class CurveConfig:
         check_choice(self.optimizer, OPTIMIZERS, "--optimizer")
         check_choice(self.schedule, SCHEDULES, "--schedule")
         for value, flag, low in [(self.points, "--points", 2), (self.epochs, "--epochs", 1),
-                                 (self.train_batch_size, "--train-batch-size", 1)]:
+                                 (self.train_batch_size or 1, "--train-batch-size", 1)]:
             if value < low:
                 raise ConfigError(f"{flag} must be >= {low}, got {value}")
         for value, flag in [(self.lr, "--lr"), (self.momentum, "--momentum"), (self.weight_decay, "--weight-decay"),
@@ -391,5 +404,6 @@ class CurveConfig:
 
     def training_record(self) -> dict[str, Any]:
         """What decides the trained bend besides the endpoints and the data: a resume must match it."""
-        return {k: getattr(self, k) for k in ("epochs", "train_batch_size", "optimizer", "lr", "momentum",
-                                               "weight_decay", "schedule", "seed")}
+        record = {k: getattr(self, k) for k in ("epochs", "train_batch_size", "optimizer", "lr", "momentum",
+                                                 "weight_decay", "schedule", "seed")}
+        return {**record, "train_batch_size": self.train_batch_size or CURVE_BATCH}  # as 0.8 recorded it

@@ -42,7 +42,7 @@ class ShuffledTensors:
 
     def __init__(self, x: Tensor, y: Tensor, global_batch_size: int, info: DistInfo, seed: int,
                  augment: Callable[[Tensor, torch.Generator], Tensor] | None = None):
-        plan = make_plan(global_batch_size, info.world_size, len(x))
+        plan = make_plan(global_batch_size, info.world_size, len(x), flag="--train-batch-size")
         self.x, self.y, self.info, self.seed, self.augment = x, y, info, seed, augment
         self.per_rank, self.steps_per_epoch = plan.per_rank_batch_size, plan.steps_per_epoch
 

@@ -65,16 +65,31 @@ def spec_for(model: nn.Module, spec: str | Mapping[str, Any] | None = None) -> P
     if spec is None:
         raw = known_spec(model)
     elif isinstance(spec, str) and spec.endswith(".json"):
-        if not os.path.exists(spec):
-            raise UserError(f"--align-spec {spec}: file not found")
-        with open(spec) as f:
-            raw = json.load(f)
+        raw = spec_file(spec)
     elif isinstance(spec, str):
         made = import_object(spec, "--align-spec")
         raw = made(model) if callable(made) else made
     else:
         raw = spec
     return checked(raw, model)
+
+
+def spec_file(path: str) -> Any:
+    """The JSON of a --align-spec file; a missing, unreadable or malformed file is one line naming it."""
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "file not found"
+        raise UserError(f"--align-spec {path}: {what}; give a JSON file of {{tensor name: [axes]}}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except UnicodeDecodeError:
+        raise UserError(f"--align-spec {path} is not a text file; give a JSON file of {{tensor name: [axes]}}"
+                        ) from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--align-spec {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                        "fix the file") from None
+    except OSError as exc:
+        raise UserError(f"--align-spec {path} cannot be read ({exc.strerror}); check its permissions") from None
 
 
 def known_spec(model: nn.Module) -> dict[str, list]:

@@ -125,8 +125,10 @@ def covered_tensors(theta0: Params, moved: Collection[str] | None, ignore: str =
 
 
 def complete(d: Mapping[str, torch.Tensor], theta0: Params) -> Params:
-    """d over every tensor of theta0 (float32, CPU): the names it lacks get zeros, so it may cover a subset."""
-    return {k: d[k].detach().to("cpu", torch.float32) if k in d else torch.zeros_like(v) for k, v in theta0.items()}
+    """d over every tensor of theta0 (float32, CPU): the names it lacks get zeros, so it may cover a subset. Its
+    values may be tensors (random_directions) or numpy arrays (read_directions)."""
+    return {k: torch.as_tensor(d[k]).detach().to("cpu", torch.float32) if k in d else torch.zeros_like(v)
+            for k, v in theta0.items()}
 
 
 def restrict(d: Params, moved: Collection[str] | None) -> Params:

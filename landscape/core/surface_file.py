@@ -26,6 +26,7 @@ Arrays only: the caller turns tensors into numpy (landscape.core.params.to_numpy
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -150,12 +151,19 @@ class Surface:
         return plot_surface(self.x, self.y, self.values, metric, kind, ax, **kwargs)
 
 
+def as_array(v: Any) -> np.ndarray:
+    """A float32 numpy array of a numpy array or a torch tensor (any device), without importing torch here."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().float().numpy()
+    return np.asarray(v, dtype=np.float32)
+
+
 def directions_sha256(directions: list[Arrays]) -> str:
     """A content hash of the directions: names, shapes and float32 bytes (schema 1 hashed the same way)."""
     h = hashlib.sha256()
     for i, d in enumerate(directions):
         for k in sorted(d):
-            a = np.ascontiguousarray(d[k], dtype=np.float32)
+            a = np.ascontiguousarray(as_array(d[k]))
             h.update(f"{i}/{k}/{tuple(a.shape)}".encode())
             h.update(a.tobytes())
     return h.hexdigest()
@@ -166,11 +174,14 @@ def _open(path: str, mode: str) -> h5py.File:
         return h5py.File(path, mode)
     except OSError as exc:
         reason = " ".join(str(exc).split())
-        if "lock" in reason.lower():
+        if "unable to lock file" in reason or exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):  # HDF5's flock
             raise UserError(f"{path} is open for writing by another process ({reason}); wait for it to finish or use "
                             "another --out") from None
-        raise UserError(f"{path} is not a readable HDF5 file ({reason[:120]}); move it away or choose another "
-                        "--out") from None
+        if "truncated file" in reason:  # a copy cut short, a full disk: the kills we make leave no such file
+            raise UserError(f"{path} is truncated ({reason[:120]}); delete it to compute it again, or rerun with a "
+                            "fresh --out") from None
+        raise UserError(f"{path} is corrupt or not a readable HDF5 file ({reason[:120]}); delete it or move it away, "
+                        "or rerun with a fresh --out") from None
 
 
 def _check_ours(f: h5py.File, path: str, kind: str = SURFACE) -> int:
@@ -197,8 +208,9 @@ def _write_directions(f: h5py.File, directions: list[Arrays]) -> None:
     for i, d in enumerate(directions):
         sub = group.create_group(f"d{i + 1}")
         for k, v in d.items():
-            if np.any(v):
-                sub.create_dataset(k, data=np.asarray(v, dtype=np.float32))
+            a = as_array(v)
+            if np.any(a):
+                sub.create_dataset(k, data=a)
 
 
 def _header() -> dict[str, Any]:
@@ -397,7 +409,8 @@ def read_directions(path: str) -> list[Arrays]:
 
 def save_directions(path: str, directions: list[Arrays], config: dict[str, Any] | None = None) -> None:
     """A standalone direction file (the layout of a surface file's /directions), written atomically; `--directions`
-    and read_directions take it like a surface file."""
+    and read_directions take it like a surface file. The directions may hold numpy arrays or torch tensors (what
+    landscape.random_directions returns)."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({**_header(), "directions_sha256": directions_sha256(directions),
                         "config": json.dumps(config or {})})

@@ -19,7 +19,6 @@ import json
 import os
 import pathlib
 import pickle
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,6 +70,9 @@ def torch_load(path: str, data: bytes | None = None) -> Any:
     """A pickled file (.pt, .pth, .ckpt, .bin) read with weights_only=True and the allow-list, from its bytes when
     they were read already; a refused class or a broken file is a one-line UserError naming it."""
     data = _read_bytes(path) if data is None else data
+    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (a pickle before 1.6)
+        raise UserError(f"{path} is truncated, corrupt or not a PyTorch checkpoint (neither a zip archive nor a "
+                        f"pickle: it starts with {data[:12]!r}); give a file written by torch.save")
     try:
         with _allowed():
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -82,7 +84,8 @@ def torch_load(path: str, data: bytes | None = None) -> Any:
                             f"tensors, containers, numbers, strings and {', '.join(n for _, n in ALLOWED_GLOBALS[:2])} "
                             "are read); save the state_dict alone, e.g. torch.save(model.state_dict(), path)") from None
         raise UserError(f"{path} is corrupt or not a PyTorch checkpoint ({_short(exc)}); re-create it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever torch's unpickler makes of these bytes (a text file gives
+        # IndexError, a cut zip BadZipFile or RuntimeError): the file is the problem, and the user can fix it
         raise UserError(f"{path} is truncated, corrupt or not a PyTorch checkpoint ({_short(exc)}); re-create it "
                         "or restore it from a copy") from None
 
@@ -130,7 +133,24 @@ def read_file(path: str, digest: Any = None) -> Any:
 # ----------------------------------------------------------------------------- HuggingFace folders
 
 def is_hf_folder(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, HF_CONFIG))
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, HF_CONFIG)) and not is_run_folder(path)
+
+
+def is_run_folder(path: str) -> bool:
+    """A run folder of trainers.train: its config.json (the run's, not a model's) holds a train_config."""
+    try:
+        with open(os.path.join(path, HF_CONFIG)) as f:
+            return "train_config" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def refuse_run_folder(path: str) -> None:
+    """A run folder given where a model is expected: name the checkpoint to give instead."""
+    if os.path.isdir(path) and is_run_folder(path):
+        last = os.path.join(path, "last.pt")
+        raise UserError(f"{path} is a run folder of trainers.train, not a model; give one of its checkpoints, e.g. "
+                        f"{last}")
 
 
 def hf_weight_files(folder: str) -> list[str]:

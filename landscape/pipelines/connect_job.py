@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.base.config import CurveConfig, SurfaceConfig, run_tag
+from landscape.base.config import CURVE_BATCH, CurveConfig, SurfaceConfig, run_tag
 from landscape.base.errors import UserError
 from landscape.base.files import atomic_path, write_json
 from landscape.connectivity.alignment import Alignment, align_models
@@ -53,10 +53,10 @@ from landscape.core.surface_file import (
 from landscape.data.datasets import augment
 from landscape.models.checkpoint import load_data_for, save_checkpoint
 from landscape.models.weights import is_hf_folder
-from landscape.pipelines.from_checkpoint import check_output_folder, evaluation_of, origin_of
+from landscape.pipelines.from_checkpoint import evaluation_of, origin_of
 from landscape.pipelines.grid_job import holds_images
 from landscape.pipelines.inputs import Centre, load_centre, load_sets, resolve_batch_size, training_source
-from landscape.runtime.distributed import DistInfo, broadcast_object, print0, run_on_main
+from landscape.runtime.distributed import DistInfo, broadcast_object, exclusive_output, print0, run_on_main
 from landscape.runtime.forward import batchnorm_layers, resolve_precision
 from landscape.runtime.sources import StreamSource, TensorSource
 
@@ -90,15 +90,25 @@ class ConnectRun:
 
 def run_connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo) -> ConnectRun:
     """Join cfg.checkpoint (A) and cfg.target (B): align, train the curve, evaluate every path (module docstring).
-    Every rank of the process group takes part."""
+    Every rank of the process group takes part; the run is the one writer of cfg.out (a second is refused before
+    any work)."""
     if not cfg.target:
         raise UserError("connect needs two checkpoints, A and B")
+    with exclusive_output(cfg.out, info):
+        return _connect(cfg, curve_cfg, info)
+
+
+def _connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo) -> ConnectRun:
     a, b = load_centre(cfg, cfg.checkpoint), load_centre(cfg, cfg.target)
     check_same_architecture(cfg, a, b)
+    check_different(cfg, a, b)
     batch_size = resolve_batch_size(cfg.eval_batch_size, info.device)
     sets, data, metric = load_sets(cfg, a.ckpt, info.device, batch_size)
     cfg = dataclasses.replace(cfg, metric=metric)
     train = training_source(cfg, a.ckpt, sets, info.device, batch_size)
+    if curve_cfg.train_batch_size is not None and a.ckpt is None and not isinstance(train, TensorSource):
+        raise UserError("--train-batch-size: with --data the curve trains on the batches your loader gives; leave "
+                        "the flag out (set your loader's batch size instead)")
     bn = bn_batches(cfg, a.model, train)
     model_b, alignment = b.model, None
     if cfg.align:
@@ -113,7 +123,6 @@ def run_connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo) -> C
                    "t": ts.tolist()}
     files = ConnectFiles.of(cfg)
     run_on_main(lambda: refuse_other_runs(files, fingerprint), info)  # before anything is written
-    check_output_folder(cfg.out, info)
     bend, training = the_bend(cfg, curve_cfg, a, theta_a, theta_b, sets, train, files, fingerprint, info, precision)
     write_checkpoints(files, a, b, model_b, bend, theta_a, theta_b, cfg, curve_cfg, info)
     curve = Curve(ts, {}, curve_cfg.curve, origin_of(cfg, a), b.sha256, {**asdict(cfg), **asdict(curve_cfg)},
@@ -148,6 +157,14 @@ def check_same_architecture(cfg: SurfaceConfig, a: Centre, b: Centre) -> None:
     if differ:
         raise UserError(f"{cfg.checkpoint} and {cfg.target} are different architectures (e.g. {differ[0]!r} "
                         "differs); connect two checkpoints of the same model")
+
+
+def check_different(cfg: SurfaceConfig, a: Centre, b: Centre) -> None:
+    """Refuse A and B that hold the same weights (one file twice, or a copy): no curve joins a point to itself."""
+    sa, sb = states(a.model), states(b.model)
+    if a.sha256 == b.sha256 or all(torch.equal(sa[k], sb[k]) for k in sa):
+        raise UserError(f"{cfg.checkpoint} and {cfg.target} hold the same weights, so there is no path between them "
+                        "to train or evaluate; give two different checkpoints")
 
 
 def describe(model: dict[str, Any]) -> str:
@@ -210,10 +227,11 @@ def training_batches(cfg: SurfaceConfig, a: Centre, sets: list[EvalSet], train: 
     if a.ckpt is not None:
         data = load_data_for(a.ckpt, cfg.data_dir, cfg.download)
         x, y = data.split("train")
-        return ShuffledTensors(x, y, curve_cfg.train_batch_size, info, curve_cfg.seed,
+        return ShuffledTensors(x, y, curve_cfg.train_batch_size or CURVE_BATCH, info, curve_cfg.seed,
                                augment if data.augment else None)
     if isinstance(train, TensorSource):
-        return ShuffledTensors(train.x.cpu(), train.y.cpu(), curve_cfg.train_batch_size, info, curve_cfg.seed)
+        return ShuffledTensors(train.x.cpu(), train.y.cpu(), curve_cfg.train_batch_size or CURVE_BATCH, info,
+                               curve_cfg.seed)
     return LoaderBatches(train.batches, info, curve_cfg.seed)
 
 

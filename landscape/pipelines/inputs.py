@@ -19,7 +19,7 @@ from landscape.core.grid_eval import EvalSet, select_samples
 from landscape.core.params import Params
 from landscape.models.checkpoint import build_from_checkpoint, load_data_for, read_checkpoint
 from landscape.models.registry import build_model
-from landscape.models.weights import build_hf_model, is_hf_folder, read_weights_into
+from landscape.models.weights import build_hf_model, is_hf_folder, read_weights_into, refuse_run_folder
 from landscape.runtime.distributed import DistInfo, print0
 from landscape.runtime.metrics import Criterion, make_metric
 from landscape.runtime.sources import StreamSource, TensorSource, as_source
@@ -46,6 +46,7 @@ def centre_of(path: str, model: nn.Module | None = None, *, strip_prefix: str | 
               log: Callable[[str], None] = print0) -> Centre:
     """`model` (eval mode) with the weights of `path`, read once; without a model, the one our checkpoint or a
     HuggingFace folder describes. What was found in a weights file (its prefix, tensors left aside) goes to `log`."""
+    refuse_run_folder(path)
     if model is None and not is_hf_folder(path):
         ckpt, sha256 = read_checkpoint(path)
         return Centre(build_from_checkpoint(ckpt), ckpt, sha256)

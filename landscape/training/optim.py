@@ -27,11 +27,12 @@ class BatchPlan:
     steps_per_epoch: int
 
 
-def make_plan(global_batch_size: int, world_size: int, n_train: int, micro_batch_size: int | None = None
-              ) -> BatchPlan:
-    """Split the global batch over ranks and accumulation steps; every piece must divide exactly."""
+def make_plan(global_batch_size: int, world_size: int, n_train: int, micro_batch_size: int | None = None,
+              flag: str = "--batch-size") -> BatchPlan:
+    """Split the global batch over ranks and accumulation steps; every piece must divide exactly. `flag` is the
+    batch's name in the messages (the command's flag that set it)."""
     if global_batch_size % world_size:
-        raise ConfigError(f"--batch-size {global_batch_size} is not divisible by the {world_size} processes; "
+        raise ConfigError(f"{flag} {global_batch_size} is not divisible by the {world_size} processes; "
                           f"use a multiple of {world_size}")
     per_rank = global_batch_size // world_size
     micro = min(micro_batch_size or per_rank, per_rank)
@@ -40,7 +41,7 @@ def make_plan(global_batch_size: int, world_size: int, n_train: int, micro_batch
                           "choose a divisor of it")
     steps = (n_train // world_size) // per_rank
     if steps == 0:
-        raise ConfigError(f"--batch-size {global_batch_size} exceeds the {n_train} training samples; use a smaller "
+        raise ConfigError(f"{flag} {global_batch_size} exceeds the {n_train} training samples; use a smaller "
                           "batch")
     return BatchPlan(global_batch_size, per_rank, micro, per_rank // micro, world_size, steps)
 
@@ -83,10 +84,12 @@ def make_ramp(plan: BatchPlan, start_batch: int, epochs: int, n_train: int) -> B
     """The ramp from a global batch of `start_batch` to `plan`'s over `epochs`, refused unless the start is a whole
     number of accumulation steps (micro-batch x ranks) smaller than the full batch."""
     unit = plan.micro_batch_size * plan.world_size
-    if start_batch % unit or not 0 < start_batch < plan.global_batch_size:
-        raise ConfigError(f"--batch-ramp starts at {start_batch}, which must be a multiple of the micro-batch x "
-                          f"ranks ({unit}) below --batch-size {plan.global_batch_size}; set --micro-batch-size so "
-                          "that the batch grows by accumulation steps")
+    if not start_batch < plan.global_batch_size:
+        raise ConfigError(f"--batch-ramp starts at {start_batch}, not below --batch-size {plan.global_batch_size}, "
+                          "which it grows to; start the ramp at a smaller batch")
+    if start_batch % unit:
+        raise ConfigError(f"--batch-ramp starts at {start_batch}, which is not a multiple of the micro-batch x ranks "
+                          f"({unit}); set --micro-batch-size so that the batch grows by accumulation steps")
     return BatchRamp(plan, start_batch // unit, epochs, n_train // plan.world_size)
 
 
