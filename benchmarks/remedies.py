@@ -26,12 +26,12 @@ from landscape.curvature.edge import top_eigenvalue
 from landscape.curvature.hessian import HessianOperator
 from landscape.data.datasets import load_dataset
 from landscape.models.registry import build_model
+from landscape.monitoring.noise import estimate_noise
 from landscape.runtime.distributed import DistInfo
 from landscape.training.ghost_bn import ghost_batchnorm
 from landscape.training.optim import BatchPlan, make_optimizer
 from landscape.training.sam import sam_step
 from landscape.training.step import train_step
-from trainers.noise_scale import estimate_noise
 from trainers.tracking import MicroBatchNoise
 
 SINGLE = DistInfo(0, 0, 1, torch.device("cpu"))

@@ -29,13 +29,13 @@ from landscape.base.files import read_cached, write_cached, write_csv
 from landscape.base.flags import ArgumentParser, DefaultsFormatter, run_cli
 from landscape.data.datasets import Dataset, load_dataset
 from landscape.models.registry import build_model
+from landscape.monitoring.noise import estimate_noise
 from landscape.runtime.distributed import DistInfo, exclusive_output, process_group
 from landscape.runtime.forward import evaluate, resolve_precision
 from landscape.runtime.metrics import get_metric
 from landscape.training.step import train_step
 from trainers.config import TrainConfig, optimizer_of, plan_of
 from trainers.loop import micro_batches, to_device
-from trainers.noise_scale import estimate_noise
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ data and metric.
 The names below are loaded on first use (importing `landscape` loads no torch, so re-plotting a file stays light).
 The pieces below them are public too, each subpackage naming its own in `__all__`: base (foundation, no torch),
 runtime, models, data, training, core (directions, grid evaluation, the HDF5 file), curvature, connectivity
-(alignment, curves, barriers), drawing, pipelines.
+(alignment, curves, barriers), monitoring (the Monitor), integrations (Lightning, HuggingFace), drawing, pipelines.
 The README's "How the code is laid out" is their map; tests/test_layers.py keeps their imports one way.
 """
 
@@ -21,6 +21,6 @@ _API = {"random_directions": "api", "direction_to": "api", "surface": "api", "sa
         "load_weights": "api", "align": "api", "connect_checkpoints": "api", "barriers": "api",
         "read_curve": "core.surface_file", "Surface": "core.surface_file", "read_surface": "core.surface_file",
         "read_directions": "core.surface_file", "save_directions": "core.surface_file",
-        "metrics": "runtime.metrics", "Criterion": "runtime.metrics"}
+        "metrics": "runtime.metrics", "Criterion": "runtime.metrics", "Monitor": "monitoring.monitor"}
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -31,8 +31,10 @@ LAYERS = [  # bottom to top: (what the layer is, the folders whose modules it ho
      ["landscape/curvature"]),
     ("connectivity: permutation alignment, curves between minima and their training, barriers",
      ["landscape/connectivity"]),
+    ("monitoring: curvature and gradient noise measured while training, in any loop", ["landscape/monitoring"]),
     ("pipelines: the grid-job builder, checkpoint to surface file, sharpness table, figure files",
      ["landscape/pipelines"]),
+    ("integrations: the Monitor as Lightning's and transformers' callbacks", ["landscape/integrations"]),
     ("the public face and the commands", ["landscape"]),
     ("the trainer", ["trainers"]),
     ("figure scripts and benchmarks", ["figures", "benchmarks"]),
@@ -147,7 +149,7 @@ def test_the_check_fails_on_an_upward_import_or_a_circle_added_by_hand():
 
 def test_a_module_is_placed_by_its_folder_and_an_undeclared_folder_fails(monkeypatch):
     assert layer_of("landscape.core.directions") == layer_of("landscape.core") == 4
-    assert layer_of("landscape.plot2d") == 8 and layer_of("landscape") == 0
+    assert layer_of("landscape.plot2d") == 10 and layer_of("landscape") == 0
     assert layer_of("landscape.connectivity.curves") == 6  # above curvature, below the pipelines that use it
     modules = dict(project_modules())
     modules["landscape.extras.thing"] = ROOT / "landscape" / "extras" / "thing.py"

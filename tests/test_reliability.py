@@ -385,8 +385,8 @@ def test_the_direction_functions_take_what_random_directions_returns(tmp_path):
 # ------------------------------------------------------------------------------------------- strict JSON
 
 def test_an_undefined_noise_scale_is_null_with_its_reason_and_every_log_line_is_strict_json(tmp_path):
+    from landscape.monitoring.noise import NoiseEstimate
     from trainers.checkpoints import append_jsonl
-    from trainers.noise_scale import NoiseEstimate
     from trainers.tracking import NoiseTracker
 
     tracker = NoiseTracker.__new__(NoiseTracker)

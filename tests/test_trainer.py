@@ -110,3 +110,28 @@ def test_a_resume_restores_the_rank_s_own_cuda_rng_state(monkeypatch):
     checkpoints.restore_rng_state({**rng, "cuda": ["s0"]}, gpu1)  # saved with fewer devices: nothing for cuda:1
     checkpoints.restore_rng_state(rng, torch.device("cpu"))  # a CUDA run resumed on a CPU
     assert restored == [("state of cuda:1", "cuda:1"), ("s1", "cuda:1")]
+
+
+IMAGES = {"n_train": 32, "n_test": 16, "num_classes": 10, "input_shape": [3, 16, 16], "seed": 4}
+
+
+@pytest.mark.parametrize("name, kwargs, sams", [("torchvision.models:resnet18", {"num_classes": 10}, (None, 0.05)),
+                                                ("torchvision.models:resnet18", {}, (None,)),
+                                                ("timm:resnet18", {}, (None,))],
+                         ids=["torchvision-num-classes", "torchvision-bare", "timm"])
+def test_the_trainer_builds_torchvision_and_timm_models_with_and_without_sam(tmp_path, name, kwargs, sams):
+    """Any builder: num_classes and input_shape go only where the builder declares them (torchvision's resnet18
+    passes its **kwargs on to ResNet, which refuses input_shape), the user's kwargs as given; the checkpoint
+    rebuilds the model it holds."""
+    from landscape.models.checkpoint import load_model
+
+    for sam in sams:
+        cfg = train_config(tmp_path / f"sam{sam}", data_kwargs=IMAGES, model=name, model_kwargs=kwargs, epochs=1,
+                           batch_size=16, sam=sam)
+        ckpt = fit(cfg, SINGLE)
+        model, stored = load_model(os.path.join(cfg.out, "last.pt"))
+        expected = {**kwargs, **({"num_classes": 10, "input_shape": [3, 16, 16]} if name.startswith("timm") else {})}
+        assert stored["model"]["kwargs"] == expected
+        assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in model.state_dict().items())
+        outputs = model(torch.zeros(1, 3, 16, 16)).shape[-1]
+        assert outputs == (10 if kwargs or name.startswith("timm") else 1000)

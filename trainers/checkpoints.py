@@ -15,6 +15,7 @@ from landscape.base.errors import UserError
 from landscape.base.files import strict_json, write_text
 from landscape.data.datasets import Dataset
 from landscape.models import checkpoint as ckpt_io
+from landscape.models.registry import builder_kwargs
 from landscape.runtime.distributed import print0
 from landscape.training.optim import BatchPlan
 from trainers.config import TrainConfig, plain
@@ -43,13 +44,19 @@ def run_checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Da
                    run_epochs: int | None = None, tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint of epoch `epoch` of a run of `run_epochs` (default --epochs): the weights and what describes
     them (landscape.models.checkpoint), plus what a resume restores: optimizer, schedule, step and RNG states."""
-    model_kwargs = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), **cfg.model_kwargs}
     rng = rng_state(device)
     return ckpt_io.make_checkpoint(
-        model, cfg.model, plain(model_kwargs), cfg.dataset, plain(cfg.data_kwargs), metrics,
+        model, cfg.model, plain(model_kwargs_of(cfg, data)), cfg.dataset, plain(cfg.data_kwargs), metrics,
         train_config=plain(dataclasses.asdict(cfg)), plan=dataclasses.asdict(plan), epoch=epoch, step=step,
         optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng, run_epochs=run_epochs or cfg.epochs,
         **({"tracking": tracking} if tracking else {}))
+
+
+def model_kwargs_of(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
+    """The kwargs the run's model is built with (and its checkpoints rebuilt with): --model-kwargs, plus the data's
+    num_classes and input_shape where the builder declares them."""
+    return builder_kwargs(cfg.model, dict(cfg.model_kwargs), num_classes=data.num_classes,
+                          input_shape=list(data.input_shape))
 
 
 def resume_state(cfg: TrainConfig) -> dict[str, Any] | None:

@@ -33,7 +33,14 @@ from landscape.training.ghost_bn import ghost_batchnorm
 from landscape.training.optim import BatchPlan
 from landscape.training.sam import sam_step
 from landscape.training.step import train_step, wrap_model
-from trainers.checkpoints import append_jsonl, restore_rng_state, resume_state, run_checkpoint, truncate_log
+from trainers.checkpoints import (
+    append_jsonl,
+    model_kwargs_of,
+    restore_rng_state,
+    resume_state,
+    run_checkpoint,
+    truncate_log,
+)
 from trainers.config import (
     RunLength,
     TrainConfig,
@@ -251,7 +258,7 @@ def build_run(cfg: TrainConfig, data: Dataset, info: DistInfo) -> tuple[nn.Modul
     """The model (seeded, on the device, Ghost BatchNorm when asked), the batch plan and the run's length; every
     check of the flags against the data and the model happens here, before anything is written."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape, **cfg.model_kwargs)
+    model = build_model(cfg.model, **model_kwargs_of(cfg, data))
     model.to(info.device)
     if data.x_train.ndim == 4 and info.device.type == "cuda":
         model.to(memory_format=torch.channels_last)

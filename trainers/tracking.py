@@ -8,61 +8,55 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from landscape.core.grid_eval import select_samples
-from landscape.curvature.edge import adam_preconditioner, stability_threshold, top_eigenvalue
-from landscape.curvature.hessian import HessianOperator
 from landscape.data.datasets import Dataset
-from landscape.pipelines.inputs import rank_share
+from landscape.monitoring.monitor import Monitor
+from landscape.monitoring.noise import b_simple_of, estimate_noise, two_batch_estimate
 from landscape.runtime.distributed import DistInfo, all_reduce_sum
 from landscape.runtime.forward import batchnorm_statistics_kept
-from landscape.runtime.sources import TensorSource
 from trainers.config import TrainConfig
-from trainers.noise_scale import b_simple_of, estimate_noise
 
 TRACK_TOL = 1e-3  # Lanczos's relative tolerance on the tracked eigenvalue
 
 
 class SharpnessTracker:
     """lambda_max every `cfg.track_sharpness` steps and at the run's last step, on the first `cfg.track_samples`
-    of a fixed random subset of the training split (landscape.sharpness's --samples subset), split over ranks."""
+    of a fixed random subset of the training split (landscape.sharpness's --samples subset), split over ranks: a
+    landscape.Monitor measuring lambda_max, the trainer's records keyed by kind and epoch."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, data: Dataset, info: DistInfo, last_step: int,
                  state: dict[str, Any] | None = None):
-        self.cfg, self.model, self.info, self.last_step = cfg, model, info, last_step
+        self.cfg, self.last_step = cfg, last_step
         x, y = select_samples(data.x_train, data.y_train, min(cfg.track_samples, len(data.x_train)), "train")
-        self.data = rank_share(TensorSource(x, y, info.device, cfg.eval_batch_size), info)
-        self.metric = data.metric
-        self.v = None if not state else state["v"].double().numpy()
+        self.monitor = Monitor(model, (x, y), None, every=cfg.track_sharpness, measures=("lambda_max",),
+                               metric=data.metric, samples=len(x), tol=TRACK_TOL, batch_size=cfg.eval_batch_size)
+        if state:
+            self.monitor.load_state_dict({"steps": 0, "v": state["v"]})
         self.records: list[dict[str, Any]] = []
 
     def after_step(self, step: int, epoch: int, opt: torch.optim.Optimizer) -> None:
         """Measure after optimizer step `step` (1-based) when it is due; the record waits in `records`."""
         if step % self.cfg.track_sharpness and step != self.last_step:
             return
-        op = HessianOperator(self.model, self.data, self.metric, batch_size=self.cfg.eval_batch_size)
-        adam = self.cfg.optimizer in ("adam", "adamw")
-        pre = adam_preconditioner(opt, list(self.model.parameters())) if adam else None
-        lam, self.v = top_eigenvalue(op, self.v, TRACK_TOL, pre)
-        self.model.train()  # the operator put it in eval mode (BatchNorm's running statistics, unchanged)
-        lr = opt.param_groups[0]["lr"]
-        threshold = stability_threshold(self.cfg.optimizer, lr, self.cfg.momentum, self.cfg.nesterov,
-                                        self.cfg.betas[0])
-        self.records.append({"kind": "sharpness", "epoch": epoch + 1, "step": step, "lr": lr, "lambda_max": lam,
-                             "threshold": threshold, "preconditioned": pre is not None})
+        self.monitor.optimizer, self.monitor.steps = opt, step
+        r = self.monitor.measure()
+        self.records.append({"kind": "sharpness", "epoch": epoch + 1, "step": step, "lr": r["lr"],
+                             "lambda_max": r["lambda_max"], "threshold": r["threshold"],
+                             "preconditioned": r["preconditioned"]})
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps: the last eigenvector, Lanczos's next start."""
-        return {} if self.v is None else {"v": torch.from_numpy(np.asarray(self.v, np.float64))}
+        v = self.monitor.state_dict()["v"]
+        return {} if v is None else {"v": v}
 
 
 class NoiseTracker:
     """The gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018) every `cfg.track_noise`
-    steps, by the two-batch-size estimate of trainers.noise_scale, from the gradients the step computes where it
+    steps, by the two-batch-size estimate of landscape.monitoring.noise, from the gradients the step computes where it
     can: under DDP each rank's own gradient (caught by a communication hook before the all-reduce; small batch = the
     rank's batch) against their mean (big batch = the global one); in one process with gradient accumulation each
     micro-batch's gradient (a copy per micro-batch) against the step's. Otherwise (one process, one micro-batch per
@@ -110,9 +104,9 @@ class NoiseTracker:
 
     def record(self, g2_small: float, g2_big: float, small: int, big: int) -> None:
         """The two-batch estimate from |G_small|^2 (mean over the small batches) and |G_big|^2."""
-        g2 = (big * g2_big - small * g2_small) / (big - small)
-        trace = (g2_small - g2_big) / (1 / small - 1 / big)
-        self._pending = {"g2": g2, "trace_sigma": trace, **b_simple_of(g2, trace), "b_small": small, "b_big": big}
+        est = two_batch_estimate(g2_small, g2_big, small, big)
+        self._pending = {"g2": est.g2, "trace_sigma": est.trace_sigma, **b_simple_of(est.g2, est.trace_sigma),
+                         "b_small": small, "b_big": big}
 
     def _estimate(self, step: int) -> dict[str, float]:
         per_rank = self.plan.per_rank_batch_size

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from landscape.base.errors import UserError
 
-LOCK_FILE = ".landscape.lock"  # in the folder it guards
+LOCK_FILE = ".writer.lock"  # in the folder it guards
 
 _held: dict[str, int] = {}  # lock file (real path) -> depth: a process that holds a lock takes it again freely
 

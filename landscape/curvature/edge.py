@@ -5,10 +5,14 @@ P = diag(sqrt(v_hat) + eps)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from landscape.base.errors import ConfigError
 from landscape.curvature.hessian import HessianOperator, krylov_size, unit_vector
 
 
@@ -55,3 +59,51 @@ def top_eigenvalue(op: HessianOperator, v0: np.ndarray | None = None, tol: float
     start = np.random.default_rng(seed).standard_normal(op.dim) if v0 is None else np.asarray(v0, np.float64)
     values, vectors = eigsh(lin, k=1, which="LA", v0=start, tol=tol, ncv=krylov_size(1, op.dim), maxiter=1000)
     return float(values[0]), unit_vector(vectors[:, 0])
+
+
+def unwrapped_optimizer(opt: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside a framework's wrapper (accelerate's AcceleratedOptimizer, Lightning's
+    LightningOptimizer: both keep it as `.optimizer` / `._optimizer`)."""
+    for _ in range(4):  # AcceleratedOptimizer is an Optimizer itself, of no class the thresholds know: look inside
+        inner = getattr(opt, "optimizer", None) or getattr(opt, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            break
+        opt = inner
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise ConfigError("optimizer: not a torch.optim.Optimizer (nor a wrapper holding one as .optimizer)")
+    return opt
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The edge-of-stability threshold of an optimizer at its current lr: the value (None where none is known, and
+    `undefined` says why), the lr, and Adam's preconditioner (None for the others, and before Adam's first step)."""
+
+    value: float | None
+    lr: float
+    preconditioner: np.ndarray | None = None
+    undefined: str | None = None
+
+
+def threshold_of(opt: Any, params: list[torch.nn.Parameter]) -> Threshold:
+    """The threshold of a torch optimizer object, read from its param groups and state: SGD (plain, heavy ball,
+    Nesterov) and Adam/AdamW (on the eigenvalue preconditioned by P = sqrt(v_hat) + eps over `params`)."""
+    opt = unwrapped_optimizer(opt)
+    groups = opt.param_groups
+    lr = float(groups[0]["lr"])
+    if any(float(g["lr"]) != lr for g in groups):
+        return Threshold(None, lr, undefined="its param groups have different learning rates")
+    if not lr > 0:  # the end of a linear decay: no step is taken, so none is unstable
+        return Threshold(None, lr, undefined=f"the learning rate is {lr:g}")
+    if isinstance(opt, torch.optim.SGD):
+        momentum, nesterov = float(groups[0].get("momentum", 0.0)), bool(groups[0].get("nesterov", False))
+        if groups[0].get("dampening", 0) or any(g.get("momentum", 0) != momentum for g in groups):
+            return Threshold(None, lr, undefined="dampening, or momenta that differ between param groups")
+        return Threshold(stability_threshold("sgd", lr, momentum, nesterov), lr)
+    if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+        pre = adam_preconditioner(opt, params)
+        if pre is None:
+            return Threshold(None, lr, undefined="Adam has taken no step yet (no second moments)")
+        return Threshold(stability_threshold("adam", lr, beta1=float(groups[0]["betas"][0])), lr, pre)
+    return Threshold(None, lr, undefined=f"no stability threshold is known for {type(opt).__name__} (SGD, Adam and "
+                                         "AdamW have one; LARS and LAMB step each layer by its own size)")

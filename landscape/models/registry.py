@@ -1,7 +1,8 @@
 """The model registry: models by name (or `package.module:callable`) plus keyword arguments.
 
-Every builder takes `num_classes` and `input_shape` (from the dataset) and optional extra kwargs, so a
-checkpoint that stores the name and the kwargs rebuilds the model with nothing else. No pretrained weights.
+Builders declare `num_classes` and `input_shape` to be given them from the dataset (builder_kwargs), and take
+optional extra kwargs, so a checkpoint that stores the name and the kwargs rebuilds the model with nothing else;
+any `package.module:callable` (torchvision's builders) and `timm:NAME` work too. No pretrained weights.
 """
 
 from __future__ import annotations
@@ -33,8 +34,14 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+TIMM = "timm:"  # --model timm:NAME: timm.create_model(NAME), never pretrained (no network at run time)
+DATA_KWARGS = ("num_classes", "input_shape")  # what the data tells a builder, where the builder declares them
+
+
 def get_builder(name: str) -> Callable[..., nn.Module]:
-    """A registered builder, or `package.module:callable` imported on demand."""
+    """A registered builder, `timm:NAME` (timm's model NAME), or `package.module:callable` imported on demand."""
+    if name.startswith(TIMM):
+        return timm_builder(name[len(TIMM):])
     if ":" in name:
         fn = import_object(name, "model")
         if not callable(fn):
@@ -42,17 +49,45 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
         return fn
     if name not in _REGISTRY:
         raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, "
-                               "or give package.module:callable")
+                               "or give package.module:callable or timm:NAME")
     return _REGISTRY[name]
 
 
+def timm_builder(model_name: str) -> Callable[..., nn.Module]:
+    """timm's `model_name` as a builder that declares num_classes and input_shape (its channels go to in_chans)."""
+    try:
+        import timm
+    except ImportError:
+        raise UnknownNameError(f"--model timm:{model_name} needs timm (pip install timm, or pip install -e "
+                               "'.[remedies]' in the clone)") from None
+    if not timm.is_model(model_name):
+        raise UnknownNameError(f"timm has no model {model_name!r}; see timm.list_models(), e.g. timm:resnet18")
+
+    def build(num_classes: int = 1000, input_shape: Sequence[int] = (3, 224, 224), **kwargs: Any) -> nn.Module:
+        in_chans = int(input_shape[0]) if len(input_shape) == 3 else kwargs.pop("in_chans", 3)
+        return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+    return build
+
+
+def builder_kwargs(name: str, kwargs: dict[str, Any], **data: Any) -> dict[str, Any]:
+    """The keyword arguments to build `name` with: `kwargs` as given, plus each of `data` (num_classes,
+    input_shape) that the builder declares by name and `kwargs` does not set. A builder that takes **kwargs
+    (torchvision's) gets only what it declares: torchvision's resnet18 would pass input_shape on to ResNet, which
+    refuses it. What a checkpoint stores, so that it rebuilds the same model."""
+    params = inspect.signature(get_builder(name)).parameters
+    declared = {k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return {**{k: v for k, v in data.items() if k in declared and k not in kwargs}, **kwargs}
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a model; `num_classes`/`input_shape` are passed on only if the builder accepts them."""
+    """Build a model from its name and kwargs (builder_kwargs says which); `num_classes`/`input_shape` are dropped
+    for a builder that cannot take them (checkpoints before 0.9 stored them for every model)."""
     fn = get_builder(name)
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     accepted = {k: v for k, v in kwargs.items()
-                if takes_any or k in params or k not in ("num_classes", "input_shape")}
+                if takes_any or k in params or k not in DATA_KWARGS}
     try:
         model = fn(**accepted)
     except TypeError as exc:

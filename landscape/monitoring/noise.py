@@ -1,0 +1,96 @@
+"""The gradient noise scale B_simple = tr(Sigma) / |G|^2 of McCandlish et al. (2018), measured during training.
+
+With per-sample gradient covariance Sigma, E|G_B|^2 = |G|^2 + tr(Sigma)/B for a batch of B samples. Gradients of
+K micro-batches of b samples give |G_b|^2 (their mean squared norm) and |G_Kb|^2 (the squared norm of their
+mean) at once; the two equations then give unbiased estimates of |G|^2 and tr(Sigma) (their Appendix A.1).
+Ratios of noisy estimates are biased, so a run's B_simple is the ratio of the averaged numerator and
+denominator, as in the paper; where the |G|^2 estimate is not positive the ratio is undefined (null), not infinite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from landscape.runtime.distributed import all_reduce_sum
+from landscape.runtime.sources import batch_size_of
+
+UNDEFINED = "|G|^2 estimate not positive"  # why a B_simple is null
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    g2: float  # |G|^2, the squared norm of the true gradient
+    trace_sigma: float  # tr(Sigma), the per-sample gradient variance summed over parameters
+
+    @property
+    def b_simple(self) -> float | None:
+        """tr(Sigma) / |G|^2, or None where the estimate of |G|^2 is not positive (a small batch, a noisy step):
+        the ratio is undefined there, not infinite (b_simple_note says why)."""
+        return self.trace_sigma / self.g2 if self.g2 > 0 else None
+
+    @property
+    def b_simple_note(self) -> str | None:
+        return None if self.g2 > 0 else UNDEFINED
+
+
+def two_batch_estimate(g2_small: float, g2_big: float, small: int, big: int) -> NoiseEstimate:
+    """|G|^2 and tr(Sigma) from |G_small|^2 (the mean over batches of `small` samples) and |G_big|^2 (of `big`)."""
+    g2 = (big * g2_big - small * g2_small) / (big - small)
+    trace_sigma = (g2_small - g2_big) / (1 / small - 1 / big)
+    return NoiseEstimate(g2, trace_sigma)
+
+
+def b_simple_of(g2: float, trace_sigma: float) -> dict[str, float | str | None]:
+    """A record's B_simple: the ratio, or null with the reason beside it (strict JSON has no Infinity)."""
+    est = NoiseEstimate(g2, trace_sigma)
+    return {"b_simple": est.b_simple, **({"b_simple_undefined": UNDEFINED} if est.b_simple is None else {})}
+
+
+def noise_of_batches(model: nn.Module, batches: Iterable[Any], loss: Callable[[nn.Module, Any], Tensor],
+                     reduce: bool = False) -> tuple[NoiseEstimate, int, int]:
+    """The two-batch estimate from the gradients of `loss(model, batch)` (a batch's mean loss) over equal-sized
+    micro-batches: (estimate, small, big). With `reduce`, every rank's micro-batches count (their squared norms
+    and their gradients all-reduced). The model's .grad fields are left as they were."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, sum_sq, n, size = None, 0.0, 0, None
+    for batch in batches:
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss(model, batch), params)]).double()
+        total = g if total is None else total + g
+        sum_sq, n = sum_sq + float(g.pow(2).sum()), n + 1
+        size = size or batch_size_of(batch)
+    if n < 2:
+        raise ValueError(f"the noise scale needs at least 2 micro-batches, got {n}")
+    counts = torch.tensor([sum_sq, float(n)], dtype=torch.float64, device=total.device)
+    if reduce:
+        all_reduce_sum(counts)
+        all_reduce_sum(total)
+    sum_sq, n = float(counts[0]), int(counts[1])
+    g2_big = float((total / n).pow(2).sum())
+    return two_batch_estimate(sum_sq / n, g2_big, size, size * n), size, size * n
+
+
+def cross_entropy_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """The mean cross-entropy of a classifier's (b, C) or a language model's (b, T, V) outputs."""
+    x, y = batch
+    out = model(x)
+    return nn.functional.cross_entropy(out.float().flatten(0, -2), y.to(out.device).flatten().long())
+
+
+def estimate_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, generator: torch.Generator,
+                   n_micro: int = 8) -> NoiseEstimate:
+    """One two-batch-size estimate at the model's current weights, from n_micro random micro-batches of the
+    (x, y) tensors drawn with `generator`, under the cross-entropy. The model's .grad fields are left as they were."""
+    if n_micro < 2:
+        raise ValueError("n_micro must be >= 2")
+    if micro_batch * n_micro > len(x):
+        raise ValueError(f"{n_micro} micro-batches of {micro_batch} need {micro_batch * n_micro} samples, "
+                         f"but there are {len(x)}; use fewer or smaller micro-batches")
+    device = next(p for p in model.parameters()).device
+    idx = torch.randperm(len(x), generator=generator)[: micro_batch * n_micro].to(x.device)  # samples: sequences
+    batches = ((x[chunk].to(device), y[chunk]) for chunk in idx.view(n_micro, micro_batch))
+    return noise_of_batches(model, batches, cross_entropy_loss)[0]
