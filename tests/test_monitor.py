@@ -244,3 +244,24 @@ def test_importing_landscape_loads_neither_framework():
             "print('lightning' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("marker", ["readme-loop-monitor", "readme-lightning-monitor", "readme-hf-monitor"])
+def test_the_readme_recipes_run_as_written(marker, tmp_path, monkeypatch, capsys):
+    """The three recipes of the README's "In your own training loop", each run as written (here, in this process)."""
+    from tests.test_api import _readme_block
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    exec(compile(_readme_block(marker), marker, "exec"), {"__name__": "__main__"})
+    out = capsys.readouterr().out
+    if marker == "readme-loop-monitor":
+        assert out.count("'lambda_max'") == 5 and "'threshold': 38.0" in out.replace("37.99999999999999", "38.0")
+        assert torch.load("run.pt", weights_only=True)["monitor"]["steps"] == 100
+    elif marker == "readme-lightning-monitor":
+        rows = list(csv.DictReader(open(glob.glob("logs/**/metrics.csv", recursive=True)[0])))
+        assert {"landscape/lambda_max", "landscape/threshold", "landscape/b_simple"} <= set(rows[0])
+        assert sum(1 for r in rows if r["landscape/lambda_max"]) >= 3
+    else:
+        printed = out.strip().splitlines()[-1]  # the recipe's print of log_history's records
+        assert printed.count("'landscape/lambda_max'") == 2 and "'landscape/threshold'" in printed

@@ -43,7 +43,7 @@ STATE_FILE = "landscape_monitor.pt"
 class MonitorCallback(TrainerCallback):
     """landscape.Monitor's arguments, except the model and the optimizer, which the Trainer gives its callbacks."""
 
-    def __init__(self, data: Any, every: int = 100, *, trainer: Any = None, save_every: int | None = None,
+    def __init__(self, data: Any, every: int = 1000, *, trainer: Any = None, save_every: int | None = None,
                  save_dir: str | None = None, prefix: str = "landscape/", **monitor_kwargs: Any):
         check_arguments(every, monitor_kwargs.get("measures", ("lambda_max", "noise")),
                         monitor_kwargs.get("samples", 512), monitor_kwargs.get("noise_batches", 8),

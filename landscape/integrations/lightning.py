@@ -35,7 +35,7 @@ except ImportError as exc:  # the package is optional: pip install lightning
 class MonitorCallback(Callback):
     """landscape.Monitor's arguments, except the model and the optimizer, which the Trainer gives."""
 
-    def __init__(self, data: Any, every: int = 100, *, save_every: int | None = None, save_dir: str | None = None,
+    def __init__(self, data: Any, every: int = 1000, *, save_every: int | None = None, save_dir: str | None = None,
                  prefix: str = "landscape/", **monitor_kwargs: Any):
         check_arguments(every, monitor_kwargs.get("measures", ("lambda_max", "noise")),
                         monitor_kwargs.get("samples", 512), monitor_kwargs.get("noise_batches", 8),
