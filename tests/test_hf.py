@@ -80,3 +80,33 @@ def test_connect_joins_two_save_pretrained_folders_and_writes_the_bend_as_one(tm
     plane = run_surface(SurfaceConfig(a, plane=(b, str(bend)), plane_points=3, data="tests.userland:tokens",
                                       metric="causal_lm", out=str(tmp_path), progress=False), SINGLE).surface
     assert plane.annotations.curve is not None and np.allclose(plane.annotations.curve[-1], [1.0, 0.0])
+
+
+def llama_from_config() -> transformers.PreTrainedModel:
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_connect_aligns_two_gpt2_or_llama_folders_without_a_spec(tmp_path, family):
+    """GPT-2 and a Llama-style decoder (RMSNorm, rotary positions, gated MLP, grouped-query attention) built from
+    configs with different seeds: known to the alignment, the aligned B computes B's outputs (connect checks it on a
+    batch; here again on other tokens), so both lines end at B's loss."""
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        make = llama_from_config if family == "llama" else lambda: transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+        make().save_pretrained(tmp_path / f"{family}{seed}")
+    a, b = str(tmp_path / f"{family}0"), str(tmp_path / f"{family}1")
+    curve = landscape.connect_checkpoints(a, b, str(tmp_path / "out"), data="tests.userland:tokens",
+                                          metric="causal_lm", curve="none", align=True, points=3, progress=False,
+                                          device="cpu")
+    assert curve.alignment["moved"] > 0.5 * curve.alignment["units"]
+    line, aligned = curve.paths["line"].values["loss"], curve.paths["aligned_line"].values["loss"]
+    assert line[0] == aligned[0] and np.isclose(line[-1], aligned[-1], rtol=1e-5)  # both end at B's function
+    model_b = landscape.load_weights(b)
+    moved = landscape.load_weights(next(str(p) for p in (tmp_path / "out").iterdir() if p.name.endswith("_aligned")))
+    ids = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(moved(ids).logits, model_b(ids).logits, rtol=1e-5, atol=1e-5)

@@ -101,6 +101,8 @@ def known_spec(model: nn.Module) -> dict[str, list]:
         return transformer_spec(model)
     if all(hasattr(model, a) for a in ("conv1", "bn1", "layer1", "fc")):
         return torchvision_resnet_spec(model)
+    if type(model).__name__ in HF_SPECS:  # by name: transformers is not imported here
+        return HF_SPECS[type(model).__name__](model)
     return chain_spec(model)
 
 
@@ -214,6 +216,64 @@ def transformer_spec(model: Transformer) -> dict[str, list]:
                 f"{p}mlp.0.weight": [mlp, "res"], f"{p}mlp.0.bias": [mlp],
                 f"{p}mlp.2.weight": ["res", mlp], f"{p}mlp.2.bias": ["res"]}
     return raw
+
+
+def gpt2_spec(model: nn.Module) -> dict[str, list]:
+    """HuggingFace GPT-2 (GPT2LMHeadModel, GPT2Model): the residual stream through the embeddings, every LayerNorm
+    and the head; each block's MLP units; each block's heads as wholes. GPT-2's Conv1D layers store their weights
+    (in, out), the transpose of nn.Linear's."""
+    p = "transformer." if hasattr(model, "transformer") else ""
+    config = model.config
+    hd = config.n_embd // config.n_head
+    raw: dict[str, list] = {f"{p}wte.weight": [None, "res"], f"{p}wpe.weight": [None, "res"],
+                            f"{p}ln_f.weight": ["res"], f"{p}ln_f.bias": ["res"]}
+    if p:
+        raw["lm_head.weight"] = [None, "res"]
+    for i in range(config.n_layer):
+        b, heads, mlp = f"{p}h.{i}.", f"h{i}", f"m{i}"
+        raw |= {f"{b}{ln}.{t}": ["res"] for ln in ("ln_1", "ln_2") for t in ("weight", "bias")}
+        raw |= {f"{b}attn.c_attn.weight": ["res", {"perm": heads, "outer": 3, "inner": hd}],
+                f"{b}attn.c_attn.bias": [{"perm": heads, "outer": 3, "inner": hd}],
+                f"{b}attn.c_proj.weight": [{"perm": heads, "inner": hd}, "res"], f"{b}attn.c_proj.bias": ["res"],
+                f"{b}mlp.c_fc.weight": ["res", mlp], f"{b}mlp.c_fc.bias": [mlp],
+                f"{b}mlp.c_proj.weight": [mlp, "res"], f"{b}mlp.c_proj.bias": ["res"]}
+    return raw
+
+
+def llama_spec(model: nn.Module) -> dict[str, list]:
+    """HuggingFace Llama-style decoders (LlamaForCausalLM, LlamaModel; RMSNorm, rotary positions, gated MLP,
+    grouped-query attention): the residual stream through the embeddings, every RMSNorm and the head; each
+    layer's MLP units (gate, up and down together); each layer's key-value heads as wholes, with the query heads
+    that share them (rotary positions act within a head, so they are untouched)."""
+    p = "model." if hasattr(model, "model") else ""
+    config = model.config
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    hd = getattr(config, "head_dim", None) or config.hidden_size // heads
+    state = model.state_dict()
+    raw: dict[str, list] = {f"{p}embed_tokens.weight": [None, "res"], f"{p}norm.weight": ["res"]}
+    if p and "lm_head.weight" in state:
+        raw["lm_head.weight"] = [None, "res"]
+    for i in range(config.num_hidden_layers):
+        b, g, mlp = f"{p}layers.{i}.", f"kv{i}", f"m{i}"
+        q_rows, kv_rows = {"perm": g, "inner": hd * heads // kv}, {"perm": g, "inner": hd}
+        raw |= {f"{b}input_layernorm.weight": ["res"], f"{b}post_attention_layernorm.weight": ["res"],
+                f"{b}self_attn.q_proj.weight": [q_rows, "res"], f"{b}self_attn.k_proj.weight": [kv_rows, "res"],
+                f"{b}self_attn.v_proj.weight": [kv_rows, "res"], f"{b}self_attn.o_proj.weight": ["res", q_rows],
+                f"{b}mlp.gate_proj.weight": [mlp, "res"], f"{b}mlp.up_proj.weight": [mlp, "res"],
+                f"{b}mlp.down_proj.weight": ["res", mlp]}
+        for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+            if f"{b}self_attn.{name}.bias" in state:
+                raw[f"{b}self_attn.{name}.bias"] = [rows]
+        for name, entry in (("self_attn.o_proj", "res"), ("mlp.gate_proj", mlp), ("mlp.up_proj", mlp),
+                            ("mlp.down_proj", "res")):
+            if f"{b}{name}.bias" in state:
+                raw[f"{b}{name}.bias"] = [entry]
+    return raw
+
+
+HF_SPECS = {"GPT2LMHeadModel": gpt2_spec, "GPT2Model": gpt2_spec, "LlamaForCausalLM": llama_spec,
+            "LlamaModel": llama_spec}
 
 
 def checked(raw: Mapping[str, Any], model: nn.Module) -> PermutationSpec:
