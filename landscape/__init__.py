@@ -21,6 +21,8 @@ _API = {"random_directions": "api", "direction_to": "api", "surface": "api", "sa
         "load_weights": "api", "align": "api", "connect_checkpoints": "api", "barriers": "api",
         "read_curve": "core.surface_file", "Surface": "core.surface_file", "read_surface": "core.surface_file",
         "read_directions": "core.surface_file", "save_directions": "core.surface_file",
-        "metrics": "runtime.metrics", "Criterion": "runtime.metrics", "Monitor": "monitoring.monitor"}
+        "metrics": "runtime.metrics", "Criterion": "runtime.metrics", "Monitor": "monitoring.monitor",
+        "hessian": "api", "hessian_eigenvalues": "api", "sharpness_table": "api",
+        "connect_models": "api"}
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.base.config import PRECISIONS, check_choice, check_points_per_pass
+from landscape.base.config import DEFAULT_MEASURES, PRECISIONS, WIDTH_AXIS, check_choice, check_points_per_pass
 from landscape.base.errors import ConfigError
 from landscape.core.directions import DirectionSpec, complete, create_random_directions, output_axes, target_direction
 from landscape.core.grid_eval import EvalSet
@@ -215,6 +215,16 @@ def connect_checkpoints(a: str, b: str, out: str = "landscape_out", *, device: s
     every path; returns the curve file's content (landscape.core.surface_file.Curve; `landscape.barriers(curve)`
     gives its barrier table) on every rank. `options` are the command's flags by their field names: curve="polychain",
     align=True, epochs=50, lr=0.05, points=21, samples=1000, bn_recalibrate=20, model=..., data=..., name=..."""
+
+    for label, path in (("a", a), ("b", b)):
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"{label}: connect_checkpoints takes two checkpoint paths, got {type(path).__name__} "
+                              "(for modules in memory, use landscape.connect_models(model_a, model_b, data))")
+    return _connect(os.fspath(a), os.fspath(b), out, device, options)
+
+
+def _connect(a: str, b: str, out: str, device: str, options: dict[str, Any], given: Any = None) -> Any:
+    """The connect request of the options (the command's flags by field name), run on every rank."""
     from landscape.base.config import CurveConfig, SurfaceConfig
     from landscape.pipelines.connect_job import run_connect
 
@@ -222,14 +232,83 @@ def connect_checkpoints(a: str, b: str, out: str = "landscape_out", *, device: s
     curve_fields = {f.name for f in dataclasses.fields(CurveConfig)}
     unknown = sorted(set(options) - surface_fields - curve_fields)
     if unknown:
-        raise ConfigError(f"connect_checkpoints has no option {unknown[0]!r}; the options are the flags of python -m "
+        raise ConfigError(f"connect has no option {unknown[0]!r}; the options are the flags of python -m "
                           "landscape.connect, by field name (curve, align, epochs, lr, points, samples, ...)")
     cfg = SurfaceConfig(checkpoint=a, target=b, out=out, device=device,
                         **{k: v for k, v in options.items() if k in surface_fields and k not in curve_fields})
     curve_cfg = CurveConfig(**{k: v for k, v in options.items() if k in curve_fields})
     info = _dist_info(device)
-    run = run_connect(cfg, curve_cfg, info)
+    run = run_connect(cfg, curve_cfg, info, given)
     return broadcast_object(run.curve)
+
+
+def hessian(model: nn.Module, data: Any, metrics: str | Metric = "cross_entropy", *,
+            params: ParamSelection = None, batch_size: int | None = None, loss_name: str | None = None) -> Any:
+    """The Hessian of the mean loss of `model` over `data` with respect to its parameters (all, or the names or globs
+    of `params`), as an operator: `op.matvec(v)` on a flat tensor of `op.dim`, `op.linear_operator()` for
+    scipy, `op.as_params(v)` to name a vector's pieces. Taken in eval mode (BatchNorm with running statistics); the
+    model, its mode included, is left as it was. `data` and `metrics` as `surface` takes them."""
+    from landscape.curvature.hessian import HessianOperator
+
+    device = next(model.parameters()).device
+    chosen = moved_tensors(model, dict(model.named_parameters()), params, False)  # None: every parameter
+    return HessianOperator(model, data, get_metric(metrics), params=chosen,
+                           batch_size=resolve_batch_size(batch_size, device), loss_name=loss_name)
+
+
+def hessian_eigenvalues(model: nn.Module, data: Any, k: int = 1, metrics: str | Metric = "cross_entropy", *,
+                        smallest: bool = False, tol: float = 1e-3, seed: int = 0, params: ParamSelection = None,
+                        batch_size: int | None = None) -> Any:
+    """The k largest eigenvalues of `hessian(model, data, metrics)` (and the most negative one with `smallest`), by
+    Lanczos to relative error `tol`: landscape.curvature.hessian.Eigen (`top`, `min`, `matvecs`). The same
+    numbers as `python -m landscape.sharpness`'s lambda_max and lambda_min on the same weights and samples."""
+    from landscape.curvature.hessian import eigenvalues
+
+    op = hessian(model, data, metrics, params=params, batch_size=batch_size)
+    return eigenvalues(op, k, tol, seed, smallest)
+
+
+def sharpness_table(model: nn.Module, data: Any, metrics: str | Metric = "cross_entropy", *,
+                    measures: Sequence[str] = DEFAULT_MEASURES, params: ParamSelection = None,
+                    samples: int | None = None, batch_size: int | None = None, seed: int = 0, x: str = WIDTH_AXIS,
+                    norm: str = "filter", ignore: str = "biasbn", device: str | torch.device | None = None,
+                    log: Callable[[str], None] | None = None, **options: Any) -> list[dict[str, Any]]:
+    """`python -m landscape.sharpness`'s table on a module: one row per measure (subset, measure, value, stderr,
+    bound, settings), the same numbers as the command's on the same weights and samples. `measures`: of lambda_max,
+    lambda_min, trace, density, epsilon, adaptive, average, width; `options`: the other fields of the command's
+    SharpnessConfig (per_layer, tol, trace_products, eps, rho, sigma, draws, width_directions, ...); `x` the
+    widths' first axis; `log` gets the cost estimates and a line per measure (default: silent). Taken in eval mode;
+    the model, its mode included, is left as it was."""
+    from landscape.base.config import SharpnessConfig, check_axis
+    from landscape.curvature.flat_loss import evaluation_mode
+    from landscape.pipelines.sharpness_table import measure_table
+
+    sc = SharpnessConfig(measures=tuple(measures), **options)
+    check_axis(x, "x")
+    info = _dist_info(device if device is not None else next(model.parameters()).device)
+    source = as_source(data, info.device, resolve_batch_size(batch_size, info.device), samples)
+    spec = DirectionSpec("weights", norm, ignore, seed)
+    with evaluation_mode(model):
+        rows, _ = measure_table(model, source, get_metric(metrics), sc, info, spec, x, None,
+                                (params,) if isinstance(params, str) else params or (), False,
+                                log or (lambda _: None))
+    return rows
+
+
+def connect_models(model_a: nn.Module, model_b: nn.Module, data: Any, out: str = "landscape_out", *,
+                   name: str = "a_to_b", device: str = "auto", **options: Any) -> Any:
+    """connect_checkpoints on two modules in memory: the line, the aligned line (align=True) and a trained curve
+    between them, evaluated on `data` (what `surface` takes; a dict of them by split name, its "train" entry
+    training the curve), into OUT/NAME_connect.h5 beside the bend (a state dict); returns the Curve
+    (`landscape.barriers(curve)` for its barriers). `options` as connect_checkpoints takes them (metric is a
+    metric's name or package.module:function). The two modules are never modified: the work is done on copies."""
+    from landscape.pipelines.connect_job import Given
+
+    for label, m in (("model_a", model_a), ("model_b", model_b)):
+        if not isinstance(m, nn.Module):
+            raise ConfigError(f"{label}: connect_models takes two torch.nn.Module objects, got {type(m).__name__} "
+                              "(for files, use connect_checkpoints)")
+    return _connect("model_a", "model_b", out, device, {"name": name, **options}, Given(model_a, model_b, data))
 
 
 def barriers(curve: Any) -> list[dict[str, Any]]:

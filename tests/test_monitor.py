@@ -265,3 +265,60 @@ def test_the_readme_recipes_run_as_written(marker, tmp_path, monkeypatch, capsys
     else:
         printed = out.strip().splitlines()[-1]  # the recipe's print of log_history's records
         assert printed.count("'landscape/lambda_max'") == 2 and "'landscape/threshold'" in printed
+
+
+def test_the_sharpness_table_and_hessian_of_a_module_equal_the_command_on_the_same_weights(mlp_ckpt, tmp_path):
+    from landscape.base.config import WIDTH_AXIS, SharpnessConfig, SurfaceConfig
+    from landscape.core.grid_eval import select_samples
+    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.pipelines.sharpness_table import run_sharpness
+    from tests.conftest import SINGLE
+
+    measures = ("lambda_max", "lambda_min", "trace", "width")
+    rows = run_sharpness(SurfaceConfig(mlp_ckpt, samples=128, splits=("train",), out=str(tmp_path), progress=False,
+                                       device="cpu", x=WIDTH_AXIS), SharpnessConfig(measures=measures, trace_products=12,
+                                                                                   width_directions=2),
+                         SINGLE, log=lambda _: None).rows
+    by = {r["measure"]: r["value"] for r in rows if r["subset"] == "all"}
+    model, ckpt = load_model(mlp_ckpt)
+    model.train()
+    data = select_samples(*load_data_for(ckpt).split("train"), 128, "train")
+    table = landscape.sharpness_table(model, data, measures=measures, trace_products=12, width_directions=2)
+    assert [(r["measure"], r["value"]) for r in table] == [(r["measure"], r["value"]) for r in rows]  # bit for bit
+    found = landscape.hessian_eigenvalues(model, data, smallest=True)
+    assert found.top[0] == pytest.approx(by["lambda_max"], rel=1e-9)
+    assert found.min == pytest.approx(by["lambda_min"], rel=1e-6)
+    assert model.training  # the module is left in its mode
+    first = next(n for n, _ in model.named_parameters()).split(".")[0]  # the first Linear's parameters alone
+    op = landscape.hessian(model, data, params=f"{first}.*")
+    assert op.dim == sum(p.numel() for n, p in model.named_parameters() if n.startswith(f"{first}."))
+    assert op.linear_operator().matvec(np.ones(op.dim)).shape == (op.dim,)
+
+
+def test_connect_models_on_modules_equals_the_command_on_their_files_and_leaves_them_alone(tmp_path, capsys):
+    from landscape.connect import main as connect_main
+    from tests import userland
+
+    a = userland.make_mlp()
+    b = userland.make_mlp()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    before = [t.clone() for t in (*a.state_dict().values(), *b.state_dict().values())]
+    flags = dict(epochs=2, points=5, align=True, lr=0.05, progress=False, device="cpu")
+    curve = landscape.connect_models(a, b, userland.loader(), str(tmp_path / "api"), **flags)
+    assert all(torch.equal(x, y) for x, y in zip(before, (*a.state_dict().values(), *b.state_dict().values())))
+    torch.save(a.state_dict(), tmp_path / "a.pt")
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    connect_main([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--model", "tests.userland:make_mlp", "--data",
+                  "tests.userland:loader", "--out", str(tmp_path / "cli"), "--epochs", "2", "--points", "5",
+                  "--align", "--lr", "0.05", "--no-progress", "--device", "cpu", "--formats", "png"])
+    from landscape.core.surface_file import read_curve
+
+    cli = read_curve(next(str(p) for p in (tmp_path / "cli").iterdir() if p.name.endswith("_connect.h5")))
+    for path in ("line", "aligned_line", "curve"):
+        for k, v in curve.paths[path].values.items():
+            np.testing.assert_array_equal(v, cli.paths[path].values[k], err_msg=f"{path} {k}")
+    assert landscape.barriers(curve) == landscape.barriers(cli)
+    with pytest.raises(ValueError, match="connect_checkpoints takes two checkpoint paths"):
+        landscape.connect_checkpoints(a, b)

@@ -34,6 +34,18 @@ def twice_differentiable(model: nn.Module) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, every module's own mode restored after it."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class FlatLoss:
     """The chosen parameters of `model` (all of them, or the names in `params`) as one flat vector, and the sums
     of `metric` over the batches of `data` (anything landscape.runtime.sources.as_source takes) at any value of it.
@@ -41,11 +53,12 @@ class FlatLoss:
     its loss is the sum `loss_of` picks (`loss_name`, else "loss", else the one ending in "loss", else the first).
 
     The model is used in eval mode (BatchNorm with running statistics) and read, never written: `weights()` and
-    the fixed tensors are its current values."""
+    the fixed tensors are its current values. Its own train/eval mode is left as it was (eval holds only while a
+    batch's sums are taken)."""
 
     def __init__(self, model: nn.Module, data: Any, metric: str | Metric = cross_entropy,
                  params: Collection[str] | None = None, batch_size: int = 512, loss_name: str | None = None):
-        self.model = model.eval()
+        self.model = model
         self.named = dict(model.named_parameters())
         self.names = [n for n in self.named if params is None or n in params]
         if not self.names:
@@ -84,6 +97,8 @@ class FlatLoss:
         if flat is not None:
             tensors.update(zip(self.names, self.unflatten(flat)))
         tensors.update((n, b.detach()) for n, b in self.model.named_buffers())
-        sums = self.metric(forward_batch(lambda *a, **k: functional_call(self.model, tensors, a, k), batch), batch)
+        with evaluation_mode(self.model):
+            sums = self.metric(forward_batch(lambda *a, **k: functional_call(self.model, tensors, a, k), batch),
+                               batch)
         check_sums(self.metric, sums)
         return sums

@@ -88,22 +88,36 @@ class ConnectRun:
     computed: int
 
 
-def run_connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo) -> ConnectRun:
-    """Join cfg.checkpoint (A) and cfg.target (B): align, train the curve, evaluate every path (module docstring).
-    Every rank of the process group takes part; the run is the one writer of cfg.out (a second is refused before
-    any work)."""
+@dataclass(frozen=True)
+class Given:
+    """A connect request's inputs as Python objects (landscape.connect_models): the two modules, never modified
+    (the work is done on copies), and the data, which cfg.data would otherwise name."""
+
+    model_a: nn.Module
+    model_b: nn.Module
+    data: Any
+
+    def centres(self) -> tuple[Centre, Centre]:
+        return tuple(Centre(copy.deepcopy(m).eval(), None, digest(states(m))) for m in (self.model_a, self.model_b))
+
+
+def run_connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo, given: Given | None = None
+                ) -> ConnectRun:
+    """Join cfg.checkpoint (A) and cfg.target (B), or the modules of `given` (cfg.checkpoint and cfg.target then
+    name them): align, train the curve, evaluate every path (module docstring). Every rank of the process group
+    takes part; the run is the one writer of cfg.out (a second is refused before any work)."""
     if not cfg.target:
         raise UserError("connect needs two checkpoints, A and B")
     with exclusive_output(cfg.out, info):
-        return _connect(cfg, curve_cfg, info)
+        return _connect(cfg, curve_cfg, info, given)
 
 
-def _connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo) -> ConnectRun:
-    a, b = load_centre(cfg, cfg.checkpoint), load_centre(cfg, cfg.target)
+def _connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo, given: Given | None) -> ConnectRun:
+    a, b = given.centres() if given else (load_centre(cfg, cfg.checkpoint), load_centre(cfg, cfg.target))
     check_same_architecture(cfg, a, b)
     check_different(cfg, a, b)
     batch_size = resolve_batch_size(cfg.eval_batch_size, info.device)
-    sets, data, metric = load_sets(cfg, a.ckpt, info.device, batch_size)
+    sets, data, metric = load_sets(cfg, a.ckpt, info.device, batch_size, given.data if given else None)
     cfg = dataclasses.replace(cfg, metric=metric)
     train = training_source(cfg, a.ckpt, sets, info.device, batch_size)
     if curve_cfg.train_batch_size is not None and a.ckpt is None and not isinstance(train, TensorSource):
@@ -125,7 +139,11 @@ def _connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo) -> Conn
     run_on_main(lambda: refuse_other_runs(files, fingerprint), info)  # before anything is written
     bend, training = the_bend(cfg, curve_cfg, a, theta_a, theta_b, sets, train, files, fingerprint, info, precision)
     write_checkpoints(files, a, b, model_b, bend, theta_a, theta_b, cfg, curve_cfg, info)
-    curve = Curve(ts, {}, curve_cfg.curve, origin_of(cfg, a), b.sha256, {**asdict(cfg), **asdict(curve_cfg)},
+    origin = origin_of(cfg, a)
+    if given is not None:  # a module of the caller's, not a file
+        origin = dataclasses.replace(origin, model={"name": f"{type(given.model_a).__module__}:"
+                                                           f"{type(given.model_a).__qualname__}", "kwargs": {}})
+    curve = Curve(ts, {}, curve_cfg.curve, origin, b.sha256, {**asdict(cfg), **asdict(curve_cfg)},
                   fingerprint, alignment_record(alignment), training_record(training),
                   bend_position(theta_a, theta_b, bend) if curve_cfg.curve != "none" else None)
     evaluators = path_evaluators(a.model, theta_a, theta_b, bend, b, sets, cfg, curve_cfg, precision, bn, train)

@@ -57,18 +57,20 @@ def centre_of(path: str, model: nn.Module | None = None, *, strip_prefix: str | 
     return Centre(model.eval(), None, sha256)
 
 
-def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.device, batch_size: int
-              ) -> tuple[list[EvalSet], dict[str, Any], str]:
-    """The evaluation sets, what describes their data (the user's --data, or the checkpoint's own dataset), and the
-    metric's name: --metric, else the dataset's own (next_token for a corpus), else cross_entropy."""
-    if cfg.data:
+def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.device, batch_size: int,
+              given: Any = None) -> tuple[list[EvalSet], dict[str, Any], str]:
+    """The evaluation sets, what describes their data (the user's --data, the data object `given` from Python, or
+    the checkpoint's own dataset), and the metric's name: --metric, else the dataset's own (next_token for a
+    corpus), else cross_entropy."""
+    if cfg.data or given is not None:
         metric = metric_of(cfg, cfg.metric or "cross_entropy")
-        made = import_object(cfg.data, "--data")
-        data = made(**cfg.data_kwargs) if callable(made) and not isinstance(made, Iterable) else made
-        named = data if isinstance(data, dict) else {"": data}
+        if given is None:
+            made = import_object(cfg.data, "--data")
+            given = made(**cfg.data_kwargs) if callable(made) and not isinstance(made, Iterable) else made
+        named = given if isinstance(given, dict) else {"": given}
         sets = [EvalSet(name, as_source(d, device, batch_size, cfg.samples, cfg.max_batches), metric)
                 for name, d in named.items()]
-        return sets, {"name": cfg.data, "kwargs": dict(cfg.data_kwargs)}, None if cfg.criterion else (
+        return sets, {"name": cfg.data or "python", "kwargs": dict(cfg.data_kwargs)}, None if cfg.criterion else (
             cfg.metric or "cross_entropy")
     if ckpt is None:
         raise UserError("--model needs --data: a package.module:function that returns your DataLoader (or a dict of "

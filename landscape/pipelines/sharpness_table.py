@@ -110,12 +110,13 @@ class Subject:
 CPU_GRAPH_BYTES = 2 << 30
 
 
-def subsets(model: nn.Module, moved: set[str] | None, per_layer: bool, params: tuple[str, ...]
+def subsets(model: nn.Module, moved: set[str] | None, per_layer: bool, params: Any
             ) -> list[tuple[str, list[str]]]:
     """(label, parameter names): the chosen parameters (moved_tensors refuses an empty choice), then with
     per_layer each module's own among them."""
     chosen = [n for n, _ in model.named_parameters() if moved is None or n in moved]
-    out = [(" ".join(params) if params else "all", chosen)]
+    label = params if isinstance(params, str) else "chosen" if callable(params) else " ".join(params) or "all"
+    out = [(label, chosen)]
     if per_layer:
         layers: dict[str, list[str]] = {}
         for n in chosen:
@@ -293,11 +294,25 @@ def run_sharpness(cfg: SurfaceConfig, sc: SharpnessConfig, info: DistInfo, write
     model = centre.model.to(info.device).eval()
     sets, _, _ = load_sets(dataclasses.replace(cfg, splits=cfg.splits[:1]), centre.ckpt, info.device,
                            resolve_batch_size(cfg.eval_batch_size, info.device))
-    theta0 = snapshot(model_tensors(model), device="cpu")
     spec = DirectionSpec("weights", cfg.norm, cfg.ignore, cfg.seed)
-    s = Subject(model, theta0, sets[0].source, sets[0].metric, info, spec, cfg.x, cfg.loss_name, output_axes(model))
-    chosen = subsets(model, moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only), sc.per_layer,
-                     cfg.params)
+    rows, density = measure_table(model, sets[0].source, sets[0].metric, sc, info, spec, cfg.x, cfg.loss_name,
+                                  cfg.params, cfg.trainable_only, log)
+    if write and info.is_main:
+        write_csv(csv_path, [{**r, "settings": _settings_text(r["settings"])} for r in rows], COLUMNS, ".6g")
+        write_cached(json_path, key, {"rows": rows, "density": density})
+    return SharpnessRun(rows, density, csv_path if write else None, json_path if write else None, False)
+
+
+def measure_table(model: nn.Module, source: TensorSource | StreamSource, metric: Metric, sc: SharpnessConfig,
+                  info: DistInfo, spec: DirectionSpec, axis: str, loss_name: str | None = None,
+                  params: Any = (), trainable_only: bool = False, log: Callable[[str], None] = print0
+                  ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list]]]:
+    """Every measure of `sc` on `model` over `source` (the command's and landscape.sharpness_table's one path):
+    the rows, and the SLQ densities by subset. `params`: name globs or a predicate choosing the parameters;
+    `axis`: the widths' first alpha axis."""
+    theta0 = snapshot(model_tensors(model), device="cpu")
+    s = Subject(model, theta0, source, metric, info, spec, axis, loss_name, output_axes(model))
+    chosen = subsets(model, moved_tensors(model, theta0, params or None, trainable_only), sc.per_layer, params)
     costs = announce_costs(s, chosen[0][1], sc, len(chosen), log)
     progress = Progress(log, len(costs) * len(chosen))
     rows, density = [], {}
@@ -313,10 +328,7 @@ def run_sharpness(cfg: SurfaceConfig, sc: SharpnessConfig, info: DistInfo, write
         if "width" in sc.measures:
             with progress.step(label, "width"):
                 rows += width_rows(s, label, names, sc, top)
-    if write and info.is_main:
-        write_csv(csv_path, [{**r, "settings": _settings_text(r["settings"])} for r in rows], COLUMNS, ".6g")
-        write_cached(json_path, key, {"rows": rows, "density": density})
-    return SharpnessRun(rows, density, csv_path if write else None, json_path if write else None, False)
+    return rows, density
 
 
 def announce_costs(s: Subject, names: list[str], sc: SharpnessConfig, n_subsets: int, log: Callable[[str], None]
