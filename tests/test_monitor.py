@@ -146,8 +146,12 @@ def test_a_lightning_trainer_logs_the_records_and_trains_bit_identically(tmp_pat
     from landscape.integrations.lightning import MonitorCallback
 
     plain, _ = lightning_fit(tmp_path / "plain", [])
-    callback = MonitorCallback((X, Y), every=2)
+    callback = MonitorCallback((X, Y), every=2, save_every=4, save_dir=str(tmp_path / "weights"))
     watched, trainer = lightning_fit(tmp_path / "watched", [callback])
+    saved = sorted(os.listdir(tmp_path / "weights"))
+    assert saved == ["step_0000004.pt", "step_0000008.pt"]  # state dicts, as plot2d --model reads them
+    last = torch.load(tmp_path / "weights" / saved[-1], weights_only=True)
+    assert all(torch.equal(v, watched.state_dict()[k]) for k, v in last.items())
     for a, b in zip(plain.state_dict().values(), watched.state_dict().values()):
         assert torch.equal(a, b)
     assert [r["step"] for r in callback.records] == [2, 4, 6, 8]  # 8 batches an epoch, 2 per optimizer step
@@ -203,8 +207,10 @@ def gpt2_trainer(out, callbacks=(), steps: int = 4, save_steps: int = 100, resum
 def test_a_transformers_trainer_logs_the_records_through_trainer_log(tmp_path):
     from landscape.integrations.huggingface import MonitorCallback
 
-    callback = MonitorCallback(BATCHES, every=2, metric="causal_lm", samples=32, trainer="this")
+    callback = MonitorCallback(BATCHES, every=2, metric="causal_lm", samples=32, trainer="this", save_every=4,
+                               save_dir=str(tmp_path / "weights"))
     trainer = gpt2_trainer(tmp_path / "run", [callback])
+    assert landscape.load_weights(str(tmp_path / "weights" / "step_0000004")).config.n_layer == 2
     logged = [r for r in trainer.state.log_history if "landscape/lambda_max" in r]
     assert [r["step"] for r in logged] == [2, 4] and [r["step"] for r in callback.records] == [2, 4]
     for row, r in zip(logged, callback.records):
@@ -275,10 +281,10 @@ def test_the_sharpness_table_and_hessian_of_a_module_equal_the_command_on_the_sa
     from tests.conftest import SINGLE
 
     measures = ("lambda_max", "lambda_min", "trace", "width")
-    rows = run_sharpness(SurfaceConfig(mlp_ckpt, samples=128, splits=("train",), out=str(tmp_path), progress=False,
-                                       device="cpu", x=WIDTH_AXIS), SharpnessConfig(measures=measures, trace_products=12,
-                                                                                   width_directions=2),
-                         SINGLE, log=lambda _: None).rows
+    request = SurfaceConfig(mlp_ckpt, samples=128, splits=("train",), out=str(tmp_path), progress=False,
+                            device="cpu", x=WIDTH_AXIS)
+    rows = run_sharpness(request, SharpnessConfig(measures=measures, trace_products=12, width_directions=2), SINGLE,
+                         log=lambda _: None).rows
     by = {r["measure"]: r["value"] for r in rows if r["subset"] == "all"}
     model, ckpt = load_model(mlp_ckpt)
     model.train()
@@ -322,3 +328,5 @@ def test_connect_models_on_modules_equals_the_command_on_their_files_and_leaves_
     assert landscape.barriers(curve) == landscape.barriers(cli)
     with pytest.raises(ValueError, match="connect_checkpoints takes two checkpoint paths"):
         landscape.connect_checkpoints(a, b)
+    with pytest.raises(ValueError, match="are different architectures"):
+        landscape.connect_models(a, userland.make_mlp(width=8), userland.loader(), str(tmp_path / "x"), **flags)

@@ -40,6 +40,9 @@ except ImportError as exc:  # the package is optional: pip install transformers 
 STATE_FILE = "landscape_monitor.pt"
 
 
+__all__ = ["MonitorCallback"]
+
+
 class MonitorCallback(TrainerCallback):
     """landscape.Monitor's arguments, except the model and the optimizer, which the Trainer gives its callbacks."""
 

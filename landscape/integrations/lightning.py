@@ -32,6 +32,9 @@ except ImportError as exc:  # the package is optional: pip install lightning
                       "'.[lightning]' in the clone)") from exc
 
 
+__all__ = ["MonitorCallback"]
+
+
 class MonitorCallback(Callback):
     """landscape.Monitor's arguments, except the model and the optimizer, which the Trainer gives."""
 

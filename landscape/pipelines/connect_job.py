@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from landscape.base.config import CURVE_BATCH, CurveConfig, SurfaceConfig, run_tag
-from landscape.base.errors import UserError
+from landscape.base.errors import ConfigError, UserError
 from landscape.base.files import atomic_path, write_json
 from landscape.connectivity.alignment import Alignment, align_models
 from landscape.connectivity.barriers import barrier_rows
@@ -167,13 +167,13 @@ def opened(files: ConnectFiles, curve: Curve, bend: dict[str, np.ndarray], perms
 def check_same_architecture(cfg: SurfaceConfig, a: Centre, b: Centre) -> None:
     """Refuse endpoints that are not one architecture (other tensors, other shapes, another model)."""
     if a.ckpt is not None and b.ckpt is not None and a.ckpt["model"] != b.ckpt["model"]:
-        raise UserError(f"{cfg.checkpoint} ({describe(a.ckpt['model'])}) and {cfg.target} "
+        raise ConfigError(f"{cfg.checkpoint} ({describe(a.ckpt['model'])}) and {cfg.target} "
                         f"({describe(b.ckpt['model'])}) are different architectures; connect two checkpoints of the "
                         "same model")
     sa, sb = a.model.state_dict(), b.model.state_dict()
     differ = sorted(k for k in set(sa) | set(sb) if k not in sa or k not in sb or sa[k].shape != sb[k].shape)
     if differ:
-        raise UserError(f"{cfg.checkpoint} and {cfg.target} are different architectures (e.g. {differ[0]!r} "
+        raise ConfigError(f"{cfg.checkpoint} and {cfg.target} are different architectures (e.g. {differ[0]!r} "
                         "differs); connect two checkpoints of the same model")
 
 
@@ -181,7 +181,7 @@ def check_different(cfg: SurfaceConfig, a: Centre, b: Centre) -> None:
     """Refuse A and B that hold the same weights (one file twice, or a copy): no curve joins a point to itself."""
     sa, sb = states(a.model), states(b.model)
     if a.sha256 == b.sha256 or all(torch.equal(sa[k], sb[k]) for k in sa):
-        raise UserError(f"{cfg.checkpoint} and {cfg.target} hold the same weights, so there is no path between them "
+        raise ConfigError(f"{cfg.checkpoint} and {cfg.target} hold the same weights, so there is no path between them "
                         "to train or evaluate; give two different checkpoints")
 
 
