@@ -1,6 +1,7 @@
 """Curvature at a minimum: the loss as a function of a flat weight vector, the Hessian as an operator
 (extreme eigenvalues, trace, spectral density) and the sharpness measures of the large-batch
-literature, with their costs told before they are paid."""
+literature, with their costs told before they are paid; the edge of stability's thresholds, read from an
+optimizer object."""
 
 from landscape.base.lazy import lazy_exports
 
@@ -12,6 +13,8 @@ _API = {
     "MeanLoss": "sharpness", "epsilon_sharpness": "sharpness", "adaptive_sharpness": "sharpness",
     "average_sharpness": "sharpness", "basin_1d": "sharpness", "width_1d": "sharpness",
     "measure_costs": "costs",
+    "stability_threshold": "edge", "threshold_of": "edge", "Threshold": "edge", "top_eigenvalue": "edge",
+    "adam_preconditioner": "edge",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -12,6 +12,7 @@ _API = {
     "TensorSource": "sources", "StreamSource": "sources", "as_source": "sources",
     "LossAccuracy": "forward", "resolve_precision": "forward", "autocast_context": "forward",
     "source_sums": "forward", "evaluate": "forward", "recalibrate_batchnorm": "forward",
+    "batchnorm_statistics_kept": "forward", "exclusive_output": "distributed",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)
