@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from landscape.base.errors import ConfigError
 from landscape.core.params import Params
-from landscape.runtime.forward import forward_batch
+from landscape.runtime.forward import forward_batch, modes_kept
 from landscape.runtime.metrics import Metric, Sums, check_sums, cross_entropy, get_metric, loss_key
 from landscape.runtime.sources import as_source
 
@@ -37,13 +37,9 @@ def twice_differentiable(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
     """The model in eval mode for the block, every module's own mode restored after it."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with modes_kept(model):
+        model.eval()
         yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 class FlatLoss:

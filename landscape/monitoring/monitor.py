@@ -25,7 +25,7 @@ from landscape.curvature.edge import threshold_of, top_eigenvalue, unwrapped_opt
 from landscape.curvature.hessian import HessianOperator
 from landscape.monitoring.noise import b_simple_of, noise_of_batches
 from landscape.runtime.distributed import DistInfo
-from landscape.runtime.forward import batchnorm_statistics_kept, forward_batch
+from landscape.runtime.forward import batchnorm_statistics_kept, forward_batch, modes_kept
 from landscape.runtime.metrics import Metric, check_sums, get_metric, loss_key
 from landscape.runtime.sources import as_source, map_tensors
 
@@ -231,14 +231,11 @@ def split_data(data: Any, samples: int, noise_batch: int | None, noise_batches: 
 def kept_as_it_was(model: nn.Module, device: torch.device) -> Iterator[None]:
     """The block leaves the model's train/eval mode (every module's), its BatchNorm statistics, the CPU's and the
     device's RNG states and every .grad as they were."""
-    modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in model.parameters()]
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), batchnorm_statistics_kept(model):
+    with torch.random.fork_rng(devices=devices), batchnorm_statistics_kept(model), modes_kept(model):
         try:
             yield
         finally:
-            for m, training in modes:
-                m.training = training
             for p, g in grads:
                 p.grad = g

@@ -130,6 +130,17 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
 
 
 @contextlib.contextmanager
+def modes_kept(model: nn.Module) -> Iterator[None]:
+    """Every module's train/eval mode as it was before the block, whatever the block sets."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
 def batchnorm_statistics_kept(model: nn.Module) -> Iterator[None]:
     """The model's BatchNorm running statistics (and their counters) as they were before the block: what the
     block's forward passes write there is undone on the way out."""
