@@ -17,7 +17,6 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -26,13 +25,13 @@ from landscape.curvature.edge import top_eigenvalue
 from landscape.curvature.hessian import HessianOperator
 from landscape.data.datasets import load_dataset
 from landscape.models.registry import build_model
+from landscape.monitoring.monitor import Monitor
 from landscape.monitoring.noise import estimate_noise
 from landscape.runtime.distributed import DistInfo
 from landscape.training.ghost_bn import ghost_batchnorm
-from landscape.training.optim import BatchPlan, make_optimizer
+from landscape.training.optim import make_optimizer
 from landscape.training.sam import sam_step
 from landscape.training.step import train_step
-from trainers.tracking import MicroBatchNoise
 
 SINGLE = DistInfo(0, 0, 1, torch.device("cpu"))
 
@@ -62,10 +61,14 @@ def stepper(variant: str, batch: int) -> Callable[[], None]:
         pieces = list(zip(x.split(64), y.split(64)))
         if "noise" not in variant:
             return lambda: train_step(model, opt, sched, pieces, 16, "fp32", SINGLE, losses)
-        sink = SimpleNamespace(model=model, record=lambda *a: None)  # what the observer needs of NoiseTracker
-        plan = BatchPlan(batch, batch, 64, 16, 1, 1)
-        return lambda: train_step(model, opt, sched, pieces, 16, "fp32", SINGLE, losses,
-                                  observer=MicroBatchNoise(sink, plan))
+        # --track-noise 1: the Monitor watches every step's micro-batch gradients and measures after it
+        monitor = Monitor(model, (x, y), None, every=1, measures=("noise",), noise_batch=64, step_batch=batch)
+
+        def step_read() -> None:
+            train_step(model, opt, sched, pieces, 16, "fp32", SINGLE, losses)
+            monitor.step()
+
+        return step_read
     return lambda: train_step(model, opt, sched, [(x, y)], 1, "fp32", SINGLE, losses)
 
 
@@ -93,7 +96,7 @@ def timed(fn: Callable[[], None], k: int) -> float:
 
 VARIANTS = ("plain SGD", "ghost BN 64", "SAM", "SAM m=64", "LARS", "LAMB", "16 micro-batches of 64",
             "16 micro-batches of 64, noise from them")
-TRACKERS = ("lambda_max (512 samples)", "noise scale, estimator (8 x 64)")
+TRACKERS = ("lambda_max (512 samples)", "noise scale, own draws (8 x 64)")
 
 
 def main() -> None:

@@ -57,10 +57,56 @@ def test_in_a_plain_loop_training_is_bit_identical_and_the_records_are_the_measu
     assert [r["step"] for r in logged] == [10, 20] and logged == monitor.records
     last = logged[-1]
     assert last["threshold"] == pytest.approx(2 * (1 + 0.9) / 0.1) and last["preconditioned"] is False
-    assert last["b_small"] == 32 and last["b_big"] == 256 and "b_simple" in last
+    assert last["b_small"] == 32 and last["b_big"] == 256 and last["noise_source"] == "draws"  # one batch a step
     check = HessianOperator(copy.deepcopy(model), (X, Y), "cross_entropy")  # the measure, from scratch
     assert last["lambda_max"] == pytest.approx(top_eigenvalue(check, tol=1e-6)[0], rel=1e-2)
     assert model.training  # the loop's mode, as it was
+
+
+def accumulating_loop(model, opt, steps: int, monitor=None) -> list[list[torch.Tensor]]:
+    """4 micro-batches of 8 per optimizer step, the loss divided by 4; returns each step's micro-batch indices."""
+    taken = []
+    for step in range(steps):
+        idx = torch.randint(0, len(X), (32,), generator=torch.Generator().manual_seed(step)).view(4, 8)
+        taken.append(list(idx))
+        opt.zero_grad()
+        for chunk in idx:
+            (nn.functional.cross_entropy(model(X[chunk]), Y[chunk]) / 4).backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step()
+    return taken
+
+
+def test_with_accumulation_the_noise_scale_comes_from_the_step_s_own_micro_batches():
+    """A loop that accumulates 4 micro-batches: the measured step's record is the two-batch estimate of those four
+    gradients at the weights the step started from (computed here from scratch); training is bit-identical."""
+    from landscape.monitoring.noise import two_batch_estimate
+
+    plain = make_net(0.0)
+    accumulating_loop(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 6)
+    model = make_net(0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = landscape.Monitor(model, (X, Y), opt, every=3, measures=("noise",))
+    before = make_net(0.0)
+    accumulating_loop(before, torch.optim.SGD(before.parameters(), lr=0.1), 2)  # the weights step 3 starts from
+    chunks = accumulating_loop(model, opt, 6, monitor)[2]
+    for a, b in zip(plain.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    grads = []
+    for chunk in chunks:  # in train mode, as the loop computes them (BatchNorm on batch statistics)
+        loss = nn.functional.cross_entropy(before(X[chunk]), Y[chunk])
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(before.parameters()))]).double())
+    small = float(torch.stack([g.pow(2).sum() for g in grads]).mean())
+    expected = two_batch_estimate(small, float(torch.stack(grads).mean(0).pow(2).sum()), 8, 32)
+    first = monitor.records[0]
+    assert (first["step"], first["noise_source"], first["b_small"], first["b_big"]) == (3, "micro-batches", 8, 32)
+    assert first["g2"] == pytest.approx(expected.g2, rel=1e-5)
+    assert first["trace_sigma"] == pytest.approx(expected.trace_sigma, rel=1e-5)
+    assert [r["step"] for r in monitor.records] == [3, 6]
+    forced = landscape.Monitor(make_net(0.0), (X, Y), None, every=1, measures=("noise",), noise_from="draws")
+    accumulating_loop(forced.model, torch.optim.SGD(forced.model.parameters(), lr=0.1), 1, forced)
+    assert forced.records[0]["noise_source"] == "draws"
 
 
 def test_a_resumed_loop_measures_as_an_uninterrupted_one():
@@ -101,7 +147,8 @@ def test_an_optimizer_without_a_threshold_and_bad_arguments(capsys):
     assert r["threshold"] is None and "RMSprop" in r["threshold_undefined"]
     assert capsys.readouterr().out.count("null threshold") == 1  # said once
     for kwargs, words in [({"every": 0}, "every must be"), ({"measures": ("flatness",)}, "measures must be"),
-                          ({"noise_batches": 1}, "noise_batches must be")]:
+                          ({"noise_batches": 1}, "noise_batches must be"),
+                          ({"noise_from": "hooks"}, "noise_from must be")]:
         with pytest.raises(ValueError, match=words):
             landscape.Monitor(model, (X, Y), None, **kwargs)
     with pytest.raises(ValueError, match="data: the model cannot take"):

@@ -385,18 +385,16 @@ def test_the_direction_functions_take_what_random_directions_returns(tmp_path):
 # ------------------------------------------------------------------------------------------- strict JSON
 
 def test_an_undefined_noise_scale_is_null_with_its_reason_and_every_log_line_is_strict_json(tmp_path):
-    from landscape.monitoring.noise import NoiseEstimate
+    from landscape.monitoring.noise import NoiseEstimate, b_simple_of, two_batch_estimate
     from trainers.checkpoints import append_jsonl
-    from trainers.tracking import NoiseTracker
 
-    tracker = NoiseTracker.__new__(NoiseTracker)
-    tracker.records, tracker._pending = [], None
-    tracker.record(g2_small=1.0, g2_big=2.0, small=8, big=64)  # |G_big|^2 above |G_small|^2: |G|^2 estimate > 0
-    tracker.record(g2_small=3.0, g2_big=0.1, small=8, big=64)  # a noisy step: |G|^2 estimate negative
-    assert tracker._pending["b_simple"] is None
-    assert tracker._pending["b_simple_undefined"] == "|G|^2 estimate not positive"
+    fine = two_batch_estimate(g2_small=1.0, g2_big=2.0, small=8, big=64)  # |G_big|^2 above |G_small|^2: |G|^2 > 0
+    noisy = two_batch_estimate(g2_small=3.0, g2_big=0.1, small=8, big=64)  # a noisy step: |G|^2 estimate negative
+    assert b_simple_of(fine.g2, fine.trace_sigma)["b_simple"] == pytest.approx(fine.trace_sigma / fine.g2)
+    record = b_simple_of(noisy.g2, noisy.trace_sigma)
+    assert record == {"b_simple": None, "b_simple_undefined": "|G|^2 estimate not positive"}
     assert NoiseEstimate(-1.0, 2.0).b_simple is None and NoiseEstimate(2.0, 1.0).b_simple == 0.5
-    append_jsonl(str(tmp_path / "metrics.jsonl"), [{"step": 1, **tracker._pending}, {"step": 2, "x": float("inf")}])
+    append_jsonl(str(tmp_path / "metrics.jsonl"), [{"step": 1, **record}, {"step": 2, "x": float("inf")}])
     first, second = log_of(tmp_path)  # parsed strictly
     assert first["b_simple"] is None and second["x"] is None
 

@@ -121,7 +121,7 @@ def test_the_estimator_leaves_batchnorm_and_training_alone(tmp_path):
     kw = dict(model_kwargs={"hidden": [32, 32], "batchnorm": True}, batch_size=64, epochs=1)
     tracked = fit(train_config(tmp_path / "r", track_noise=2, **kw), SINGLE)
     plain = fit(train_config(tmp_path / "p", **kw), SINGLE)
-    assert _noise_records(tmp_path / "r")[0]["source"] == "estimator"
+    assert _noise_records(tmp_path / "r")[0]["source"] == "draws"
     for k in plain["state_dict"]:  # running statistics included
         assert torch.equal(plain["state_dict"][k], tracked["state_dict"][k]), k
 

@@ -76,13 +76,13 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
         batch = idx[step * plan.per_rank_batch_size:(step + 1) * plan.per_rank_batch_size]
         pieces = micro_batches(data, batch, plan, gen, info.device)
         lr, before = opt.param_groups[0]["lr"], len(losses)
+        if tracking is not None:
+            tracking.before_step(plan)
         if cfg.sam:
             sam_step(ddp_model, model or ddp_model, opt, sched, pieces, precision, info, losses, cfg.sam,
                      cfg.sam_adaptive, cfg.sam_m)
         else:
-            observer = tracking.observer(first_step + step + 1, plan) if tracking is not None else None
-            train_step(ddp_model, opt, sched, pieces, plan.accumulation_steps, precision, info, losses,
-                       observer=observer)
+            train_step(ddp_model, opt, sched, pieces, plan.accumulation_steps, precision, info, losses)
         bad = watch.after_step(first_step + step + 1, losses[before:], lr) if watch is not None else None
         if bad is None and watch is not None and step + 1 == plan.steps_per_epoch:
             bad = watch.check()  # the rest of the epoch, and the weights the checkpoint would hold
@@ -250,7 +250,8 @@ def tracking_of(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module, data: 
     if cfg.track_sharpness:
         last_step = sum((ramp.plan_at(e) if ramp else plan).steps_per_epoch for e in range(length.epochs))
         sharpness = SharpnessTracker(cfg, model, data, info, last_step, state.get("tracking") if state else None)
-    noise = NoiseTracker(cfg, model, ddp_model, data, plan, info) if cfg.track_noise else None
+    first_step = int(state["step"]) if state else 0
+    noise = NoiseTracker(cfg, ddp_model, data, plan, first_step) if cfg.track_noise else None
     return Tracking(sharpness, noise)
 
 

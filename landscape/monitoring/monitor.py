@@ -24,21 +24,26 @@ from landscape.core.grid_eval import select_samples
 from landscape.curvature.edge import threshold_of, top_eigenvalue, unwrapped_optimizer
 from landscape.curvature.hessian import HessianOperator
 from landscape.monitoring.noise import b_simple_of, noise_of_batches
+from landscape.monitoring.step_gradients import DRAWS, StepGradients
 from landscape.runtime.distributed import DistInfo
 from landscape.runtime.forward import batchnorm_statistics_kept, forward_batch, modes_kept
 from landscape.runtime.metrics import Metric, check_sums, get_metric, loss_key
 from landscape.runtime.sources import as_source, map_tensors
 
 MEASURES = ("lambda_max", "noise")
+NOISE_FROM = ("auto", "draws")
 Record = dict[str, Any]
 
 
 class Monitor:
     """lambda_max of the data loss on a fixed subset (BatchNorm in eval mode, fp32, Lanczos warm-started from the
     last eigenvector) beside the optimizer's threshold (SGD, heavy ball, Nesterov; Adam/AdamW on the preconditioned
-    eigenvalue, read from the optimizer's own state), and B_simple from the gradients of `noise_batches`
-    micro-batches drawn on a generator of its own (in the model's train mode). Call `step()` after each
-    optimizer step: every `every`-th one is measured. The default interval, 1000 steps, costs a torchvision ResNet-18
+    eigenvalue, read from the optimizer's own state), and B_simple from the gradients the measured step computed
+    where it can (landscape.monitoring.step_gradients: each rank's gradient against their mean when `model` is the
+    DDP wrapper, each micro-batch's against their sum when one process accumulates), else from the gradients of
+    `noise_batches` micro-batches drawn on a generator of its own (in the model's train mode); the record's
+    `noise_source` says which ("ddp", "micro-batches", "draws"). Call `step()` after each optimizer step: every
+    `every`-th one is measured. The default interval, 1000 steps, costs a torchvision ResNet-18
     (3x32x32, batch 128) 5.6% of its training time on 2 CPU cores (benchmarks/monitor.py): one measurement on
     512 samples takes about as long as 56 of its optimizer steps.
 
@@ -50,6 +55,10 @@ class Monitor:
         its first `noise_batches` batches, on each rank (each rank's loader holds its shard).
       optimizer: the torch optimizer (or a framework's wrapper of one); None: lambda_max without a threshold.
       metric: what `landscape.surface` takes (a name, a metric, a Criterion); its loss is the measured one.
+      noise_from: "auto" (the step's own gradients where it can, else draws) or "draws" (always; e.g. for SAM, whose
+        step takes a second gradient elsewhere, or a loss the micro-batches do not share).
+      step_batch: the samples of one optimizer step on this rank, when known; else the model's forward calls
+        (in train mode, with gradients on) are counted on a watched step.
       log: called with each record (a dict); records are kept in `monitor.records` too.
     A measurement leaves the model's mode, its BatchNorm statistics, the RNG streams and the gradients as they
     were. Under DDP every rank calls step(); the eigenvalue and the noise scale are over every rank's data.
@@ -59,10 +68,13 @@ class Monitor:
                  measures: Sequence[str] = MEASURES, metric: str | Metric = "cross_entropy", samples: int = 512,
                  noise_batch: int | None = None, noise_batches: int = 8, tol: float = 1e-3,
                  batch_size: int = 256, loss_name: str | None = None, log: Callable[[Record], Any] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, noise_from: str = "auto", step_batch: int | None = None):
         check_arguments(every, measures, samples, noise_batches, noise_batch, tol)
-        self.model = getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) \
-            else model
+        if noise_from not in NOISE_FROM:
+            raise ConfigError(f"noise_from must be one of {', '.join(NOISE_FROM)}, got {noise_from!r}")
+        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+        ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
+        self.model = model.module if ddp is not None else model
         self.optimizer, self.every, self.measures = optimizer, every, tuple(measures)
         self.metric, self.loss_name, self.log, self.seed = get_metric(metric), loss_name, log, seed
         self.tol, self.batch_size, self.noise_batches = tol, batch_size, noise_batches
@@ -73,20 +85,48 @@ class Monitor:
         self._said: set[str] = set()
         self.subset, self.draws = split_data(data, samples, noise_batch, noise_batches, self.info)
         self._check_data()
+        # one process, or the DDP wrapper itself: a rank's micro-batches alone would not say what the step's did
+        watch = "noise" in self.measures and noise_from == "auto" and (ddp is not None or not self.info.is_distributed)
+        self.watch = StepGradients(self.model, self.params, ddp if self.info.is_distributed else None, step_batch) \
+            if watch else None
+        self._arm_if_due()
 
     def step(self, step: int | None = None) -> Record | None:
         """After an optimizer step: count it (or take the framework's count `step`), and measure when it is due."""
         self.steps = self.steps + 1 if step is None else int(step)
-        return self.measure() if self.steps % self.every == 0 else None
+        record = self.measure() if self.steps % self.every == 0 else None
+        self._arm_if_due()
+        return record
+
+    @property
+    def step_batch(self) -> int | None:
+        """The samples of one optimizer step on this rank (None: counted from the forward calls); settable between
+        steps, e.g. by a batch ramp."""
+        return self.watch.step_batch if self.watch is not None else None
+
+    @step_batch.setter
+    def step_batch(self, samples: int | None) -> None:
+        if self.watch is not None:
+            self.watch.step_batch = samples
+
+    def _arm_if_due(self) -> None:
+        """Watch the next step's gradients when it will be measured (only then: a watched step costs a copy)."""
+        if self.watch is not None:
+            if (self.steps + 1) % self.every == 0:
+                self.watch.arm()
+            else:
+                self.watch.disarm()
 
     def measure(self) -> Record:
         """Measure now, at step `self.steps`; the record goes to `log` and `records`."""
         record: Record = {"step": self.steps}
+        # what the watched step gave is taken first: the Hessian's own backward passes must not reach the watch
+        seen = self.watch.estimate() if self.watch is not None else None
         with kept_as_it_was(self.model, self.info.device):
             if "lambda_max" in self.measures:
                 record.update(self._lambda_max())
             if "noise" in self.measures:
-                record.update(self._noise())
+                record.update(self._noise(seen))
         self.records.append(record)
         if self.log is not None:
             self.log(record)
@@ -99,6 +139,7 @@ class Monitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = int(state["steps"])
         self.v = None if state.get("v") is None else torch.as_tensor(state["v"]).double().numpy()
+        self._arm_if_due()
 
     # ------------------------------------------------------------------------------------------- measurements
 
@@ -117,12 +158,19 @@ class Monitor:
             self._say_once(f"landscape.Monitor: lambda_max is logged with a null threshold: {threshold.undefined}")
         return out
 
-    def _noise(self) -> Record:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
-        est, small, big = noise_of_batches(self.model, self.draws(generator), self._mean_loss,
-                                           reduce=self.info.is_distributed)
+    def _noise(self, found: tuple[Any, int, int] | None) -> Record:
+        source = self.watch.kind if found is not None else DRAWS
+        if found is None:
+            if self.watch is not None and self.watch.refused:
+                self._say_once(f"landscape.Monitor: the noise scale comes from draws of its own: {self.watch.refused}")
+            # each rank its own draws (one process: the seed and step alone)
+            seed = (self.seed * 1_000_003 + self.steps) * self.info.world_size + self.info.rank
+            generator = torch.Generator().manual_seed(seed)
+            found = noise_of_batches(self.model, self.draws(generator), self._mean_loss,
+                                     reduce=self.info.is_distributed)
+        est, small, big = found
         return {"g2": est.g2, "trace_sigma": est.trace_sigma, **b_simple_of(est.g2, est.trace_sigma),
-                "b_small": small, "b_big": big}
+                "b_small": small, "b_big": big, "noise_source": source}
 
     def _mean_loss(self, model: nn.Module, batch: Any) -> Tensor:
         batch = map_tensors(batch, lambda t: t.to(self.info.device))
