@@ -24,16 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.base.errors import UserError
-from landscape.base.files import read_cached, write_cached, write_csv
-from landscape.base.flags import ArgumentParser, DefaultsFormatter, run_cli
-from landscape.data.datasets import Dataset, load_dataset
-from landscape.models.registry import build_model
-from landscape.monitoring.noise import estimate_noise
-from landscape.runtime.distributed import DistInfo, exclusive_output, process_group
-from landscape.runtime.forward import evaluate, resolve_precision
-from landscape.runtime.metrics import get_metric
-from landscape.training.step import train_step
+from landscape.base import ArgumentParser, DefaultsFormatter, UserError, read_cached, run_cli, write_cached, write_csv
+from landscape.data import Dataset, load_dataset
+from landscape.models import build_model
+from landscape.monitoring import estimate_noise
+from landscape.runtime import DistInfo, evaluate, exclusive_output, get_metric, process_group, resolve_precision
+from landscape.training import train_step
 from trainers.config import TrainConfig, optimizer_of, plan_of
 from trainers.loop import micro_batches, to_device
 

@@ -7,9 +7,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from landscape.base.config import DEVICES
-from landscape.base.errors import ConfigError
-from landscape.base.flags import ArgumentParser, DefaultsFormatter
+from landscape.base import DEVICES, ArgumentParser, ConfigError, DefaultsFormatter
 
 
 def preset_parser(prog: str, description: str | None, presets: dict[str, Any], out: str,

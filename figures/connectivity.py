@@ -26,15 +26,13 @@ from typing import Any
 import numpy as np
 
 import figures.flat_vs_sharp as fvs
+import landscape
 from figures.common import chosen_preset, preset_parser
-from landscape.base.config import CurveConfig, SurfaceConfig, run_tag
-from landscape.base.files import write_csv
-from landscape.base.flags import ArgumentParser, run_cli
-from landscape.connectivity.barriers import path_barriers
-from landscape.core.surface_file import Curve, Surface
-from landscape.pipelines.connect_job import run_connect
-from landscape.pipelines.from_checkpoint import run_surface
-from landscape.runtime.distributed import DistInfo, exclusive_output, print0, process_group
+from landscape.base import ArgumentParser, SurfaceConfig, run_cli, run_tag, write_csv
+from landscape.connectivity import path_barriers
+from landscape.core import Curve, Surface
+from landscape.pipelines import run_surface
+from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 
 
 @dataclass(frozen=True)
@@ -78,17 +76,16 @@ def connect_pair(pair: str, a: str, b: str, p: Preset, out: str, info: DistInfo,
     """The pair's curve file (line, aligned line, Bezier curve) and the plane through A, the aligned B and the
     bend, both on rank 0 (None elsewhere)."""
     folder = os.path.join(out, "connect")
-    cfg = SurfaceConfig(checkpoint=a, target=b, out=folder, name=pair, samples=p.samples, align=True,
-                        bn_recalibrate=p.bn_recalibrate, device=device, progress=False)
-    curve_cfg = CurveConfig(epochs=p.curve_epochs, lr=p.curve_lr, train_batch_size=p.curve_batch_size,
-                            points=p.points)
-    run = run_connect(cfg, curve_cfg, info)
-    plane = SurfaceConfig(checkpoint=a, plane=(run.files.aligned, run.files.bend), plane_points=p.plane_points,
+    curve = landscape.connect_checkpoints(a, b, folder, device=device, name=pair, samples=p.samples, align=True,
+                                          bn_recalibrate=p.bn_recalibrate, progress=False, epochs=p.curve_epochs,
+                                          lr=p.curve_lr, train_batch_size=p.curve_batch_size, points=p.points)
+    stem = os.path.join(folder, pair)  # connect's files: NAME_connect.h5, NAME_aligned.pt, NAME_bend.pt
+    plane = SurfaceConfig(checkpoint=a, plane=(f"{stem}_aligned.pt", f"{stem}_bend.pt"), plane_points=p.plane_points,
                           splits=("train",), samples=p.samples, bn_recalibrate=p.bn_recalibrate, out=folder,
                           name=f"{pair}_plane", device=device, progress=False)
     surface = run_surface(plane, info, share=False).surface
-    print0(f"{pair}: {run.computed} points along the paths computed -> {run.files.curve}")
-    return run.curve, surface
+    print0(f"{pair}: the line, the aligned line and the curve -> {stem}_connect.h5")
+    return (curve if info.is_main else None), surface
 
 
 def summary_rows(pair: str, curve: Curve) -> list[dict[str, Any]]:
@@ -109,12 +106,12 @@ def compose(results: dict[str, tuple[Curve, Surface]], p: Preset, out: str) -> l
     """A row per pair: train loss along t, test error along t (every path, its barrier in the legend), and the
     plane of the curve with the curve on it."""
     from landscape.drawing import artists
-    from landscape.pipelines.render import path_panel, plt, save
+    from landscape.pipelines import render
 
-    fig, axes = plt.subplots(len(results), 3, figsize=(13, 3.6 * len(results)), squeeze=False)
+    fig, axes = render.plt.subplots(len(results), 3, figsize=(13, 3.6 * len(results)), squeeze=False)
     for row, (pair, (curve, plane)) in zip(axes, results.items()):
         for ax, key in zip(row[:2], ("train_loss", "test_error")):
-            heights = path_panel(ax, curve, key)
+            heights = render.path_panel(ax, curve, key)
             ax.set_title(f"{pair}: {key.replace('_', ' ')}, barrier " + ", ".join(f"{k} {v:.3g}"
                                                                               for k, v in heights.items()), fontsize=8)
             ax.legend(fontsize=7)
@@ -130,7 +127,7 @@ def compose(results: dict[str, tuple[Curve, Surface]], p: Preset, out: str) -> l
     fig.suptitle(f"{p.runs.model} on {p.runs.dataset}: are the minima connected? (batch {small} vs {large}, weight "
                  f"decay {wds[0]:g} vs {wds[-1]:g}, seed 0 vs {p.second_seed}; B aligned to A)", fontsize=10)
     fig.tight_layout()
-    return save(fig, os.path.join(out, "connectivity"))
+    return render.save(fig, os.path.join(out, "connectivity"))
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:

@@ -24,14 +24,11 @@ from typing import Any
 import numpy as np
 
 from figures.common import chosen_preset, preset_parser
-from landscape.base.config import SharpnessConfig, SurfaceConfig
-from landscape.base.files import write_csv
-from landscape.base.flags import ArgumentParser, run_cli
-from landscape.core.surface_file import Surface
-from landscape.curvature.sharpness import width_1d
-from landscape.pipelines.from_checkpoint import run_surface
-from landscape.pipelines.sharpness_table import run_sharpness
-from landscape.runtime.distributed import DistInfo, exclusive_output, print0, process_group
+from landscape.base import ArgumentParser, SharpnessConfig, SurfaceConfig, run_cli, write_csv
+from landscape.core import Surface
+from landscape.curvature import width_1d
+from landscape.pipelines import run_sharpness, run_surface
+from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 from trainers.config import TrainConfig
 from trainers.sweep import run_name, sweep
 

@@ -27,15 +27,11 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from figures.common import chosen_preset, preset_parser
-from landscape.base.config import SharpnessConfig, SurfaceConfig
-from landscape.base.errors import ConfigError
-from landscape.base.files import write_csv
-from landscape.base.flags import ArgumentParser, run_cli
-from landscape.core.surface_file import Surface
-from landscape.pipelines.from_checkpoint import run_surface
-from landscape.pipelines.sharpness_table import run_sharpness
-from landscape.runtime.distributed import DistInfo, exclusive_output, print0, process_group
-from landscape.training.divergence import TrainingDiverged
+from landscape.base import ArgumentParser, ConfigError, SharpnessConfig, SurfaceConfig, run_cli, write_csv
+from landscape.core import Surface
+from landscape.pipelines import run_sharpness, run_surface
+from landscape.runtime import DistInfo, exclusive_output, print0, process_group
+from landscape.training import TrainingDiverged
 from trainers.config import TrainConfig
 from trainers.loop import fit
 

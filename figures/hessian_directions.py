@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from landscape.base.config import DEVICES, HESSIAN, SurfaceConfig, run_tag
-from landscape.base.flags import ArgumentParser, DefaultsFormatter, run_cli
-from landscape.pipelines.from_checkpoint import run_surface
-from landscape.runtime.distributed import exclusive_output, process_group
+from landscape.base import DEVICES, HESSIAN, ArgumentParser, DefaultsFormatter, SurfaceConfig, run_cli, run_tag
+from landscape.pipelines import run_surface
+from landscape.runtime import exclusive_output, process_group
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

@@ -20,12 +20,10 @@ from typing import Any
 import numpy as np
 
 from figures.common import chosen_preset, preset_parser
-from landscape.base.config import SurfaceConfig
-from landscape.base.files import write_csv
-from landscape.base.flags import ArgumentParser, run_cli
-from landscape.core.surface_file import Surface
-from landscape.pipelines.from_checkpoint import run_surface
-from landscape.runtime.distributed import exclusive_output, print0, process_group
+from landscape.base import ArgumentParser, SurfaceConfig, run_cli, write_csv
+from landscape.core import Surface
+from landscape.pipelines import run_surface
+from landscape.runtime import exclusive_output, print0, process_group
 from trainers.config import TrainConfig
 from trainers.sweep import run_name, sweep
 

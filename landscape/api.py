@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from landscape.base.config import DEFAULT_MEASURES, PRECISIONS, WIDTH_AXIS, check_choice, check_points_per_pass
 from landscape.base.errors import ConfigError
 from landscape.core.directions import DirectionSpec, complete, create_random_directions, output_axes, target_direction
-from landscape.core.grid_eval import EvalSet
-from landscape.core.params import Params, model_tensors, snapshot, to_numpy
+from landscape.core.fingerprint import tensors_sha256
+from landscape.core.params import Params, model_tensors, snapshot
 from landscape.core.surface_file import Origin, Surface
 from landscape.pipelines.grid_job import evaluation_record, grid_job, run_grid
-from landscape.pipelines.inputs import moved_tensors, resolve_batch_size
+from landscape.pipelines.inputs import evaluation_sets, moved_tensors, resolve_batch_size
 from landscape.runtime.distributed import (
     DistInfo,
     broadcast_object,
@@ -138,15 +138,14 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     batch = resolve_batch_size(batch_size, info.device)
     metric = get_metric(metrics)
     named = data if isinstance(data, Mapping) and not _is_batch_dict(data) else {"": data}
-    sets = [EvalSet(name, as_source(d, info.device, batch, samples, max_batches, channels_last=True), metric)
-            for name, d in named.items()]
+    sets = evaluation_sets(named, metric, info.device, batch, samples, max_batches)
     loss = metrics if isinstance(metrics, str) else getattr(metric, "__name__", type(metric).__name__)
     evaluation = evaluation_record(list(named), samples, loss, prec, {"name": "python", "kwargs": {}},
                                    max_batches=max_batches)
     config = {"x": x if isinstance(x, str) else list(map(float, x)), "y": y if isinstance(y, str) or y is None
               else list(map(float, y)), "api": True, "dir_type": dir_type, "filter_axes": output_axes(model)}
     origin = Origin(model={"name": type(model).__module__ + ":" + type(model).__qualname__, "kwargs": {}},
-                    checkpoint_sha256=_weights_sha256(theta0))
+                    checkpoint_sha256=tensors_sha256(theta0))
     if out is not None and os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
     job = grid_job(model, dirs, sets, x, y, theta0=theta0, evaluation=evaluation, path=out, dir_type=dir_type,
@@ -160,13 +159,6 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
 def _is_batch_dict(data: Mapping) -> bool:
     """A dict of tensors is one batch (e.g. input_ids/labels), not a dict of data sets."""
     return all(isinstance(v, Tensor) for v in data.values())
-
-
-def _weights_sha256(theta0: Params) -> str:
-    """What a resume must match of the centre: a hash of its weights (there is no checkpoint file here)."""
-    from landscape.core.surface_file import directions_sha256
-
-    return directions_sha256([to_numpy(theta0)])
 
 
 def _dist_info(device: str | torch.device | None) -> DistInfo:

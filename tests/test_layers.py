@@ -177,3 +177,32 @@ def test_each_front_names_real_things_and_loads_nothing_on_import(package):
     source = project_modules()[package].read_text()
     eager = [n for n in imports_of(source, set(project_modules())) if n != "landscape.base.lazy"]
     assert eager == [], f"{package}/__init__ imports {eager} at import time"
+
+
+def internal_imports(source: str) -> list[str]:
+    """What a figure script takes from landscape other than its public faces: `landscape`'s names, a subpackage's
+    `__all__` names or its modules (`from landscape.pipelines import render`). An import of a module path
+    (`from landscape.pipelines.connect_job import run_connect`) or a name the face does not list is internal."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "landscape":
+            if node.module.count(".") > 1:
+                found.append(node.module)
+                continue
+            face = importlib.import_module(node.module)
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name not in face.__all__
+                      and f"{node.module}.{a.name}" not in project_modules()]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.count(".") > 1 and a.name.startswith("landscape.")]
+    return found
+
+
+def test_the_figure_scripts_use_only_the_public_faces():
+    """The figure scripts are clients of the public calls, as a researcher's script is: nothing they import is
+    a pipeline's internals (the check itself fails on an internal import added by hand)."""
+    scripts = sorted((ROOT / "figures").glob("*.py"))
+    assert {f.name: internal_imports(f.read_text()) for f in scripts} == {f.name: [] for f in scripts}
+    assert internal_imports("from landscape.pipelines.connect_job import run_connect\n") == \
+        ["landscape.pipelines.connect_job"]
+    assert internal_imports("from landscape.pipelines import opened\n") == ["landscape.pipelines.opened"]
+    assert internal_imports("from landscape.pipelines import render\nimport landscape\n") == []

@@ -5,11 +5,13 @@ from landscape.base.lazy import lazy_exports
 
 _API = {
     "UserError": "errors", "ConfigError": "errors", "UnknownNameError": "errors", "error_message": "errors",
-    "atomic_path": "files", "write_text": "files", "write_json": "files", "write_csv": "files",
+    "atomic_path": "files", "write_text": "files", "write_json": "files", "write_csv": "files", "read_cached": "files",
+    "write_cached": "files",
     "parse_range": "grid", "grid_shape": "grid", "grid_points": "grid",
     "SurfaceConfig": "config", "PlotConfig": "config", "SharpnessConfig": "config", "run_tag": "config",
+    "CurveConfig": "config", "DEVICES": "config", "HESSIAN": "config",
     "ArgumentParser": "flags", "option": "flags", "add_config_args": "flags", "config_from_args": "flags",
-    "run_cli": "flags",
+    "run_cli": "flags", "DefaultsFormatter": "flags",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

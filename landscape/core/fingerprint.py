@@ -1,14 +1,41 @@
 """What a resume must match: a surface's fingerprint (the centre's hash, the directions' hash, what decides the
-values, the grid) as JSON values, and the refusal, naming what differs, to add points to a file made otherwise."""
+values, the grid) as JSON values, and the refusal, naming what differs, to add points to a file made otherwise.
+The content hashes of directions and of a module's weights are made here, the one place."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 import numpy as np
 
 from landscape.base.errors import UserError
+
+
+def as_array(v: Any) -> np.ndarray:
+    """A float32 numpy array of a numpy array or a torch tensor (any device), without importing torch here."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().float().numpy()
+    return np.asarray(v, dtype=np.float32)
+
+
+def directions_sha256(directions: list[dict[str, Any]]) -> str:
+    """A content hash of the directions (numpy arrays or tensors by name): names, shapes and float32 bytes (schema 1
+    hashed the same way)."""
+    h = hashlib.sha256()
+    for i, d in enumerate(directions):
+        for k in sorted(d):
+            a = np.ascontiguousarray(as_array(d[k]))
+            h.update(f"{i}/{k}/{tuple(a.shape)}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def tensors_sha256(tensors: Any) -> str:
+    """The centre's hash when it is a module in memory, not a file (a resume must match it): its named tensors
+    hashed as one direction is."""
+    return directions_sha256([tensors])
 
 
 def fingerprint_of(checkpoint_sha256: str, dir_hash: str, evaluation: dict[str, Any], x: np.ndarray | None,

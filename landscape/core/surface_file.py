@@ -27,7 +27,6 @@ Arrays only: the caller turns tensors into numpy (landscape.core.params.to_numpy
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from landscape import __version__
 from landscape.base.errors import UserError
 from landscape.base.files import atomic_path
 from landscape.base.grid import grid_shape
-from landscape.core.fingerprint import check_fingerprint, fingerprint_of
+from landscape.core.fingerprint import as_array, check_fingerprint, directions_sha256, fingerprint_of
 
 SCHEMA_VERSION = 2
 PRODUCER = "landscape"
@@ -149,24 +148,6 @@ class Surface:
         if metric not in self.values:
             raise UserError(f"no metric {metric!r} in this surface; it has {', '.join(self.values)}")
         return plot_surface(self.x, self.y, self.values, metric, kind, ax, **kwargs)
-
-
-def as_array(v: Any) -> np.ndarray:
-    """A float32 numpy array of a numpy array or a torch tensor (any device), without importing torch here."""
-    if hasattr(v, "detach"):
-        v = v.detach().cpu().float().numpy()
-    return np.asarray(v, dtype=np.float32)
-
-
-def directions_sha256(directions: list[Arrays]) -> str:
-    """A content hash of the directions: names, shapes and float32 bytes (schema 1 hashed the same way)."""
-    h = hashlib.sha256()
-    for i, d in enumerate(directions):
-        for k in sorted(d):
-            a = np.ascontiguousarray(as_array(d[k]))
-            h.update(f"{i}/{k}/{tuple(a.shape)}".encode())
-            h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _open(path: str, mode: str) -> h5py.File:

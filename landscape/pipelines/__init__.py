@@ -10,7 +10,9 @@ _API = {
     "run_surface": "from_checkpoint", "run_hessian_map": "from_checkpoint", "job_from_config": "from_checkpoint",
     "Centre": "inputs", "load_centre": "inputs", "load_sets": "inputs",
     "make_directions": "chosen_directions",
-    "run_sharpness": "sharpness_table",
+    "run_sharpness": "sharpness_table", "measure_table": "sharpness_table",
+    "run_connect": "connect_job", "ConnectFiles": "connect_job", "evaluation_sets": "inputs",
+    "evaluation_settings": "grid_job",
     "render_1d": "render", "render_2d": "render", "render_hessian_map": "render",
     "write_vtp": "viewers", "write_html": "viewers",
 }

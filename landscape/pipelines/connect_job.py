@@ -38,7 +38,7 @@ from landscape.connectivity.curve_training import (
 )
 from landscape.connectivity.curves import NOTE_FILE, CurveModule, coefficient_table, midpoint, note_path
 from landscape.core.directions import plane_through
-from landscape.core.fingerprint import check_fingerprint
+from landscape.core.fingerprint import check_fingerprint, tensors_sha256
 from landscape.core.grid_eval import EvalSet, PointEvaluator, compute_surface
 from landscape.core.params import Params, digest, model_tensors, snapshot, to_numpy
 from landscape.core.surface_file import (
@@ -54,7 +54,7 @@ from landscape.data.datasets import augment
 from landscape.models.checkpoint import load_data_for, save_checkpoint
 from landscape.models.weights import is_hf_folder
 from landscape.pipelines.from_checkpoint import evaluation_of, origin_of
-from landscape.pipelines.grid_job import holds_images
+from landscape.pipelines.grid_job import evaluation_settings
 from landscape.pipelines.inputs import Centre, load_centre, load_sets, resolve_batch_size, training_source
 from landscape.runtime.distributed import DistInfo, broadcast_object, exclusive_output, print0, run_on_main
 from landscape.runtime.forward import batchnorm_layers, resolve_precision
@@ -98,7 +98,9 @@ class Given:
     data: Any
 
     def centres(self) -> tuple[Centre, Centre]:
-        return tuple(Centre(copy.deepcopy(m).eval(), None, digest(states(m))) for m in (self.model_a, self.model_b))
+        """Private eval-mode copies, each with the hash of its weights (what a resume must match)."""
+        return tuple(Centre(copy.deepcopy(m).eval(), None, tensors_sha256(states(m)))
+                     for m in (self.model_a, self.model_b))
 
 
 def run_connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo, given: Given | None = None
@@ -260,8 +262,7 @@ def path_evaluators(model: nn.Module, theta_a: Params, theta_b: Params, bend: Pa
     curve whose coefficients it takes. The line joins A to B as given; the aligned line and the curve join A to
     the aligned B when aligning."""
     zero = {k: torch.zeros_like(v) for k, v in theta_a.items()}
-    bn_source = (train, bn) if bn is not None else None
-    channels_last = cfg.channels_last is not False and holds_images(sets)
+    channels_last, bn_source = evaluation_settings(sets, cfg.channels_last, bn, train)
 
     def evaluator(end: Params) -> PointEvaluator:
         return PointEvaluator(model, zero, [theta_a, bend, end], sets, "states", precision, channels_last,

@@ -80,14 +80,24 @@ def grid_job(model: nn.Module, directions: list[Params], sets: list[EvalSet], x:
         `bn_source` (default: the set named "train", else the first set); recorded in `evaluation`.
     """
     theta0 = snapshot(model_tensors(model, dir_type), device="cpu") if theta0 is None else theta0
+    channels_last, bn = evaluation_settings(sets, channels_last, bn_recalibrate, bn_source)
+    if bn_recalibrate is not None:
+        evaluation = {**evaluation, "bn_recalibrate": bn_recalibrate}
+    return GridJob(model, theta0, directions, sets, x, y, path, dir_type, precision, channels_last, compile,
+                   points_per_pass, flush_seconds, progress, auto_rise, origin or Origin(), evaluation, config or {},
+                   annotations or Annotations(), bn, loss_name)
+
+
+def evaluation_settings(sets: list[EvalSet], channels_last: bool | None, bn_recalibrate: int | None,
+                        bn_source: TensorSource | StreamSource | None = None
+                        ) -> tuple[bool, tuple[TensorSource | StreamSource, int] | None]:
+    """What the settings imply for evaluating a model on `sets`, for a surface's grid and connect's paths alike:
+    channels_last for resident image batches unless refused (False), and the BatchNorm re-estimation, N batches
+    of `bn_source` (default: the set named "train", else the first), or None."""
     bn = None
     if bn_recalibrate is not None:
         bn = (bn_source if bn_source is not None else train_or_first(sets), bn_recalibrate)
-        evaluation = {**evaluation, "bn_recalibrate": bn_recalibrate}
-    return GridJob(model, theta0, directions, sets, x, y, path, dir_type, precision,
-                   channels_last is not False and holds_images(sets), compile, points_per_pass, flush_seconds,
-                   progress, auto_rise, origin or Origin(), evaluation, config or {}, annotations or Annotations(),
-                   bn, loss_name)
+    return channels_last is not False and holds_images(sets), bn
 
 
 def evaluation_record(splits: list[str], samples: int | None, loss: str, precision: str, data: dict[str, Any],

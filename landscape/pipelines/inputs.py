@@ -68,8 +68,7 @@ def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.dev
             made = import_object(cfg.data, "--data")
             given = made(**cfg.data_kwargs) if callable(made) and not isinstance(made, Iterable) else made
         named = given if isinstance(given, dict) else {"": given}
-        sets = [EvalSet(name, as_source(d, device, batch_size, cfg.samples, cfg.max_batches), metric)
-                for name, d in named.items()]
+        sets = evaluation_sets(named, metric, device, batch_size, cfg.samples, cfg.max_batches, cfg.channels_last)
         return sets, {"name": cfg.data or "python", "kwargs": dict(cfg.data_kwargs)}, None if cfg.criterion else (
             cfg.metric or "cross_entropy")
     if ckpt is None:
@@ -78,12 +77,19 @@ def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.dev
     data = load_data_for(ckpt, cfg.data_dir, cfg.download)
     name = cfg.metric or data.metric
     metric = metric_of(cfg, name)
-    sets = []
-    for split in cfg.splits:
-        x, y = select_samples(*data.split(split), cfg.samples, split)
-        sets.append(EvalSet(split, as_source((x, y), device, batch_size, channels_last=cfg.channels_last is not False),
-                            metric))
+    named = {split: select_samples(*data.split(split), cfg.samples, split) for split in cfg.splits}
+    sets = evaluation_sets(named, metric, device, batch_size, channels_last=cfg.channels_last)
     return sets, ckpt["data"], None if cfg.criterion else name
+
+
+def evaluation_sets(named: dict[str, Any], metric: Any, device: torch.device, batch_size: int,
+                    samples: int | None = None, max_batches: int | None = None,
+                    channels_last: bool | None = None) -> list[EvalSet]:
+    """The evaluation sets of data by name (tensors, a Dataset, a DataLoader, batches), for the commands and the
+    Python API alike: resident image tensors are kept channels_last unless that is refused (False), as the
+    evaluator then runs the model (landscape.pipelines.grid_job.evaluation_settings)."""
+    return [EvalSet(name, as_source(d, device, batch_size, samples, max_batches,
+                                    channels_last=channels_last is not False), metric) for name, d in named.items()]
 
 
 def metric_of(cfg: SurfaceConfig, name: str) -> Any:

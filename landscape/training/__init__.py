@@ -12,6 +12,7 @@ _API = {
     "GhostBatchNorm": "ghost_bn", "ghost_batchnorm": "ghost_bn",
     "sam_step": "sam", "ascent_step": "sam",
     "wrap_model": "step", "GradientObserver": "step", "train_step": "step", "token_cross_entropy": "step",
+    "TrainingDiverged": "divergence", "DivergenceWatch": "divergence",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)
