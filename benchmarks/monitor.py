@@ -6,8 +6,9 @@ and B_simple) against the plain optimizer steps it is spread over, on torchvisio
   python benchmarks/monitor.py --every 200 --rounds 5
 
 Each round times K plain steps and one measurement, in turn, so both meet the same machine load; the overhead at
-an interval of `every` steps is the median over rounds of measurement seconds / (every x step seconds). Prints a
-line per round, the result, then one JSON line.
+an interval of `every` steps is the median over rounds of (measurement seconds + what the watched step before it costs
+over a plain one: the hooks that read its gradients, and their copy) / (every x step seconds). Prints a line per
+round, the result, then one JSON line.
 """
 
 from __future__ import annotations
@@ -52,26 +53,34 @@ def main() -> None:
             opt.step()
         return (time.perf_counter() - started) / k
 
-    def measurement() -> float:
+    def measurement() -> tuple[float, float]:
+        """A watched step (the one before a measurement) and the measurement: (their seconds, the step's)."""
+        if monitor.watch is not None:
+            monitor.watch.arm()
         started = time.perf_counter()
+        steps(1)
+        stepped = time.perf_counter()
         monitor.measure()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, stepped - started
 
     steps(2), measurement()  # warm-up: the first measurement starts Lanczos cold, later ones warm as in a run
-    overheads, step_s, measure_s = [], [], []
+    overheads, step_s, measure_s, watched_s = [], [], [], []
     for r in range(args.rounds):
         if r % 2 == 0:
-            s, m = steps(args.steps), measurement()
+            s, (total, watched) = steps(args.steps), measurement()
         else:
-            m, s = measurement(), steps(args.steps)
+            (total, watched), s = measurement(), steps(args.steps)
+        m = total - s  # the measurement and the watched step's extra over a plain step
         step_s.append(s)
         measure_s.append(m)
+        watched_s.append(watched)
         overheads.append(m / (every * s))
         print(f"round {r + 1}: step {1e3 * s:.1f} ms, measurement {m:.2f} s, overhead at every={every}: "
               f"{100 * overheads[-1]:.1f}%", flush=True)
     result = {"model": f"torchvision resnet18, 3x32x32, batch {args.batch}", "every": every,
               "samples": len(monitor.subset[0]), "step_ms": 1e3 * statistics.median(step_s),
-              "measurement_s": statistics.median(measure_s), "overhead": statistics.median(overheads),
+              "measurement_s": statistics.median(measure_s), "watched_step_ms": 1e3 * statistics.median(watched_s),
+              "overhead": statistics.median(overheads),
               "records": monitor.records[-1], "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                                                    / 1024), "threads": torch.get_num_threads()}
     print(f"monitor every {every} steps on {result['samples']} samples: {100 * result['overhead']:.1f}% of the "

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 
 import figures.flat_vs_sharp as fvs
-import landscape
 from figures.common import chosen_preset, preset_parser
-from landscape.base import ArgumentParser, SurfaceConfig, run_cli, run_tag, write_csv
+from landscape.base import ArgumentParser, CurveConfig, SurfaceConfig, run_cli, run_tag, write_csv
 from landscape.connectivity import path_barriers
 from landscape.core import Curve, Surface
-from landscape.pipelines import run_surface
+from landscape.pipelines import run_connect, run_surface
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 
 
@@ -76,16 +75,17 @@ def connect_pair(pair: str, a: str, b: str, p: Preset, out: str, info: DistInfo,
     """The pair's curve file (line, aligned line, Bezier curve) and the plane through A, the aligned B and the
     bend, both on rank 0 (None elsewhere)."""
     folder = os.path.join(out, "connect")
-    curve = landscape.connect_checkpoints(a, b, folder, device=device, name=pair, samples=p.samples, align=True,
-                                          bn_recalibrate=p.bn_recalibrate, progress=False, epochs=p.curve_epochs,
-                                          lr=p.curve_lr, train_batch_size=p.curve_batch_size, points=p.points)
-    stem = os.path.join(folder, pair)  # connect's files: NAME_connect.h5, NAME_aligned.pt, NAME_bend.pt
-    plane = SurfaceConfig(checkpoint=a, plane=(f"{stem}_aligned.pt", f"{stem}_bend.pt"), plane_points=p.plane_points,
+    cfg = SurfaceConfig(checkpoint=a, target=b, out=folder, name=pair, samples=p.samples, align=True,
+                        bn_recalibrate=p.bn_recalibrate, device=device, progress=False)
+    curve_cfg = CurveConfig(epochs=p.curve_epochs, lr=p.curve_lr, train_batch_size=p.curve_batch_size,
+                            points=p.points)
+    run = run_connect(cfg, curve_cfg, info)
+    plane = SurfaceConfig(checkpoint=a, plane=(run.files.aligned, run.files.bend), plane_points=p.plane_points,
                           splits=("train",), samples=p.samples, bn_recalibrate=p.bn_recalibrate, out=folder,
                           name=f"{pair}_plane", device=device, progress=False)
     surface = run_surface(plane, info, share=False).surface
-    print0(f"{pair}: the line, the aligned line and the curve -> {stem}_connect.h5")
-    return (curve if info.is_main else None), surface
+    print0(f"{pair}: {run.computed} points along the paths computed -> {run.files.curve}")
+    return run.curve, surface
 
 
 def summary_rows(pair: str, curve: Curve) -> list[dict[str, Any]]:

@@ -225,6 +225,73 @@ def test_a_resumed_lightning_run_logs_the_records_of_an_uninterrupted_one(tmp_pa
     assert first.records + second.records == whole.records
 
 
+LIGHTNING_DDP = """
+import json, sys
+import lightning, torch
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from landscape.integrations.lightning import MonitorCallback
+
+out = sys.argv[1]
+X = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+Y = (X[:, 0] > 0).long() + 2 * (X[:, 1] > 0).long()
+
+
+class Net(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+callback = MonitorCallback((X, Y), every=4)
+trainer = lightning.Trainer(max_epochs=1, strategy="ddp", devices=2, accelerator="cpu", callbacks=[callback],
+                            logger=CSVLogger(out), log_every_n_steps=1, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False)
+module = Net()
+trainer.fit(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=16))
+json.dump(callback.records, open(f"{out}/records_{trainer.global_rank}.json", "w"))
+if trainer.global_rank == 0:
+    torch.save(module.state_dict(), f"{out}/last.pt")
+"""
+
+
+@pytest.mark.slow
+def test_a_lightning_ddp_run_on_two_processes_measures_over_both_ranks_data(tmp_path):
+    """Lightning's DDP strategy, 2 gloo processes: both ranks log the same records, and the last lambda_max is the
+    one of the whole subset (each rank measured its half) at the final weights, computed here in one process."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    script = tmp_path / "fit.py"
+    script.write_text(LIGHTNING_DDP)
+    res = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env=cli_env(), cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"records_{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] and [r["step"] for r in ranks[0]] == [4, 8]  # 128 samples a rank, 16 a batch
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    net.load_state_dict({k.removeprefix("net."): v for k, v in torch.load(tmp_path / "last.pt").items()})
+    assert ranks[0][-1]["lambda_max"] == pytest.approx(top_eigenvalue(HessianOperator(net, (X, Y)), tol=1e-6)[0],
+                                                       rel=1e-2)
+    assert ranks[0][-1]["threshold"] == pytest.approx(2 * 1.9 / 0.05) and ranks[0][-1]["b_simple"] is not None
+    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)[0])))
+    logged = sorted({float(r["landscape/lambda_max"]) for r in rows if r.get("landscape/lambda_max")})
+    assert logged == pytest.approx(sorted(r["lambda_max"] for r in ranks[0]), rel=1e-6)  # rank 0's logger
+
+
 # ------------------------------------------------------------------------------------------- transformers
 
 IDS = torch.multinomial(torch.tensor([8.0, 4, 2, 1] + [0.05] * 60), 48 * 12, replacement=True,

@@ -13,6 +13,9 @@ the Trainer's own log, its state saved beside each checkpoint the Trainer writes
 - One measurement per due optimizer step (`state.global_step`: gradient accumulation counts optimizer steps).
   Mixed precision (bf16, fp16): the measurement runs outside the Trainer's autocast, in fp32. DDP (accelerate): every
   rank measures, the values are reduced over ranks.
+- B_simple (`noise_source`): with gradient_accumulation_steps > 1 in one process, from the step's own micro-batches
+  (the Trainer calls the model itself, so their samples are counted); otherwise, and under DDP, from the Monitor's
+  own draws.
 - State: saved to `checkpoint-N/landscape_monitor.pt` when the Trainer saves checkpoint-N, and read back when
   training resumes from it, so a resumed run measures as an uninterrupted one.
 - `save_every=K` also writes the model with `save_pretrained` every K steps to `save_dir/step_NNNNNNN/`, a folder

@@ -8,7 +8,10 @@
   steps, not batches), after the step.
 - Mixed precision ("bf16-mixed", "16-mixed"): the measurement runs outside the training step's autocast, in fp32.
 - DDP strategy: every rank measures its share (the Monitor splits tensors over ranks, and a loader is each rank's
-  own) and the values are reduced over ranks, so every rank logs the same numbers.
+  own) and the values are reduced over ranks, so every rank logs the same numbers (tested on 2 gloo processes).
+- B_simple (`noise_source`): with accumulate_grad_batches > 1 in one process, from the step's own micro-batches
+  when training_step calls the module itself (`self(x)`, whose calls are counted); otherwise, and under DDP, from
+  the Monitor's own draws.
 - `save_every=K` also writes the module's weights every K optimizer steps to `save_dir/step_NNNNNNN.pt` (a plain
   state dict, rank 0), which `plot2d FILE --model ... --data ...` reads.
 Lightning is imported here only, when this module is.

@@ -118,9 +118,10 @@ class StepGradients:
             return two_batch_estimate(float(counts[0]) / world, float(self.reduced_sq), big // world, big), \
                 big // world, big
         k = max(self.backwards.values(), default=0)
+        last, self.last = self.last, {}  # the copies are let go at once
         if not watched or k < 2 or samples < k or samples % k:
             return None
-        final = sum(float(t.double().pow(2).sum()) for t in self.last.values())
+        final = sum(float(t.double().pow(2).sum()) for t in last.values())
         # with the loss divided by K (the usual accumulation), micro-batch k's gradient is K times its growth; a
         # loss left undivided scales both terms alike, and B_simple with them
         return two_batch_estimate(k * float(self.growth_sq), final, samples // k, samples), samples // k, samples
