@@ -5,13 +5,14 @@ The two-batch estimate (landscape.monitoring.noise) needs gradients at two batch
   rank's): a communication hook squares each bucket before the all-reduce and again after it, so both norms are in
   the same units (a GradScaler's scale cancels in B_simple);
 - in one process that accumulates over K >= 2 micro-batches, each micro-batch's gradient (the growth of .grad at
-  that backward, caught by a hook on each parameter; one gradient-sized copy, on measured steps only) and the
-  step's sum of them.
+  that backward, caught by a hook on each parameter; one gradient-sized copy, on measured steps only, taken from
+  the second micro-batch on, so a step of one micro-batch copies nothing) and the step's sum of them.
 The samples of a step are given (`step_batch`, what the trainer knows of its plan), else counted by a forward
 pre-hook on the model (calls in train mode with gradients on: an evaluation between steps is not counted; a
 training_step that calls a submodule instead of the module itself is not seen, and the step is then not read).
 Only a step that is about to be measured is watched (`arm`/`disarm`); one the gradients cannot say (one process
-and one micro-batch, nothing seen) gives None, and the Monitor draws batches of its own instead.
+and one micro-batch, nothing seen) gives None, and the Monitor draws batches of its own instead. A step's gradients
+are taken to start from zero (zero_grad before its first micro-batch, as every accumulating loop does).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class StepGradients:
         self.backwards: dict[int, int] = {}  # per parameter, the backward passes that reached it
         self.local_sq = torch.zeros((), dtype=torch.float64)
         self.reduced_sq = torch.zeros((), dtype=torch.float64)
-        self.syncs = 0
+        self.syncs, self.forwards = 0, 0
         self.growth_sq: Tensor | float = 0.0
         self.last: dict[int, Tensor] = {}
         self.armed = False
@@ -65,8 +66,11 @@ class StepGradients:
         self.armed = True
         if self.step_batch is None:
             self._handles.append(self.model.register_forward_pre_hook(self._count, with_kwargs=True))
-        if self.kind == MICRO_BATCHES:
-            self._handles += [p.register_post_accumulate_grad_hook(self._grew) for p in self.params]
+        elif self.kind == MICRO_BATCHES:  # the caller knows its step: read every micro-batch from the first
+            self._watch_gradients()
+
+    def _watch_gradients(self) -> None:
+        self._handles += [p.register_post_accumulate_grad_hook(self._grew) for p in self.params]
 
     def disarm(self) -> None:
         for handle in self._handles:
@@ -75,8 +79,20 @@ class StepGradients:
         self.armed = False
 
     def _count(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if module.training and torch.is_grad_enabled():
-            self.samples += batch_size_of(args) or batch_size_of(kwargs)
+        """A training forward call: its samples; at the second one of the step (it accumulates), the first
+        micro-batch's gradient is taken from .grad and the later ones are watched. A step of one micro-batch
+        copies nothing."""
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        self.samples += batch_size_of(args) or batch_size_of(kwargs)
+        self.forwards += 1
+        if self.kind == MICRO_BATCHES and self.forwards == 2:
+            for p in self.params:  # zeros are no micro-batch's gradient (a zero_grad that keeps the tensors)
+                if p.grad is not None and bool(p.grad.any()):
+                    self.last[id(p)] = p.grad.detach().clone()
+                    self.growth_sq = self.growth_sq + p.grad.double().pow(2).sum()
+                    self.backwards[id(p)] = 1
+            self._watch_gradients()
 
     def _grew(self, p: Tensor) -> None:
         """After a backward accumulated into p.grad: the square of what this micro-batch added."""
