@@ -52,7 +52,9 @@ class Preset:
     judge: str = "test_error"  # what "generalizes better" compares: test_error, or test_loss (language models)
     x_1d: str = "-0.5:0.5:51"
     x_2d: str = "-0.5:0.5:21"
-    contour_levels: tuple[float, float, int] = (0.02, 5.0, 15)  # the same log-spaced loss levels in every panel
+    contour_levels: tuple[float, float, float] = (0.1, 10.0, 0.5)  # arange(start, stop, step): Li et al.'s levels,
+    # linear and the same in every panel, so a wider ring is a flatter minimum
+    log_levels: tuple[float, float, int] = (0.02, 5.0, 15)  # geomspace, with --log-contours (the title says so)
     x_raw: str = "-0.25:0.25:41"  # un-normalized directions: a range in absolute weight units
     samples: int | None = None  # evaluation subset of each split (None: all), shared by surfaces and Hessian
     width_threshold: float = 0.1  # loss above the minimum that bounds the 1D basin
@@ -124,51 +126,68 @@ def title(bs: int, wd: float, metrics: dict[str, float]) -> str:
 
 
 def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[str, Surface]], p: Preset,
-            out: str) -> list[str]:
-    """The paper's layout: 1D curves (small and large batch overlaid) per weight decay, then one 2D contour per
-    run; and a second figure of the un-normalized 1D curves."""
+            out: str, log: bool = False) -> list[str]:
+    """The paper's layout: 1D curves (small and large batch overlaid, linear loss axis) per weight decay, then one
+    2D contour per run at the same linear levels (log-spaced with `log`), each with its colourbar; and a second
+    figure of the un-normalized 1D curves."""
     from landscape.drawing import artists
     from landscape.pipelines import render
 
     plt = render.plt
     n_wd, n_runs = len(p.weight_decays), len(rows)
-    fig = plt.figure(figsize=(3.6 * n_runs, 7))
+    fig = plt.figure(figsize=(4.2 * n_runs, 8.5), layout="constrained")
     grid = fig.add_gridspec(2, n_runs)
     for i, wd in enumerate(p.weight_decays):
         ax = fig.add_subplot(grid[0, i * n_runs // n_wd:(i + 1) * n_runs // n_wd])
         acc_ax = ax.twinx()
+        lines = []
         for style, bs in zip(("-", "--"), p.batch_sizes):
             s = surfaces[(bs, wd)]["1d"]
-            artists.curve_1d(ax, s.x, s.values["train_loss"], s.values["train_acc"], f"BS={bs} train", acc_ax,
-                          linestyle=style, linewidth=2.0)
-            artists.curve_1d(ax, s.x, s.values["test_loss"], s.values["test_acc"], f"BS={bs} test", acc_ax,
-                          linestyle=style, linewidth=1.0, alpha=0.6)
-        ax.set_title(f"WD={wd:g}: solid BS={p.batch_sizes[0]}, dashed BS={p.batch_sizes[1]}", fontsize=9)
-        ax.set_xlabel("alpha")
+            lines += artists.curve_1d(ax, s.x, s.values["train_loss"], s.values["train_acc"], f"BS={bs} train",
+                                      acc_ax, linestyle=style, linewidth=2.0)
+            lines += artists.curve_1d(ax, s.x, s.values["test_loss"], s.values["test_acc"], f"BS={bs} test", acc_ax,
+                                      linestyle=style, linewidth=1.0, alpha=0.6)
+        ax.set_title(f"WD={wd:g}: solid BS={p.batch_sizes[0]}, dashed BS={p.batch_sizes[1]} (linear loss axis)",
+                     fontsize=9)
+        ax.set_xlabel("alpha (filter-normalized direction)")
         ax.set_ylabel("loss")
         acc_ax.set_ylabel("accuracy (%)")
-    levels = np.geomspace(*p.contour_levels)
+    # one legend for both 1D panels (their lines are named alike), at the foot, clear of every curve
+    fig.legend(lines, [line.get_label() for line in lines], fontsize=7, ncol=4, loc="outside lower center")
+    levels, scale = contour_levels(p, log)
     for j, row in enumerate(rows):
         s = surfaces[(row["batch_size"], row["weight_decay"])]["2d"]
         ax = fig.add_subplot(grid[1, j])
-        artists.contour(ax, s.x, s.y, s.values["train_loss"], levels)
+        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels, linewidths=1.2)
+        fig.colorbar(cs, ax=ax, shrink=0.8, label=f"train loss ({scale} levels)")
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("beta")
+        ax.set_aspect("equal")
         ax.set_title(title(row["batch_size"], row["weight_decay"], row) + f"\nlambda_max={row['lambda_max']:.3g}, "
-                     f"eps-sharpness={row['epsilon_sharpness_0.001']:.3g}, adaptive={row['adaptive_sharpness']:.2g}"
-                     f"\nwidth {'>= ' if row.get('width_capped') else ''}{row['width']:.3g} +- "
-                     f"{row['width_stderr']:.2g} ({p.width_directions} directions)",
-                     fontsize=7)
-    fig.tight_layout()
+                     f"width {'>= ' if row.get('width_capped') else ''}{row['width']:.3g} +- "
+                     f"{row['width_stderr']:.2g}", fontsize=8)
+    fig.suptitle(f"Train loss around each minimum: 2D contours at the same {scale} levels "
+                 f"({levels[0]:.3g} to {levels[-1]:.3g}); wider rings, flatter minimum", fontsize=10)
     files = render.save(fig, os.path.join(out, "flat_vs_sharp"))
-    fig, axes = plt.subplots(1, n_wd, figsize=(5 * n_wd, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, n_wd, figsize=(5 * n_wd, 3.8), squeeze=False, layout="constrained")
     for ax, wd in zip(axes[0], p.weight_decays):
         for style, bs in zip(("-", "--"), p.batch_sizes):
             s = surfaces[(bs, wd)]["raw"]
             artists.curve_1d(ax, s.x, s.values["train_loss"], None, f"BS={bs} train", linestyle=style)
         ax.set_title(f"WD={wd:g}, no filter normalization", fontsize=9)
         ax.set_xlabel("alpha (raw Gaussian direction)")
+        ax.locator_params(axis="x", nbins=5)  # "-0.100" ticks run together at the default density
+        ax.set_ylabel("train loss")
         ax.legend(fontsize=7)
-    fig.tight_layout()
     return files + render.save(fig, os.path.join(out, "no_filter_norm"))
+
+
+def contour_levels(p: Preset, log: bool = False) -> tuple[np.ndarray, str]:
+    """The 2D panels' shared levels and what they are: Li et al.'s linear ones, or the log-spaced ones asked for."""
+    if log:
+        return np.geomspace(*p.log_levels), "log-spaced"
+    start, stop, step = p.contour_levels
+    return np.arange(start, stop, step), "linear"
 
 
 def pages(surfaces: dict[tuple[int, float], dict[str, Surface]], out: str) -> list[str]:
@@ -253,7 +272,12 @@ def verdict(rows: list[dict[str, Any]], p: Preset) -> str:
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    return preset_parser("python -m figures.flat_vs_sharp", __doc__, PRESETS, "figures_out/flat_vs_sharp", add_help)
+    parser = preset_parser("python -m figures.flat_vs_sharp", __doc__, PRESETS, "figures_out/flat_vs_sharp",
+                           add_help)
+    parser.add_argument("--log-contours", action="store_true",
+                        help="log-spaced 2D contour levels (the preset's log_levels) instead of Li et al.'s linear "
+                             "0.1 to 10 by 0.5; the figure's title says which")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -265,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = summarize(runs, surfaces, preset, info, args.out, args.device)
         if not info.is_main:
             return
-        files = compose(rows, surfaces, preset, args.out) + pages(surfaces, args.out)
+        files = compose(rows, surfaces, preset, args.out, args.log_contours) + pages(surfaces, args.out)
         table = write_table(rows, os.path.join(args.out, "summary.csv"))
     print0(f"\n{table}\n\n{verdict(rows, preset)}\n")
     print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"

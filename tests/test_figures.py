@@ -6,12 +6,30 @@ import os
 
 import pytest
 
+from tests import figure_checks
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.slow
 
 
-def test_flat_vs_sharp_writes_figures_and_summary_and_reuses_everything(tmp_path):
+def drawn_figures(main, args, monkeypatch) -> dict[str, dict]:
+    """Run a figure script's main in this process (on a folder whose runs and surfaces exist, so it only draws),
+    and read each figure's artists as it is saved: {file name: {"problems": [...], "levels": [...]}}."""
+    from landscape.pipelines import render
+
+    real, seen = render.save, {}
+
+    def reading(fig, stem, *rest, **kw):
+        seen[os.path.basename(stem)] = {"problems": figure_checks.problems(fig),
+                                        "levels": figure_checks.contour_levels(fig)}
+        return real(fig, stem, *rest, **kw)
+
+    monkeypatch.setattr(render, "save", reading)
+    main(args)
+    return seen
+
+
+def test_flat_vs_sharp_writes_figures_and_summary_reuses_everything_and_reads_alone(tmp_path, monkeypatch):
     res = run_module("figures.flat_vs_sharp", "--preset", "smoke", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
@@ -27,6 +45,24 @@ def test_flat_vs_sharp_writes_figures_and_summary_and_reuses_everything(tmp_path
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already complete") == 4
     assert again.stdout.count("0 points computed") == 12
+    check_flat_vs_sharp_panels(tmp_path, monkeypatch)
+
+
+def check_flat_vs_sharp_panels(tmp_path, monkeypatch):
+    """Its figures read alone (labels, legends, colourbars, no texts running together), at the paper's linear levels
+    in all four 2D panels (log-spaced only when asked, and then the title says so)."""
+    import numpy as np
+
+    from figures import flat_vs_sharp
+
+    args = ["--preset", "smoke", "--out", str(tmp_path)]
+    drawn = drawn_figures(flat_vs_sharp.main, args, monkeypatch)
+    assert drawn["flat_vs_sharp"]["problems"] == [] and drawn["no_filter_norm"]["problems"] == []
+    levels = drawn["flat_vs_sharp"]["levels"]
+    assert len(levels) == 4 and all(np.array_equal(lv, levels[0]) for lv in levels)
+    assert figure_checks.evenly_spaced(levels[0]) and levels[0][0] == pytest.approx(0.1)
+    logged = drawn_figures(flat_vs_sharp.main, [*args, "--log-contours"], monkeypatch)
+    assert not figure_checks.evenly_spaced(logged["flat_vs_sharp"]["levels"][0])
 
 
 def test_connectivity_joins_three_pairs_three_ways_and_reuses_everything(tmp_path):

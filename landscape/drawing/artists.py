@@ -42,14 +42,32 @@ def _masked(z: np.ndarray) -> np.ma.MaskedArray:
 
 
 def contour(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels: np.ndarray | None = None,
-            label_levels: bool = True, **kw: Any) -> Any:
-    """Contour lines of z (shape (len(y), len(x))) with labelled levels: the paper's 2D plot."""
+            label_levels: bool = True, label_rings: int = 4, **kw: Any) -> Any:
+    """Contour lines of z (shape (len(y), len(x))) with labelled levels: the paper's 2D plot. Every other level is
+    labelled from the innermost ring drawn, so each panel names the ring around its minimum, up to `label_rings`
+    labels (the outer rings crowd into the corners; a colourbar names them)."""
     levels = levels_for(z) if levels is None else levels
     cs = ax.contour(x, y, _masked(z), levels=levels, cmap=kw.pop("cmap", "summer"), **kw)
     if label_levels and len(cs.levels):
-        ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt="%.3g")
+        finite = np.asarray(z, float)[np.isfinite(z)]
+        drawn = cs.levels[cs.levels > finite.min()] if finite.size else cs.levels  # the innermost ring first
+        for t in ax.clabel(cs, drawn[::2][:label_rings], inline=False, fontsize=7, fmt="%.3g"):
+            t.set_bbox({"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})  # the line behind
+        _drop_edge_labels(cs, x, y)
     ax.set_aspect("auto")
     return cs
+
+
+def _drop_edge_labels(cs: Any, x: np.ndarray, y: np.ndarray, margin: float = 0.06) -> None:
+    """Contour labels within `margin` of the plot's edge are removed: they stick out of the axes into the title
+    or the neighbouring panel."""
+    (x0, x1), (y0, y1) = (float(np.min(x)), float(np.max(x))), (float(np.min(y)), float(np.max(y)))
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    for t in list(cs.labelTexts):
+        px, py = t.get_position()
+        if not (x0 + mx < px < x1 - mx and y0 + my < py < y1 - my):
+            cs.labelTexts.remove(t)
+            t.remove()
 
 
 def contourf(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels: np.ndarray | None = None,
