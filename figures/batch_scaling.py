@@ -59,6 +59,8 @@ class Preset:
     noise_micro_batches: int = 32  # micro-batches per measurement: fewer gave estimates 3x apart run to run
     seed: int = 0
     device: str = "cpu"
+    throughput_rounds: int = 5  # interleaved rounds of the throughput measurement (panel a: their median)
+    throughput_samples: int = 4096  # samples timed per batch size and round (at least 3 steps)
 
     def lr_for(self, bs: int) -> float:
         return min(self.max_lr, self.base_lr * (bs / self.base_batch_size) ** self.lr_power)
@@ -77,7 +79,8 @@ PRESETS = {
                     model_kwargs={"hidden": [100, 100]}),
     "smoke": Preset(dataset="synthetic", model="mlp", batch_sizes=(16, 64, 256), base_lr=0.01, base_batch_size=16,
                     target_acc=60.0, max_steps=300, model_kwargs={"hidden": [16]}, noise_batch=16, noise_every=5,
-                    data_kwargs={"n_train": 512, "n_test": 256, "noise": 2.0}),
+                    data_kwargs={"n_train": 512, "n_test": 256, "noise": 2.0}, throughput_rounds=3,
+                    throughput_samples=256),
     # the grammar's entropy rate is 0.533 nats per character and the best loss on 64-character windows 0.558
     "lm": Preset(**LM, batch_sizes=(8, 16, 32, 64, 128, 256, 512, 1024), base_lr=1.5e-3, base_batch_size=8,
                  max_lr=0.02, max_steps=3000),
@@ -88,14 +91,13 @@ PRESETS = {
     "lm-smoke": Preset(**{**LM, "model": "transformer", "target_loss": 2.9, "eval_samples": 64, "noise_batch": 8,
                           "noise_micro_batches": 4},
                        model_kwargs={"d_model": 16, "n_layer": 1, "n_head": 2}, batch_sizes=(8, 32), base_lr=3e-3,
-                       base_batch_size=8, max_steps=60, noise_every=5,
+                       base_batch_size=8, max_steps=60, noise_every=5, throughput_rounds=2, throughput_samples=64,
                        data_kwargs={"seq_len": 16, "train_tokens": 8192, "val_tokens": 2048}),
 }
 
 
-def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_noise: bool) -> dict[str, Any]:
-    """Train at global batch `bs` until the target (checked every step, or on a grid growing by eval_growth) or
-    max_steps."""
+def training_at(p: Preset, bs: int, data: Dataset, info: DistInfo) -> tuple[Any, ...]:
+    """(model, optimizer, scheduler, plan, generator) of a fresh run at global batch `bs`, as the preset trains it."""
     steps_per_epoch = len(data.x_train) // bs
     warmup = p.warmup_steps / steps_per_epoch if p.warmup_steps is not None else p.warmup_epochs
     cfg = TrainConfig(out="", dataset=p.dataset, model=p.model, model_kwargs=p.model_kwargs, batch_size=bs,
@@ -106,7 +108,13 @@ def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_no
     model.to(info.device)
     plan = plan_of(cfg, 1, len(data.x_train))
     opt, sched = optimizer_of(model, cfg, plan)
-    gen = torch.Generator(device=info.device).manual_seed(p.seed)
+    return model, opt, sched, plan, torch.Generator(device=info.device).manual_seed(p.seed)
+
+
+def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_noise: bool) -> dict[str, Any]:
+    """Train at global batch `bs` until the target (checked every step, or on a grid growing by eval_growth) or
+    max_steps."""
+    model, opt, sched, plan, gen = training_at(p, bs, data, info)
     noise_gen = torch.Generator().manual_seed(p.seed + 1)
     x_test, y_test = data.x_test[:p.eval_samples], data.y_test[:p.eval_samples]
     metric, precision = get_metric(data.metric), resolve_precision("auto", info.device)
@@ -144,6 +152,49 @@ def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_no
             "tokens_per_second": samples_per_second * data.tokens_per_sample, "noise": noise}
 
 
+def measure_throughput(p: Preset, data: Dataset, info: DistInfo) -> dict[int, list[float]]:
+    """Samples per second of a training step at each batch size, as a benchmark measures it: `throughput_rounds`
+    rounds, each timing every batch size in turn (the order rotating, so none always goes first) over at least
+    `throughput_samples` samples and 3 steps after one warm-up step, so every batch size meets the same machine
+    load. {batch: the rounds' rates}."""
+    runs = {bs: training_at(p, bs, data, info) for bs in p.batch_sizes}
+    precision = resolve_precision("auto", info.device)
+    losses: list[torch.Tensor] = []
+
+    def rate(bs: int, steps: int) -> float:
+        model, opt, sched, plan, gen = runs[bs]
+        model.train()
+        order = torch.randperm(len(data.x_train), generator=gen, device=info.device)
+        started = time.perf_counter()
+        for i in range(steps):
+            at = (i % plan.steps_per_epoch) * bs
+            train_step(model, opt, sched, micro_batches(data, order[at:at + bs], plan, gen, info.device),
+                       plan.accumulation_steps, precision, info, losses)
+            losses.clear()
+        if info.device.type == "cuda":
+            torch.cuda.synchronize(info.device)
+        return steps * bs / (time.perf_counter() - started)
+
+    for bs in p.batch_sizes:
+        rate(bs, 1)  # warm-up
+    rates: dict[int, list[float]] = {bs: [] for bs in p.batch_sizes}
+    sizes = list(p.batch_sizes)
+    for r in range(p.throughput_rounds):
+        for bs in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
+            rates[bs].append(rate(bs, max(3, -(-p.throughput_samples // bs))))
+    return rates
+
+
+def cached_throughput(p: Preset, data: Dataset, info: DistInfo, out: str) -> dict[int, list[float]]:
+    path = os.path.join(out, "runs", "throughput.json")
+    key = asdict(p)
+    found = read_cached(path, key)
+    if found is None:
+        found = {str(bs): v for bs, v in measure_throughput(p, data, info).items()}
+        write_cached(path, key, found)
+    return {int(bs): v for bs, v in found.items()}
+
+
 def cached_run(p: Preset, bs: int, data: Dataset, info: DistInfo, out: str) -> dict[str, Any]:
     path = os.path.join(out, "runs", f"bs{bs}.json")
     key = {**asdict(p), "batch_size": bs}
@@ -179,13 +230,17 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
 
     plt = render.plt
     bs = np.array([r["batch_size"] for r in results], float)
-    ips = np.array([r["tokens_per_second" if tokens else "images_per_second"] for r in results])
+    per = np.array([r["tokens_per_second"] / r["images_per_second"] if tokens else 1.0 for r in results])
+    ips, lo, hi = (np.array([r[k] for r in results]) * per for k in ("images_per_second", "images_per_second_q25",
+                                                                     "images_per_second_q75"))
     steps = np.array([np.nan if r["steps_to_target"] is None else r["steps_to_target"] for r in results], float)
 
     def throughput(ax):
-        ax.loglog(bs, ips, "o-")
+        ax.fill_between(bs, lo, hi, alpha=0.25, label="quartiles over the rounds")
+        ax.loglog(bs, ips, "o-", label=f"median of {p.throughput_rounds} interleaved rounds")
         ax.set(xlabel="batch size" + (" (sequences)" if tokens else ""),
                ylabel="tokens / second" if tokens else "images / second", title="(a) training throughput")
+        ax.legend(fontsize=7)
 
     def to_target(ax):
         ax.loglog(bs, steps, "o-", label="measured")
@@ -198,7 +253,7 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
             dense = np.geomspace(bs.min(), bs.max(), 50)
             ax.loglog(dense, s_min + e_min / dense, color="tab:green", lw=1,
                       label=f"S_min + E_min/B: B_crit = {e_min / s_min:.0f}")
-            ax.axvline(e_min / s_min, color="tab:green", ls=":")
+            ax.axvline(e_min / s_min, color="tab:green", ls=":", label=f"B_crit = E_min/S_min = {e_min / s_min:.0f}")
         ax.axvline(critical, color="tab:red", ls="--", label=f"B_simple = {critical:.0f}")
         rule = "linear" if p.lr_power == 1 else "sqrt" if p.lr_power == 0.5 else f"power {p.lr_power:g}"
         ax.set(xlabel="batch size", ylabel=f"steps to {p.target_text}",
@@ -208,20 +263,27 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
     def noise_plot(ax):
         defined = [n for n in noise if n["b_simple"] is not None]  # undefined where |G|^2 came out <= 0
         ax.semilogy([n["step"] for n in defined], [max(n["b_simple"], 1e-3) for n in defined], ".-")
-        ax.axhline(critical, color="tab:red", ls="--")
+        ax.axhline(critical, color="tab:red", ls="--", label=f"second-half ratio of means = {critical:.0f}")
         ax.set(xlabel=f"step (batch {p.noise_batch})", ylabel="B_simple = tr(Sigma)/|G|^2",
                title="(c) gradient noise scale")
+        ax.legend(fontsize=7)
+
+    def drawn(ax, fn):
+        from matplotlib.ticker import LogLocator
+
+        fn(ax)
+        for axis in (ax.xaxis, ax.yaxis):  # a short decade labels its minor ticks: 2 and 5 only, or they crowd
+            if axis.get_scale() == "log":
+                axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
 
     files = []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     for ax, fn in zip(axes, (throughput, to_target, noise_plot)):
-        fn(ax)
-    fig.tight_layout()
+        drawn(ax, fn)
     files += render.save(fig, os.path.join(out, "scaling"))
     for name, fn in (("throughput", throughput), ("steps_to_target", to_target), ("noise_scale", noise_plot)):
-        fig, ax = plt.subplots(figsize=(5, 4))
-        fn(ax)
-        fig.tight_layout()
+        fig, ax = plt.subplots(figsize=(5, 4.2), layout="constrained")
+        drawn(ax, fn)
         files += render.save(fig, os.path.join(out, name))
     return files
 
@@ -243,7 +305,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         with exclusive_output(args.out, info):
             data = to_device(load_dataset(p.dataset, **p.data_kwargs), info.device)
             results = [measured(p, bs, data, info, args.out) for bs in p.batch_sizes]
+            rates = cached_throughput(p, data, info, args.out)
+            results = [with_throughput(r, rates[r["batch_size"]], data.tokens_per_sample) for r in results]
             summarize(results, data.sequences, p, args.out)
+
+
+def with_throughput(r: dict[str, Any], rates: list[float], tokens_per_sample: int) -> dict[str, Any]:
+    """A run's result with the interleaved throughput (median and quartiles of the rounds) in place of the rate
+    of its own training, which stays as run_images_per_second (one pass, at whatever load the machine had)."""
+    q25, median, q75 = np.percentile(rates, [25, 50, 75])
+    return {**r, "run_images_per_second": r["images_per_second"], "images_per_second": float(median),
+            "images_per_second_q25": float(q25), "images_per_second_q75": float(q75),
+            "tokens_per_second": float(median) * tokens_per_sample}
 
 
 def measured(p: Preset, bs: int, data: Dataset, info: DistInfo, out: str) -> dict[str, Any]:
@@ -261,7 +334,8 @@ def summarize(results: list[dict[str, Any]], sequences: bool, p: Preset, out: st
     noise = next(r["noise"] for r in results if r["batch_size"] == p.noise_batch)
     critical = b_simple(noise)
     write_csv(os.path.join(out, "summary.csv"), results,
-              ["batch_size", "lr", "images_per_second", "tokens_per_second", "steps_to_target", "steps_run"])
+              ["batch_size", "lr", "images_per_second", "images_per_second_q25", "images_per_second_q75",
+               "tokens_per_second", "run_images_per_second", "steps_to_target", "steps_run"])
     write_csv(os.path.join(out, "noise_scale.csv"), noise, ["step", "g2", "trace_sigma", "b_simple",
                                                                    "b_simple_undefined"])
     s_min, e_min = fit_critical_batch(results)

@@ -108,25 +108,30 @@ def compose(results: dict[str, tuple[Curve, Surface]], p: Preset, out: str) -> l
     from landscape.drawing import artists
     from landscape.pipelines import render
 
-    fig, axes = render.plt.subplots(len(results), 3, figsize=(13, 3.6 * len(results)), squeeze=False)
+    fig, axes = render.plt.subplots(len(results), 3, figsize=(13, 3.6 * len(results)), squeeze=False,
+                                    layout="constrained")
     for row, (pair, (curve, plane)) in zip(axes, results.items()):
         for ax, key in zip(row[:2], ("train_loss", "test_error")):
             heights = render.path_panel(ax, curve, key)
-            ax.set_title(f"{pair}: {key.replace('_', ' ')}, barrier " + ", ".join(f"{k} {v:.3g}"
+            ax.set_title(f"{pair}: {key.replace('_', ' ')}\nbarrier " + ", ".join(f"{k} {v:.3g}"
                                                                               for k, v in heights.items()), fontsize=8)
+            ax.set_ylabel(key.replace("_", " ") + (" (%)" if key.endswith("error") else ""))
             ax.legend(fontsize=7)
         ax = row[2]
         z = artists.capped(plane.values["train_loss"], plane.done, p.loss_max)
-        fig.colorbar(artists.contourf(ax, plane.x, plane.y, z, artists.levels_for(z, 20, vmax=p.loss_max)), ax=ax)
+        fig.colorbar(artists.contourf(ax, plane.x, plane.y, z, artists.levels_for(z, 20, vmax=p.loss_max)), ax=ax,
+                     label="train loss")
         if plane.annotations.curve is not None:
             artists.plane_path(ax, plane.annotations.curve, color="white")
         m = plane.annotations.markers
         artists.markers(ax, m.coords, ["A", "B aligned", "bend"], m.kind)
         ax.set_title(f"{pair}: train loss on the plane of the curve", fontsize=9)
+        xlabel, ylabel = plane.axis_names()
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.legend(fontsize=7, loc="lower right")
     (small, large), wds = p.runs.batch_sizes, p.runs.weight_decays
     fig.suptitle(f"{p.runs.model} on {p.runs.dataset}: are the minima connected? (batch {small} vs {large}, weight "
                  f"decay {wds[0]:g} vs {wds[-1]:g}, seed 0 vs {p.second_seed}; B aligned to A)", fontsize=10)
-    fig.tight_layout()
     return render.save(fig, os.path.join(out, "connectivity"))
 
 

@@ -61,7 +61,8 @@ class Preset:
     judge: str = "test_error"  # or test_loss (language models)
     x_1d: str = "-1:1:41"
     x_2d: str = "-1:1:21"
-    levels: tuple[float, float, int] = (0.02, 5.0, 15)  # log-spaced loss levels shared by every contour
+    levels: tuple[float, float, float] = (0.1, 10.0, 0.5)  # arange: Li et al.'s linear levels, shared by every 2D panel
+    log_levels: tuple[float, float, int] = (0.02, 5.0, 15)  # geomspace, with --log-scale (the titles say so)
     samples: int | None = 1000  # evaluation subset of each split, shared by surfaces and sharpness
     track_every: int = 25
     trace_products: int = 30
@@ -77,12 +78,12 @@ PRESETS = {
                     weight_decay=5e-4, schedule="step", milestones=(80, 120),
                     remedies=("goyal", "hoffer", "lars", "sam", "ramp"), ghost=128,
                     layerwise_lr=10.0, ramp_epochs=30, micro_batch_size=512, samples=2000, track_every=100,
-                    levels=(0.05, 10.0, 20), trace_products=60, width_directions=10),
+                    log_levels=(0.05, 10.0, 20), trace_products=60, width_directions=10),
     "lm": Preset(dataset="grammar", model="transformer_tiny", small=16, large=256, epochs=8, lr=3e-3,
                  optimizer="adamw", betas=(0.9, 0.95), weight_decay=0.1, warmup_epochs=1.0, layerwise_lr=3e-3,
                  ghost=None, data_kwargs={"train_tokens": 1 << 18}, remedies=("goyal", "hoffer", "lamb", "sam", "ramp"),
                  ramp_epochs=3, judge="test_loss", samples=256, track_every=50, x_1d="-0.5:0.5:21",
-                 x_2d="-0.5:0.5:11", levels=(0.5, 6.0, 15)),
+                 x_2d="-0.5:0.5:11", levels=(0.5, 6.0, 0.25), log_levels=(0.5, 6.0, 15)),
     "smoke": Preset(dataset="synthetic", model="mlp", small=16, large=128, epochs=2, lr=0.05,
                     data_kwargs={"n_train": 256, "n_test": 128}, model_kwargs={"hidden": [16], "batchnorm": True},
                     remedies=("goyal", "hoffer", "lars", "sam", "ramp"), ghost=16, ramp_epochs=1,
@@ -236,70 +237,136 @@ def verdict(p: Preset, rows: list[dict[str, Any]], seeds: int) -> str:
 
 
 def compose(p: Preset, logs: Logs, rows: list[dict[str, Any]],
-            surfaces: dict[str, dict[str, Surface]], out: str) -> list[str]:
-    """The three figures, from the seed-0 runs."""
-    from landscape.drawing import artists
+            surfaces: dict[str, dict[str, Surface]], out: str, log: bool = False) -> list[str]:
+    """The four figures, from the seed-0 runs (the final errors over every seed)."""
     from landscape.pipelines import render
 
     colors = {n: render.plt.cm.tab10(i) for i, n in enumerate(run_names(p))}
-    names = [r["run"] for r in rows if r["status"] == "trained"]  # a diverged run is in the table, not drawn
-    rows = [r for r in rows if r["status"] == "trained"]
-    files = []
-    fig, axes = render.plt.subplots(2, 2, figsize=(10, 7))  # Hoffer et al.'s figure, against epochs and steps
-    for name in names:
-        epochs, _ = logs[(name, 0)]
+    rows = [r for r in rows if r["status"] == "trained"]  # a diverged run is in the table, not drawn
+    return (_curves(p, logs, rows, colors, out, render) + _edge(logs, rows, colors, out, render)
+            + _minima(p, rows, surfaces, colors, out, render, log) + _final(p, rows, colors, out, render))
+
+
+def smoothed(values: list[float], window: int) -> np.ndarray:
+    """A centred moving average (the ends average what they have), so a long noisy run reads as its trend."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) < 3:
+        return v
+    kernel = np.ones(min(window, len(v)))
+    return np.convolve(v, kernel, "same") / np.convolve(np.ones_like(v), kernel, "same")
+
+
+def _curves(p: Preset, logs: Logs, rows: list[dict[str, Any]], colors: dict, out: str, render: Any) -> list[str]:
+    """Hoffer et al.'s error curves against epochs and against samples seen (what a longer regime pays for),
+    each smoothed over a twentieth of its points with the raw curve faint behind it."""
+    fig, axes = render.plt.subplots(2, 2, figsize=(11, 7.5), layout="constrained")
+    for r in rows:
+        epochs, _ = logs[(r["run"], 0)]
         for row, split in enumerate(("train", "test")):
-            err = [100 - r[f"{split}_acc"] for r in epochs if f"{split}_acc" in r]
-            done = [r for r in epochs if f"{split}_acc" in r]
-            x = [[r["epoch"] for r in done], [r["step"] for r in done]]
-            for col in range(2):
-                axes[row, col].plot(x[col], err, color=colors[name], label=name, linewidth=1.2)
+            done = [e for e in epochs if f"{split}_acc" in e]
+            err = [100 - e[f"{split}_acc"] for e in done]
+            xs = ([e["epoch"] for e in done], [e["step"] * r["batch_size"] for e in done])
+            for col, x in enumerate(xs):
+                ax = axes[row, col]
+                ax.plot(x, err, color=colors[r["run"]], linewidth=0.6, alpha=0.25)
+                ax.plot(x, smoothed(err, max(1, len(err) // 20)), color=colors[r["run"]], linewidth=1.5,
+                        label=f"{r['run']}: final {r['test_error']:.3g}%" if row else r["run"])
     for (row, col), ax in np.ndenumerate(axes):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(render.plt.NullFormatter())
-        ax.set_xlabel(("epochs", "optimizer steps")[col])
+        ax.set_xlabel(("epochs", "samples seen")[col])
         ax.set_ylabel(f"{('training', 'validation')[row]} error (%)")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{p.dataset} {p.model}: batch {p.small} vs {p.large}", fontsize=10)
-    fig.tight_layout()
-    files += render.save(fig, os.path.join(out, "gap_curves"))
-    fig, axes = render.plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8), sharey=True, squeeze=False)
-    for ax, name in zip(axes[0], names):  # the edge of stability, per run
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{p.dataset} {p.model}: batch {p.small} vs {p.large}; smoothed, raw faint", fontsize=10)
+    return render.save(fig, os.path.join(out, "gap_curves"))
+
+
+def _edge(logs: Logs, rows: list[dict[str, Any]], colors: dict, out: str, render: Any) -> list[str]:
+    """lambda_max against the optimizer's stability threshold, per run; a run without one says why."""
+    names = [r["run"] for r in rows]
+    fig, axes = render.plt.subplots(1, len(names), figsize=(2.9 * len(names), 3.2), squeeze=False,
+                                    layout="constrained")
+    for ax, name in zip(axes[0], names):
         _, tracked = logs[(name, 0)]
         steps = [r["step"] for r in tracked]
-        ax.semilogy(steps, [r["lambda_max"] for r in tracked], color=colors[name])
+        pre = bool(tracked) and bool(tracked[0].get("preconditioned"))
+        ax.semilogy(steps, [r["lambda_max"] for r in tracked], color=colors[name],
+                    label="lambda_max" + (" (preconditioned)" if pre else ""))
         if tracked and tracked[0]["threshold"] is not None:
-            ax.semilogy(steps, [r["threshold"] for r in tracked], "k--", linewidth=0.8, label="threshold")
+            ax.semilogy(steps, [r["threshold"] for r in tracked], "k--", linewidth=0.8, label="threshold 2/lr")
+        elif tracked:
+            ax.text(0.5, 0.05, "no stability threshold\nfor this optimizer", transform=ax.transAxes, ha="center",
+                    fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
-    axes[0, 0].set_ylabel("lambda_max (preconditioned for Adam)")
-    files += render.save(fig, os.path.join(out, "edge_of_stability"))
-    files += _minima(p, rows, surfaces, colors, out, artists, render)
-    return files
+        ax.set_ylabel("lambda_max (log)")
+        ax.locator_params(axis="x", nbins=3)
+        ax.legend(fontsize=6)
+    return render.save(fig, os.path.join(out, "edge_of_stability"))
 
 
 def _minima(p: Preset, rows: list[dict[str, Any]], surfaces: dict[str, dict[str, Surface]], colors: dict,
-            out: str, artists: Any, render: Any) -> list[str]:
-    """Each final minimum's 1D curve on shared axes, then its 2D contour with the same levels."""
+            out: str, render: Any, log: bool) -> list[str]:
+    """Each final minimum's 1D curve on one linear axis, then its 2D contours at the same linear levels (log
+    scales with `log`, said in the titles), so a sharp minimum looks sharp."""
+    from landscape.drawing import artists
+
     names = [r["run"] for r in rows]
-    fig = render.plt.figure(figsize=(2.6 * len(names), 5.6))
-    grid = fig.add_gridspec(2, len(names), hspace=0.55)
+    fig = render.plt.figure(figsize=(2.9 * len(names), 6.5), layout="constrained")
+    grid = fig.add_gridspec(2, len(names))
     ax1 = fig.add_subplot(grid[0, :])
     for name in names:
         s = surfaces[name]["1d"]
         ax1.plot(s.x, s.values["train_loss"], color=colors[name], label=name)
-    ax1.set_yscale("log")
+    ax1.set_yscale("log" if log else "linear")
     ax1.set_xlabel("alpha (filter-normalized direction)")
-    ax1.set_ylabel("train loss")
+    ax1.set_ylabel("train loss" + (" (log scale)" if log else ""))
     ax1.legend(fontsize=7, ncol=len(names))
-    levels = np.geomspace(*p.levels[:2], p.levels[2])
+    if log:
+        levels, scale = np.geomspace(*p.log_levels[:2], p.log_levels[2]), "log-spaced"
+    else:
+        levels, scale = np.arange(*p.levels), "linear"
     unit = "%" if p.judge == "test_error" else ""
     for i, r in enumerate(rows):
         ax = fig.add_subplot(grid[1, i])
         s = surfaces[r["run"]]["2d"]
-        artists.contourf(ax, s.x, s.y, s.values["train_loss"], levels)
+        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels, label_rings=3)
+        if i == len(rows) - 1:
+            fig.colorbar(cs, ax=ax, label=f"train loss ({scale} levels)")
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("beta")
+        ax.locator_params(nbins=4)
         ax.set_title(f"{r['run']}: {r[p.judge]:.3g}{unit}\nlambda_max {r['lambda_max']:.3g}", fontsize=8)
+    fig.suptitle(f"Each final minimum: 1D on a {'log' if log else 'linear'} axis, 2D at the same {scale} levels "
+                 f"({levels[0]:.3g} to {levels[-1]:.3g})", fontsize=10)
     return render.save(fig, os.path.join(out, "minima"))
+
+
+def _final(p: Preset, rows: list[dict[str, Any]], colors: dict, out: str, render: Any) -> list[str]:
+    """The verdict as a picture: each run's final judged error (mean +- stderr over the seeds), sorted, beside the
+    share of the naive gap it recovers and its lambda_max."""
+    j = p.judge
+    unit = " (%)" if j == "test_error" else ""
+    ranked = sorted(rows, key=lambda r: r[j])
+    fig, axes = render.plt.subplots(1, 3, figsize=(12, 0.5 * len(ranked) + 1.8), sharey=True, layout="constrained")
+    y = np.arange(len(ranked))
+    names = [r["run"] for r in ranked]
+    stderr = [r.get(f"{j}_stderr", float("nan")) for r in ranked]
+    cols = [colors[n] for n in names]
+    axes[0].barh(y, [r[j] for r in ranked], xerr=[0 if np.isnan(e) else e for e in stderr], color=cols)
+    axes[0].set_xlabel(f"final {j.replace('_', ' ')}{unit}, mean +- stderr over seeds")
+    axes[1].barh(y, [100 * r.get("gap_recovered", float("nan")) for r in ranked], color=cols)
+    axes[1].axvline(0, color="k", linewidth=0.6)
+    axes[1].set_xlabel("naive gap recovered (%)")
+    axes[2].barh(y, [r["lambda_max"] for r in ranked], color=cols)
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("lambda_max (log scale)")
+    for ax in axes:
+        ax.set_ylabel("run (best first)")
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{p.dataset} {p.model}: the runs ranked by final {j.replace('_', ' ')}", fontsize=10)
+    return render.save(fig, os.path.join(out, "final"))
 
 
 COLUMNS = ["run", "remedy", "status", "batch_size", "bn_batch", "steps", "test_error", "test_error_stderr", "test_loss",
@@ -311,6 +378,8 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
                       add_help)
     p.add_argument("--seeds", type=int, default=1, help="train every run this many times; the summary reports the "
                    "mean +- standard error and the verdict uses it")
+    p.add_argument("--log-scale", action="store_true", help="draw the minima on log scales (a log 1D loss axis, "
+                   "log-spaced 2D levels) instead of linear ones; the titles say so")
     return p
 
 
@@ -327,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         logs = {k: log_of(cfg) for k, cfg in cfgs.items() if k[0] in trained}  # each run's metrics.jsonl, read once
         rows = summarize(preset, cfgs, logs, {n: m[0] for n, m in measured.items()}, args.seeds, diverged)
-        files = compose(preset, logs, rows, {n: m[1] for n, m in measured.items()}, args.out)
+        files = compose(preset, logs, rows, {n: m[1] for n, m in measured.items()}, args.out, args.log_scale)
         path = os.path.join(args.out, "summary.csv")
         write_csv(path, rows, [c for c in COLUMNS if c in rows[0]], ".4g")
     print(f"\n{verdict(preset, rows, args.seeds)}\n\nfigures: {', '.join(files)}\ntable: {path}", flush=True)

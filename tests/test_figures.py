@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 from tests import figure_checks
@@ -65,7 +66,7 @@ def check_flat_vs_sharp_panels(tmp_path, monkeypatch):
     assert not figure_checks.evenly_spaced(logged["flat_vs_sharp"]["levels"][0])
 
 
-def test_connectivity_joins_three_pairs_three_ways_and_reuses_everything(tmp_path):
+def test_connectivity_joins_three_pairs_three_ways_and_reuses_everything(tmp_path, monkeypatch):
     res = run_module("figures.connectivity", "--preset", "smoke", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
@@ -81,9 +82,13 @@ def test_connectivity_joins_three_pairs_three_ways_and_reuses_everything(tmp_pat
     again = run_module("figures.connectivity", "--preset", "smoke", "--out", str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already complete") == 5 and again.stdout.count("0 points along the paths") == 3
+    from figures import connectivity
+
+    drawn = drawn_figures(connectivity.main, ["--preset", "smoke", "--out", str(tmp_path)], monkeypatch)
+    assert drawn["connectivity"]["problems"] == []
 
 
-def test_generalization_gap_trains_every_remedy_and_writes_its_figures_table_and_verdict(tmp_path):
+def test_generalization_gap_trains_every_remedy_and_writes_its_figures_table_and_verdict(tmp_path, monkeypatch):
     res = run_module("figures.generalization_gap", "--preset", "smoke", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     rows = {r["run"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
@@ -93,25 +98,44 @@ def test_generalization_gap_trains_every_remedy_and_writes_its_figures_table_and
     assert int(rows["hoffer"]["steps"]) >= int(rows["small"]["steps"]) > int(rows["naive"]["steps"])  # regime
     for col in ("test_error", "lambda_max", "trace", "epsilon_sharpness", "width"):
         assert all(r[col] not in ("", "nan") for r in rows.values()), col
-    for name in ("gap_curves", "edge_of_stability", "minima"):
+    for name in ("gap_curves", "edge_of_stability", "minima", "final"):
         assert os.path.getsize(tmp_path / f"{name}.png") > 10_000 and os.path.exists(tmp_path / f"{name}.pdf")
     assert "rank correlation over the 6 large-batch runs" in res.stdout
     tracked = [json.loads(line) for line in open(tmp_path / "runs" / "naive_s0" / "metrics.jsonl")]
     assert any(r.get("kind") == "sharpness" and r["threshold"] for r in tracked)
     again = run_module("figures.generalization_gap", "--preset", "smoke", "--out", str(tmp_path))
     assert again.returncode == 0 and again.stdout.count("already complete") == 7, again.stderr
+    from figures import generalization_gap
+
+    drawn = drawn_figures(generalization_gap.main, ["--preset", "smoke", "--out", str(tmp_path)], monkeypatch)
+    assert {k: v["problems"] for k, v in drawn.items()} == {k: [] for k in ("gap_curves", "edge_of_stability",
+                                                                             "minima", "final")}
+    levels = drawn["minima"]["levels"]  # every run's minimum at the same linear levels
+    assert len(levels) == 7 and all(np.array_equal(lv, levels[0]) for lv in levels)
+    assert figure_checks.evenly_spaced(levels[0])
 
 
-def test_batch_scaling_writes_three_plots_and_tables(tmp_path):
+def test_batch_scaling_writes_three_plots_and_tables(tmp_path, monkeypatch):
     res = run_module("figures.batch_scaling", "--preset", "smoke", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert [int(r["batch_size"]) for r in rows] == [16, 64, 256]
-    assert all(float(r["images_per_second"]) > 0 for r in rows)
+    for r in rows:  # the median of interleaved rounds, with its quartiles; the run's own pass kept beside it
+        q25, median, q75 = (float(r[k]) for k in ("images_per_second_q25", "images_per_second",
+                                                  "images_per_second_q75"))
+        assert 0 < q25 <= median <= q75 and float(r["run_images_per_second"]) > 0
+    rates = json.load(open(tmp_path / "runs" / "throughput.json"))["result"]
+    assert {k: len(v) for k, v in rates.items()} == {"16": 3, "64": 3, "256": 3}
     assert "B_simple =" in res.stdout
     for name in ("scaling", "throughput", "steps_to_target", "noise_scale"):
         assert os.path.exists(tmp_path / f"{name}.png") and os.path.exists(tmp_path / f"{name}.pdf")
     assert len(list(csv.DictReader(open(tmp_path / "noise_scale.csv")))) >= 2
+    from figures import batch_scaling
+
+    drawn = drawn_figures(batch_scaling.main, ["--preset", "smoke", "--out", str(tmp_path)], monkeypatch)
+    assert {k: v["problems"] for k, v in drawn.items()} == {k: [] for k in ("scaling", "throughput",
+                                                                             "steps_to_target", "noise_scale")}
+    assert json.load(open(tmp_path / "runs" / "throughput.json"))["result"] == rates  # measured once, reused
 
 
 def test_language_model_presets_run_end_to_end(tmp_path):
@@ -128,7 +152,7 @@ def test_language_model_presets_run_end_to_end(tmp_path):
     assert res.stdout.count("Test loss") == 2  # the verdict compares validation losses for a language model
 
 
-def test_trajectory_figure_writes_both_paths_and_reuses_everything(tmp_path):
+def test_trajectory_figure_writes_both_paths_and_reuses_everything(tmp_path, monkeypatch):
     res = run_module("figures.trajectory", "--preset", "smoke", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
@@ -138,6 +162,10 @@ def test_trajectory_figure_writes_both_paths_and_reuses_everything(tmp_path):
     assert all(os.path.exists(tmp_path / f"trajectory_bs{b}_wd0.0005.html") for b in (16, 256))
     again = run_module("figures.trajectory", "--preset", "smoke", "--out", str(tmp_path))
     assert again.returncode == 0 and again.stdout.count("0 points computed") == 2, again.stdout + again.stderr
+    from figures import trajectory
+
+    drawn = drawn_figures(trajectory.main, ["--preset", "smoke", "--out", str(tmp_path)], monkeypatch)
+    assert drawn["trajectory"]["problems"] == []
 
 
 def test_hessian_directions_figure(mlp_ckpt, tmp_path):
