@@ -43,7 +43,8 @@ class Preset:
     micro_batch_size: int | None = None
     points: int = 31  # per axis of each plane
     samples: int | None = None  # evaluation subset of each split (None: all)
-    contour_levels: tuple[float, float, int] = (0.02, 5.0, 15)
+    contour_levels: tuple[float, float, float] = (0.1, 10.0, 0.5)  # arange: Li et al.'s linear levels, every panel
+    log_levels: tuple[float, float, int] = (0.02, 5.0, 15)  # geomspace, with --log-contours (the title says so)
 
 
 PRESETS = {
@@ -73,17 +74,19 @@ def trajectory_surface(run: str, p: Preset, out: str, info: Any, device: str) ->
     return done.surface
 
 
-def compose(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
-    """One panel per run: train-loss contours of its PCA plane, the path with epoch labels, the variance each
-    axis explains."""
+def compose(surfaces: dict[int, Surface], p: Preset, out: str, log: bool = False) -> list[str]:
+    """One panel per run: train-loss contours of its PCA plane at the same linear levels (log-spaced with `log`),
+    the path with epoch labels, the variance each axis explains."""
     from landscape.drawing import artists
     from landscape.pipelines import render
 
     plt = render.plt
-    fig, axes = plt.subplots(1, len(surfaces), figsize=(4.6 * len(surfaces), 4.2), squeeze=False)
-    levels = np.geomspace(*p.contour_levels)
+    fig, axes = plt.subplots(1, len(surfaces), figsize=(5.4 * len(surfaces), 4.4), squeeze=False,
+                             layout="constrained")
+    levels, scale = (np.geomspace(*p.log_levels), "log-spaced") if log else (np.arange(*p.contour_levels), "linear")
     for ax, (bs, s) in zip(axes[0], surfaces.items()):
-        artists.contour(ax, s.x, s.y, s.values["train_loss"], levels)
+        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels)
+        fig.colorbar(cs, ax=ax, label=f"train loss ({scale} levels)")
         m = s.annotations.markers
         artists.markers(ax, m.coords, [n.replace("epoch ", "") for n in m.names], m.kind)
         xlabel, ylabel = s.axis_names()
@@ -91,7 +94,6 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
         ax.set_ylabel(ylabel)
         ax.set_title(f"BS={bs}, WD={p.weight_decay:g}: {len(m.names) - 1} epochs, test error "
                      f"{100 - s.origin.metrics['test_acc']:.1f}%", fontsize=9)
-    fig.tight_layout()
     return render.save(fig, os.path.join(out, "trajectory"))
 
 
@@ -118,7 +120,11 @@ def summarize(surfaces: dict[int, Surface], out: str) -> str:
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    return preset_parser("python -m figures.trajectory", __doc__, PRESETS, "figures_out/trajectory", add_help)
+    parser = preset_parser("python -m figures.trajectory", __doc__, PRESETS, "figures_out/trajectory", add_help)
+    parser.add_argument("--log-contours", action="store_true",
+                        help="log-spaced contour levels (the preset's log_levels) instead of Li et al.'s linear 0.1 "
+                             "to 10 by 0.5; the colourbar says which")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -130,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     for bs, r in zip(preset.batch_sizes, runs)}
         if not info.is_main:
             return
-        files = compose(surfaces, preset, args.out) + pages(surfaces, preset, args.out)
+        files = compose(surfaces, preset, args.out, args.log_contours) + pages(surfaces, preset, args.out)
         summary = summarize(surfaces, args.out)
     print0(f"\n{summary}\n")
     print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"

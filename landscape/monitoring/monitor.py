@@ -59,11 +59,11 @@ class Monitor:
         step takes a second gradient elsewhere, or a loss the micro-batches do not share).
       step_batch: the samples of one optimizer step on this rank, when known; else the model's forward calls
         (in train mode, with gradients on) are counted on a watched step.
-    Given a DDP wrapper, the Monitor registers a communication hook on it (DDP takes one, for good): on the steps it
-    does not watch, that hook is DDP's default all-reduce, called from Python.
       log: called with each record (a dict); records are kept in `monitor.records` too.
     A measurement leaves the model's mode, its BatchNorm statistics, the RNG streams and the gradients as they
-    were. Under DDP every rank calls step(); the eigenvalue and the noise scale are over every rank's data.
+    were. Under DDP every rank calls step(); the eigenvalue and the noise scale are over every rank's data. Given a
+    DDP wrapper, the Monitor registers a communication hook on it (DDP takes one, for good): on the steps it does
+    not watch, that hook is DDP's default all-reduce, called from Python.
     """
 
     def __init__(self, model: nn.Module, data: Any, optimizer: Any = None, *, every: int = 1000,
