@@ -293,7 +293,7 @@ def _edge(logs: Logs, rows: list[dict[str, Any]], colors: dict, out: str, render
         ax.semilogy(steps, [r["lambda_max"] for r in tracked], color=colors[name],
                     label="lambda_max" + (" (preconditioned)" if pre else ""))
         if tracked and tracked[0]["threshold"] is not None:
-            ax.semilogy(steps, [r["threshold"] for r in tracked], "k--", linewidth=0.8, label="threshold 2/lr")
+            ax.semilogy(steps, [r["threshold"] for r in tracked], "k--", linewidth=0.8, label="stability threshold")
         elif tracked:
             ax.text(0.5, 0.05, "no stability threshold\nfor this optimizer", transform=ax.transAxes, ha="center",
                     fontsize=7)
@@ -314,18 +314,29 @@ def _minima(p: Preset, rows: list[dict[str, Any]], surfaces: dict[str, dict[str,
     names = [r["run"] for r in rows]
     fig = render.plt.figure(figsize=(2.9 * len(names), 6.5), layout="constrained")
     grid = fig.add_gridspec(2, len(names))
-    ax1 = fig.add_subplot(grid[0, :])
-    for name in names:
-        s = surfaces[name]["1d"]
-        ax1.plot(s.x, s.values["train_loss"], color=colors[name], label=name)
-    ax1.set_yscale("log" if log else "linear")
-    ax1.set_xlabel("alpha (filter-normalized direction)")
-    ax1.set_ylabel("train loss" + (" (log scale)" if log else ""))
-    ax1.legend(fontsize=7, ncol=len(names))
     if log:
         levels, scale = np.geomspace(*p.log_levels[:2], p.log_levels[2]), "log-spaced"
     else:
         levels, scale = np.arange(*p.levels), "linear"
+    half = len(names) // 2
+    whole, near = fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])
+    for ax, top, what in ((whole, levels[-1], "the basins"), (near, 1.0, "near each minimum")):
+        for name in names:
+            s = surfaces[name]["1d"]
+            ax.plot(s.x, s.values["train_loss"], color=colors[name], label=name)
+        ax.set_yscale("log" if log else "linear")
+        if not log:  # far out every curve only climbs: up to the contours' top level, and a zoom on the bottoms
+            ax.set_ylim(0, top)
+        ax.set_xlabel("alpha (filter-normalized direction)")
+        ax.set_ylabel("train loss" + (" (log scale)" if log else f" (up to {top:.3g})"))
+        ax.set_title(what, fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    if not log:  # the zoom spans the alphas where some run is still below its top
+        below = [s.x[s.values["train_loss"] <= 1.0] for s in (surfaces[n]["1d"] for n in names)]
+        inside = np.concatenate(below) if any(len(b) for b in below) else np.array([])
+        if inside.size:
+            pad = 0.1 * (inside.max() - inside.min() or 1.0)
+            near.set_xlim(inside.min() - pad, inside.max() + pad)
     unit = "%" if p.judge == "test_error" else ""
     for i, r in enumerate(rows):
         ax = fig.add_subplot(grid[1, i])
@@ -354,7 +365,8 @@ def _final(p: Preset, rows: list[dict[str, Any]], colors: dict, out: str, render
     stderr = [r.get(f"{j}_stderr", float("nan")) for r in ranked]
     cols = [colors[n] for n in names]
     axes[0].barh(y, [r[j] for r in ranked], xerr=[0 if np.isnan(e) else e for e in stderr], color=cols)
-    axes[0].set_xlabel(f"final {j.replace('_', ' ')}{unit}, mean +- stderr over seeds")
+    spread = "one seed: no spread" if all(np.isnan(e) for e in stderr) else "mean +- stderr over seeds"
+    axes[0].set_xlabel(f"final {j.replace('_', ' ')}{unit}, {spread}")
     axes[1].barh(y, [100 * r.get("gap_recovered", float("nan")) for r in ranked], color=cols)
     axes[1].axvline(0, color="k", linewidth=0.6)
     axes[1].set_xlabel("naive gap recovered (%)")
