@@ -44,8 +44,8 @@ class Monitor:
     `noise_batches` micro-batches drawn on a generator of its own (in the model's train mode); the record's
     `noise_source` says which ("ddp", "micro-batches", "draws"). Call `step()` after each optimizer step: every
     `every`-th one is measured. The default interval, 1000 steps, costs a torchvision ResNet-18
-    (3x32x32, batch 128) 5.6% of its training time on 2 CPU cores (benchmarks/monitor.py): one measurement on
-    512 samples takes about as long as 56 of its optimizer steps.
+    (3x32x32, batch 128) 5.9% of its training time on 2 CPU cores (benchmarks/monitor.py): one measurement on
+    512 samples takes about as long as 55 of its optimizer steps.
 
     Args:
       model: the module being trained (a DistributedDataParallel wrapper is unwrapped).
