@@ -90,16 +90,21 @@ class StepGradients:
             for p in self.params:  # zeros are no micro-batch's gradient (a zero_grad that keeps the tensors)
                 if p.grad is not None and bool(p.grad.any()):
                     self.last[id(p)] = p.grad.detach().clone()
-                    self.growth_sq = self.growth_sq + p.grad.double().pow(2).sum()
+                    self.growth_sq = self.growth_sq + p.grad.detach().pow(2).sum(dtype=torch.float64)
                     self.backwards[id(p)] = 1
             self._watch_gradients()
 
     def _grew(self, p: Tensor) -> None:
-        """After a backward accumulated into p.grad: the square of what this micro-batch added."""
+        """After a backward accumulated into p.grad: the square of what this micro-batch added (summed in float64),
+        and .grad kept in the parameter's one copy for the next."""
+        g = p.grad.detach()
         before = self.last.get(id(p))
-        grown = p.grad.double() if before is None else p.grad.double() - before.double()
-        self.growth_sq = self.growth_sq + grown.pow(2).sum()
-        self.last[id(p)] = p.grad.detach().clone()
+        grown = g if before is None else g - before
+        self.growth_sq = self.growth_sq + grown.pow(2).sum(dtype=torch.float64)
+        if before is None:
+            self.last[id(p)] = g.clone()
+        else:
+            before.copy_(g)
         self.backwards[id(p)] = self.backwards.get(id(p), 0) + 1
 
     @staticmethod
@@ -137,7 +142,7 @@ class StepGradients:
         last, self.last = self.last, {}  # the copies are let go at once
         if not watched or k < 2 or samples < k or samples % k:
             return None
-        final = sum(float(t.double().pow(2).sum()) for t in last.values())
+        final = float(sum(t.pow(2).sum(dtype=torch.float64) for t in last.values()))
         # with the loss divided by K (the usual accumulation), micro-batch k's gradient is K times its growth; a
         # loss left undivided scales both terms alike, and B_simple with them
         return two_batch_estimate(k * float(self.growth_sq), final, samples // k, samples), samples // k, samples
