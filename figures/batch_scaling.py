@@ -269,12 +269,10 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
         ax.legend(fontsize=7)
 
     def drawn(ax, fn):
-        from matplotlib.ticker import LogLocator
+        from landscape.drawing import artists
 
         fn(ax)
-        for axis in (ax.xaxis, ax.yaxis):  # a short decade labels its minor ticks: 2 and 5 only, or they crowd
-            if axis.get_scale() == "log":
-                axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        artists.sparse_ticks(ax)
 
     files = []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")

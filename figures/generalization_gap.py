@@ -283,6 +283,8 @@ def _curves(p: Preset, logs: Logs, rows: list[dict[str, Any]], colors: dict, out
 
 def _edge(logs: Logs, rows: list[dict[str, Any]], colors: dict, out: str, render: Any) -> list[str]:
     """lambda_max against the optimizer's stability threshold, per run; a run without one says why."""
+    from landscape.drawing import artists
+
     names = [r["run"] for r in rows]
     fig, axes = render.plt.subplots(1, len(names), figsize=(2.9 * len(names), 3.2), squeeze=False,
                                     layout="constrained")
@@ -300,7 +302,7 @@ def _edge(logs: Logs, rows: list[dict[str, Any]], colors: dict, out: str, render
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("lambda_max (log)")
-        ax.locator_params(axis="x", nbins=3)
+        artists.sparse_ticks(ax)
         ax.legend(fontsize=6)
     return render.save(fig, os.path.join(out, "edge_of_stability"))
 
@@ -331,6 +333,7 @@ def _minima(p: Preset, rows: list[dict[str, Any]], surfaces: dict[str, dict[str,
         ax.set_ylabel("train loss" + (" (log scale)" if log else f" (up to {top:.3g})"))
         ax.set_title(what, fontsize=9)
         ax.legend(fontsize=7, ncol=2)
+        artists.sparse_ticks(ax)
     if not log:  # the zoom spans the alphas where some run is still below its top
         below = [s.x[s.values["train_loss"] <= 1.0] for s in (surfaces[n]["1d"] for n in names)]
         inside = np.concatenate(below) if any(len(b) for b in below) else np.array([])
@@ -346,7 +349,7 @@ def _minima(p: Preset, rows: list[dict[str, Any]], surfaces: dict[str, dict[str,
             fig.colorbar(cs, ax=ax, label=f"train loss ({scale} levels)")
         ax.set_xlabel("alpha")
         ax.set_ylabel("beta")
-        ax.locator_params(nbins=4)
+        artists.sparse_ticks(ax)
         ax.set_title(f"{r['run']}: {r[p.judge]:.3g}{unit}\nlambda_max {r['lambda_max']:.3g}", fontsize=8)
     fig.suptitle(f"Each final minimum: 1D on a {'log' if log else 'linear'} axis, 2D at the same {scale} levels "
                  f"({levels[0]:.3g} to {levels[-1]:.3g})", fontsize=10)

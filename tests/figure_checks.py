@@ -74,14 +74,14 @@ def _texts(fig: Figure) -> list[Text]:
 
 
 def overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
-    """Pairs of texts (a legend counts as one) whose window extents overlap (by more than a pixel each way), after
-    drawing."""
+    """Pairs of texts (a legend counts as one) that run together: their window extents, grown by a pixel, overlap
+    once drawn (touching counts: "1.0" of one panel against "-1.0" of the next reads as "1.0 -1.0")."""
     renderer = fig.canvas.get_renderer()
-    boxes = [(t.get_text(), t.get_window_extent(renderer).padded(-1)) for t in _texts(fig)]
+    boxes = [(t.get_text(), t.get_window_extent(renderer).padded(1)) for t in _texts(fig)]
     if fig._suptitle is not None and fig._suptitle.get_text():
-        boxes.append((fig._suptitle.get_text(), fig._suptitle.get_window_extent(renderer).padded(-1)))
+        boxes.append((fig._suptitle.get_text(), fig._suptitle.get_window_extent(renderer).padded(1)))
     legends = [lg for lg in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if lg is not None]
-    boxes += [(f"legend {[t.get_text() for t in lg.get_texts()][:2]}", lg.get_window_extent(renderer).padded(-1))
+    boxes += [(f"legend {[t.get_text() for t in lg.get_texts()][:2]}", lg.get_window_extent(renderer).padded(1))
               for lg in legends]
     return [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2)
             if ba.width > 0 and bb.width > 0 and ba.overlaps(bb)]

@@ -54,8 +54,36 @@ def contour(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels: np.nd
         for t in ax.clabel(cs, drawn[::2][:label_rings], inline=False, fontsize=7, fmt="%.3g"):
             t.set_bbox({"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})  # the line behind
         _drop_edge_labels(cs, x, y)
+        _drop_crowded_labels(cs, ax)
     ax.set_aspect("auto")
     return cs
+
+
+def sparse_ticks(ax: Axes) -> None:
+    """Tick labels that do not run together: a log axis labels its minor ticks at 2 and 5 only (a short decade
+    labels every one), and a linear axis of a small panel drops its two end ticks, which meet the other axis's
+    at the corner."""
+    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        else:
+            axis.set_major_locator(MaxNLocator(nbins=4, prune="both"))
+
+
+def _drop_crowded_labels(cs: Any, ax: Axes, gap: float = 4.0) -> None:
+    """Contour labels that would touch one already kept (innermost first), by their drawn extents and `gap`
+    pixels, are removed."""
+    renderer = ax.figure.canvas.get_renderer()
+    kept: list[Any] = []
+    for t in list(cs.labelTexts):
+        box = t.get_window_extent(renderer).padded(gap)
+        if any(box.overlaps(k) for k in kept):
+            cs.labelTexts.remove(t)
+            t.remove()
+        else:
+            kept.append(box)
 
 
 def _drop_edge_labels(cs: Any, x: np.ndarray, y: np.ndarray, margin: float = 0.06) -> None:
