@@ -1,5 +1,6 @@
 """Batch-size scaling (Shallue et al. 2018; McCandlish et al. 2018), measured on one model:
-(a) training images (or tokens) per second against batch size, (b) steps to reach a target test accuracy (or
+(a) training images (or tokens) per second against batch size (the median of interleaved rounds, quartiles
+drawn), (b) steps to reach a target test accuracy (or
 validation loss) with the learning rate scaled with the batch (linearly for SGD, Goyal et al. 2017; by its
 square root for Adam, Malladi et al. 2022) and warmup, log-log with the perfect-scaling line, and (c) the
 gradient noise scale B_simple measured during training, marked on (b) as the predicted critical batch size.

@@ -10,9 +10,11 @@ Trains (or resumes) the small batch, the naive large batch (same lr and epochs) 
 remedy of the preset: Goyal (linear lr scaling + warmup), Hoffer (sqrt scaling + Ghost BatchNorm + regime
 adaptation), LARS or LAMB, SAM, and the batch ramp; every run tracks lambda_max against its optimizer's threshold.
 Then each run's 1D curve and 2D surface and its sharpness (lambda_max, trace, epsilon-sharpness, width), and writes
-gap_curves.{png,pdf} (train and validation error against epochs and steps), edge_of_stability.{png,pdf},
-minima.{png,pdf}, summary.csv and a verdict: how much of the naive gap each remedy recovers, and whether recovering
-more went with a flatter minimum (Spearman's rank correlation over the large-batch runs). Reruns reuse everything.
+gap_curves.{png,pdf} (train and validation error against epochs and samples seen, smoothed), edge_of_stability.{png,
+pdf}, minima.{png,pdf} (linear scales; --log-scale for log ones), final.{png,pdf} (the runs ranked by final error
+beside gap recovered and lambda_max), summary.csv and a verdict: how much of the naive gap each remedy recovers, and
+whether recovering more went with a flatter minimum (Spearman's rank correlation over the large-batch runs). Reruns
+reuse everything.
 """
 
 from __future__ import annotations
