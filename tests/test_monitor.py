@@ -208,7 +208,12 @@ def test_a_lightning_trainer_logs_the_records_and_trains_bit_identically(tmp_pat
     for row, r in zip(sorted(logged.values(), key=lambda row: int(row["step"])), callback.records):
         assert float(row["landscape/lambda_max"]) == pytest.approx(r["lambda_max"], rel=1e-6)  # logged as float32
         assert float(row["landscape/threshold"]) == pytest.approx(2 * 1.9 / 0.05) == r["threshold"]
-        assert float(row["landscape/b_simple"]) == pytest.approx(r["b_simple"], rel=1e-6)
+        if r["b_simple"] is not None:  # two micro-batches a step: a noisy |G|^2 estimate may come out <= 0
+            assert float(row["landscape/b_simple"]) == pytest.approx(r["b_simple"], rel=1e-6)
+        else:
+            assert r["b_simple_undefined"]
+    # Lightning accumulates 2 batches a step and training_step calls the module: the step's own micro-batches
+    assert {(r["noise_source"], r["b_small"], r["b_big"]) for r in callback.records} == {("micro-batches", 32, 64)}
 
 
 def test_a_resumed_lightning_run_logs_the_records_of_an_uninterrupted_one(tmp_path):

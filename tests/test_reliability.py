@@ -427,7 +427,7 @@ def test_a_run_that_diverges_is_a_row_of_the_gap_figure_s_table_not_a_drawing(tm
     smoke = replace(gap.PRESETS["smoke"], remedies=("lars",), layerwise_lr=1e30)  # each step grows |w| 1e27-fold
     monkeypatch.setitem(gap.PRESETS, "smoke", smoke)
     drawn = []
-    monkeypatch.setattr(gap, "compose", lambda p, logs, rows, surfaces, out: drawn.append((list(logs), rows)) or [])
+    monkeypatch.setattr(gap, "compose", lambda p, logs, rows, *rest: drawn.append((list(logs), rows)) or [])
     gap.main(["--preset", "smoke", "--out", str(tmp_path)])
     rows = {r["run"]: r for r in drawn[0][1]}
     assert rows["lars"]["status"].startswith("diverged at step ") and np.isnan(rows["lars"]["test_error"])
