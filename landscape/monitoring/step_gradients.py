@@ -89,9 +89,7 @@ class StepGradients:
         if self.kind == MICRO_BATCHES and self.forwards == 2:
             for p in self.params:  # zeros are no micro-batch's gradient (a zero_grad that keeps the tensors)
                 if p.grad is not None and bool(p.grad.any()):
-                    self.last[id(p)] = p.grad.detach().clone()
-                    self.growth_sq = self.growth_sq + p.grad.detach().pow(2).sum(dtype=torch.float64)
-                    self.backwards[id(p)] = 1
+                    self._grew(p)  # the first micro-batch's growth: all of .grad
             self._watch_gradients()
 
     def _grew(self, p: Tensor) -> None:
