@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from landscape.base import DEVICES, ArgumentParser, ConfigError, DefaultsFormatter
 
 
@@ -29,3 +31,12 @@ def chosen_preset(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {args.epochs} (leave it out for the preset's {preset.epochs})")
     return dataclasses.replace(preset, epochs=args.epochs)
+
+
+def contour_levels(linear: tuple[float, float, float], log_levels: tuple[float, float, int], log: bool = False
+                   ) -> tuple[np.ndarray, str]:
+    """The shared 2D contour levels of a figure and what they are: linear ones, np.arange(start, stop, step) (Li et
+    al.'s 0.1 to 10 by 0.5), or with `log` log-spaced ones, np.geomspace(start, stop, num)."""
+    if log:
+        return np.geomspace(*log_levels[:2], int(log_levels[2])), "log-spaced"
+    return np.arange(*linear), "linear"

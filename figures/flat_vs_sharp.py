@@ -21,9 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from figures.common import chosen_preset, preset_parser
+from figures.common import chosen_preset, contour_levels, preset_parser
 from landscape.base import ArgumentParser, SharpnessConfig, SurfaceConfig, run_cli, write_csv
 from landscape.core import Surface
 from landscape.curvature import width_1d
@@ -67,7 +65,7 @@ PRESETS = {
                     epochs=200, lr=0.05, model_kwargs={"hidden": [100, 100]}),
     "paper": Preset(dataset="cifar10", model="vgg9", batch_sizes=(128, 8192), weight_decays=(0.0, 5e-4),
                     epochs=300, lr=0.1, schedule="step", milestones=(150, 225, 275), micro_batch_size=512,
-                    x_1d="-1:1:51", x_2d="-1:1:51", contour_levels=(0.1, 10.0, 20), x_raw="-0.05:0.05:51",
+                    x_1d="-1:1:51", x_2d="-1:1:51", log_levels=(0.1, 10.0, 20), x_raw="-0.05:0.05:51",
                     samples=None, trace_products=60),
     "smoke": Preset(dataset="synthetic", model="mlp", batch_sizes=(16, 256), weight_decays=(0.0, 5e-4), epochs=3,
                     lr=0.05, data_kwargs={"n_train": 512, "n_test": 256}, model_kwargs={"hidden": [16]},
@@ -76,14 +74,16 @@ PRESETS = {
     # AdamW with decoupled weight decay 0 and 0.1, the same lr and epochs at both batch sizes, as in the paper
     "lm": Preset(dataset="grammar", model="transformer_tiny", batch_sizes=(16, 512), weight_decays=(0.0, 0.1),
                  epochs=8, lr=3e-3, optimizer="adamw", betas=(0.9, 0.95), warmup_epochs=1.0, judge="test_loss",
-                 data_kwargs={"train_tokens": 1 << 19}, x_2d="-0.5:0.5:17", contour_levels=(0.5, 4.0, 15),
+                 data_kwargs={"train_tokens": 1 << 19}, x_2d="-0.5:0.5:17", contour_levels=(0.5, 4.0, 0.25),
+                 log_levels=(0.5, 4.0, 15),
                  x_raw="-0.1:0.1:41", samples=256, trace_products=30),
     # one H100, projected from measured throughput: ~13 min of training (batch 64 at ~210k tokens/s), ~5 min of
     # surfaces, a few minutes of sharpness tables
     "lm-gpu": Preset(dataset="grammar", model="transformer_medium", batch_sizes=(64, 2048), weight_decays=(0.0, 0.1),
                      epochs=10, lr=1e-3, optimizer="adamw", betas=(0.9, 0.95), warmup_epochs=1.0, judge="test_loss",
                      data_kwargs={"train_tokens": 1 << 23}, x_1d="-1:1:51", x_2d="-1:1:51",
-                     contour_levels=(0.5, 4.0, 20), x_raw="-0.05:0.05:51", samples=2048, trace_products=60),
+                     contour_levels=(0.5, 4.0, 0.25), log_levels=(0.5, 4.0, 20), x_raw="-0.05:0.05:51",
+                     samples=2048, trace_products=60),
     "lm-smoke": Preset(dataset="grammar", model="transformer", batch_sizes=(8, 64), weight_decays=(0.0, 0.1),
                        epochs=2, lr=3e-3, optimizer="adamw", judge="test_loss",
                        data_kwargs={"seq_len": 16, "train_tokens": 4096, "val_tokens": 1024},
@@ -154,7 +154,7 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
         acc_ax.set_ylabel("accuracy (%)")
     # one legend for both 1D panels (their lines are named alike), at the foot, clear of every curve
     fig.legend(lines, [line.get_label() for line in lines], fontsize=7, ncol=4, loc="outside lower center")
-    levels, scale = contour_levels(p, log)
+    levels, scale = contour_levels(p.contour_levels, p.log_levels, log)
     for j, row in enumerate(rows):
         s = surfaces[(row["batch_size"], row["weight_decay"])]["2d"]
         ax = fig.add_subplot(grid[1, j])
@@ -182,12 +182,6 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
     return files + render.save(fig, os.path.join(out, "no_filter_norm"))
 
 
-def contour_levels(p: Preset, log: bool = False) -> tuple[np.ndarray, str]:
-    """The 2D panels' shared levels and what they are: Li et al.'s linear ones, or the log-spaced ones asked for."""
-    if log:
-        return np.geomspace(*p.log_levels), "log-spaced"
-    start, stop, step = p.contour_levels
-    return np.arange(start, stop, step), "linear"
 
 
 def pages(surfaces: dict[tuple[int, float], dict[str, Surface]], out: str) -> list[str]:

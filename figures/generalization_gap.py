@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from figures.common import chosen_preset, preset_parser
+from figures.common import chosen_preset, contour_levels, preset_parser
 from landscape.base import ArgumentParser, ConfigError, SharpnessConfig, SurfaceConfig, run_cli, write_csv
 from landscape.core import Surface
 from landscape.pipelines import run_sharpness, run_surface
@@ -318,10 +318,7 @@ def _minima(p: Preset, rows: list[dict[str, Any]], surfaces: dict[str, dict[str,
     names = [r["run"] for r in rows]
     fig = render.plt.figure(figsize=(2.9 * len(names), 6.5), layout="constrained")
     grid = fig.add_gridspec(2, len(names))
-    if log:
-        levels, scale = np.geomspace(*p.log_levels[:2], p.log_levels[2]), "log-spaced"
-    else:
-        levels, scale = np.arange(*p.levels), "linear"
+    levels, scale = contour_levels(p.levels, p.log_levels, log)
     half = len(names) // 2
     whole, near = fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])
     for ax, top, what in ((whole, levels[-1], "the basins"), (near, 1.0, "near each minimum")):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from figures.common import chosen_preset, preset_parser
+from figures.common import chosen_preset, contour_levels, preset_parser
 from landscape.base import ArgumentParser, SurfaceConfig, run_cli, write_csv
 from landscape.core import Surface
 from landscape.pipelines import run_surface
@@ -83,7 +83,7 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str, log: bool = False
     plt = render.plt
     fig, axes = plt.subplots(1, len(surfaces), figsize=(5.4 * len(surfaces), 4.4), squeeze=False,
                              layout="constrained")
-    levels, scale = (np.geomspace(*p.log_levels), "log-spaced") if log else (np.arange(*p.contour_levels), "linear")
+    levels, scale = contour_levels(p.contour_levels, p.log_levels, log)
     for ax, (bs, s) in zip(axes[0], surfaces.items()):
         cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels)
         fig.colorbar(cs, ax=ax, label=f"train loss ({scale} levels)")

@@ -25,9 +25,13 @@ def _name(ax) -> str:
     return repr(ax.get_title() or ax.get_label() or f"axes at {tuple(np.round(ax.get_position().bounds, 2))}")
 
 
+def legends(fig: Figure) -> list:
+    """The figure's legends and its Axes'."""
+    return [lg for lg in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if lg is not None]
+
+
 def legend_texts(fig: Figure) -> set[str]:
-    legends = [lg for lg in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if lg is not None]
-    return {t.get_text() for lg in legends for t in lg.get_texts()}
+    return {t.get_text() for lg in legends(fig) for t in lg.get_texts()}
 
 
 def problems(fig: Figure) -> list[str]:
@@ -80,9 +84,8 @@ def overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
     boxes = [(t.get_text(), t.get_window_extent(renderer).padded(1)) for t in _texts(fig)]
     if fig._suptitle is not None and fig._suptitle.get_text():
         boxes.append((fig._suptitle.get_text(), fig._suptitle.get_window_extent(renderer).padded(1)))
-    legends = [lg for lg in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if lg is not None]
     boxes += [(f"legend {[t.get_text() for t in lg.get_texts()][:2]}", lg.get_window_extent(renderer).padded(1))
-              for lg in legends]
+              for lg in legends(fig)]
     return [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2)
             if ba.width > 0 and bb.width > 0 and ba.overlaps(bb)]
 

@@ -174,3 +174,18 @@ def test_hessian_directions_figure(mlp_ckpt, tmp_path):
     assert res.returncode == 0, res.stderr
     assert os.path.getsize(tmp_path / "hessian_directions.png") > 10_000
     assert len(os.listdir(tmp_path / "surfaces")) == 3
+
+
+def test_every_preset_draws_its_minima_at_many_evenly_spaced_levels():
+    """Each preset's linear levels (arange: start, stop, step) and log ones (geomspace: start, stop, num) make a
+    real set of rings; a (start, stop, num) left in the linear field would give one level."""
+    from figures import flat_vs_sharp, generalization_gap, trajectory
+    from figures.common import contour_levels
+
+    for module, field in ((flat_vs_sharp, "contour_levels"), (trajectory, "contour_levels"),
+                          (generalization_gap, "levels")):
+        for name, p in module.PRESETS.items():
+            linear, scale = contour_levels(getattr(p, field), p.log_levels)
+            assert scale == "linear" and len(linear) >= 10 and figure_checks.evenly_spaced(linear), (module, name)
+            logged, scale = contour_levels(getattr(p, field), p.log_levels, log=True)
+            assert scale == "log-spaced" and len(logged) >= 10 and not figure_checks.evenly_spaced(logged), name
