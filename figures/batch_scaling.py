@@ -306,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             results = [measured(p, bs, data, info, args.out) for bs in p.batch_sizes]
             rates = cached_throughput(p, data, info, args.out)
             results = [with_throughput(r, rates[r["batch_size"]], data.tokens_per_sample) for r in results]
+            throughput_lines(results, p, data.sequences)
             summarize(results, data.sequences, p, args.out)
 
 
@@ -319,13 +320,21 @@ def with_throughput(r: dict[str, Any], rates: list[float], tokens_per_sample: in
 
 
 def measured(p: Preset, bs: int, data: Dataset, info: DistInfo, out: str) -> dict[str, Any]:
-    """One batch size's run (cached), and its line."""
+    """One batch size's run (cached), and its line (its throughput comes after, measured apart: throughput_lines)."""
     r = cached_run(p, bs, data, info, out)
     steps = r["steps_to_target"] if r["steps_to_target"] is not None else f"not reached in {r['steps_run']}"
-    speed = (f"{r['tokens_per_second']:>9.0f} tok/s" if data.sequences else
-             f"{r['images_per_second']:>9.0f} img/s")
-    print(f"batch {bs:>5}: lr {r['lr']:.4g}  {speed}  steps to {p.target_text}: {steps}", flush=True)
+    print(f"batch {bs:>5}: lr {r['lr']:.4g}  steps to {p.target_text}: {steps}", flush=True)
     return r
+
+
+def throughput_lines(results: list[dict[str, Any]], p: Preset, sequences: bool) -> None:
+    """The throughput the figure draws: each batch size's median over the interleaved rounds, with its quartiles."""
+    unit, per = ("tok/s", "tokens_per_second") if sequences else ("img/s", "images_per_second")
+    print(f"throughput, median of {p.throughput_rounds} interleaved rounds [quartiles]:", flush=True)
+    for r in results:
+        scale = r[per] / r["images_per_second"] if sequences else 1.0
+        lo, hi = (r[f"images_per_second_q{q}"] * scale for q in (25, 75))
+        print(f"batch {r['batch_size']:>5}: {r[per]:>10.0f} {unit}  [{lo:.0f}, {hi:.0f}]", flush=True)
 
 
 def summarize(results: list[dict[str, Any]], sequences: bool, p: Preset, out: str) -> None:

@@ -184,13 +184,16 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
 
 
 
-def pages(surfaces: dict[tuple[int, float], dict[str, Surface]], out: str) -> list[str]:
-    """One interactive 3D page per 2D panel (landscape.pipelines.viewers), to turn each minimum in one's hands."""
+def pages(surfaces: dict[tuple[int, float], dict[str, Surface]], p: Preset, out: str) -> list[str]:
+    """One interactive 3D page per 2D panel (landscape.pipelines.viewers), to turn each minimum in one's hands; its
+    losses' contours at the figure's linear levels, on every page alike."""
     from landscape.pipelines import viewers
 
     os.makedirs(os.path.join(out, "pages"), exist_ok=True)
+    levels, _ = contour_levels(p.contour_levels, p.log_levels)
     return [viewers.write_html(v["2d"], os.path.join(out, "pages", f"{run_name(bs, wd)}_2d.html"),
-                               f"WD={wd:g}, BS={bs}") for (bs, wd), v in surfaces.items()]
+                               f"WD={wd:g}, BS={bs}", levels=dict.fromkeys(v["2d"].loss_metrics(), levels))
+            for (bs, wd), v in surfaces.items()]
 
 
 MEASURES = ("lambda_max", "lambda_min", "trace", "epsilon", "adaptive", "average", "width")
@@ -283,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = summarize(runs, surfaces, preset, info, args.out, args.device)
         if not info.is_main:
             return
-        files = compose(rows, surfaces, preset, args.out, args.log_contours) + pages(surfaces, args.out)
+        files = compose(rows, surfaces, preset, args.out, args.log_contours) + pages(surfaces, preset, args.out)
         table = write_table(rows, os.path.join(args.out, "summary.csv"))
     print0(f"\n{table}\n\n{verdict(rows, preset)}\n")
     print0(f"figures: {', '.join(files)}\ntable: {os.path.join(args.out, 'summary.csv')}\n"

@@ -98,11 +98,14 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str, log: bool = False
 
 
 def pages(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
-    """An interactive page per run: its plane's surface in 3D with the path drawn on it (pipelines.viewers)."""
+    """An interactive page per run: its plane's surface in 3D with the path drawn on it (pipelines.viewers), its
+    losses' contours at the figure's linear levels."""
     from landscape.pipelines import viewers
 
+    levels, _ = contour_levels(p.contour_levels, p.log_levels)
     return [viewers.write_html(s, os.path.join(out, f"trajectory_{run_name(bs, p.weight_decay)}.html"),
-                               f"BS={bs}, WD={p.weight_decay:g}: the path on its PCA plane")
+                               f"BS={bs}, WD={p.weight_decay:g}: the path on its PCA plane",
+                               levels=dict.fromkeys(s.loss_metrics(), levels))
             for bs, s in surfaces.items()]
 
 

@@ -176,9 +176,10 @@ def _dist_info(device: str | torch.device | None) -> DistInfo:
 
 
 def save_figures(s: Surface, stem: str, formats: Sequence[str] = ("png", "pdf"), loss_max: float | None = None,
-                 levels: int = 20, title: str | None = None) -> list[str]:
+                 levels: int | None = None, title: str | None = None) -> list[str]:
     """The CLI's figure files for a surface: for each metric, contour lines, filled contours, heatmap and 3D (2D),
-    or the loss/accuracy curves (1D), as STEM_<metric>_<kind>.<format>. Returns the paths written."""
+    or the loss/accuracy curves (1D), as STEM_<metric>_<kind>.<format>. A loss's levels are Li et al.'s (0.1 to 10
+    by 0.5) unless `levels` or `loss_max` is given (PlotConfig.levels). Returns the paths written."""
     from landscape.base.config import PlotConfig
     from landscape.pipelines.render import render_1d, render_2d
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -42,6 +43,9 @@ def test_flat_vs_sharp_writes_figures_and_summary_reuses_everything_and_reads_al
     assert len(os.listdir(tmp_path / "surfaces")) == 12
     assert sorted(os.listdir(tmp_path / "pages")) == sorted(f"bs{b}_wd{w}_2d.html" for b in (16, 256)
                                                              for w in ("0", "0.0005"))
+    for page in os.listdir(tmp_path / "pages"):  # the loss's contours at the figure's linear levels, on every page
+        first = re.search(r'"contours":\{"z":\{(.*?)"usecolormap"', open(tmp_path / "pages" / page).read()).group(1)
+        assert '"end":9.6' in first and '"size":0.5,' in first and '"start":0.1,' in first, (page, first)
     again = run_module("figures.flat_vs_sharp", "--preset", "smoke", "--out", str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already complete") == 4
@@ -168,12 +172,16 @@ def test_trajectory_figure_writes_both_paths_and_reuses_everything(tmp_path, mon
     assert drawn["trajectory"]["problems"] == []
 
 
-def test_hessian_directions_figure(mlp_ckpt, tmp_path):
-    res = run_module("figures.hessian_directions", mlp_ckpt, "--random", "2", "--x=-0.5:0.5:5", "--samples", "64",
-                     "--out", str(tmp_path))
+def test_hessian_directions_figure_reads_alone(mlp_ckpt, tmp_path, monkeypatch):
+    from figures import hessian_directions
+
+    args = [mlp_ckpt, "--random", "2", "--x=-0.5:0.5:5", "--samples", "64", "--out", str(tmp_path)]
+    res = run_module("figures.hessian_directions", *args)
     assert res.returncode == 0, res.stderr
     assert os.path.getsize(tmp_path / "hessian_directions.png") > 10_000
     assert len(os.listdir(tmp_path / "surfaces")) == 3
+    drawn = drawn_figures(hessian_directions.main, args, monkeypatch)  # the surfaces are reused: it only draws
+    assert drawn["hessian_directions"]["problems"] == []
 
 
 def test_every_preset_draws_its_minima_at_many_evenly_spaced_levels():

@@ -286,8 +286,10 @@ class PlotConfig:
 
     loss_max: float | None = option(None, "clip the plotted loss at this value: the top contour level in 2D, the "
                                     "top of the loss axis in 1D (default: the largest finite loss)", group="figures")
-    levels: int = option(20, "number of contour levels (2D)", group="figures")
-    log: bool = option(False, "log scale for the loss axis (1D)", group="figures")
+    levels: int | None = option(None, "number of evenly spaced contour levels from the lowest value to the top "
+                                "(2D; default: for a loss, Li et al.'s 0.1 to 10 by 0.5, shared by every surface, "
+                                "unless it crosses fewer than 3 of them; else 20)", group="figures")
+    log: bool = option(False, "log scale for the loss axis (1D; the axis label says so)", group="figures")
     title: str | None = option(None, "figure title (default: from the checkpoint: weight decay, batch size, test "
                                "error)", group="figures")
     formats: tuple[str, ...] = option(("png", "pdf", "html"), "figure file formats; html: one interactive 3D page "
@@ -295,7 +297,7 @@ class PlotConfig:
                                       group="figures")
 
     def __post_init__(self) -> None:
-        if self.levels < 2:
+        if self.levels is not None and self.levels < 2:
             raise ConfigError(f"--levels must be >= 2, got {self.levels}")
         if self.loss_max is not None and not math.isfinite(self.loss_max):
             raise ConfigError(f"--loss-max must be a finite number, got {self.loss_max}")

@@ -32,9 +32,27 @@ def capped(z: np.ndarray, done: np.ndarray, vmax: float | None) -> np.ndarray:
     return np.where(done, np.minimum(np.nan_to_num(np.asarray(z, float), nan=vmax, posinf=vmax), vmax), np.nan)
 
 
+PAPER_LEVELS = (0.1, 10.0, 0.5)  # np.arange(start, stop, step): the loss levels of Li et al.'s plot_2D.py
+
+
 def levels_for(z: np.ndarray, n: int = 20, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """`n` evenly spaced levels from the lowest finite value (or vmin) to the highest (or vmax)."""
     lo, hi = finite_range(z, vmin, vmax)
     return np.linspace(lo, hi, n)
+
+
+def loss_levels(z: np.ndarray, n: int | None = None, vmax: float | None = None, crossed: int = 3) -> np.ndarray:
+    """The contour levels of a loss surface. Given `n` or `vmax`: n (default 20) evenly spaced levels from the
+    lowest value to vmax (default the highest). Else Li et al.'s, 0.1 to 10 by 0.5, which every surface shares, so
+    two minima drawn apart compare ring by ring; a loss that crosses fewer than `crossed` of them (all above 10,
+    or a basin shallower than a step) gets 20 evenly spaced levels over its own range instead."""
+    if n is not None or vmax is not None:
+        return levels_for(z, n or 20, vmax=vmax)
+    paper = np.arange(*PAPER_LEVELS)
+    lo, hi = finite_range(z)
+    if int(np.sum((paper > lo) & (paper < hi))) >= crossed:
+        return paper
+    return levels_for(z, 20)
 
 
 def _masked(z: np.ndarray) -> np.ma.MaskedArray:

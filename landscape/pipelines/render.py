@@ -45,38 +45,44 @@ def _title(metric: str, title: str) -> str:
 def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str]:
     """For each stored metric: contour lines with labels, filled contours, heatmap and 3D surface, the file's
     markers (a plane's checkpoints, a trajectory) on the 2D ones; and with "html" in cfg.formats one interactive
-    page of every metric (STEM.html). The loss clipped at cfg.loss_max. Titled cfg.title, or from the centre's
-    training (describe)."""
+    page of every metric (STEM.html). Evenly spaced levels (viewers.surface_levels: a loss's are Li et al.'s 0.1
+    to 10 by 0.5 unless cfg.levels or cfg.loss_max says otherwise), a loss drawn flat above its top level, and
+    every panel its colourbar. Titled cfg.title, or from the centre's training (describe)."""
     assert s.y is not None
     title = describe(s) if cfg.title is None else cfg.title
     paths = []
+    levels = viewers.surface_levels(s, cfg.levels, cfg.loss_max)
     for metric, z in s.values.items():
-        vmax = cfg.loss_max if metric in s.loss_metrics() else None
+        vmax = levels[metric][-1] if metric in s.loss_metrics() else None  # a loss: flat at its top level
         z = artists.capped(z, s.done, vmax)
-        levels = artists.levels_for(z, cfg.levels, vmax=vmax)
+        name = metric.replace("_", " ")
         for kind in KINDS_2D:
             fig = plt.figure(figsize=(5, 4))
             ax = fig.add_subplot(projection="3d") if kind == "3d" else fig.add_subplot()
             if kind == "contour":
-                artists.contour(ax, s.x, s.y, z, levels)
+                fig.colorbar(artists.contour(ax, s.x, s.y, z, levels[metric]), ax=ax, label=name)
             elif kind == "contourf":
-                fig.colorbar(artists.contourf(ax, s.x, s.y, z, levels), ax=ax)
+                fig.colorbar(artists.contourf(ax, s.x, s.y, z, levels[metric]), ax=ax, label=name)
             elif kind == "heatmap":
-                fig.colorbar(artists.heatmap(ax, s.x, s.y, z, vmax=vmax), ax=ax)
+                fig.colorbar(artists.heatmap(ax, s.x, s.y, z, vmax=vmax), ax=ax, label=name)
             else:
                 artists.surface3d(ax, s.x, s.y, z, vmax=vmax)
             m = s.annotations.markers
             if s.annotations.curve is not None and kind != "3d":
-                artists.plane_path(ax, s.annotations.curve)
+                line = artists.plane_path(ax, s.annotations.curve, label="trained curve")
+                fig.legend([line], [line.get_label()], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                           frameon=False)  # below the figure: clear of the contour labels
             if m is not None and kind != "3d":
                 artists.markers(ax, m.coords, m.names, m.kind)
+            if kind != "3d":
+                artists.sparse_ticks(ax)  # the two axes' end ticks meet at the corner
             xlabel, ylabel = s.axis_names()
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.set_title(_title(metric, title), fontsize=9)
             paths += save(fig, f"{out_stem}_{metric}_{kind}", cfg.formats)
     if "html" in cfg.formats:
-        paths.append(viewers.write_html(s, f"{out_stem}.html", title, cfg.loss_max))
+        paths.append(viewers.write_html(s, f"{out_stem}.html", title, levels=levels))
     return paths
 
 
@@ -103,7 +109,7 @@ def render_density(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], sigma: 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, grid, density in curves:
         artists.spectral_density(ax, grid, density, label)
-    if len(curves) > 1:
+    if any(label for label, _, _ in curves):
         ax.legend(fontsize=7)
     ax.set_title(f"{title}  Hessian eigenvalue density (SLQ, Gaussian width {sigma:.3g})".strip(), fontsize=9)
     fig.tight_layout()
@@ -132,7 +138,7 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotC
                           f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
     named = [s for _, s in surfaces if s.annotations.axis_labels]
     ax.set_xlabel(named[0].axis_names()[0] if named else "alpha")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (log scale)" if cfg.log else "loss")
     acc_ax.set_ylabel("accuracy (%)")
     handles = ax.get_lines() + acc_ax.get_lines()
     if len(handles) > 6:  # many curves (a plane's edges): the legend below the axes, not over the curves
@@ -177,6 +183,7 @@ def render_curve(curve: Curve, out_stem: str, cfg: PlotConfig = DEFAULTS) -> lis
                      fontsize=8)
         if cfg.log and key.endswith("loss"):
             ax.set_yscale("log")
+        ax.set_ylabel(key.replace("_", " ") + unit + (" (log scale)" if cfg.log and key.endswith("loss") else ""))
         ax.legend(fontsize=7)
     a, b = run_tag(curve.origin.checkpoint), run_tag(curve.origin.target)
     if a == b:  # e.g. two seeds' runs in folders of the same name: the paths' last folders tell them apart

@@ -3,13 +3,14 @@ h52vtp offers, and one self-contained interactive HTML page (plotly) that works 
 
 Both read a `Surface` (core.surface_file) and never evaluate a model. The page embeds plotly's JavaScript (~4.6 MB), so
 opening it fetches nothing: a 3D surface per metric (a menu switches between them) that can be turned and zoomed,
-its contour lines projected on the floor, hover values, and the trajectory or the plane's checkpoints when the
-file has them.
+its contour lines projected on the floor at the PNG figures' levels (surface_levels), hover values, and the
+trajectory or the plane's checkpoints when the file has them.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from landscape.base.errors import UserError
 from landscape.base.files import atomic_path, write_text
 from landscape.core.surface_file import Surface
-from landscape.drawing.artists import capped
+from landscape.drawing.artists import capped, levels_for, loss_levels
 
 LOG_OFFSET = 0.1  # --log draws ln(z + 0.1), as the reference implementation's h52vtp
 
@@ -110,20 +111,36 @@ def _at(s: Surface, z: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return RegularGridInterpolator((s.y, s.x), z)(pts)
 
 
-def html_figure(s: Surface, title: str = "", loss_max: float | None = None) -> Any:
+def surface_levels(s: Surface, n: int | None = None, loss_max: float | None = None,
+                   given: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Each metric's evenly spaced contour levels, those `given` first: a loss's from artists.loss_levels (Li et
+    al.'s 0.1 to 10 by 0.5 unless `n` or `loss_max` is given), any other metric's n (default 20) over its range.
+    The PNG figures (pipelines.render) and the HTML page draw the same ones."""
+    losses, given = s.loss_metrics(), given or {}
+    return {m: np.asarray(given[m]) if m in given else loss_levels(z, n, loss_max) if m in losses else
+            levels_for(z, n or 20) for m, z in s.values.items()}
+
+
+def html_figure(s: Surface, title: str = "", loss_max: float | None = None,
+                levels: Mapping[str, np.ndarray] | None = None) -> Any:
     """A plotly Figure of the surface: one 3D surface per metric (a menu picks which one shows), contour lines
-    projected below, hover values, and the file's markers (path or points) on the surface."""
+    projected below at surface_levels (those `levels` gives first; a loss is drawn flat above its top level), hover
+    values, and the file's markers (path or points) on the surface."""
     import plotly.graph_objects as go
 
     assert s.y is not None
     xlabel, ylabel = s.axis_names()
     fig, buttons, per_metric = go.Figure(), [], []
+    drawn = surface_levels(s, loss_max=loss_max, given=levels)
     for metric, values in s.values.items():
-        vmax = loss_max if metric in s.loss_metrics() else None
+        lv = drawn[metric]
+        vmax = float(lv[-1]) if metric in s.loss_metrics() else None
         z = capped(np.asarray(values, float), s.done, vmax)  # a flat cap at vmax, diverged points included
         z = np.where(np.isfinite(z), z, np.nan)
+        contours = {"show": True, "project_z": True, "usecolormap": True, "start": float(lv[0]),
+                    "end": float(lv[-1]), "size": float(lv[1] - lv[0]) if len(lv) > 1 else 1.0}
         traces = [go.Surface(x=s.x, y=s.y, z=z, name=metric, colorscale="Viridis", colorbar={"title": metric},
-                             contours_z={"show": True, "project_z": True, "usecolormap": True},
+                             contours_z=contours,
                              hovertemplate=f"{xlabel}=%{{x:.4g}}<br>{ylabel}=%{{y:.4g}}<br>{metric}=%{{z:.5g}}"
                                            "<extra></extra>")]
         m = s.annotations.markers
@@ -153,10 +170,12 @@ def html_figure(s: Surface, title: str = "", loss_max: float | None = None) -> A
     return fig
 
 
-def write_html(s: Surface, path: str, title: str = "", loss_max: float | None = None) -> str:
-    """One self-contained page (plotly's JavaScript embedded: it works offline), written atomically."""
+def write_html(s: Surface, path: str, title: str = "", loss_max: float | None = None,
+               levels: Mapping[str, np.ndarray] | None = None) -> str:
+    """One self-contained page (plotly's JavaScript embedded: it works offline), written atomically; `levels`:
+    html_figure's."""
     _check_2d(s, next(iter(s.values)))
-    fig = html_figure(s, title, loss_max)
+    fig = html_figure(s, title, loss_max, levels)
     with atomic_path(path) as tmp:
         fig.write_html(tmp, include_plotlyjs=True, full_html=True, config={"displaylogo": False},
                        default_width="100%", default_height="95vh")
