@@ -110,6 +110,7 @@ def compose(results: dict[str, tuple[Curve, Surface]], p: Preset, out: str) -> l
 
     fig, axes = render.plt.subplots(len(results), 3, figsize=(13, 3.6 * len(results)), squeeze=False,
                                     layout="constrained")
+    levels = np.linspace(0.0, p.loss_max, 21)  # linear, shared by the planes compared: 0.1 apart at loss_max 2
     for row, (pair, (curve, plane)) in zip(axes, results.items()):
         for ax, key in zip(row[:2], ("train_loss", "test_error")):
             heights = render.path_panel(ax, curve, key)
@@ -119,8 +120,8 @@ def compose(results: dict[str, tuple[Curve, Surface]], p: Preset, out: str) -> l
             ax.legend(fontsize=7)
         ax = row[2]
         z = artists.capped(plane.values["train_loss"], plane.done, p.loss_max)
-        fig.colorbar(artists.contourf(ax, plane.x, plane.y, z, artists.levels_for(z, 20, vmax=p.loss_max)), ax=ax,
-                     label="train loss")
+        fig.colorbar(artists.contourf(ax, plane.x, plane.y, z, levels), ax=ax, label="train loss (same levels in "
+                     "every plane)")
         if plane.annotations.curve is not None:
             artists.plane_path(ax, plane.annotations.curve, color="white")
         m = plane.annotations.markers

@@ -154,9 +154,10 @@ def markers(ax: Axes, coords: np.ndarray, names: Sequence[str], kind: str = "poi
     else:
         artists = [ax.scatter(c[:, 0], c[:, 1], s=36, color=color, edgecolors="white", zorder=5, **kw)]
         labelled = list(range(len(c)))
-    for i in labelled:
+    box = None if kind == "path" else {"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.75}
+    for i in labelled:  # a plane's few points: each name on a light box, readable on any colour
         artists.append(ax.annotate(names[i], (c[i, 0], c[i, 1]), textcoords="offset points", xytext=(4, 4),
-                                   fontsize=7, color=color))
+                                   fontsize=7, color=color, bbox=box))
     return artists
 
 
