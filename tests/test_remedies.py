@@ -118,6 +118,8 @@ REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
             "lamb": dict(optimizer="lamb", lr=0.01, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
             "sam": dict(sam=0.05, sam_m=16, sam_adaptive=True, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
             "ramp": dict(micro_batch_size=16, batch_ramp="16:2", schedule="cosine"),
+            "schedule": dict(micro_batch_size=16, batch_schedule="16:0,32:1,64:2", scale_lr="sqrt", base_batch_size=16,
+                             schedule="cosine", track_noise=2),
             "tracked": dict(track_sharpness=5, track_samples=128, track_noise=3, optimizer="adam", lr=3e-3),
             "noise_micro": dict(track_noise=2, micro_batch_size=16)}
 
@@ -283,6 +285,29 @@ def test_sam_on_two_processes_equals_one_process_with_the_same_m(tmp_path):
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_schedule_grows_the_batch_by_stages_with_the_lr_rule_and_the_schedule_follows_the_samples(tmp_path):
+    from landscape.training.optim import RampedSchedule, Schedule, make_batch_schedule, make_plan
+
+    plan = make_plan(128, 1, 512, micro_batch_size=16)  # 8 accumulation steps of 16, 4 steps an epoch
+    stages = make_batch_schedule(plan, [(32, 0), (64, 2), (128, 3)], 512, "linear")
+    assert [stages.plan_at(e).global_batch_size for e in range(5)] == [32, 32, 64, 128, 128]
+    assert [stages.plan_at(e).steps_per_epoch for e in range(4)] == [16, 16, 8, 4]
+    assert stages.samples_before(40) == 1024 + 8 * 64 and stages.epoch_of(39) == 2 and stages.epoch_of(40) == 3
+    assert [stages.lr_factor(s) for s in (0, 31, 32, 40)] == [0.25, 0.25, 0.5, 1.0]  # linear: the stage's batch
+    cosine = Schedule("cosine", 5, 4)
+    lr = RampedSchedule(cosine, stages)
+    assert lr(16) == pytest.approx(0.25 * cosine(4.0)) and lr(36) == pytest.approx(0.5 * cosine(10.0))
+    sqrt = make_batch_schedule(plan, [(32, 0), (128, 1)], 512, "sqrt")
+    assert sqrt.lr_factor(0) == pytest.approx(0.5)
+    cfg = train_config(tmp_path / "r", batch_size=128, micro_batch_size=16, batch_schedule="32:0,64:2,128:3",
+                       scale_lr="linear", base_batch_size=128, epochs=4, lr=0.2, schedule="constant")
+    ckpt = fit(cfg, SINGLE)
+    assert ckpt["step"] == 16 + 16 + 8 + 4
+    log = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert [r["global_batch_size"] for r in log] == [32, 32, 64, 128]
+    assert [r["lr"] for r in log] == pytest.approx([0.05, 0.05, 0.1, 0.2])  # the epoch's first lr, by the rule
 
 
 def test_a_batch_ramp_grows_the_batch_by_accumulation_and_the_schedule_follows_the_samples(tmp_path):

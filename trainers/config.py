@@ -21,9 +21,10 @@ from landscape.training.optim import (
     OPTIMIZERS,
     SCHEDULES,
     BatchPlan,
-    BatchRamp,
+    GrowingBatch,
     RampedSchedule,
     Schedule,
+    make_batch_schedule,
     make_optimizer,
     make_plan,
     make_ramp,
@@ -85,6 +86,11 @@ class TrainConfig:
                                     "START to --batch-size over EPOCHS epochs, by accumulation steps (START a "
                                     "multiple of micro-batch x ranks); the schedule follows the samples seen",
                                     metavar="START:EPOCHS", group="large-batch remedies")
+    batch_schedule: str | None = option(None, "a stepwise batch (Merrill et al. 2025): BATCH:EPOCH stages, e.g. "
+                                        "64:0,128:5,256:12, the first at epoch 0, the last at --batch-size, each a "
+                                        "whole number of micro-batches x ranks; the lr follows each stage's batch by "
+                                        "--scale-lr's rule, and the schedule the samples seen",
+                                        metavar="B:E,...", group="large-batch remedies")
     track_sharpness: int | None = option(None, "every STEPS optimizer steps (and at the last), the top Hessian "
                                          "eigenvalue of the data loss on --track-samples training samples, beside "
                                          "the optimizer's stability threshold (Cohen et al. 2021), in metrics.jsonl",
@@ -136,6 +142,11 @@ class TrainConfig:
                   (not (self.batch_ramp and self.regime_adaptation), "--batch-ramp and --regime-adaptation do not "
                    "combine: regime adaptation matches the optimizer steps of a fixed batch, and a ramp's smaller "
                    "early batches take more steps; give one of them"),
+                  (not (self.batch_schedule and (self.batch_ramp or self.regime_adaptation)), "--batch-schedule "
+                   "does not combine with --batch-ramp or --regime-adaptation: each sets how the batch or the steps "
+                   "grow; give one of them"),
+                  (not self.batch_schedule or self.scale_lr, "--batch-schedule applies the lr rule at each change of "
+                   "batch: give --scale-lr linear (SGD) or sqrt (Adam), with --base-batch-size"),
                   (self.sam_m is None or self.sam_m >= 1, "--sam-m must be >= 1"),
                   (self.track_sharpness is None or self.track_sharpness >= 1, "--track-sharpness must be >= 1"),
                   (self.track_samples >= 1, "--track-samples must be >= 1"),
@@ -148,6 +159,8 @@ class TrainConfig:
                 raise ConfigError(msg)
         if self.batch_ramp is not None:
             ramp_start_epochs(self.batch_ramp)
+        if self.batch_schedule is not None:
+            schedule_stages(self.batch_schedule)
         for value, choices, flag in [(self.optimizer, OPTIMIZERS, "--optimizer"),
                                      (self.schedule, SCHEDULES, "--schedule"),
                                      (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device"),
@@ -186,8 +199,28 @@ def ramp_start_epochs(text: str) -> tuple[int, int]:
     return start, epochs
 
 
-def ramp_of(cfg: TrainConfig, plan: BatchPlan, length: RunLength, n_train: int) -> BatchRamp | None:
-    """cfg's batch ramp, refused when it is longer than the run."""
+def schedule_stages(text: str) -> list[tuple[int, int]]:
+    """[(batch, first epoch), ...] of --batch-schedule B:E,B:E,..."""
+    try:
+        stages = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        stages = []
+    if not stages or any(len(st) != 2 for st in stages):
+        raise ConfigError(f"--batch-schedule {text!r}: give BATCH:EPOCH stages separated by commas, integers, e.g. "
+                          "64:0,128:5,256:12")
+    if any(b < 1 or e < 0 for b, e in stages):
+        raise ConfigError(f"--batch-schedule {text!r}: batches must be >= 1 and epochs >= 0")
+    return [(b, e) for b, e in stages]
+
+
+def ramp_of(cfg: TrainConfig, plan: BatchPlan, length: RunLength, n_train: int) -> GrowingBatch | None:
+    """cfg's growing batch: its batch ramp or batch schedule, refused when it is longer than the run."""
+    if cfg.batch_schedule is not None:
+        stages = schedule_stages(cfg.batch_schedule)
+        if stages[-1][1] >= length.epochs:
+            raise ConfigError(f"--batch-schedule {cfg.batch_schedule}: its last stage starts at epoch {stages[-1][1]} "
+                              f"but the run trains {length.epochs}; start every stage within the run")
+        return make_batch_schedule(plan, stages, n_train, cfg.scale_lr)
     if cfg.batch_ramp is None:
         return None
     start, epochs = ramp_start_epochs(cfg.batch_ramp)
@@ -244,7 +277,7 @@ def schedule_of(cfg: TrainConfig, steps_per_epoch: int, length: RunLength | None
 
 
 def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, length: RunLength | None = None,
-                 ramp: BatchRamp | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+                 ramp: GrowingBatch | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """cfg's optimizer over the model's parameters, and its schedule stepped once per optimizer step (with a batch
     ramp, followed in samples seen)."""
     opt = make_optimizer(model, cfg.optimizer, peak_lr(cfg), cfg.weight_decay, cfg.momentum,

@@ -64,9 +64,7 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     model) and samples/second (all ranks), and tokens/second for a language model. When `watch` finds a
     non-finite loss or weights, the pass stops there and returns {"diverged": (step, lr)} instead."""
     ddp_model.train()
-    sampler.set_epoch(epoch)
-    idx = torch.tensor(list(iter(sampler)), device=info.device if data.resident else "cpu")
-    gen = torch.Generator(device=info.device).manual_seed(cfg.seed * 100_003 + epoch * 1009 + info.rank)
+    idx, gen = epoch_order(data, sampler, cfg, epoch, info)
     precision = resolve_precision(cfg.precision, info.device)
     losses: list[Tensor] = []  # one detached loss per micro-batch, summed once at the end of the epoch
     bar = tqdm(total=plan.steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs or cfg.epochs}", leave=False,
@@ -103,6 +101,21 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
     if data.sequences:  # the throughput that compares across sequence lengths
         record["tokens_per_second"] = count * data.tokens_per_sample / seconds
     return record
+
+
+def epoch_order(data: Dataset, sampler: DistributedSampler, cfg: TrainConfig, epoch: int, info: DistInfo
+                ) -> tuple[Tensor, torch.Generator]:
+    """This rank's train indices of `epoch`, in order, and the generator its augmentations draw from: the same
+    for every command that continues a run (trainers.branch), so a continuation sees what the run would have."""
+    sampler.set_epoch(epoch)
+    idx = torch.tensor(list(iter(sampler)), device=info.device if data.resident else "cpu")
+    return idx, torch.Generator(device=info.device).manual_seed(cfg.seed * 100_003 + epoch * 1009 + info.rank)
+
+
+def run_sampler(n_train: int, cfg: TrainConfig, info: DistInfo) -> DistributedSampler:
+    """The run's sampler: each rank's shard of a shuffled epoch, the remainder dropped."""
+    return DistributedSampler(range(n_train), num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                              seed=cfg.seed, drop_last=True)
 
 
 def micro_batches(data: Dataset, batch: Tensor, plan: BatchPlan, gen: torch.Generator, device: torch.device
@@ -173,8 +186,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
         if start_epoch >= length.epochs:
             print0(f"{cfg.out}: already complete ({start_epoch} epochs); nothing to do")
             return state
-    sampler = DistributedSampler(range(len(data.x_train)), num_replicas=info.world_size, rank=info.rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=True)
+    sampler = run_sampler(len(data.x_train), cfg, info)
     ddp_model = wrap_model(model, info, cfg.compile)
     log_path = os.path.join(cfg.out, "metrics.jsonl")
     tracking = tracking_of(cfg, model, ddp_model, data, plan, ramp, length, info, state)
@@ -275,6 +287,8 @@ def plan_text(cfg: TrainConfig, plan: BatchPlan, length: RunLength, data: Datase
               "tokens" if data.sequences else "")
     regime = (f"; regime adaptation: {length.epochs} epochs = {length.epochs * plan.steps_per_epoch} steps, as batch "
               f"{cfg.base_batch_size} takes in {cfg.epochs} epochs" if cfg.regime_adaptation else "")
+    if cfg.batch_schedule:
+        regime = f"; batch schedule {cfg.batch_schedule} (batch:epoch), the lr by the {cfg.scale_lr} rule at each stage"
     return (f"global batch {plan.global_batch_size}{tokens} = {plan.micro_batch_size} per forward x "
             f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
             f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}{regime}")

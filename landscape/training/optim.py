@@ -5,6 +5,7 @@ function of the optimizer step, so a resumed run continues exactly where it stop
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,24 +48,19 @@ def make_plan(global_batch_size: int, world_size: int, n_train: int, micro_batch
 
 
 @dataclass(frozen=True)
-class BatchRamp:
-    """A global batch that grows with the epochs (Smith et al. 2018), by accumulation steps over a fixed
-    micro-batch: `start` accumulation steps at epoch 0, linearly more each epoch, all of `plan`'s from `epochs` on.
-    The data order and the ranks' shares stay those of a fixed batch: only how many samples one step takes changes.
-    """
+class GrowingBatch:
+    """A global batch that grows with the epochs by accumulation steps over a fixed micro-batch (`accumulation`,
+    per epoch, up to all of `plan`'s). The data order and the ranks' shares stay those of a fixed batch: only how
+    many samples one step takes changes."""
 
     plan: BatchPlan  # the full batch's plan
-    start: int  # accumulation steps at epoch 0
-    epochs: int  # the epochs the ramp takes
     rank_samples: int  # training samples of one rank per epoch (the sampler's share)
 
     def accumulation(self, epoch: int) -> int:
-        if epoch >= self.epochs:
-            return self.plan.accumulation_steps
-        return round(self.start + (self.plan.accumulation_steps - self.start) * epoch / self.epochs)
+        raise NotImplementedError
 
     def plan_at(self, epoch: int) -> BatchPlan:
-        """The batch plan of one epoch of the ramp."""
+        """The batch plan of one epoch."""
         acc, p = self.accumulation(epoch), self.plan
         per_rank = acc * p.micro_batch_size
         return BatchPlan(per_rank * p.world_size, per_rank, p.micro_batch_size, acc, p.world_size,
@@ -79,6 +75,32 @@ class BatchRamp:
             seen, step, epoch = seen + taken * p.global_batch_size, step - taken, epoch + 1
         return seen
 
+    def epoch_of(self, step: int) -> int:
+        """The epoch optimizer step `step` (0-based) falls in."""
+        epoch = 0
+        while step >= self.plan_at(epoch).steps_per_epoch:
+            step, epoch = step - self.plan_at(epoch).steps_per_epoch, epoch + 1
+        return epoch
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate's multiplier at `step` over the schedule's: 1 (a ramp grows the batch instead of
+        decaying the lr)."""
+        return 1.0
+
+
+@dataclass(frozen=True)
+class BatchRamp(GrowingBatch):
+    """Batch-size warmup (Smith et al. 2018): `start` accumulation steps at epoch 0, linearly more each epoch, all
+    of `plan`'s from `epochs` on."""
+
+    start: int = 1  # accumulation steps at epoch 0
+    epochs: int = 1  # the epochs the ramp takes
+
+    def accumulation(self, epoch: int) -> int:
+        if epoch >= self.epochs:
+            return self.plan.accumulation_steps
+        return round(self.start + (self.plan.accumulation_steps - self.start) * epoch / self.epochs)
+
 
 def make_ramp(plan: BatchPlan, start_batch: int, epochs: int, n_train: int) -> BatchRamp:
     """The ramp from a global batch of `start_batch` to `plan`'s over `epochs`, refused unless the start is a whole
@@ -90,19 +112,60 @@ def make_ramp(plan: BatchPlan, start_batch: int, epochs: int, n_train: int) -> B
     if start_batch % unit:
         raise ConfigError(f"--batch-ramp starts at {start_batch}, which is not a multiple of the micro-batch x ranks "
                           f"({unit}); set --micro-batch-size so that the batch grows by accumulation steps")
-    return BatchRamp(plan, start_batch // unit, epochs, n_train // plan.world_size)
+    return BatchRamp(plan, n_train // plan.world_size, start=start_batch // unit, epochs=epochs)
+
+
+@dataclass(frozen=True)
+class BatchSchedule(GrowingBatch):
+    """A stepwise batch (Merrill et al. 2025's batch-size warmup): `stages` of (first epoch, accumulation steps),
+    the first at epoch 0, the last `plan`'s; the learning rate follows each stage's batch by `rule` (linear, sqrt,
+    landscape.training.scaled_lr), relative to the full batch's."""
+
+    stages: tuple[tuple[int, int], ...] = ()
+    rule: str | None = None
+
+    def accumulation(self, epoch: int) -> int:
+        return next(acc for first, acc in reversed(self.stages) if epoch >= first)
+
+    def lr_factor(self, step: int) -> float:
+        batch = self.plan_at(self.epoch_of(step)).global_batch_size
+        return scaled_lr(1.0, batch, self.plan.global_batch_size, self.rule)
+
+
+def make_batch_schedule(plan: BatchPlan, stages: Sequence[tuple[int, int]], n_train: int, rule: str | None,
+                        flag: str = "--batch-schedule") -> BatchSchedule:
+    """The schedule of (global batch, first epoch) `stages`, refused in one line unless it starts at epoch 0, its
+    epochs and batches increase, its last batch is `plan`'s and every batch is a whole number of accumulation
+    steps (micro-batch x ranks)."""
+    unit, text = plan.micro_batch_size * plan.world_size, ",".join(f"{b}:{e}" for b, e in stages)
+    batches, epochs = [b for b, _ in stages], [e for _, e in stages]
+    if epochs[0] != 0:
+        raise ConfigError(f"{flag} {text}: the first stage must start at epoch 0 (e.g. {batches[0]}:0)")
+    if any(b >= c for b, c in zip(batches, batches[1:])) or any(e >= f for e, f in zip(epochs, epochs[1:])):
+        raise ConfigError(f"{flag} {text}: batches and epochs must both increase from stage to stage")
+    if batches[-1] != plan.global_batch_size:
+        raise ConfigError(f"{flag} {text}: the last stage's batch {batches[-1]} must be --batch-size "
+                          f"({plan.global_batch_size}), the batch the schedule grows to")
+    odd = [b for b in batches if b % unit]
+    if odd:
+        raise ConfigError(f"{flag} {text}: {', '.join(map(str, odd))} is not a whole number of micro-batches x ranks "
+                          f"({unit}); set --micro-batch-size so that every stage is made of accumulation steps")
+    return BatchSchedule(plan, n_train // plan.world_size, stages=tuple((e, b // unit) for b, e in stages),
+                         rule=rule)
 
 
 @dataclass(frozen=True)
 class RampedSchedule:
     """A schedule followed in samples: at a step of a growing batch, the lr the full batch would have after the
-    same number of samples (so growing the batch, not the schedule, is what changes)."""
+    same number of samples (so growing the batch, not the schedule, is what changes), times the growing batch's
+    lr factor (a batch schedule's rule at its stage)."""
 
     schedule: Schedule
-    ramp: BatchRamp
+    ramp: GrowingBatch
 
     def __call__(self, step: int) -> float:
-        return self.schedule(self.ramp.samples_before(step) / self.ramp.plan.global_batch_size)
+        return (self.schedule(self.ramp.samples_before(step) / self.ramp.plan.global_batch_size)
+                * self.ramp.lr_factor(step))
 
 
 def scaled_lr(lr: float, global_batch_size: int, base_batch_size: int, rule: str | None) -> float:
