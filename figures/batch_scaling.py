@@ -27,12 +27,12 @@ import torch
 
 from landscape.base import ArgumentParser, DefaultsFormatter, UserError, read_cached, run_cli, write_cached, write_csv
 from landscape.data import Dataset, load_dataset
-from landscape.models import build_model
 from landscape.monitoring import estimate_noise
-from landscape.runtime import DistInfo, evaluate, exclusive_output, get_metric, process_group, resolve_precision
+from landscape.runtime import DistInfo, exclusive_output, process_group, resolve_precision
 from landscape.training import train_step
-from trainers.config import TrainConfig, optimizer_of, plan_of
-from trainers.loop import micro_batches, to_device
+from trainers.config import TrainConfig, optimizer_of
+from trainers.loop import build_run, micro_batches, to_device
+from trainers.target import Target, train_to_target
 
 
 @dataclass(frozen=True)
@@ -97,60 +97,44 @@ PRESETS = {
 }
 
 
-def training_at(p: Preset, bs: int, data: Dataset, info: DistInfo) -> tuple[Any, ...]:
-    """(model, optimizer, scheduler, plan, generator) of a fresh run at global batch `bs`, as the preset trains it."""
+def config_at(p: Preset, bs: int, data: Dataset) -> TrainConfig:
+    """The trainer's config of the preset's run at global batch `bs` (its lr by the preset's rule, its warmup)."""
     steps_per_epoch = len(data.x_train) // bs
     warmup = p.warmup_steps / steps_per_epoch if p.warmup_steps is not None else p.warmup_epochs
-    cfg = TrainConfig(out="", dataset=p.dataset, model=p.model, model_kwargs=p.model_kwargs, batch_size=bs,
-                      epochs=max(1, -(-p.max_steps // steps_per_epoch)), lr=p.lr_for(bs), optimizer=p.optimizer,
-                      betas=p.betas, warmup_epochs=warmup, seed=p.seed, progress=False)
-    torch.manual_seed(p.seed)
-    model = build_model(p.model, num_classes=data.num_classes, input_shape=data.input_shape, **p.model_kwargs)
-    model.to(info.device)
-    plan = plan_of(cfg, 1, len(data.x_train))
-    opt, sched = optimizer_of(model, cfg, plan)
-    return model, opt, sched, plan, torch.Generator(device=info.device).manual_seed(p.seed)
+    return TrainConfig(out="", dataset=p.dataset, data_kwargs=p.data_kwargs, model=p.model,
+                       model_kwargs=p.model_kwargs, batch_size=bs, epochs=max(1, -(-p.max_steps // steps_per_epoch)),
+                       lr=p.lr_for(bs), optimizer=p.optimizer, betas=p.betas, warmup_epochs=warmup, seed=p.seed,
+                       precision="auto", eval_batch_size=4096, progress=False)
+
+
+def target_of(p: Preset) -> Target:
+    return Target(acc=None if p.target_loss is not None else p.target_acc, loss=p.target_loss,
+                  samples=p.eval_samples, growth=p.eval_growth)
 
 
 def run_batch_size(p: Preset, bs: int, data: Dataset, info: DistInfo, measure_noise: bool) -> dict[str, Any]:
-    """Train at global batch `bs` until the target (checked every step, or on a grid growing by eval_growth) or
-    max_steps."""
-    model, opt, sched, plan, gen = training_at(p, bs, data, info)
+    """Train at global batch `bs` with the trainer until the target (trainers.target) or max_steps, measuring the
+    noise scale every noise_every steps in the noise batch's run."""
+    noise: list[dict[str, Any]] = []
     noise_gen = torch.Generator().manual_seed(p.seed + 1)
-    x_test, y_test = data.x_test[:p.eval_samples], data.y_test[:p.eval_samples]
-    metric, precision = get_metric(data.metric), resolve_precision("auto", info.device)
-    step, next_check, train_seconds, reached, noise = 0, 1, 0.0, None, []
-    losses: list[torch.Tensor] = []  # train_step's per-micro-batch losses; not needed here
-    while step < p.max_steps and reached is None:
-        order = torch.randperm(len(data.x_train), generator=gen, device=info.device)
-        for i in range(plan.steps_per_epoch):
-            model.train()
-            t0 = time.perf_counter()
-            train_step(model, opt, sched, micro_batches(data, order[i * bs:(i + 1) * bs], plan, gen, info.device),
-                       plan.accumulation_steps, precision, info, losses)
-            losses.clear()
-            if info.device.type == "cuda":
-                torch.cuda.synchronize(info.device)
-            train_seconds += time.perf_counter() - t0
-            step += 1
-            if measure_noise and step % p.noise_every == 0:
-                est = estimate_noise(model, data.x_train, data.y_train, min(bs, 64), noise_gen,
-                                     p.noise_micro_batches)
-                noise.append({"step": step, "g2": est.g2, "trace_sigma": est.trace_sigma, "b_simple": est.b_simple,
-                              "b_simple_undefined": est.b_simple_note})
-            if step >= next_check:
-                next_check = step + max(1, int(p.eval_growth * step))
-                model.eval()
-                result = evaluate(model, x_test, y_test, 4096, precision, metric)
-                if (result.loss <= p.target_loss) if p.target_loss is not None else (result.acc >= p.target_acc):
-                    reached = step
-                    break
-            if step >= p.max_steps:
-                break
-    samples_per_second = step * bs / train_seconds
-    return {"batch_size": bs, "lr": p.lr_for(bs), "steps_to_target": reached, "steps_run": step,
-            "images_per_second": samples_per_second,
-            "tokens_per_second": samples_per_second * data.tokens_per_sample, "noise": noise}
+
+    def measure(step: int, model: torch.nn.Module) -> None:
+        if measure_noise and step % p.noise_every == 0:
+            est = estimate_noise(model, data.x_train, data.y_train, min(bs, 64), noise_gen, p.noise_micro_batches)
+            noise.append({"step": step, "g2": est.g2, "trace_sigma": est.trace_sigma, "b_simple": est.b_simple,
+                          "b_simple_undefined": est.b_simple_note})
+
+    r = train_to_target(config_at(p, bs, data), data, info, target_of(p), p.max_steps, measure)
+    return {"batch_size": bs, "lr": p.lr_for(bs), "steps_to_target": r["steps_to_target"], "steps_run": r["steps_run"],
+            "images_per_second": r["samples_per_second"],
+            "tokens_per_second": r["samples_per_second"] * data.tokens_per_sample, "noise": noise}
+
+
+def training_at(cfg: TrainConfig, data: Dataset, info: DistInfo) -> tuple[Any, ...]:
+    """(model, optimizer, scheduler, plan, generator) of a fresh run of cfg, as the trainer builds it."""
+    model, plan, length = build_run(cfg, data, info)
+    opt, sched = optimizer_of(model, cfg, plan, length)
+    return model, opt, sched, plan, torch.Generator(device=info.device).manual_seed(cfg.seed)
 
 
 def measure_throughput(p: Preset, data: Dataset, info: DistInfo) -> dict[int, list[float]]:
@@ -158,7 +142,7 @@ def measure_throughput(p: Preset, data: Dataset, info: DistInfo) -> dict[int, li
     rounds, each timing every batch size in turn (the order rotating, so none always goes first) over at least
     `throughput_samples` samples and 3 steps after one warm-up step, so every batch size meets the same machine
     load. {batch: the rounds' rates}."""
-    runs = {bs: training_at(p, bs, data, info) for bs in p.batch_sizes}
+    runs = {bs: training_at(config_at(p, bs, data), data, info) for bs in p.batch_sizes}
     precision = resolve_precision("auto", info.device)
     losses: list[torch.Tensor] = []
 

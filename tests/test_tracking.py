@@ -202,3 +202,36 @@ def test_tensorboard_without_its_package_is_one_line(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "needs the tensorboard package" in err[0]
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_b_noise_is_tr_h_sigma_over_g_h_g_of_the_drawn_micro_batches_with_the_dense_hessian():
+    """estimate_b_noise against the same micro-batches' gradients and the dense Hessian of their loss, by hand."""
+    from torch.func import functional_call
+
+    from landscape.monitoring import estimate_b_noise
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    x, y = torch.randn(96, 5, dtype=torch.float64), torch.randint(0, 3, (96,))
+    est = estimate_b_noise(model, x, y, 8, torch.Generator().manual_seed(3), n_micro=6)
+    idx = torch.randperm(96, generator=torch.Generator().manual_seed(3))[:48]
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(flat, xb, yb):
+        parts, i = {}, 0
+        for n, s in zip(names, shapes):
+            parts[n] = flat[i:i + s.numel()].reshape(s)
+            i += s.numel()
+        return torch.nn.functional.cross_entropy(functional_call(model, parts, (xb,)), yb)
+
+    g = torch.stack([torch.func.grad(loss)(flat0, x[c], y[c]) for c in idx.view(6, 8)])
+    h = torch.func.hessian(loss)(flat0, x[idx], y[idx])
+    mean, spread = g.mean(0), g - g.mean(0)
+    trace_h_sigma = 8 / 5 * float(sum(d @ h @ d for d in spread))
+    ghg = float(mean @ h @ mean) - trace_h_sigma / 48
+    assert est.trace_h_sigma == pytest.approx(trace_h_sigma, rel=1e-6)
+    assert est.ghg == pytest.approx(ghg, rel=1e-6) and est.products == 7
+    assert est.b_noise == pytest.approx(trace_h_sigma / ghg, rel=1e-6)
+    assert est.simple.g2 == pytest.approx((48 * float(mean @ mean) - 8 * float(g.pow(2).sum(1).mean())) / 40, rel=1e-6)

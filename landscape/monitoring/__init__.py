@@ -7,6 +7,7 @@ from landscape.base.lazy import lazy_exports
 
 _API = {"Monitor": "monitor", "MEASURES": "monitor", "NoiseEstimate": "noise", "two_batch_estimate": "noise",
         "estimate_noise": "noise", "noise_of_batches": "noise", "b_simple_of": "noise",
+        "estimate_b_noise": "noise", "HessianNoise": "noise",
         "StepGradients": "step_gradients"}
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

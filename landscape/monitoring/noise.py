@@ -94,3 +94,58 @@ def estimate_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, gen
     idx = torch.randperm(len(x), generator=generator)[: micro_batch * n_micro].to(x.device)  # samples: sequences
     batches = ((x[chunk].to(device), y[chunk]) for chunk in idx.view(n_micro, micro_batch))
     return noise_of_batches(model, batches, cross_entropy_loss)[0]
+
+
+@dataclass(frozen=True)
+class HessianNoise:
+    """McCandlish et al.'s B_noise = tr(H Sigma) / (G^T H G) (their eq. 2.6; B_simple replaces H by the identity),
+    its two parts, B_simple from the same gradients, and the Hessian-vector products it took."""
+
+    trace_h_sigma: float
+    ghg: float
+    simple: NoiseEstimate
+    products: int
+
+    @property
+    def b_noise(self) -> float | None:
+        """tr(H Sigma) / G^T H G, or None where the estimate of G^T H G is not positive (undefined, not infinite)."""
+        return self.trace_h_sigma / self.ghg if self.ghg > 0 else None
+
+
+def estimate_b_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, generator: torch.Generator,
+                     n_micro: int = 8, batch_size: int = 512) -> HessianNoise:
+    """B_noise at the model's current weights from n_micro random micro-batches of b = micro_batch samples of
+    (x, y) under the cross-entropy, the model in eval mode (as the Hessian is taken, landscape.curvature):
+    with g_i the micro-batches' gradients, g their mean and H the Hessian of the loss on all n_micro x b samples,
+    tr(H Sigma) = b / (n_micro - 1) sum_i (g_i - g)^T H (g_i - g) and G^T H G = g^T H g - tr(H Sigma) / (n_micro b),
+    each unbiased given H (the second removes the noise g carries). Cost: n_micro gradients and n_micro + 1
+    Hessian-vector products over the n_micro x b samples (each about two gradients of them). The model's .grad
+    fields and its train/eval mode are left as they were."""
+    from landscape.curvature.hessian import HessianOperator
+
+    if n_micro < 2:
+        raise ValueError("n_micro must be >= 2")
+    if micro_batch * n_micro > len(x):
+        raise ValueError(f"{n_micro} micro-batches of {micro_batch} need {micro_batch * n_micro} samples, "
+                         f"but there are {len(x)}; use fewer or smaller micro-batches")
+    device = next(p for p in model.parameters()).device
+    idx = torch.randperm(len(x), generator=generator)[: micro_batch * n_micro].to(x.device)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    was = model.training
+    model.eval()
+    try:
+        grads = torch.stack([torch.cat([t.reshape(-1) for t in torch.autograd.grad(
+            cross_entropy_loss(model, (x[chunk].to(device), y[chunk])), params)]).double()
+            for chunk in idx.view(n_micro, micro_batch)])
+    finally:
+        model.train(was)
+    op = HessianOperator(model, (x[idx], y[idx]), params=names, reduce=False, batch_size=batch_size)
+    mean = grads.mean(0)
+    spread = grads - mean
+    quad = sum(float(d @ op.matvec(d)) for d in spread)
+    trace_h_sigma = micro_batch / (n_micro - 1) * quad
+    ghg = float(mean @ op.matvec(mean)) - trace_h_sigma / (n_micro * micro_batch)
+    simple = two_batch_estimate(float(grads.pow(2).sum(1).mean()), float(mean.pow(2).sum()), micro_batch,
+                                micro_batch * n_micro)
+    return HessianNoise(trace_h_sigma, ghg, simple, op.products)
