@@ -24,7 +24,8 @@ from trainers.config import TrainConfig
 COMMANDS = ["landscape.plot1d", "landscape.plot2d", "landscape.trajectory", "landscape.hessian_map",
             "landscape.sharpness", "landscape.export", "trainers.train", "trainers.sweep", "figures.flat_vs_sharp",
             "figures.batch_scaling", "figures.generalization_gap", "figures.connectivity",
-            "figures.trajectory", "figures.hessian_directions", "landscape.connect"]
+            "figures.trajectory", "figures.hessian_directions", "landscape.connect", "trainers.branch",
+            "figures.critical_batch"]
 OWN_CHOICES = {"--preset"}  # every figure script has presets of its own: same meaning, other names
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

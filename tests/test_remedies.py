@@ -118,6 +118,8 @@ REMEDIES = {"sqrt": dict(scale_lr="sqrt", base_batch_size=16),
             "lamb": dict(optimizer="lamb", lr=0.01, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
             "sam": dict(sam=0.05, sam_m=16, sam_adaptive=True, model_kwargs={"hidden": [32, 32], "batchnorm": True}),
             "ramp": dict(micro_batch_size=16, batch_ramp="16:2", schedule="cosine"),
+            "tau": dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, scale_lr="sqrt", base_batch_size=16,
+                        scale_wd="tau"),
             "schedule": dict(micro_batch_size=16, batch_schedule="16:0,32:1,64:2", scale_lr="sqrt", base_batch_size=16,
                              schedule="cosine", track_noise=2),
             "tracked": dict(track_sharpness=5, track_samples=128, track_noise=3, optimizer="adam", lr=3e-3),
@@ -285,6 +287,25 @@ def test_sam_on_two_processes_equals_one_process_with_the_same_m(tmp_path):
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_scale_wd_tau_holds_the_base_batch_s_timescale_and_the_records_carry_it(tmp_path):
+    from trainers.config import peak_lr, tau_of, weight_decay_of
+
+    cfg = train_config(tmp_path / "r", optimizer="adamw", batch_size=256, base_batch_size=64, lr=0.01,
+                       scale_lr="sqrt", weight_decay=0.1, scale_wd="tau", epochs=2)
+    assert peak_lr(cfg) == pytest.approx(0.02) and weight_decay_of(cfg) == pytest.approx(0.1 * 4 * 0.5)
+    assert tau_of(256, peak_lr(cfg), weight_decay_of(cfg), 512) == pytest.approx(tau_of(64, 0.01, 0.1, 512))
+    assert tau_of(64, 0.01, 0.1, 512) == pytest.approx(64 / (0.01 * 0.1 * 512))
+    fit(cfg, SINGLE)
+    log = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert [r["tau"] for r in log] == pytest.approx([tau_of(64, 0.01, 0.1, 512)] * 2)  # the base batch's, held
+    plain = fit(replace(cfg, out=str(tmp_path / "p"), scale_wd=None), SINGLE)
+    assert plain["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(0.1)
+    assert [json.loads(line)["tau"] for line in open(tmp_path / "p" / "metrics.jsonl")] == \
+        pytest.approx([tau_of(256, 0.02, 0.1, 512)] * 2)
+    with pytest.raises(Exception, match="--optimizer sgd or adamw, not adam"):
+        replace(cfg, optimizer="adam")
 
 
 def test_a_batch_schedule_grows_the_batch_by_stages_with_the_lr_rule_and_the_schedule_follows_the_samples(tmp_path):

@@ -7,7 +7,7 @@ micro-batches in the same order: a branch at k takes 1/k of the steps. The learn
 at the same samples seen, times k (--lr-rule linear, the rule for SGD) or sqrt(k) (sqrt, Adam's); the optimizer's
 state is kept as it is. The k = 1 branch is the run itself, continued: bit for bit on a CPU.
 
-Each branch's loss is the exponential moving average of its steps' training losses (--ema, 0.5 as Merrill et
+Each branch's loss is the exponential moving average of its steps' training losses (--smoothing, 0.5 as Merrill et
 al.), or its test loss at the end (--loss test). The local critical batch at E is the largest k x B whose loss
 is within --tolerance of k = 1's. Every finished branch is cached in OUT (default RUN_DIR/branches) and reused:
 a killed study resumes where it stopped.
@@ -69,7 +69,8 @@ class BranchConfig:
                           "(linear, SGD's rule), times sqrt(k) (sqrt, Adam's), or the run's (none)", choices=LR_RULES)
     loss: str = option("train", "what a branch is judged by: the moving average of its training losses (train) or "
                        "its test loss at the end (test)", choices=LOSSES)
-    ema: float = option(0.5, "the smoothing of the training losses: s = ema x loss + (1 - ema) x s", metavar="ALPHA")
+    smoothing: float = option(0.5, "the moving average of the training losses: s = ALPHA x loss + (1 - ALPHA) x s "
+                              "(Merrill et al.'s 0.5)", metavar="ALPHA")
     tolerance: float = option(0.01, "a branch is as good as k = 1's when its loss exceeds it by at most this much")
     out: str | None = option(None, "folder of the branches and the result (default: RUN_DIR/branches)", metavar="DIR")
     device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES)
@@ -81,7 +82,8 @@ class BranchConfig:
                    "must be a whole number >= 1"),
                   (1 in self.factors, "--factors must include 1, the run itself, which the others are compared with"),
                   (self.samples >= 1, f"--samples must be >= 1, got {self.samples}"),
-                  (0 < self.ema <= 1 and math.isfinite(self.ema), f"--ema must be in (0, 1], got {self.ema:g}"),
+                  (0 < self.smoothing <= 1 and math.isfinite(self.smoothing),
+                   f"--smoothing must be in (0, 1], got {self.smoothing:g}"),
                   (self.tolerance >= 0 and math.isfinite(self.tolerance),
                    f"--tolerance must be a finite number >= 0, got {self.tolerance:g}")]
         for ok, msg in checks:
@@ -231,7 +233,7 @@ def branch_loss(record: dict[str, Any], cfg: BranchConfig) -> float:
         return math.inf
     if cfg.loss == "test":
         return float(record["test_loss"])
-    return smoothed(record["step_losses"], cfg.ema)
+    return smoothed(record["step_losses"], cfg.smoothing)
 
 
 def cached_branch(start: Start, k: int, cfg: BranchConfig, data: Dataset, info: DistInfo) -> dict[str, Any]:

@@ -32,6 +32,8 @@ from landscape.training.optim import (
     scaled_lr,
 )
 
+WD_SCALINGS = ("tau",)  # Bergsma et al. 2025: hold AdamW's timescale of weight decay as the batch grows
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -63,6 +65,11 @@ class TrainConfig:
     nesterov: bool = option(False, "Nesterov momentum", group="optimization")
     weight_decay: float = option(0.0, "weight decay: L2 added to the gradient (sgd, adam), decoupled (adamw)",
                                  group="optimization")
+    scale_wd: str | None = option(None, "tau: scale --weight-decay with the batch so that the timescale tau = B / "
+                                  "(lr x weight decay x D) of --base-batch-size at --lr holds at --batch-size and its "
+                                  "scaled lr (Bergsma et al. 2025): weight decay x (B / base) x (lr / scaled lr); sgd "
+                                  "and adamw, whose decay shrinks the weights by lr x weight decay a step",
+                                  choices=WD_SCALINGS, group="large-batch remedies")
     schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES, group="optimization")
     milestones: tuple[int, ...] = option((), "epochs where --schedule step multiplies the lr by --gamma",
                                          group="optimization")
@@ -148,6 +155,11 @@ class TrainConfig:
                   (not self.batch_schedule or self.scale_lr, "--batch-schedule applies the lr rule at each change of "
                    "batch: give --scale-lr linear (SGD) or sqrt (Adam), with --base-batch-size"),
                   (self.sam_m is None or self.sam_m >= 1, "--sam-m must be >= 1"),
+                  (not self.scale_wd or self.optimizer in ("sgd", "adamw"), f"--scale-wd holds a timescale of "
+                   f"decay that shrinks the weights by lr x weight decay a step: --optimizer sgd or adamw, not "
+                   f"{self.optimizer}"),
+                  (not self.scale_wd or self.weight_decay > 0, "--scale-wd scales --weight-decay, which is 0; give "
+                   "the weight decay of --base-batch-size"),
                   (self.track_sharpness is None or self.track_sharpness >= 1, "--track-sharpness must be >= 1"),
                   (self.track_samples >= 1, "--track-samples must be >= 1"),
                   (self.track_noise is None or self.track_noise >= 1, "--track-noise must be >= 1"),
@@ -246,6 +258,20 @@ def peak_lr(cfg: TrainConfig) -> float:
     return scaled_lr(cfg.lr, cfg.batch_size, cfg.base_batch_size, cfg.scale_lr)
 
 
+def weight_decay_of(cfg: TrainConfig) -> float:
+    """--weight-decay, with --scale-wd tau times (B / base) x (lr / scaled lr), so that tau_of is the base batch's."""
+    if cfg.scale_wd != "tau":
+        return cfg.weight_decay
+    return cfg.weight_decay * (cfg.batch_size / cfg.base_batch_size) * (cfg.lr / peak_lr(cfg))
+
+
+def tau_of(batch: int, lr: float, weight_decay: float, n_train: int) -> float | None:
+    """Bergsma et al. (2025)'s timescale of weight decay in epochs, tau = B / (lr x weight decay x D): over about
+    tau epochs the decay averages the updates (AdamW's exponential moving average; SGD's L2 shrinks the weights
+    alike); None without weight decay (infinite)."""
+    return batch / (lr * weight_decay * n_train) if weight_decay > 0 and lr > 0 else None
+
+
 @dataclass(frozen=True)
 class RunLength:
     """How long a run trains: its epochs, and the factor by which its schedule's warmup and milestones stretch
@@ -280,7 +306,7 @@ def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, length: Ru
                  ramp: GrowingBatch | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """cfg's optimizer over the model's parameters, and its schedule stepped once per optimizer step (with a batch
     ramp, followed in samples seen)."""
-    opt = make_optimizer(model, cfg.optimizer, peak_lr(cfg), cfg.weight_decay, cfg.momentum,
+    opt = make_optimizer(model, cfg.optimizer, peak_lr(cfg), weight_decay_of(cfg), cfg.momentum,
                          cfg.nesterov, cfg.betas)
     schedule = schedule_of(cfg, plan.steps_per_epoch, length)
     return opt, make_scheduler(opt, schedule if ramp is None else RampedSchedule(schedule, ramp))

@@ -50,6 +50,8 @@ from trainers.config import (
     plan_of,
     ramp_of,
     run_length,
+    tau_of,
+    weight_decay_of,
 )
 from trainers.events import EventLog
 from trainers.tracking import NoiseTracker, SharpnessTracker, Tracking
@@ -217,8 +219,9 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
             done, last = epoch + 1, epoch + 1 == length.epochs
             if done % cfg.eval_every == 0 or last:
                 metrics = {**evaluate(model, data, info, cfg.eval_batch_size), "metrics_epoch": done}
-            record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, **run,
-                      **summary, **metrics, "wall_seconds": time.perf_counter() - t0}
+            tau = tau_of(now.global_batch_size, lr, weight_decay_of(cfg), len(data.x_train))
+            record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, "tau": tau,
+                      **run, **summary, **metrics, "wall_seconds": time.perf_counter() - t0}
             if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
                 ckpt = write_epoch(cfg, record, measured, events, save(done, step, metrics, tracking=tracking.state()
                                                                        if tracking else None), last)
@@ -287,6 +290,10 @@ def plan_text(cfg: TrainConfig, plan: BatchPlan, length: RunLength, data: Datase
               "tokens" if data.sequences else "")
     regime = (f"; regime adaptation: {length.epochs} epochs = {length.epochs * plan.steps_per_epoch} steps, as batch "
               f"{cfg.base_batch_size} takes in {cfg.epochs} epochs" if cfg.regime_adaptation else "")
+    if cfg.scale_wd:
+        tau = tau_of(cfg.base_batch_size, cfg.lr, cfg.weight_decay, len(data.x_train))
+        regime += (f"; weight decay {weight_decay_of(cfg):.3g} (--scale-wd tau: tau {tau:.3g} epochs, as batch "
+                   f"{cfg.base_batch_size} at lr {cfg.lr:g} and weight decay {cfg.weight_decay:g})")
     if cfg.batch_schedule:
         regime = f"; batch schedule {cfg.batch_schedule} (batch:epoch), the lr by the {cfg.scale_lr} rule at each stage"
     return (f"global batch {plan.global_batch_size}{tokens} = {plan.micro_batch_size} per forward x "

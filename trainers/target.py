@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from landscape.core.fingerprint import tensors_sha256
 from landscape.data.datasets import Dataset
 from landscape.runtime.distributed import DistInfo
 from landscape.runtime.forward import evaluate, resolve_precision
@@ -59,7 +60,8 @@ def train_to_target(cfg: TrainConfig, data: Dataset, info: DistInfo, target: Tar
     """Train cfg's run (from its seed) until `target`, at most `max_steps` optimizer steps; `on_step(step, model)`
     after each step (a measurement that leaves the training as it was). Returns the steps to the target (None if
     not reached), the steps run, the training throughput (evaluation excluded), the step where the loss or the
-    weights stopped being finite (None) and the checks made: [(step, test loss, test accuracy)]."""
+    weights stopped being finite (None), the checks made: [(step, test loss, test accuracy)], and the hash of the
+    final weights."""
     cfg = epochs_for(cfg, len(data.x_train), info.world_size, max_steps)
     model, plan, length = build_run(cfg, data, info)
     ramp = ramp_of(cfg, plan, length, len(data.x_train))
@@ -107,4 +109,4 @@ def train_to_target(cfg: TrainConfig, data: Dataset, info: DistInfo, target: Tar
         epoch += 1
     return {"steps_to_target": reached, "steps_run": step, "samples_run": samples,
             "samples_per_second": samples / seconds if seconds else float("nan"), "diverged_at_step": diverged,
-            "checks": checks}
+            "checks": checks, "weights_sha256": tensors_sha256(model.state_dict())}
