@@ -78,17 +78,18 @@ PRESETS = {
     # He et al.'s ResNet recipe at batch 128 (lr 0.1, weight decay 5e-4, lr / 10 at half and three quarters)
     "cifar": Preset(dataset="cifar10", model="resnet20", small=128, large=2048, epochs=160, lr=0.1,
                     weight_decay=5e-4, schedule="step", milestones=(80, 120),
-                    remedies=("goyal", "hoffer", "lars", "sam", "ramp"), ghost=128,
+                    remedies=("goyal", "hoffer", "lars", "sam", "ramp", "tau"), ghost=128,
                     layerwise_lr=10.0, ramp_epochs=30, micro_batch_size=512, samples=2000, track_every=100,
                     log_levels=(0.05, 10.0, 20), trace_products=60, width_directions=10),
     "lm": Preset(dataset="grammar", model="transformer_tiny", small=16, large=256, epochs=8, lr=3e-3,
                  optimizer="adamw", betas=(0.9, 0.95), weight_decay=0.1, warmup_epochs=1.0, layerwise_lr=3e-3,
-                 ghost=None, data_kwargs={"train_tokens": 1 << 18}, remedies=("goyal", "hoffer", "lamb", "sam", "ramp"),
+                 ghost=None, data_kwargs={"train_tokens": 1 << 18},
+                 remedies=("goyal", "hoffer", "lamb", "sam", "ramp", "tau"),
                  ramp_epochs=3, judge="test_loss", samples=256, track_every=50, x_1d="-0.5:0.5:21",
                  x_2d="-0.5:0.5:11", levels=(0.5, 6.0, 0.25), log_levels=(0.5, 6.0, 15)),
-    "smoke": Preset(dataset="synthetic", model="mlp", small=16, large=128, epochs=2, lr=0.05,
+    "smoke": Preset(dataset="synthetic", model="mlp", small=16, large=128, epochs=2, lr=0.05, weight_decay=5e-4,
                     data_kwargs={"n_train": 256, "n_test": 128}, model_kwargs={"hidden": [16], "batchnorm": True},
-                    remedies=("goyal", "hoffer", "lars", "sam", "ramp"), ghost=16, ramp_epochs=1,
+                    remedies=("goyal", "hoffer", "lars", "sam", "ramp", "tau"), ghost=16, ramp_epochs=1,
                     x_1d="-0.5:0.5:5", x_2d="-0.5:0.5:3", samples=64, track_every=4, trace_products=6,
                     width_directions=2),
 }
@@ -101,12 +102,16 @@ REMEDIES = {
     "lamb": lambda p: dict(optimizer="lamb", lr=p.layerwise_lr),
     "sam": lambda p: dict(sam=p.sam),
     "ramp": lambda p: dict(batch_ramp=f"{p.small}:{min(p.ramp_epochs, p.epochs)}", micro_batch_size=p.small),
+    # Bergsma et al.: the lr by the square root (Adam's rule; under the linear rule holding tau changes nothing) and
+    # the weight decay scaled so that tau stays the small batch's: x sqrt(large / small)
+    "tau": lambda p: dict(scale_lr="sqrt", warmup_epochs=p.warmup_epochs, scale_wd="tau"),
 }
 DESCRIPTIONS = {"small": "small batch", "naive": "large batch, same lr and epochs",
                 "goyal": "linear lr scaling + warmup (Goyal et al. 2017)",
                 "hoffer": "sqrt lr scaling + ghost BN + regime adaptation (Hoffer et al. 2017)",
                 "lars": "LARS (You et al. 2017)", "lamb": "LAMB (You et al. 2019)",
-                "sam": "SAM (Foret et al. 2021)", "ramp": "batch ramp (Smith et al. 2018)"}
+                "sam": "SAM (Foret et al. 2021)", "ramp": "batch ramp (Smith et al. 2018)",
+                "tau": "sqrt lr scaling + weight decay holding tau = B / (lr wd D) (Bergsma et al. 2025)"}
 MEASURES = ("lambda_max", "trace", "epsilon", "width")
 FLATNESS = ("lambda_max", "trace", "epsilon_sharpness", "width")  # summary columns; a larger width is flatter
 

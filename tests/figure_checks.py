@@ -66,7 +66,8 @@ def _texts(fig: Figure) -> list[Text]:
         if getattr(ax, "name", "") == "3d":
             continue
         for axis in (ax.xaxis, ax.yaxis):
-            if axis.get_visible() and ax.axison:  # an Axes set off (a panel of text) draws no ticks  # a twin's shared axis is hidden; _update_ticks: the ticks a draw shows
+            # a twin's shared axis is hidden, an Axes set off (a panel of text) draws none; _update_ticks: those drawn
+            if axis.get_visible() and ax.axison:
                 texts += [t for tick in axis._update_ticks() for t in (tick.label1, tick.label2)
                           if t.get_visible() and t.get_text()]
         texts += [t for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label)

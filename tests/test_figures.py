@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from landscape.models import load_checkpoint
 from tests import figure_checks
 from tests.conftest import run_module
 
@@ -96,7 +97,7 @@ def test_generalization_gap_trains_every_remedy_and_writes_its_figures_table_and
     res = run_module("figures.generalization_gap", "--preset", "smoke", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     rows = {r["run"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
-    assert list(rows) == ["small", "naive", "goyal", "hoffer", "lars", "sam", "ramp"]
+    assert list(rows) == ["small", "naive", "goyal", "hoffer", "lars", "sam", "ramp", "tau"]
     assert float(rows["small"]["gap_recovered"]) == 1 and float(rows["naive"]["gap_recovered"]) == 0
     assert rows["hoffer"]["bn_batch"] == "16" and rows["naive"]["bn_batch"] == "128"  # the ghost batch
     assert int(rows["hoffer"]["steps"]) >= int(rows["small"]["steps"]) > int(rows["naive"]["steps"])  # regime
@@ -104,18 +105,20 @@ def test_generalization_gap_trains_every_remedy_and_writes_its_figures_table_and
         assert all(r[col] not in ("", "nan") for r in rows.values()), col
     for name in ("gap_curves", "edge_of_stability", "minima", "final"):
         assert os.path.getsize(tmp_path / f"{name}.png") > 10_000 and os.path.exists(tmp_path / f"{name}.pdf")
-    assert "rank correlation over the 6 large-batch runs" in res.stdout
+    assert "rank correlation over the 7 large-batch runs" in res.stdout
+    tau = load_checkpoint(str(tmp_path / "runs" / "tau_s0" / "last.pt"))["optimizer"]["param_groups"][0]
+    assert tau["weight_decay"] == pytest.approx(5e-4 * (128 / 16) ** 0.5)  # holding the small batch's tau
     tracked = [json.loads(line) for line in open(tmp_path / "runs" / "naive_s0" / "metrics.jsonl")]
     assert any(r.get("kind") == "sharpness" and r["threshold"] for r in tracked)
     again = run_module("figures.generalization_gap", "--preset", "smoke", "--out", str(tmp_path))
-    assert again.returncode == 0 and again.stdout.count("already complete") == 7, again.stderr
+    assert again.returncode == 0 and again.stdout.count("already complete") == 8, again.stderr
     from figures import generalization_gap
 
     drawn = drawn_figures(generalization_gap.main, ["--preset", "smoke", "--out", str(tmp_path)], monkeypatch)
     assert {k: v["problems"] for k, v in drawn.items()} == {k: [] for k in ("gap_curves", "edge_of_stability",
                                                                              "minima", "final")}
     levels = drawn["minima"]["levels"]  # every run's minimum at the same linear levels
-    assert len(levels) == 7 and all(np.array_equal(lv, levels[0]) for lv in levels)
+    assert len(levels) == 8 and all(np.array_equal(lv, levels[0]) for lv in levels)
     assert figure_checks.evenly_spaced(levels[0])
 
 
