@@ -229,6 +229,10 @@ def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], criti
 
     def to_target(ax):
         ax.loglog(bs, steps, "o-", label="measured")
+        missed = ~np.isfinite(steps)
+        if missed.any():  # a batch whose run never reached the target: at the step budget, so it is seen
+            ax.loglog(bs[missed], np.full(missed.sum(), float(p.max_steps)), "x", color="tab:red", markersize=8,
+                      label=f"not reached in {p.max_steps} steps")
         first = np.flatnonzero(np.isfinite(steps))
         if len(first):
             i = first[0]

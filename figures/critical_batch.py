@@ -513,12 +513,33 @@ def batch_axis(axis: Any) -> None:
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    return preset_parser("python -m figures.critical_batch", __doc__, PRESETS, "figures_out/critical_batch", add_help)
+    p = preset_parser("python -m figures.critical_batch", __doc__, PRESETS, "figures_out/critical_batch", add_help)
+    p.add_argument("--lr-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="the search's log-uniform lr range (default: the preset's)")
+    p.add_argument("--trials", type=int, default=None, help="Sobol trials per batch size besides the fixed rule's "
+                   "(default: the preset's)")
+    return p
+
+
+def searched(p: Preset, lr_range: Sequence[float] | None, trials: int | None) -> Preset:
+    """The preset with --lr-range and --trials applied, refused in one line when the range is empty (or not
+    positive and finite) or the budget below 1."""
+    if lr_range is not None:
+        lo, hi = lr_range
+        if not (0 < lo < hi and math.isfinite(hi)):
+            raise UserError(f"--lr-range {lo:g} {hi:g} is empty or not positive: give LO HI with 0 < LO < HI, e.g. "
+                            "0.005 2")
+        p = replace(p, lr_range=(lo, hi))
+    if trials is not None:
+        if trials < 1:
+            raise UserError(f"--trials must be >= 1, got {trials}")
+        p = replace(p, trials=trials)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    p = chosen_preset(args, PRESETS)
+    p = searched(chosen_preset(args, PRESETS), args.lr_range, args.trials)
     with process_group(args.device) as info:
         if info.is_distributed:
             raise UserError("figures.critical_batch runs in one process; start it with python -m, not torchrun")

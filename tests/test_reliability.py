@@ -337,6 +337,9 @@ CASES = [  # (module, argv template, words the one line must hold)
     ("figures.flat_vs_sharp", ["--preset", "smoke", "--epochs", "0"], "--epochs must be >= 1"),
     ("figures.connectivity", ["--preset", "smoke", "--epochs", "0"], "--epochs must be >= 1"),
     ("figures.trajectory", ["--preset", "smoke", "--epochs", "0"], "--epochs must be >= 1"),
+    ("figures.critical_batch", ["--preset", "smoke", "--lr-range", "0.5", "0.5"], "--lr-range 0.5 0.5 is empty"),
+    ("figures.critical_batch", ["--preset", "smoke", "--lr-range", "-1", "0.5"], "is empty or not positive"),
+    ("figures.critical_batch", ["--preset", "smoke", "--trials", "0"], "--trials must be >= 1"),
 ]
 
 

@@ -85,15 +85,21 @@ def estimate_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, gen
                    n_micro: int = 8) -> NoiseEstimate:
     """One two-batch-size estimate at the model's current weights, from n_micro random micro-batches of the
     (x, y) tensors drawn with `generator`, under the cross-entropy. The model's .grad fields are left as they were."""
-    if n_micro < 2:
-        raise ValueError("n_micro must be >= 2")
-    if micro_batch * n_micro > len(x):
-        raise ValueError(f"{n_micro} micro-batches of {micro_batch} need {micro_batch * n_micro} samples, "
-                         f"but there are {len(x)}; use fewer or smaller micro-batches")
-    device = next(p for p in model.parameters()).device
-    idx = torch.randperm(len(x), generator=generator)[: micro_batch * n_micro].to(x.device)  # samples: sequences
+    idx = drawn_samples(len(x), micro_batch, generator, n_micro).to(x.device)
+    device = next(model.parameters()).device
     batches = ((x[chunk].to(device), y[chunk]) for chunk in idx.view(n_micro, micro_batch))
     return noise_of_batches(model, batches, cross_entropy_loss)[0]
+
+
+def drawn_samples(n: int, micro_batch: int, generator: torch.Generator, n_micro: int) -> Tensor:
+    """The n_micro x micro_batch sample indices (of n; a language model's are sequences) an estimate draws with
+    `generator`, on the data's device; refused when there are too few."""
+    if n_micro < 2:
+        raise ValueError("n_micro must be >= 2")
+    if micro_batch * n_micro > n:
+        raise ValueError(f"{n_micro} micro-batches of {micro_batch} need {micro_batch * n_micro} samples, "
+                         f"but there are {n}; use fewer or smaller micro-batches")
+    return torch.randperm(n, generator=generator)[: micro_batch * n_micro]
 
 
 @dataclass(frozen=True)
@@ -123,13 +129,8 @@ def estimate_b_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, g
     fields and its train/eval mode are left as they were."""
     from landscape.curvature.hessian import HessianOperator
 
-    if n_micro < 2:
-        raise ValueError("n_micro must be >= 2")
-    if micro_batch * n_micro > len(x):
-        raise ValueError(f"{n_micro} micro-batches of {micro_batch} need {micro_batch * n_micro} samples, "
-                         f"but there are {len(x)}; use fewer or smaller micro-batches")
-    device = next(p for p in model.parameters()).device
-    idx = torch.randperm(len(x), generator=generator)[: micro_batch * n_micro].to(x.device)
+    device = next(model.parameters()).device
+    idx = drawn_samples(len(x), micro_batch, generator, n_micro).to(x.device)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     was = model.training
