@@ -372,6 +372,9 @@ def closing_lines(search_rows: list[dict[str, Any]], est: list[dict[str, Any]], 
     """The lab's claim, from the numbers."""
     value = {e["estimate"]: e["value"] for e in est}
     ok = [r for r in search_rows if r["best_steps"] is not None]
+    if not ok:
+        return [f"No batch size reached the target within {search_rows[0]['trials']} trials of its steps budget; "
+                "give the preset more max_steps or an easier target."]
     upto = ok[0]["batch_size"]
     for prev, r in zip(ok, ok[1:]):  # within 20 % of perfect scaling from one batch to the next
         if r["best_steps"] > 1.2 * prev["best_steps"] * prev["batch_size"] / r["batch_size"]:

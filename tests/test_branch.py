@@ -123,6 +123,7 @@ def test_smoothing_and_the_local_critical_batch_by_hand():
     assert smoothed([1.0, float("nan")], 0.5) == float("inf")
     assert local_critical_batch({1: 1.0, 2: 1.005, 4: 1.02, 8: 0.99}, 64, 0.01) == 512
     assert local_critical_batch({1: 1.0, 2: 1.5, 4: float("inf")}, 64, 0.01) == 64
+    assert local_critical_batch({1: float("inf"), 2: float("inf")}, 64, 0.01) == 64  # the run itself diverged
 
 
 def load_json(path):

@@ -111,8 +111,11 @@ def smoothed(losses: Sequence[float], alpha: float) -> float:
 
 
 def local_critical_batch(losses: dict[int, float], batch: int, tolerance: float) -> int:
-    """The largest k x batch whose loss is within `tolerance` of k = 1's ({k: loss})."""
+    """The largest k x batch whose loss is within `tolerance` of k = 1's ({k: loss}); the run's own batch when
+    k = 1's is not finite (the run itself diverged there: nothing larger is known to keep up)."""
     reference = losses[1]
+    if not math.isfinite(reference):
+        return batch
     return batch * max(k for k, v in losses.items() if v <= reference + tolerance)
 
 
@@ -132,8 +135,8 @@ def load_start(run: str, epoch: int) -> Start:
     written by the trainer, or lacks the optimizer state a branch continues."""
     path = os.path.join(run, f"epoch_{epoch:04d}.pt")
     if not os.path.exists(path):
-        kept = sorted(int(f[6:10]) for f in os.listdir(run) if f.startswith("epoch_") and f.endswith(".pt")) \
-            if os.path.isdir(run) else []
+        kept = sorted(int(f[6:-3]) for f in os.listdir(run) if f.startswith("epoch_") and f.endswith(".pt")
+                      and f[6:-3].isdigit()) if os.path.isdir(run) else []
         have = f"it has epochs {', '.join(map(str, kept))}" if kept else "it has no epoch_N.pt checkpoints"
         raise UserError(f"--at {epoch}: no {path}; {have} (the trainer keeps one every --save-every epochs)")
     state, sha = ckpt_io.read_checkpoint(path)

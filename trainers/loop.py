@@ -295,7 +295,7 @@ def plan_text(cfg: TrainConfig, plan: BatchPlan, length: RunLength, data: Datase
         regime += (f"; weight decay {weight_decay_of(cfg):.3g} (--scale-wd tau: tau {tau:.3g} epochs, as batch "
                    f"{cfg.base_batch_size} at lr {cfg.lr:g} and weight decay {cfg.weight_decay:g})")
     if cfg.batch_schedule:
-        regime = f"; batch schedule {cfg.batch_schedule} (batch:epoch), the lr by the {cfg.scale_lr} rule at each stage"
+        regime += f"; batch schedule {cfg.batch_schedule} (batch:epoch), the lr by the {cfg.scale_lr} rule per stage"
     return (f"global batch {plan.global_batch_size}{tokens} = {plan.micro_batch_size} per forward x "
             f"{plan.accumulation_steps} accumulation steps x {plan.world_size} ranks; "
             f"{plan.steps_per_epoch} steps/epoch; peak lr {peak_lr(cfg):g}; device {info.device}{regime}")
