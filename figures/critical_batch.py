@@ -264,7 +264,7 @@ def b_noise_at(p: Preset, run: str, data: Dataset, info: DistInfo, out: str) -> 
         model, _, _ = build_run(cfg, data, info)
         model.load_state_dict(state["state_dict"])
         est = estimate_b_noise(model, data.x_train, data.y_train, p.base_batch_size,
-                               torch.Generator().manual_seed(p.seed + 7), p.noise_micro_batches)
+                               torch.Generator().manual_seed(p.seed + 7), p.noise_micro_batches, metric=data.metric)
         found = {"b_noise": est.b_noise, "trace_h_sigma": est.trace_h_sigma, "ghg": est.ghg,
                  "b_simple": est.simple.b_simple, "hessian_products": est.products,
                  "gradients": p.noise_micro_batches}
@@ -395,8 +395,10 @@ def closing_lines(search_rows: list[dict[str, Any]], est: list[dict[str, Any]], 
                      f"{value['merrill_local']:.0f}.")
     local = [(r["at_epoch"], r["local_critical_batch"]) for r in sorted(branch_rows, key=lambda r: r["at_epoch"])]
     peak = max(b for _, b in local)
-    lines.append(f"The local critical batch starts at {local[0][1]} (epoch {local[0][0]}) and reaches {peak} by epoch "
-                 f"{next(e for e, b in local if b == peak)}: " + ", ".join(f"{b} at epoch {e}" for e, b in local) + ".")
+    moved = (f"reaches {peak} by epoch {next(e for e, b in local if b == peak)}" if peak > local[0][1] else
+             "never rises above it")
+    lines.append(f"The local critical batch starts at {local[0][1]} (epoch {local[0][0]}) and {moved}: "
+                 + ", ".join(f"{b} at epoch {e}" for e, b in local) + ".")
     by = {r["run"]: r for r in comparison}
     if "schedule" in by:
         s, small, large = by["schedule"], by["fixed small"], by["fixed large"]

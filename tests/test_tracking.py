@@ -235,3 +235,14 @@ def test_b_noise_is_tr_h_sigma_over_g_h_g_of_the_drawn_micro_batches_with_the_de
     assert est.ghg == pytest.approx(ghg, rel=1e-6) and est.products == 7
     assert est.b_noise == pytest.approx(trace_h_sigma / ghg, rel=1e-6)
     assert est.simple.g2 == pytest.approx((48 * float(mean @ mean) - 8 * float(g.pow(2).sum(1).mean())) / 40, rel=1e-6)
+
+
+def test_b_noise_of_a_language_model_takes_its_token_loss():
+    """(B, T, V) outputs and (B, T) targets: the Hessian's loss is the data's metric, the gradients' the same mean."""
+    from landscape.monitoring import estimate_b_noise
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(11, 8), nn.Tanh(), nn.Linear(8, 11))
+    x, y = torch.randint(0, 11, (64, 6)), torch.randint(0, 11, (64, 6))
+    est = estimate_b_noise(model, x, y, 4, torch.Generator().manual_seed(1), n_micro=4, metric="next_token")
+    assert est.products == 5 and np.isfinite(est.trace_h_sigma) and np.isfinite(est.ghg)

@@ -119,14 +119,15 @@ class HessianNoise:
 
 
 def estimate_b_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, generator: torch.Generator,
-                     n_micro: int = 8, batch_size: int = 512) -> HessianNoise:
+                     n_micro: int = 8, batch_size: int = 512, metric: str = "cross_entropy") -> HessianNoise:
     """B_noise at the model's current weights from n_micro random micro-batches of b = micro_batch samples of
     (x, y) under the cross-entropy, the model in eval mode (as the Hessian is taken, landscape.curvature):
     with g_i the micro-batches' gradients, g their mean and H the Hessian of the loss on all n_micro x b samples,
     tr(H Sigma) = b / (n_micro - 1) sum_i (g_i - g)^T H (g_i - g) and G^T H G = g^T H g - tr(H Sigma) / (n_micro b),
     each unbiased given H (the second removes the noise g carries). Cost: n_micro gradients and n_micro + 1
     Hessian-vector products over the n_micro x b samples (each about two gradients of them). The model's .grad
-    fields and its train/eval mode are left as they were."""
+    fields and its train/eval mode are left as they were. `metric`: the Hessian's loss, the data's metric name
+    (a language model's "next_token"), the same mean cross-entropy the gradients take."""
     from landscape.curvature.hessian import HessianOperator
 
     device = next(model.parameters()).device
@@ -141,7 +142,7 @@ def estimate_b_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, g
             for chunk in idx.view(n_micro, micro_batch)])
     finally:
         model.train(was)
-    op = HessianOperator(model, (x[idx], y[idx]), params=names, reduce=False, batch_size=batch_size)
+    op = HessianOperator(model, (x[idx], y[idx]), metric, params=names, reduce=False, batch_size=batch_size)
     mean = grads.mean(0)
     spread = grads - mean
     quad = sum(float(d @ op.matvec(d)) for d in spread)
