@@ -206,8 +206,9 @@ def test_lars_and_lamb_without_timm_are_one_line_and_write_nothing(tmp_path, mon
 
 
 def _two_pass_sam(model, x, y, m, rho, lr, adaptive=False):
-    """A SAM step of plain SGD written out with torch.func: per group of m samples the gradient g at w, the step
-    e = rho g/|g| (ASAM: rho w^2 g/|w g|), the gradient at w + e; the update is lr times their mean."""
+    """A SAM step of plain SGD written out with torch.func: per group of m samples (strided: group g is samples g,
+    g + G, ... of the G = len(x) / m groups) the gradient g at w, the step e = rho g/|g| (ASAM: rho w^2 g/|w g|), the
+    gradient at w + e; the update is lr times their mean."""
     from torch.func import functional_call, grad
 
     w = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -216,7 +217,8 @@ def _two_pass_sam(model, x, y, m, rho, lr, adaptive=False):
         return nn.functional.cross_entropy(functional_call(model, params, (xc,)), yc)
 
     total = {k: torch.zeros_like(v) for k, v in w.items()}
-    chunks = list(zip(x.split(m), y.split(m)))
+    count = len(x) // m
+    chunks = [(x[g::count], y[g::count]) for g in range(count)]
     for xc, yc in chunks:
         g = grad(loss)(w, xc, yc)
         t = {k: w[k].abs() if adaptive else torch.ones_like(w[k]) for k in w}
@@ -257,8 +259,8 @@ def test_sam_keeps_the_batchnorm_statistics_of_the_pass_at_the_weights():
     reference = copy.deepcopy(model)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     with torch.no_grad():
-        for xc in x.split(4):
-            reference(xc)  # the ascent passes alone, at w, in order
+        for g in range(2):
+            reference(x[g::2])  # the ascent passes alone, at w, in order: the strided groups of 4
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sam_step(model, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), [(x, y)], "fp32", SINGLE,
              [], rho=0.5, m=4)
@@ -274,12 +276,14 @@ def test_sam_flags_refuse_a_zero_radius_and_options_without_sam():
 
 
 @pytest.mark.slow
-def test_sam_on_two_processes_equals_one_process_with_the_same_m(tmp_path):
-    """m = 1: every sample's own ascent, so the groups are the same however the batch is split over ranks; each
-    step all-reduces once, the gradient at the perturbed points."""
+@pytest.mark.parametrize("m", ["1", "16"])
+def test_sam_on_two_processes_equals_one_process_with_the_same_m(tmp_path, m):
+    """The groups are strided as DistributedSampler deals the samples, so a group of m is the same samples however the
+    batch is split over ranks (m = 16: 4 groups of the step's 64 samples, 2 on each of 2 ranks); each step
+    all-reduces once, the gradient at the perturbed points."""
     from tests.conftest import TRAIN_ARGS, run_module
 
-    args = [*TRAIN_ARGS, "--sam", "0.05", "--sam-m", "1", "--epochs", "1"]
+    args = [*TRAIN_ARGS, "--sam", "0.05", "--sam-m", m, "--epochs", "1"]
     one = run_module("trainers.train", *args, "--out", str(tmp_path / "one"))
     two = run_module("trainers.train", *args, "--out", str(tmp_path / "two"), nproc=2)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr

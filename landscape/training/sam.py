@@ -1,5 +1,6 @@
 """Sharpness-Aware Minimization (Foret et al. 2021) and its adaptive form ASAM (Kwon et al. 2021) around any base
-optimizer, with m-sharpness: each group of M samples gets its own ascent.
+optimizer, with m-sharpness: each group of M samples gets its own ascent, the groups strided over the step's
+samples so that they are the same on any number of processes (sam_groups).
 
 For each group: the gradient g at the weights w (the ascent pass, on the unwrapped module, so nothing is
 communicated: what `no_sync` gives under DDP), the step e = rho g / |g| (ASAM: rho w^2 g / |w g|), then the gradient
@@ -23,17 +24,20 @@ from landscape.training.step import token_cross_entropy
 
 
 def sam_groups(pieces: list[tuple[Tensor, Tensor]], m: int | None) -> list[list[tuple[Tensor, Tensor]]]:
-    """The step's micro-batches in ascent groups of `m` samples: chunks of each micro-batch (m divides it), or all
-    of them together (m None: the rank's whole batch)."""
+    """The step's micro-batches in ascent groups of `m` samples (m divides the micro-batch), or all of them together
+    (m None: the rank's whole batch). With G = the rank's samples / m groups, group g holds the rank's samples g,
+    g + G, g + 2G, ...: strided as DistributedSampler deals a step's samples to the ranks, so that over all ranks a
+    group is the same samples on any number of processes (rank r of W holds the step's samples r, r + W, ..., and
+    its local group c is the step's group c W + r)."""
     if m is None:
         return [pieces]
-    groups = []
-    for x, y in pieces:
+    for x, _ in pieces:
         if len(x) % m:
             raise ConfigError(f"--sam-m {m} does not divide the micro-batch of {len(x)} samples; choose a divisor "
                               "of it, or leave --sam-m out for the rank's whole batch")
-        groups += [[(xc, yc)] for xc, yc in zip(x.split(m), y.split(m))]
-    return groups
+    x, y = (torch.cat([p[i] for p in pieces]) if len(pieces) > 1 else pieces[0][i] for i in (0, 1))
+    count = len(x) // m
+    return [[(x[g::count], y[g::count])] for g in range(count)]
 
 
 def ascent_step(params: list[nn.Parameter], grads: list[Tensor], rho: float, adaptive: bool) -> list[Tensor]:
@@ -68,7 +72,7 @@ def sam_step(ddp_model: nn.Module, model: nn.Module, opt: torch.optim.Optimizer,
             at_w.append(loss.detach())
         if per_micro is None:
             losses.extend(at_w)
-        else:  # a micro-batch's loss: the mean of its chunks'
+        else:  # one loss per micro-batch's worth of groups (their mean), so the step logs as many as a plain one
             pending += at_w
             if len(pending) == per_micro:
                 losses.append(torch.stack(pending).mean())
