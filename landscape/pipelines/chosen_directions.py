@@ -30,10 +30,10 @@ from landscape.core.params import Params, digest, from_numpy, model_tensors, nor
 from landscape.core.pca import trajectory_pca
 from landscape.core.surface_file import Annotations, Markers, Surface, read_directions, read_surface
 from landscape.curvature.hessian import HessianOperator, eigenvalues
-from landscape.pipelines.inputs import Centre, load_centre, moved_tensors, rank_share
+from landscape.pipelines.inputs import Centre, load_centre, moved_tensors
 from landscape.runtime.distributed import DistInfo, broadcast_object, print0, run_on_main
 from landscape.runtime.metrics import make_metric
-from landscape.runtime.sources import StreamSource, TensorSource
+from landscape.runtime.sources import StreamSource, TensorSource, rank_share
 
 
 def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | StreamSource, info: DistInfo

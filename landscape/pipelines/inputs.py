@@ -4,8 +4,7 @@ re-estimation), which tensors the directions move, and each rank's share of the 
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from landscape.core.params import Params
 from landscape.models.checkpoint import build_from_checkpoint, load_data_for, read_checkpoint
 from landscape.models.registry import build_model
 from landscape.models.weights import build_hf_model, is_hf_folder, read_weights_into, refuse_run_folder
-from landscape.runtime.distributed import DistInfo, print0
+from landscape.runtime.distributed import print0
 from landscape.runtime.metrics import Criterion, make_metric
 from landscape.runtime.sources import StreamSource, TensorSource, as_source
 
@@ -127,20 +126,3 @@ def resolve_batch_size(requested: int | None, device: torch.device) -> int:
     return requested or (1024 if device.type == "cuda" else 256)
 
 
-def rank_share(source: TensorSource | StreamSource, info: DistInfo) -> Any:
-    """This rank's share of a source, for a computation whose sums are reduced across ranks (a Hessian): every
-    world_size-th sample of resident tensors, every world_size-th batch of a stream."""
-    if isinstance(source, TensorSource):
-        shard = slice(info.rank, None, info.world_size)
-        return source.x[shard], source.y[shard]
-    return EveryNth(source, info.rank, info.world_size)
-
-
-class EveryNth:
-    """Batches start, start + step, ... of a re-iterable."""
-
-    def __init__(self, batches: Iterable, start: int, step: int):
-        self.batches, self.start, self.step = batches, start, step
-
-    def __iter__(self) -> Iterator:
-        return itertools.islice(iter(self.batches), self.start, None, self.step)

@@ -46,10 +46,10 @@ from landscape.curvature.sharpness import (
     next_axis,
     spread,
 )
-from landscape.pipelines.inputs import load_centre, load_sets, moved_tensors, rank_share, resolve_batch_size
+from landscape.pipelines.inputs import load_centre, load_sets, moved_tensors, resolve_batch_size
 from landscape.runtime.distributed import DistInfo, broadcast_object, print0
 from landscape.runtime.metrics import Metric
-from landscape.runtime.sources import StreamSource, TensorSource
+from landscape.runtime.sources import StreamSource, TensorSource, rank_share
 
 HESSIAN_MEASURES = ("lambda_max", "lambda_min", "trace", "density")
 COLUMNS = ["subset", "measure", "value", "stderr", "bound", "settings"]

@@ -9,7 +9,7 @@ _API = {
     "broadcast_object": "distributed",
     "Metric": "metrics", "Sums": "metrics", "Criterion": "metrics", "cross_entropy": "metrics", "mse": "metrics",
     "get_metric": "metrics", "make_metric": "metrics",
-    "TensorSource": "sources", "StreamSource": "sources", "as_source": "sources",
+    "TensorSource": "sources", "StreamSource": "sources", "as_source": "sources", "rank_share": "sources",
     "LossAccuracy": "forward", "resolve_precision": "forward", "autocast_context": "forward",
     "source_sums": "forward", "evaluate": "forward", "recalibrate_batchnorm": "forward",
     "batchnorm_statistics_kept": "forward", "exclusive_output": "distributed",

@@ -9,14 +9,18 @@ first one did.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from landscape.base.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from landscape.runtime.distributed import DistInfo
 
 
 def map_tensors(batch: Any, fn: Any) -> Any:
@@ -142,3 +146,22 @@ def as_source(data: Any, device: torch.device, batch_size: int, samples: int | N
         raise UserError(f"data of type {type(data).__name__} is not a data source; pass (inputs, targets) tensors, "
                         "a Dataset, a DataLoader, or a re-iterable of batches (not a one-shot generator)")
     return StreamSource(data, device, max_batches, samples)
+
+
+def rank_share(source: TensorSource | StreamSource, info: DistInfo) -> Any:
+    """This rank's share of a source, for a computation whose sums are reduced across ranks (a Hessian): every
+    world_size-th sample of resident tensors, every world_size-th batch of a stream."""
+    if isinstance(source, TensorSource):
+        shard = slice(info.rank, None, info.world_size)
+        return source.x[shard], source.y[shard]
+    return EveryNth(source, info.rank, info.world_size)
+
+
+class EveryNth:
+    """Batches start, start + step, ... of a re-iterable."""
+
+    def __init__(self, batches: Iterable, start: int, step: int):
+        self.batches, self.start, self.step = batches, start, step
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.batches), self.start, None, self.step)
