@@ -45,10 +45,10 @@ def stepper(module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], curve: 
     def step() -> None:
         if curve:
             module.set_t(float(torch.rand((), generator=gen)))
-            train_step(module, opt, sched, [((x, y), (x, y))], 1, "fp32", SINGLE, [],
-                       lambda out, b: token_cross_entropy(out, b[1]))
+            train_step(module, opt, sched, [((x, y), (x, y))], accumulation_steps=1, precision="fp32", info=SINGLE,
+                       losses=[], loss_fn=lambda out, b: token_cross_entropy(out, b[1]))
         else:
-            train_step(module, opt, sched, [(x, y)], 1, "fp32", SINGLE, [])
+            train_step(module, opt, sched, [(x, y)], accumulation_steps=1, precision="fp32", info=SINGLE, losses=[])
 
     return step
 

@@ -56,20 +56,23 @@ def stepper(variant: str, batch: int) -> Callable[[], None]:
     losses: list[torch.Tensor] = []
     if variant.startswith("SAM"):
         m = 64 if "m=64" in variant else None
-        return lambda: sam_step(model, model, opt, sched, [(x, y)], "fp32", SINGLE, losses, 0.05, m=m)
+        return lambda: sam_step(model, model, opt, sched, [(x, y)], precision="fp32", info=SINGLE, losses=losses,
+                                rho=0.05, m=m)
     if variant.startswith("16 micro-batches of 64"):  # the batch ramp's full-size step, by accumulation
         pieces = list(zip(x.split(64), y.split(64)))
         if "noise" not in variant:
-            return lambda: train_step(model, opt, sched, pieces, 16, "fp32", SINGLE, losses)
+            return lambda: train_step(model, opt, sched, pieces, accumulation_steps=16, precision="fp32", info=SINGLE,
+                                      losses=losses)
         # --track-noise 1: the Monitor watches every step's micro-batch gradients and measures after it
         monitor = Monitor(model, (x, y), None, every=1, measures=("noise",), noise_batch=64, step_batch=batch)
 
         def step_read() -> None:
-            train_step(model, opt, sched, pieces, 16, "fp32", SINGLE, losses)
+            train_step(model, opt, sched, pieces, accumulation_steps=16, precision="fp32", info=SINGLE, losses=losses)
             monitor.step()
 
         return step_read
-    return lambda: train_step(model, opt, sched, [(x, y)], 1, "fp32", SINGLE, losses)
+    return lambda: train_step(model, opt, sched, [(x, y)], accumulation_steps=1, precision="fp32", info=SINGLE,
+                                  losses=losses)
 
 
 def measurer(tracker: str, batch: int) -> Callable[[], None]:

@@ -154,7 +154,7 @@ def measure_throughput(p: Preset, data: Dataset, info: DistInfo) -> dict[int, li
         for i in range(steps):
             at = (i % plan.steps_per_epoch) * bs
             train_step(model, opt, sched, micro_batches(data, order[at:at + bs], plan, gen, info.device),
-                       plan.accumulation_steps, precision, info, losses)
+                       accumulation_steps=plan.accumulation_steps, precision=precision, info=info, losses=losses)
             losses.clear()
         if info.device.type == "cuda":
             torch.cuda.synchronize(info.device)

@@ -242,7 +242,8 @@ def test_one_sam_step_equals_the_two_pass_computation(m, adaptive):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     losses = []
-    sam_step(wrap_model(model, SINGLE), model, opt, sched, [(x, y)], "fp32", SINGLE, losses, rho=0.5,
+    sam_step(wrap_model(model, SINGLE), model, opt, sched, [(x, y)], precision="fp32", info=SINGLE, losses=losses,
+             rho=0.5,
              adaptive=adaptive, m=m)
     for k, v in model.named_parameters():
         torch.testing.assert_close(v.detach(), expected[k], rtol=1e-5, atol=1e-6)
@@ -262,8 +263,8 @@ def test_sam_keeps_the_batchnorm_statistics_of_the_pass_at_the_weights():
         for g in range(2):
             reference(x[g::2])  # the ascent passes alone, at w, in order: the strided groups of 4
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sam_step(model, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), [(x, y)], "fp32", SINGLE,
-             [], rho=0.5, m=4)
+    sam_step(model, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), [(x, y)], precision="fp32",
+             info=SINGLE, losses=[], rho=0.5, m=4)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         assert torch.equal(getattr(model[1], name), getattr(reference[1], name)), name
 

@@ -208,8 +208,8 @@ def run_branch(start: Start, k: int, cfg: BranchConfig, data: Dataset, info: Dis
     ddp_model.train()
     for step in range(steps):
         before, lr = len(losses), opt.param_groups[0]["lr"]
-        train_step(ddp_model, opt, sched, itertools.islice(stream, accumulation), accumulation, precision, info,
-                   losses)
+        train_step(ddp_model, opt, sched, itertools.islice(stream, accumulation), accumulation_steps=accumulation,
+                   precision=precision, info=info, losses=losses)
         for _ in range(k - 1):  # the schedule follows the samples seen: k of the run's steps per branch step
             sched.step()
         bad = watch.after_step(step + 1, losses[before:], lr)

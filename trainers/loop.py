@@ -79,10 +79,11 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
         if tracking is not None:
             tracking.before_step(plan)
         if cfg.sam:
-            sam_step(ddp_model, model or ddp_model, opt, sched, pieces, precision, info, losses, cfg.sam,
-                     cfg.sam_adaptive, cfg.sam_m)
+            sam_step(ddp_model, model or ddp_model, opt, sched, pieces, precision=precision, info=info, losses=losses,
+                     rho=cfg.sam, adaptive=cfg.sam_adaptive, m=cfg.sam_m)
         else:
-            train_step(ddp_model, opt, sched, pieces, plan.accumulation_steps, precision, info, losses)
+            train_step(ddp_model, opt, sched, pieces, accumulation_steps=plan.accumulation_steps, precision=precision,
+                       info=info, losses=losses)
         bad = watch.after_step(first_step + step + 1, losses[before:], lr) if watch is not None else None
         if bad is None and watch is not None and step + 1 == plan.steps_per_epoch:
             bad = watch.check()  # the rest of the epoch, and the weights the checkpoint would hold

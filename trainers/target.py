@@ -82,7 +82,7 @@ def train_to_target(cfg: TrainConfig, data: Dataset, info: DistInfo, target: Tar
             batch = idx[i * now.per_rank_batch_size:(i + 1) * now.per_rank_batch_size]
             lr = opt.param_groups[0]["lr"]
             train_step(ddp_model, opt, sched, micro_batches(data, batch, now, gen, info.device),
-                       now.accumulation_steps, precision, info, losses)
+                       accumulation_steps=now.accumulation_steps, precision=precision, info=info, losses=losses)
             if info.device.type == "cuda":
                 torch.cuda.synchronize(info.device)
             seconds += time.perf_counter() - t0

@@ -137,7 +137,8 @@ def train_curve(curve: CurveModule, data: ShuffledTensors | LoaderBatches, loss_
         losses: list[Tensor] = []
         for batch in data.batches(epoch, at):
             curve.set_t(float(torch.rand((), generator=t_gen)))  # the same t on every rank
-            train_step(ddp_curve, opt, sched, [(batch, batch)], 1, precision, info, losses, loss_fn)
+            train_step(ddp_curve, opt, sched, [(batch, batch)], accumulation_steps=1, precision=precision, info=info,
+                       losses=losses, loss_fn=loss_fn)
             step += 1
             if every is None and step - first == SAVE_PROBE_STEPS:
                 per_step = (time.perf_counter() - started) / SAVE_PROBE_STEPS

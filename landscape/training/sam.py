@@ -49,7 +49,7 @@ def ascent_step(params: list[nn.Parameter], grads: list[Tensor], rho: float, ada
 
 
 def sam_step(ddp_model: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, sched: object,
-             micro_batches: Iterable[tuple[Tensor, Tensor]], precision: str, info: DistInfo, losses: list[Tensor],
+             micro_batches: Iterable[tuple[Tensor, Tensor]], *, precision: str, info: DistInfo, losses: list[Tensor],
              rho: float, adaptive: bool = False, m: int | None = None,
              loss_fn: Callable[[Tensor, Tensor], Tensor] = token_cross_entropy) -> None:
     """One SAM optimizer step of this rank over its micro-batches (x, y); appends each micro-batch's mean loss at

@@ -42,7 +42,7 @@ class GradientObserver(Protocol):
 
 
 def train_step(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-               micro_batches: Iterable[tuple[Tensor, Tensor]], accumulation_steps: int, precision: str,
+               micro_batches: Iterable[tuple[Tensor, Tensor]], *, accumulation_steps: int, precision: str,
                info: DistInfo, losses: list[Tensor],
                loss_fn: Callable[[Tensor, Tensor], Tensor] = token_cross_entropy,
                observer: GradientObserver | None = None) -> None:
