@@ -111,7 +111,7 @@ class PointEvaluator:
     (landscape.runtime.metrics.loss_key); `loss_names` are those metrics, prefixed.
     """
 
-    def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], sets: list[EvalSet],
+    def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], sets: list[EvalSet], *,
                  dir_type: str = "weights", precision: str = "fp32", channels_last: bool = False,
                  compile: bool | None = False, points_per_pass: int = 1,
                  bn: tuple[TensorSource | StreamSource, int] | None = None, loss_name: str | None = None):

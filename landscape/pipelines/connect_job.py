@@ -265,8 +265,9 @@ def path_evaluators(model: nn.Module, theta_a: Params, theta_b: Params, bend: Pa
     channels_last, bn_source = evaluation_settings(sets, cfg.channels_last, bn, train)
 
     def evaluator(end: Params) -> PointEvaluator:
-        return PointEvaluator(model, zero, [theta_a, bend, end], sets, "states", precision, channels_last,
-                              False, 1, bn_source, cfg.loss_name)
+        return PointEvaluator(model, zero, [theta_a, bend, end], sets, dir_type="states", precision=precision,
+                              channels_last=channels_last, compile=False, points_per_pass=1, bn=bn_source,
+                              loss_name=cfg.loss_name)
 
     aligned = evaluator(theta_b)
     plain = evaluator(states(b.model)) if cfg.align else aligned

@@ -33,7 +33,7 @@ from landscape.runtime.distributed import DistInfo, broadcast_object, print0, ru
 from landscape.runtime.sources import StreamSource, TensorSource
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GridJob:
     """Everything a surface needs, wherever it came from; made by `grid_job`. `x`/`y` are "MIN:MAX:NUM",
     "auto[:NUM]" or arrays."""
@@ -83,9 +83,11 @@ def grid_job(model: nn.Module, directions: list[Params], sets: list[EvalSet], x:
     channels_last, bn = evaluation_settings(sets, channels_last, bn_recalibrate, bn_source)
     if bn_recalibrate is not None:
         evaluation = {**evaluation, "bn_recalibrate": bn_recalibrate}
-    return GridJob(model, theta0, directions, sets, x, y, path, dir_type, precision, channels_last, compile,
-                   points_per_pass, flush_seconds, progress, auto_rise, origin or Origin(), evaluation, config or {},
-                   annotations or Annotations(), bn, loss_name)
+    return GridJob(model=model, theta0=theta0, directions=directions, sets=sets, x=x, y=y, path=path,
+                   dir_type=dir_type, precision=precision, channels_last=channels_last, compile=compile,
+                   points_per_pass=points_per_pass, flush_seconds=flush_seconds, progress=progress,
+                   auto_rise=auto_rise, origin=origin or Origin(), evaluation=evaluation, config=config or {},
+                   annotations=annotations or Annotations(), bn=bn, loss_name=loss_name)
 
 
 def evaluation_settings(sets: list[EvalSet], channels_last: bool | None, bn_recalibrate: int | None,
@@ -171,8 +173,9 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None, share: bool = 
 def evaluator_of(job: GridJob) -> PointEvaluator:
     """The job's evaluator at a grid point: its metrics on its sets, as run_grid computes them (the benchmarks time
     this same object)."""
-    return PointEvaluator(job.model, job.theta0, job.directions, job.sets, job.dir_type, job.precision,
-                          job.channels_last, job.compile, job.points_per_pass, job.bn, job.loss_name)
+    return PointEvaluator(job.model, job.theta0, job.directions, job.sets, dir_type=job.dir_type,
+                          precision=job.precision, channels_last=job.channels_last, compile=job.compile,
+                          points_per_pass=job.points_per_pass, bn=job.bn, loss_name=job.loss_name)
 
 
 def open_sink(job: GridJob, x: np.ndarray, y: np.ndarray | None, evaluator: Any, arrays: list | None,
