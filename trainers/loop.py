@@ -59,12 +59,15 @@ from trainers.tracking import NoiseTracker, SharpnessTracker, Tracking
 
 def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
                     sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
-                    info: DistInfo, epochs: int | None = None, model: nn.Module | None = None,
+                    info: DistInfo, *, epochs: int | None = None, model: nn.Module | None = None,
                     first_step: int = 0, tracking: Tracking | None = None,
                     watch: DivergenceWatch | None = None) -> dict[str, Any]:
     """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
     model) and samples/second (all ranks), and tokens/second for a language model. When `watch` finds a
     non-finite loss or weights, the pass stops there and returns {"diverged": (step, lr)} instead."""
+    if cfg.sam and model is None and ddp_model is not getattr(ddp_model, "module", ddp_model):
+        raise ValueError("SAM's ascent runs on the unwrapped module: pass model= with a DDP ddp_model")
+    model = model or ddp_model
     ddp_model.train()
     idx, gen = epoch_order(data, sampler, cfg, epoch, info)
     precision = resolve_precision(cfg.precision, info.device)
@@ -79,7 +82,7 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
         if tracking is not None:
             tracking.before_step(plan)
         if cfg.sam:
-            sam_step(ddp_model, model or ddp_model, opt, sched, pieces, precision=precision, info=info, losses=losses,
+            sam_step(ddp_model, model, opt, sched, pieces, precision=precision, info=info, losses=losses,
                      rho=cfg.sam, adaptive=cfg.sam_adaptive, m=cfg.sam_m)
         else:
             train_step(ddp_model, opt, sched, pieces, accumulation_steps=plan.accumulation_steps, precision=precision,
@@ -211,8 +214,8 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
             now = ramp.plan_at(epoch) if ramp is not None else plan  # this epoch's batch
-            run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, length.epochs, model,
-                                  step, tracking, watch)
+            run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, epochs=length.epochs,
+                                  model=model, first_step=step, tracking=tracking, watch=watch)
             if "diverged" in run:
                 raise diverged(cfg, epoch, *run["diverged"])
             measured, summary = tracking.epoch_records() if tracking is not None else ([], {})
