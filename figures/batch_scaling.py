@@ -200,11 +200,18 @@ def fit_critical_batch(results: list[dict[str, Any]]) -> tuple[float, float]:
     """(S_min, E_min) of McCandlish et al.'s trade-off S = S_min + E_min / B, fitted to the measured steps S at
     batch B by least squares on the relative error; the measured critical batch is E_min / S_min, where the
     curve is twice S_min, half way between perfect scaling and no gain."""
-    done = [(r["batch_size"], r["steps_to_target"]) for r in results if r["steps_to_target"] is not None]
-    if len(done) < 2:
+    return hyperbola_fit(np.array([r["batch_size"] for r in results], float),
+                         np.array([np.nan if r["steps_to_target"] is None else r["steps_to_target"] for r in results],
+                                  float))
+
+
+def hyperbola_fit(batches: np.ndarray, steps: np.ndarray) -> tuple[float, float]:
+    """(S_min, E_min) of S = S_min + E_min / B over the finite steps (nan, nan with fewer than 2)."""
+    ok = np.isfinite(steps)
+    b, s = batches[ok], steps[ok]
+    if len(b) < 2:
         return float("nan"), float("nan")
-    b, steps = np.array(done, float).T
-    (s_min, e_min), *_ = np.linalg.lstsq(np.stack([1 / steps, 1 / (b * steps)], 1), np.ones(len(b)), rcond=None)
+    (s_min, e_min), *_ = np.linalg.lstsq(np.stack([1 / s, 1 / (b * s)], 1), np.ones(len(b)), rcond=None)
     return float(s_min), float(e_min)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from scipy.stats import qmc
 
+from figures.batch_scaling import hyperbola_fit
 from figures.common import chosen_preset, preset_parser
 from landscape.base import ArgumentParser, UserError, read_cached, run_cli, write_cached, write_csv, write_text
 from landscape.data import Dataset, load_dataset
@@ -232,13 +233,10 @@ def shallue_regimes(batches: np.ndarray, steps: np.ndarray) -> tuple[float, floa
 
 
 def hyperbola(batches: np.ndarray, steps: np.ndarray) -> float:
-    """McCandlish et al.'s S = S_min + E_min / B fitted (relative least squares): the B_crit = E_min / S_min."""
-    ok = np.isfinite(steps)
-    b, s = batches[ok], steps[ok]
-    if len(b) < 2:
-        return float("nan")
-    (s_min, e_min), *_ = np.linalg.lstsq(np.stack([1 / s, 1 / (b * s)], 1), np.ones(len(b)), rcond=None)
-    return float(e_min / s_min) if s_min > 0 and e_min > 0 else float("nan")
+    """McCandlish et al.'s S = S_min + E_min / B fitted (batch_scaling's relative least squares): the B_crit =
+    E_min / S_min."""
+    s_min, e_min = hyperbola_fit(batches, steps)
+    return e_min / s_min if s_min > 0 and e_min > 0 else float("nan")
 
 
 def reference_run(p: Preset, out: str, info: DistInfo, device: str) -> str:
