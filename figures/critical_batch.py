@@ -45,6 +45,7 @@ from landscape.monitoring import estimate_b_noise
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 from landscape.training import scaled_lr
 from trainers.branch import BranchConfig, nearest, study, summarize, tracked
+from trainers.checkpoints import read_log
 from trainers.config import TrainConfig
 from trainers.loop import build_run, fit, to_device
 from trainers.target import Target, train_to_target
@@ -306,26 +307,22 @@ def schedule_runs(p: Preset, stages: list[tuple[int, int]], out: str, info: Dist
 
 def run_curve(run: str) -> list[dict[str, Any]]:
     """Each epoch's step, samples seen and test metrics, from the run's log."""
-    import json
-
     seen, rows = 0, []
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if "kind" in r:
-                continue
-            steps_before = rows[-1]["step"] if rows else 0
-            seen += (r["step"] - steps_before) * r["global_batch_size"]
-            rows.append({"epoch": r["epoch"], "step": r["step"], "samples": seen, "test_loss": r["test_loss"],
-                         "test_acc": r["test_acc"], "batch": r["global_batch_size"]})
+    for r in read_log(run):
+        if "kind" in r:
+            continue
+        steps_before = rows[-1]["step"] if rows else 0
+        seen += (r["step"] - steps_before) * r["global_batch_size"]
+        rows.append({"epoch": r["epoch"], "step": r["step"], "samples": seen, "test_loss": r["test_loss"],
+                     "test_acc": r["test_acc"], "batch": r["global_batch_size"]})
     return rows
 
 
-def compared(p: Preset, runs: dict[str, str]) -> list[dict[str, Any]]:
-    """Per run: steps and samples to the target (the first epoch that reaches it), the final test loss."""
+def compared(p: Preset, curves: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per run (its run_curve): steps and samples to the target (the first epoch that reaches it), the final test
+    loss."""
     rows = []
-    for name, run in runs.items():
-        curve = run_curve(run)
+    for name, curve in curves.items():
         hit = next((c for c in curve if p.target.met(c["test_loss"], c["test_acc"])), None)
         rows.append({"run": name, "steps_to_target": hit["step"] if hit else None,
                      "samples_to_target": hit["samples"] if hit else None, "final_test_loss": curve[-1]["test_loss"],
@@ -337,12 +334,12 @@ def compared(p: Preset, runs: dict[str, str]) -> list[dict[str, Any]]:
 # the figure, the tables and the closing lines
 
 def estimates(search_rows: list[dict[str, Any]], branch_rows: list[dict[str, Any]], noise: dict[str, Any],
-              p: Preset, run: str) -> list[dict[str, Any]]:
+              p: Preset, log: dict[str, list[tuple[int, float]]]) -> list[dict[str, Any]]:
+    """Each estimate, its value and how it was obtained; `log`: what the reference run tracked (branch.tracked)."""
     b = np.array([r["batch_size"] for r in search_rows], float)
     tuned = np.array([np.nan if r["best_steps"] is None else r["best_steps"] for r in search_rows], float)
     b1, b2 = shallue_regimes(b, tuned)
     at = next(r for r in branch_rows if r["at_epoch"] == p.point)
-    log = tracked(run, p.base_batch_size)
     simple = nearest(log["b_simple"], at["samples_seen"])
     return [
         {"estimate": "shallue_perfect_scaling_until", "value": b1,
@@ -434,8 +431,8 @@ def fmt(v: float | None) -> str:
 
 
 def draw(search_rows: list[dict[str, Any]], est: list[dict[str, Any]], branch_rows: list[dict[str, Any]],
-         runs: dict[str, str], p: Preset, log: dict[str, list[tuple[int, float]]], lines: list[str], out: str
-         ) -> list[str]:
+         curves: dict[str, list[dict[str, Any]]], p: Preset, log: dict[str, list[tuple[int, float]]],
+         lines: list[str], out: str) -> list[str]:
     """The four panels (d in two: by steps and by samples), and the closing lines beside them."""
     from landscape.drawing import artists
     from landscape.pipelines import render
@@ -485,8 +482,7 @@ def draw(search_rows: list[dict[str, Any]], est: list[dict[str, Any]], branch_ro
 
     styles = {"fixed small": ("tab:blue", "-"), "fixed large": ("tab:red", "--"), "schedule": ("tab:green", "-")}
     for ax, x_key, xlabel in ((axes[1, 0], "step", "optimizer steps"), (axes[1, 1], "samples", "samples seen")):
-        for name, run in runs.items():
-            curve = run_curve(run)
+        for name, curve in curves.items():
             color, style = styles[name]
             batches = f"{curve[0]['batch']} to {curve[-1]['batch']}" if name == "schedule" else curve[0]["batch"]
             ax.plot([c[x_key] for c in curve], [c["test_loss"] for c in curve], color=color, linestyle=style,
@@ -557,17 +553,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             branch_rows = study(branch, info)
             summarize(branch_rows, branch, sorted(set(p.branch_factors)))  # OUT/branches: its table and figure
             noise = b_noise_at(p, run, data, info, args.out)
-            est = estimates(search_rows, branch_rows, noise, p, run)
+            log = tracked(run, p.base_batch_size)
+            est = estimates(search_rows, branch_rows, noise, p, log)
             stages = derived_schedule(branch_rows, p.base_batch_size, max(p.batch_sizes))
             runs = schedule_runs(p, stages, args.out, info, args.device)
-            comparison = compared(p, runs)
+            curves = {name: run_curve(path) for name, path in runs.items()}
+            comparison = compared(p, curves)
             write_csv(os.path.join(args.out, "steps_to_target.csv"), search_rows, list(search_rows[0]))
             write_csv(os.path.join(args.out, "summary.csv"), est, ["estimate", "value", "how"])
             write_csv(os.path.join(args.out, "schedule.csv"),
                       [{**r, "stages": ",".join(f"{b}:{e}" for b, e in stages)} for r in comparison],
                       [*comparison[0], "stages"])
             lines = closing_lines(search_rows, est, branch_rows, comparison)
-            files = draw(search_rows, est, branch_rows, runs, p, tracked(run, p.base_batch_size), lines, args.out)
+            files = draw(search_rows, est, branch_rows, curves, p, log, lines, args.out)
             write_text(os.path.join(args.out, "closing.txt"), "\n".join(lines) + "\n")
             for e in est:
                 print(f"{e['estimate']:>34}: {fmt(e['value'])}  ({e['how']})")

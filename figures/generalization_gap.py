@@ -19,7 +19,6 @@ reuse everything.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +33,7 @@ from landscape.core import Surface
 from landscape.pipelines import run_sharpness, run_surface
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 from landscape.training import TrainingDiverged
+from trainers.checkpoints import read_log
 from trainers.config import TrainConfig
 from trainers.loop import fit
 
@@ -155,7 +155,7 @@ def train(p: Preset, seeds: int, out: str, info: DistInfo, device: str
 
 def log_of(cfg: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A run's epoch records and its tracked lambda_max records, from metrics.jsonl."""
-    records = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]
+    records = read_log(cfg.out)
     return [r for r in records if "kind" not in r], [r for r in records if r.get("kind") == "sharpness"]
 
 

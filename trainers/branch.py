@@ -23,7 +23,6 @@ and OUT/local_critical_batch.{png,pdf}.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -45,8 +44,8 @@ from landscape.runtime.forward import resolve_precision
 from landscape.training.divergence import DivergenceWatch
 from landscape.training.optim import BatchPlan, scaled_lr
 from landscape.training.step import train_step, wrap_model
-from trainers.checkpoints import restore_rng_state
-from trainers.config import TrainConfig, optimizer_of
+from trainers.checkpoints import read_log, restore_rng_state
+from trainers.config import TrainConfig, optimizer_of, plan_of, run_length
 from trainers.loop import build_run, epoch_order, evaluate, micro_batches, run_sampler, to_device
 
 LR_RULES = ("linear", "sqrt", "none")
@@ -264,8 +263,8 @@ def study(cfg: BranchConfig, info: DistInfo) -> list[dict[str, Any]]:
     run_cfg = starts[0].cfg
     data = to_device(load_dataset(run_cfg.dataset, run_cfg.data_dir, run_cfg.download, **run_cfg.data_kwargs),
                      info.device)
-    _, plan, length = build_run(run_cfg, data, info)
-    checked_budget(cfg, plan, starts, length.epochs * plan.steps_per_epoch)
+    plan = plan_of(run_cfg, info.world_size, len(data.x_train))  # the run's batch, without building its model
+    checked_budget(cfg, plan, starts, run_length(run_cfg, plan, len(data.x_train)).epochs * plan.steps_per_epoch)
     rows = []
     with exclusive_output(cfg.folder, info):
         for start in starts:
@@ -296,19 +295,14 @@ def tracked(run: str, batch: int) -> dict[str, list[tuple[int, float]]]:
     """What the run's log tracked, against samples seen: each epoch's B_simple (--track-noise), and lambda_max and
     the optimizer's stability threshold (--track-sharpness); empty lists where it tracked nothing."""
     found: dict[str, list[tuple[int, float]]] = {"b_simple": [], "lambda_max": [], "threshold": []}
-    path = os.path.join(run, "metrics.jsonl")
-    if not os.path.exists(path):
-        return found
-    with open(path) as f:
-        for line in f:
-            r = json.loads(line)
-            at = int(r.get("step", 0)) * batch
-            if r.get("kind") == "sharpness":
-                for k in ("lambda_max", "threshold"):
-                    if r.get(k) is not None:
-                        found[k].append((at, float(r[k])))
-            elif "kind" not in r and r.get("noise_b_simple") is not None:
-                found["b_simple"].append((at, float(r["noise_b_simple"])))
+    for r in read_log(run):
+        at = int(r.get("step", 0)) * batch
+        if r.get("kind") == "sharpness":
+            for k in ("lambda_max", "threshold"):
+                if r.get(k) is not None:
+                    found[k].append((at, float(r[k])))
+        elif "kind" not in r and r.get("noise_b_simple") is not None:
+            found["b_simple"].append((at, float(r["noise_b_simple"])))
     return found
 
 

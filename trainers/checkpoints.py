@@ -89,6 +89,16 @@ def append_jsonl(path: str, records: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
+def read_log(run: str) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl, one record a line in order: epoch records (no "kind") and tracked ones ("kind":
+    "noise", "sharpness"); [] before the run has logged anything."""
+    path = os.path.join(run, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
 def truncate_log(path: str, keep_step: int) -> None:
     """On resume from the checkpoint of optimizer step `keep_step`, drop the log's records past it (a kill after
     they were written and before the checkpoint: they are about to be redone), and a last line torn by a kill in
