@@ -102,6 +102,20 @@ def tree_digest(folder) -> dict[str, str]:
     return out
 
 
+def refused(capsys, main, argv: list[str], message: str) -> bool:
+    """A command's `main(ARGV)`, run in this process as its CLI runs it (run_cli): exit 2 and one line naming
+    `message`, no traceback. True, so that a caller may assert it."""
+    from landscape.base.flags import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err, err
+    return True
+
+
 def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LANDSCAPE_DEBUG")}
     env["OMP_NUM_THREADS"] = "1"

@@ -15,11 +15,10 @@ import time
 import pytest
 import torch
 
-from landscape.base.flags import run_cli
 from landscape.core.fingerprint import tensors_sha256
 from landscape.models.checkpoint import load_checkpoint
 from tests import figure_checks
-from tests.conftest import SINGLE, cli_env, train_config, tree_digest
+from tests.conftest import SINGLE, cli_env, refused, train_config, tree_digest
 from trainers.branch import BranchConfig, local_critical_batch, main, smoothed, study
 from trainers.loop import fit
 
@@ -88,33 +87,26 @@ def test_study_writes_its_table_and_figure_and_resumes_after_a_kill_to_the_same_
     assert open(killed / "local_critical_batch.csv").read() == whole
 
 
-def refused(capsys, argv: list[str], message: str) -> None:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        run_cli(main, argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-
-
 def test_bad_inputs_are_one_line_exit_2_and_write_nothing(run_dir, tmp_path, capsys):
     out = str(tmp_path / "b")
     base = [run_dir, "--out", out, "--samples", "512"]
     before = tree_digest(run_dir)
-    refused(capsys, [*base, "--at", "1", "--factors", "1", "2.5"], "invalid int value: '2.5'")
-    refused(capsys, [*base, "--at", "1", "--factors", "0", "1"], "every factor must be a whole number >= 1")
-    refused(capsys, [*base, "--at", "1", "--factors", "2", "4"], "--factors must include 1")
-    refused(capsys, [*base, "--at", "7"], "no " + os.path.join(run_dir, "epoch_0007.pt") + "; it has epochs 0, 1, 2, 3")
-    refused(capsys, [*base, "--at", "1", "--factors", "1", "16"], "less than one step at the largest factor")
-    refused(capsys, [*base, "--at", "1", "--factors", "1", "3"], "give a multiple of 192")
-    refused(capsys, [run_dir, "--out", out, "--samples", "1024", "--at", "2"], "runs past the run's last step (24)")
-    refused(capsys, [*base[:-1], "0", "--at", "1"], "--samples must be >= 1")
-    refused(capsys, [*base], "give --at")
+    refused(capsys, main, [*base, "--at", "1", "--factors", "1", "2.5"], "invalid int value: '2.5'")
+    refused(capsys, main, [*base, "--at", "1", "--factors", "0", "1"], "every factor must be a whole number >= 1")
+    refused(capsys, main, [*base, "--at", "1", "--factors", "2", "4"], "--factors must include 1")
+    missing = "no " + os.path.join(run_dir, "epoch_0007.pt") + "; it has epochs 0, 1, 2, 3"
+    refused(capsys, main, [*base, "--at", "7"], missing)
+    refused(capsys, main, [*base, "--at", "1", "--factors", "1", "16"], "less than one step at the largest factor")
+    refused(capsys, main, [*base, "--at", "1", "--factors", "1", "3"], "give a multiple of 192")
+    refused(capsys, main, [run_dir, "--out", out, "--samples", "1024", "--at", "2"],
+            "runs past the run's last step (24)")
+    refused(capsys, main, [*base[:-1], "0", "--at", "1"], "--samples must be >= 1")
+    refused(capsys, main, [*base], "give --at")
     bare = tmp_path / "bare"  # a checkpoint of the weights alone
     bare.mkdir()
     state = load_checkpoint(os.path.join(run_dir, "epoch_0001.pt"))
     torch.save({k: v for k, v in state.items() if k not in ("optimizer", "scheduler")}, bare / "epoch_0001.pt")
-    refused(capsys, [str(bare), "--out", out, "--samples", "512", "--at", "1"], "has no optimizer, scheduler")
+    refused(capsys, main, [str(bare), "--out", out, "--samples", "512", "--at", "1"], "has no optimizer, scheduler")
     assert not os.path.exists(out) and tree_digest(run_dir) == before
 
 

@@ -12,12 +12,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import run_module, tree_digest
+from conftest import refused, run_module, tree_digest
 
 import landscape
 from landscape.base.config import CurveConfig, SurfaceConfig
 from landscape.base.errors import UserError
-from landscape.base.flags import run_cli
 from landscape.connect import main as connect_main
 from landscape.connectivity import curve_training
 from landscape.connectivity.alignment import align, align_models, permuted, random_permutations
@@ -326,17 +325,6 @@ def test_connect_cli_writes_its_files_and_plot2d_draws_the_curve_on_its_plane(ml
     assert np.allclose(*same, rtol=1e-6)  # --align equals interpolating to the aligned checkpoint connect wrote
 
 
-def refused(capsys, argv: list[str], message: str) -> bool:
-    """`python -m landscape.connect ARGV`, run in this process as the command runs it: exit 2 and one line naming
-    `message`, no traceback."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        run_cli(connect_main, argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    return "Traceback" not in err
-
-
 def test_bad_inputs_are_one_line_exit_2_and_write_nothing(mlp_ckpt, mlp_ckpt_b, bn_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     other = tmp_path / "wide.pt"  # the same data, another width
@@ -360,14 +348,14 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(mlp_ckpt, mlp_ckpt_b, 
     res = run_module("landscape.connect", *cases[0][0], "--out", str(out), "--no-progress")
     assert res.returncode == 2 and cases[0][1] in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     for args, message in cases[1:]:
-        assert refused(capsys, [*args, "--out", str(out), "--no-progress"], message)
+        assert refused(capsys, connect_main, [*args, "--out", str(out), "--no-progress"], message)
         assert not out.exists()
     first = run_module("landscape.connect", *cli_args(mlp_ckpt, mlp_ckpt_b, out, "--epochs", "1"))
     assert first.returncode == 0, first.stderr
     before = tree_digest(out)
     for extra, message in [(["--curve", "polychain"], "another --curve"), (["--align"], "another --align"),
                            (["--lr", "0.1"], "other curve training settings")]:
-        assert refused(capsys, cli_args(mlp_ckpt, mlp_ckpt_b, out, "--epochs", "1", *extra), message)
+        assert refused(capsys, connect_main, cli_args(mlp_ckpt, mlp_ckpt_b, out, "--epochs", "1", *extra), message)
         assert tree_digest(out) == before
     with pytest.raises(UserError, match="add --align"):
         SurfaceConfig(checkpoint="a.pt", target="b.pt", align_spec="x.json")
