@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from figures.common import chosen_preset, contour_levels, preset_parser
-from landscape.base import ArgumentParser, SharpnessConfig, SurfaceConfig, run_cli, write_csv
+from landscape.base import ArgumentParser, SurfaceConfig, run_cli, write_csv
 from landscape.core import Surface
 from landscape.curvature import width_1d
-from landscape.pipelines import run_sharpness, run_surface
+from landscape.pipelines import SharpnessConfig, run_sharpness, run_surface
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 from trainers.config import TrainConfig
 from trainers.sweep import run_name, sweep

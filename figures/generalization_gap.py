@@ -28,9 +28,9 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from figures.common import chosen_preset, contour_levels, preset_parser
-from landscape.base import ArgumentParser, ConfigError, SharpnessConfig, SurfaceConfig, run_cli, write_csv
+from landscape.base import ArgumentParser, ConfigError, SurfaceConfig, run_cli, write_csv
 from landscape.core import Surface
-from landscape.pipelines import run_sharpness, run_surface
+from landscape.pipelines import SharpnessConfig, run_sharpness, run_surface
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 from landscape.training import TrainingDiverged
 from trainers.checkpoints import read_log

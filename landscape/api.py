@@ -272,9 +272,9 @@ def sharpness_table(model: nn.Module, data: Any, metrics: str | Metric = "cross_
     SharpnessConfig (per_layer, tol, trace_products, eps, rho, sigma, draws, width_directions, ...); `x` the
     widths' first axis; `log` gets the cost estimates and a line per measure (default: silent). Taken in eval mode;
     the model, its mode included, is left as it was."""
-    from landscape.base.config import SharpnessConfig, check_axis
+    from landscape.base.config import check_axis
     from landscape.curvature.flat_loss import evaluation_mode
-    from landscape.pipelines.sharpness_table import measure_table
+    from landscape.pipelines.sharpness_table import SharpnessConfig, measure_table
 
     sc = SharpnessConfig(measures=tuple(measures), **options)
     check_axis(x, "x")

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from landscape.base.config import WIDTH_AXIS, SharpnessConfig, SurfaceConfig
+from landscape.base.config import WIDTH_AXIS, SurfaceConfig
 from landscape.base.flags import ArgumentParser, DefaultsFormatter, add_config_args, config_from_args, run_cli
 
 NOT_HERE = ("target", "trajectory", "checkpoint", "y", "plane_points", "auto_rise", "directions_file", "plane",
@@ -26,6 +26,8 @@ NOT_HERE = ("target", "trajectory", "checkpoint", "y", "plane_points", "auto_ris
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
+    from landscape.pipelines.sharpness_table import SharpnessConfig  # the measures' registry, filled
+
     p = ArgumentParser(prog="python -m landscape.sharpness", description=__doc__, formatter_class=DefaultsFormatter,
                        add_help=add_help)
     p.add_argument("checkpoint", help="the checkpoint (ours; with --model a weights file: .pt, .pth, .ckpt, "
@@ -44,7 +46,13 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     from landscape.base.flags import check_writable
     from landscape.pipelines import render
-    from landscape.pipelines.sharpness_table import density_curve, paths_for, run_sharpness, table_text
+    from landscape.pipelines.sharpness_table import (
+        SharpnessConfig,
+        density_curve,
+        paths_for,
+        run_sharpness,
+        table_text,
+    )
     from landscape.runtime.distributed import exclusive_output, process_group
 
     args = get_parser().parse_args(argv)

@@ -292,9 +292,9 @@ def test_a_subset_file_stores_only_what_moves(tmp_path):
 
 
 def test_widths_at_the_edge_are_extended_or_marked_lower_bounds(mlp_ckpt, tmp_path):
-    from landscape.base.config import SharpnessConfig, SurfaceConfig
+    from landscape.base.config import SurfaceConfig
     from landscape.curvature.sharpness import basin_1d, next_axis
-    from landscape.pipelines.sharpness_table import run_sharpness, table_text
+    from landscape.pipelines.sharpness_table import SharpnessConfig, run_sharpness, table_text
     from tests.conftest import SINGLE
 
     a = np.linspace(-1, 1, 21)

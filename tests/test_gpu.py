@@ -97,8 +97,8 @@ def test_sweep_on_cuda(tmp_path):
 
 
 def test_sharpness_table_on_cuda_equals_the_cpu(mlp_ckpt, tmp_path):
-    from landscape.base.config import SharpnessConfig, SurfaceConfig
-    from landscape.pipelines.sharpness_table import run_sharpness
+    from landscape.base.config import SurfaceConfig
+    from landscape.pipelines.sharpness_table import SharpnessConfig, run_sharpness
     from tests.conftest import SINGLE
 
     sc = SharpnessConfig(measures=("lambda_max", "trace", "density", "epsilon", "adaptive", "average", "width"),
@@ -135,8 +135,8 @@ def test_a_streamed_loader_on_cuda_equals_resident_tensors():
 def test_language_models_on_cuda(model, tmp_path):
     # the trainer in bf16 autocast; then the surface's centre in fp32 on CUDA reproduces the stored validation loss
     # (the trainer evaluates in fp32), and lambda_max (double backward: math attention, no cuDNN RNN) matches the CPU
-    from landscape.base.config import SharpnessConfig, SurfaceConfig
-    from landscape.pipelines.sharpness_table import run_sharpness
+    from landscape.base.config import SurfaceConfig
+    from landscape.pipelines.sharpness_table import SharpnessConfig, run_sharpness
     from tests.conftest import SINGLE
     from tests.test_lm import lm_config
 

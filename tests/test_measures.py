@@ -140,8 +140,8 @@ def test_the_sharpness_command_per_layer_and_two_processes_equal_one(mlp_ckpt, t
 
     from conftest import SINGLE, run_module
 
-    from landscape.base.config import SharpnessConfig, SurfaceConfig
-    from landscape.pipelines.sharpness_table import run_sharpness
+    from landscape.base.config import SurfaceConfig
+    from landscape.pipelines.sharpness_table import SharpnessConfig, run_sharpness
 
     args = ["--samples", "128", "--measures", "lambda_max", "trace", "density", "epsilon", "adaptive", "average",
             "width", "--per-layer", "--trace-products", "9", "--width-directions", "2", "--x=-1:1:9",
@@ -180,3 +180,57 @@ def test_weights_the_loss_never_reads_have_a_zero_gradient():
     g = torch.ones(4, 6, dtype=torch.float64)
     value, grad = MeanLoss(WithSpare(), (g, torch.zeros(4)), total, params={"spare"}).value_and_grad(np.zeros(3))
     assert value == pytest.approx(sum(W)) and not grad.any()
+
+
+SMALL = {"trace_products": 12, "width_directions": 2, "density_runs": 2, "density_steps": 8, "draws": 2,
+         "lbfgs_iters": 2, "ascent_steps": 2, "eps": (1e-3, 5e-4)}
+
+
+def test_every_registered_measure_has_a_cost_and_runs_and_writes_the_rows_it_names():
+    import landscape
+    from landscape.curvature.costs import UnitCosts
+    from landscape.pipelines.sharpness_table import MEASURES, SharpnessConfig, measure_costs
+    from tests import userland
+
+    sc = SharpnessConfig(measures=tuple(MEASURES), **SMALL)
+    costs = measure_costs(sc, UnitCosts(forward=1.0, gradient=2.0, product=3.0, graph_budget=0, parameters=100),
+                          "-1:1:5")
+    assert list(costs) == list(MEASURES) and all(s > 0 and how for s, how in costs.values())
+    model, data = userland.make_mlp(), userland.tensors()
+    for name, measure in MEASURES.items():
+        rows = landscape.sharpness_table(model, data, measures=(name,), x="-1:1:5", **SMALL)
+        assert [r["measure"] for r in rows] == list(measure.columns(sc)), name
+        assert all(np.isfinite(r["value"]) for r in rows), name
+
+
+def test_a_measure_registered_by_a_user_joins_the_table_after_the_built_in_ones():
+    import landscape
+    from landscape.curvature.costs import UnitCosts
+    from landscape.curvature.sharpness import Measured
+    from landscape.pipelines.measure_registry import Measure, register_measure, row
+    from landscape.pipelines.sharpness_table import MEASURES, measure_costs
+    from tests import userland
+
+    def grad_norm_rows(s, label, names, sc):  # |grad L| at the centre: one gradient
+        _, g = s.mean_loss(names).value_and_grad(s.mean_loss(names).theta0)
+        return [row(label, "gradient_norm", Measured(float(np.linalg.norm(g))))]
+
+    register_measure(Measure("gradient_norm", grad_norm_rows, lambda sc, u, a: (u.gradient, "one gradient"),
+                             lambda sc: ("gradient_norm",)))
+    try:
+        with pytest.raises(ValueError, match="registered already"):
+            register_measure(MEASURES["gradient_norm"])
+        model, data = userland.make_mlp(), userland.tensors()
+        rows = landscape.sharpness_table(model, data, measures=("gradient_norm", "lambda_max"))
+        assert [r["measure"] for r in rows] == ["lambda_max", "gradient_norm"]  # the registry's order
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(data[0]), data[1]),
+                                    list(model.parameters()))
+        assert rows[1]["value"] == pytest.approx(float(torch.cat([g.flatten() for g in grads]).norm()), rel=1e-5)
+        from landscape.pipelines.sharpness_table import SharpnessConfig
+        u = UnitCosts(forward=1.0, gradient=2.0, product=3.0, graph_budget=0, parameters=100)
+        assert measure_costs(SharpnessConfig(measures=("gradient_norm",)), u, "-1:1:5") == {
+            "gradient_norm": (2.0, "one gradient")}
+    finally:
+        MEASURES.pop("gradient_norm", None)
+    with pytest.raises(KeyError, match="gradient_norm"):
+        landscape.sharpness_table(model, data, measures=("gradient_norm",))

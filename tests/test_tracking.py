@@ -51,8 +51,8 @@ def test_the_preconditioned_top_eigenvalue_is_that_of_the_dense_p_inverse_h():
 
 
 def test_the_tracked_lambda_max_at_the_last_step_is_landscape_sharpness_s(tmp_path):
-    from landscape.base.config import SharpnessConfig, SurfaceConfig
-    from landscape.pipelines.sharpness_table import run_sharpness
+    from landscape.base.config import SurfaceConfig
+    from landscape.pipelines.sharpness_table import SharpnessConfig, run_sharpness
 
     cfg = train_config(tmp_path / "r", epochs=2, track_sharpness=3, track_samples=200)
     ckpt = fit(cfg, SINGLE)

@@ -36,12 +36,10 @@ HESSIAN = "hessian"  # --directions hessian: the top eigenvectors of the Hessian
 # (bf16). At -30% the compile is paid back after ~70 s of eager work; 120 s leaves room for a slower compile.
 COMPILE_AFTER_S = 120.0
 
-MEASURES = ("lambda_max", "lambda_min", "trace", "density", "epsilon", "adaptive", "average", "width")
-# The default table: a minute or two on a ResNet-18 with 128 samples on 2 CPU cores (the README has the costs);
-# lambda_min, density, epsilon and average are asked for by name.
+# The sharpness table's default measures (their registry: landscape.pipelines.measure_registry): a minute or two on
+# a ResNet-18 with 128 samples on 2 CPU cores (the README has the costs); the others are asked for by name.
 DEFAULT_MEASURES = ("lambda_max", "trace", "adaptive", "width")
 WIDTH_AXIS = "-1:1:21"  # the widths' first axis: widened or narrowed per curve until the width is one
-ADAPTIVE_NORMS = ("2", "inf")
 
 
 def check_choice(value: object, choices: tuple[str, ...], flag: str) -> None:
@@ -303,59 +301,6 @@ class PlotConfig:
             raise ConfigError(f"--loss-max must be a finite number, got {self.loss_max}")
         for fmt in self.formats:
             check_choice(fmt, FORMATS, "--formats")
-
-
-@dataclass(frozen=True)
-class SharpnessConfig:
-    """Which sharpness measures `landscape.sharpness` takes and how (curvature.sharpness, curvature.hessian,
-    landscape.curvature.density); the model, data, subset and directions come from a SurfaceConfig's flags."""
-
-    measures: tuple[str, ...] = option(DEFAULT_MEASURES,
-                                       "what to measure: Hessian extremes (Lanczos), trace (Hutch++), spectral "
-                                       "density (SLQ), Keskar's epsilon-sharpness, adaptive worst-case and "
-                                       "average-case sharpness, basin width over random directions; each prints "
-                                       "its estimated time first", choices=MEASURES, group="measures")
-    per_layer: bool = option(False, "also one row per layer (each module's own parameters)", group="measures")
-    tol: float = option(1e-3, "Lanczos tolerance: the eigenvalues' relative error bound", group="hessian")
-    trace_products: int = option(60, "Hessian-vector products of the Hutch++ trace", metavar="N", group="hessian")
-    density_runs: int = option(5, "SLQ runs averaged for the spectral density", metavar="N", group="hessian")
-    density_steps: int = option(60, "Lanczos steps per SLQ run", metavar="N", group="hessian")
-    eps: tuple[float, ...] = option((1e-3, 5e-4), "Keskar's box half-width(s), relative to |w|+1 (one row each)",
-                                    group="epsilon-sharpness")
-    subspace: int | None = option(None, "maximize in a random P-dimensional subspace (default: the full space)",
-                                  metavar="P", group="epsilon-sharpness")
-    lbfgs_iters: int = option(10, "L-BFGS-B iterations", metavar="N", group="epsilon-sharpness")
-    rho: float = option(0.05, "adaptive sharpness radius: ||delta / |w|||_p <= RHO", group="adaptive sharpness")
-    adaptive_norm: str = option("2", "the norm p of the adaptive ball", choices=ADAPTIVE_NORMS,
-                                group="adaptive sharpness")
-    ascent_steps: int = option(10, "projected gradient-ascent steps", metavar="N", group="adaptive sharpness")
-    m_sharpness: int | None = option(None, "m-sharpness: the mean over chunks of M samples, each with its own "
-                                     "worst case (default: the whole data as one chunk)", metavar="M",
-                                     group="adaptive sharpness")
-    sigma: float = option(0.01, "average-case sharpness: Gaussian perturbation with std SIGMA * |w| per weight",
-                          group="average sharpness")
-    draws: int = option(20, "perturbations drawn for the average and its standard error", metavar="N",
-                        group="average sharpness")
-    width_directions: int = option(10, "filter-normalized random directions whose basin widths are averaged (plus "
-                                   "the top Hessian eigenvector, scaled alike)", metavar="N", group="width")
-    threshold: float = option(0.1, "the width is where the loss stays within this much of the curve's minimum",
-                              group="width")
-
-    def __post_init__(self) -> None:
-        for m in self.measures:
-            check_choice(m, MEASURES, "--measures")
-        check_choice(self.adaptive_norm, ADAPTIVE_NORMS, "--adaptive-norm")
-        for value, flag, low in [(self.trace_products, "--trace-products", 6), (self.density_runs, "--density-runs", 1),
-                                 (self.density_steps, "--density-steps", 2), (self.lbfgs_iters, "--lbfgs-iters", 1),
-                                 (self.ascent_steps, "--ascent-steps", 1), (self.draws, "--draws", 2),
-                                 (self.width_directions, "--width-directions", 2), (self.subspace, "--subspace", 1),
-                                 (self.m_sharpness, "--m-sharpness", 1)]:
-            if value is not None and value < low:
-                raise ConfigError(f"{flag} must be >= {low}, got {value}")
-        for value, flag in [(self.tol, "--tol"), (self.rho, "--rho"), (self.sigma, "--sigma"),
-                            (self.threshold, "--threshold"), *((e, "--eps") for e in self.eps)]:
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{flag} must be a positive number, got {value}")
 
 
 CURVE_TYPES = ("bezier", "polychain", "none")  # none: the straight lines only (and aligned with --align)

@@ -52,11 +52,13 @@ class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-           choices: Sequence[Any] | None = None, type: Callable[[str], Any] | None = None, group: str | None = None,
+           choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+           type: Callable[[str], Any] | None = None, group: str | None = None,
            metavar: str | None = None, const: Any = None,
            default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
     """A dataclass field that is also a command-line flag (see add_config_args). `flag` overrides the flag's
-    name; `const` is the value of the flag given bare (`--scale-lr` for `--scale-lr linear`)."""
+    name; `const` is the value of the flag given bare (`--scale-lr` for `--scale-lr linear`); `choices` may be a
+    function giving them, called when a parser is built (a registry's names, extended after import)."""
     meta = {"cli": {"help": help, "flag": flag, "choices": choices, "type": type, "group": group,
                     "metavar": metavar, "const": const}}
     if default_factory is not dataclasses.MISSING:
@@ -108,7 +110,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Iterable[s
         elif value_type is bool:
             kw["action"] = "store_false" if kw.get("default") else "store_true"
         else:
-            kw.update(type=meta["type"] or value_type, choices=meta["choices"], metavar=meta["metavar"])
+            choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]  # a registry's names now
+            kw.update(type=meta["type"] or value_type, choices=choices, metavar=meta["metavar"])
             if several:
                 kw["nargs"] = "+" if kw.get("default") else "*"
             elif meta["const"] is not None:

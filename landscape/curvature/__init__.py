@@ -12,7 +12,6 @@ _API = {
     "spectral_density": "density",
     "MeanLoss": "sharpness", "epsilon_sharpness": "sharpness", "adaptive_sharpness": "sharpness",
     "average_sharpness": "sharpness", "basin_1d": "sharpness", "width_1d": "sharpness",
-    "measure_costs": "costs",
     "stability_threshold": "edge", "threshold_of": "edge", "Threshold": "edge", "top_eigenvalue": "edge",
     "adam_preconditioner": "edge",
 }

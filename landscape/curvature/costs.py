@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape.base.config import SharpnessConfig
-from landscape.base.grid import parse_range
 from landscape.curvature.hessian import HessianOperator
 from landscape.curvature.sharpness import MeanLoss
 
@@ -51,39 +49,6 @@ def time_units(f: MeanLoss, op: HessianOperator | None) -> UnitCosts:
         product = seconds(lambda: op.matvec(v))
     return UnitCosts(seconds(lambda: f(f.theta0)), seconds(lambda: f.value_and_grad(f.theta0)), product,
                      op.cache_bytes if op is not None else 0, f.dim, f.device.type == "cuda")
-
-
-def measure_costs(sc: SharpnessConfig, u: UnitCosts, axis: str) -> dict[str, tuple[float, str]]:
-    """measure -> (estimated seconds, how it was counted), for one subset of parameters."""
-    out: dict[str, tuple[float, str]] = {}
-    m = sc.measures
-    if "lambda_max" in m or "lambda_min" in m or "width" in m:
-        n = LANCZOS_PRODUCTS + (LAMBDA_MIN_PRODUCTS if "lambda_min" in m else 0)
-        out["lambda_max" if "lambda_max" in m else "lambda_min" if "lambda_min" in m else "eigenvector"] = (
-            n * u.product, f"~{n} Hessian-vector products of {u.product:.2g} s (Lanczos)")
-    if "trace" in m:
-        out["trace"] = (sc.trace_products * u.product, f"{sc.trace_products} products (Hutch++)")
-    if "density" in m:
-        n = sc.density_runs * sc.density_steps
-        reorth = 0.0 if u.on_gpu else (sc.density_runs * sc.density_steps**2 * u.parameters
-                                        * REORTHOGONALIZATION_PER_PARAMETER)
-        out["density"] = (n * u.product + reorth, f"{n} products (SLQ) and ~{reorth:.0f} s of reorthogonalization")
-    if "epsilon" in m:
-        n = len(sc.eps) * (sc.lbfgs_iters + 2)
-        steps = n * u.parameters * LBFGS_PER_PARAMETER
-        out["epsilon"] = (n * (u.gradient) + steps, f"~{n} gradients of {u.gradient:.2g} s and ~{steps:.0f} s of "
-                                                    "L-BFGS-B steps")
-    if "adaptive" in m:
-        n = sc.ascent_steps + 1
-        out["adaptive"] = (n * u.gradient, f"{n} gradients of {u.gradient:.2g} s")
-    if "average" in m:
-        n = sc.draws + 1
-        out["average"] = (n * u.forward, f"{n} forward passes of {u.forward:.2g} s")
-    if "width" in m:
-        n = round((sc.width_directions + 1) * len(parse_range(axis)) * WIDTH_REEVALUATED)
-        out["width"] = (n * u.forward, f"~{n} forward passes ({sc.width_directions + 1} directions x "
-                                       f"{len(parse_range(axis))} points, and re-evaluated curves)")
-    return out
 
 
 def estimate_text(costs: dict[str, tuple[float, str]], subsets: int) -> str:

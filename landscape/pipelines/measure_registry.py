@@ -1,0 +1,207 @@
+"""The sharpness measures, registered: each a small record (`Measure`) that owns its computation, its cost
+estimate and the rows it writes, and `SharpnessConfig`, whose `measures` are names in this registry. The table
+(pipelines.sharpness_table) is a loop over the chosen measures in the order they were registered. A new measure
+is one module that calls `register_measure` (the built-in ones: pipelines.hessian_measures and pipelines.loss_measures),
+imported before the table is built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from landscape.base.config import DEFAULT_MEASURES
+from landscape.base.errors import ConfigError, UnknownNameError
+from landscape.base.flags import option
+from landscape.core.directions import DirectionSpec
+from landscape.core.params import Params
+from landscape.curvature.costs import LANCZOS_PRODUCTS, UnitCosts
+from landscape.curvature.hessian import Eigen, HessianOperator, eigenvalues, graph_budget
+from landscape.curvature.sharpness import MeanLoss, Measured
+from landscape.runtime.distributed import DistInfo, broadcast_object
+from landscape.runtime.metrics import Metric
+from landscape.runtime.sources import StreamSource, TensorSource, rank_share
+
+Row = dict[str, Any]  # subset, measure, value, stderr, bound, settings
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One sharpness measure. `rows(subject, label, names, sc)` measures it over the parameters `names` (the
+    subset `label`); `cost(sc, units, axis)` is its (seconds, how counted) from the unit costs timed at the
+    centre; `columns(sc)` the measure names of the rows it writes. `hessian`: it works on the Hessian operator
+    (its kept graphs stay while it runs); `lanczos`: what it reads of the one Lanczos run that every measure of
+    the table shares ("top", "smallest", "vectors"), whose products the first such measure pays for."""
+
+    name: str
+    rows: Callable[[Subject, str, list[str], SharpnessConfig], list[Row]]
+    cost: Callable[[SharpnessConfig, UnitCosts, str], tuple[float, str]]
+    columns: Callable[[SharpnessConfig], tuple[str, ...]]
+    hessian: bool = False
+    lanczos: frozenset[str] = frozenset()
+
+
+MEASURES: dict[str, Measure] = {}
+
+
+def register_measure(measure: Measure) -> Measure:
+    """Add a measure to the table's vocabulary (`--measures NAME`); a second one under a taken name is refused."""
+    if measure.name in MEASURES:
+        raise ValueError(f"a sharpness measure {measure.name!r} is registered already")
+    MEASURES[measure.name] = measure
+    return measure
+
+
+def chosen_measures(names: tuple[str, ...]) -> list[Measure]:
+    """The registered measures among `names`, in registration order (the table's row order)."""
+    for name in names:
+        if name not in MEASURES:
+            raise UnknownNameError(f"--measures {name!r} is not one of: {', '.join(MEASURES)}")
+    return [m for name, m in MEASURES.items() if name in names]
+
+
+def measure_costs(sc: SharpnessConfig, u: UnitCosts, axis: str) -> dict[str, tuple[float, str]]:
+    """measure -> (estimated seconds, how it was counted), for one subset of parameters; the shared Lanczos run
+    is counted once, with the first measure that reads it."""
+    out: dict[str, tuple[float, str]] = {}
+    lanczos_paid = False
+    for m in chosen_measures(sc.measures):
+        seconds, how = m.cost(sc, u, axis)
+        if m.lanczos and not lanczos_paid:
+            lanczos = f"~{LANCZOS_PRODUCTS} Hessian-vector products of {u.product:.2g} s (Lanczos)"
+            seconds, how, lanczos_paid = seconds + LANCZOS_PRODUCTS * u.product, "; ".join(
+                filter(None, [lanczos, how])), True
+        out[m.name] = (seconds, how)
+    return out
+
+
+def row(subset: str, measure: str, m: Measured) -> Row:
+    return {"subset": subset, "measure": measure, "value": m.value, "stderr": m.stderr,
+            "bound": "lower" if m.lower_bound else "", "settings": m.settings}
+
+
+# On a CPU the kept Hessian graphs may hold at most this much (or a quarter of the free memory, if less): past it
+# they are rebuilt at every product, which cost a ResNet-18 with 128 samples 0.5-0.7 s a product against 0.3-0.4 s
+CPU_GRAPH_BYTES = 2 << 30
+
+
+@dataclass
+class Subject:
+    """What every measure works on: the model, its weights, the data (all of it, and this rank's share), the
+    metric and which of its sums is the loss, how random directions are made, and what the measures of one
+    subset share (the Hessian, the Lanczos run) or hand on (the SLQ densities by subset)."""
+
+    model: nn.Module
+    theta0: Params
+    source: TensorSource | StreamSource
+    metric: Metric
+    info: DistInfo
+    spec: DirectionSpec
+    axis: str
+    loss_name: str | None = None
+    axes: dict[str, int] = field(default_factory=dict)  # output axes of weights stored (in, out)
+    lanczos_needs: frozenset[str] = frozenset()  # what the chosen measures read of the Lanczos run
+    densities: dict[str, dict[str, list]] = field(default_factory=dict)  # subset -> SLQ nodes and weights
+    held: tuple[list[str], HessianOperator] | None = field(default=None, repr=False)  # see hessian()
+    eigen_of: tuple[list[str], Eigen, Params | None] | None = field(default=None, repr=False)  # see eigen()
+
+    @property
+    def batch_size(self) -> int:
+        return getattr(self.source, "batch_size", 512)
+
+    def mean_loss(self, names: list[str], reduce: bool = True, data: Any = None) -> MeanLoss:
+        return MeanLoss(self.model, rank_share(self.source, self.info) if data is None else data, self.metric,
+                        params=names, reduce=reduce, batch_size=self.batch_size, loss_name=self.loss_name)
+
+    def hessian(self, names: list[str]) -> HessianOperator:
+        """The Hessian over `names`; the last one made is kept and given again for the same names (its graphs
+        are built once), and dropped when another is asked for."""
+        if self.held is not None and self.held[0] == names:
+            return self.held[1]
+        self.held = None  # its graphs go before the next one's are built
+        cap = None if self.info.device.type == "cuda" else min(graph_budget(self.info.device), CPU_GRAPH_BYTES)
+        op = HessianOperator(self.model, rank_share(self.source, self.info), self.metric, params=names,
+                             batch_size=self.batch_size, cache_bytes=cap, loss_name=self.loss_name)
+        self.held = (names, op)
+        return op
+
+    def eigen(self, names: list[str], tol: float) -> tuple[Eigen, Params | None]:
+        """The one Lanczos run over `names` that the chosen measures share (the most negative eigenvalue too, and
+        the top eigenvector, when one of them reads it), and that vector on every rank."""
+        if self.eigen_of is None or self.eigen_of[0] != names:
+            e = eigenvalues(self.hessian(names), tol=tol, seed=self.spec.seed,
+                            smallest="smallest" in self.lanczos_needs, vectors="vectors" in self.lanczos_needs)
+            self.eigen_of = (names, e, broadcast_object(e.vectors[0]) if e.vectors else None)
+        return self.eigen_of[1], self.eigen_of[2]
+
+    def needs_hessian(self, m: Measure, names: list[str]) -> bool:
+        """Whether measure `m` still needs the held Hessian: it works on it, or reads a Lanczos run not made yet."""
+        return m.hessian or bool(m.lanczos and (self.eigen_of is None or self.eigen_of[0] != names))
+
+    def release(self) -> None:
+        """Drop the Hessian held for reuse (its graphs take memory)."""
+        self.held = None
+
+
+def _names_hint() -> tuple[str, ...]:
+    return tuple(MEASURES)
+
+
+ADAPTIVE_NORMS = ("2", "inf")
+
+
+@dataclass(frozen=True)
+class SharpnessConfig:
+    """Which sharpness measures `landscape.sharpness` takes and how (curvature.sharpness, curvature.hessian,
+    landscape.curvature.density); the model, data, subset and directions come from a SurfaceConfig's flags."""
+
+    measures: tuple[str, ...] = option(DEFAULT_MEASURES,
+                                       "what to measure: Hessian extremes (Lanczos), trace (Hutch++), spectral "
+                                       "density (SLQ), Keskar's epsilon-sharpness, adaptive worst-case and "
+                                       "average-case sharpness, basin width over random directions; each prints "
+                                       "its estimated time first", choices=_names_hint, group="measures")
+    per_layer: bool = option(False, "also one row per layer (each module's own parameters)", group="measures")
+    tol: float = option(1e-3, "Lanczos tolerance: the eigenvalues' relative error bound", group="hessian")
+    trace_products: int = option(60, "Hessian-vector products of the Hutch++ trace", metavar="N", group="hessian")
+    density_runs: int = option(5, "SLQ runs averaged for the spectral density", metavar="N", group="hessian")
+    density_steps: int = option(60, "Lanczos steps per SLQ run", metavar="N", group="hessian")
+    eps: tuple[float, ...] = option((1e-3, 5e-4), "Keskar's box half-width(s), relative to |w|+1 (one row each)",
+                                    group="epsilon-sharpness")
+    subspace: int | None = option(None, "maximize in a random P-dimensional subspace (default: the full space)",
+                                  metavar="P", group="epsilon-sharpness")
+    lbfgs_iters: int = option(10, "L-BFGS-B iterations", metavar="N", group="epsilon-sharpness")
+    rho: float = option(0.05, "adaptive sharpness radius: ||delta / |w|||_p <= RHO", group="adaptive sharpness")
+    adaptive_norm: str = option("2", "the norm p of the adaptive ball", choices=ADAPTIVE_NORMS,
+                                group="adaptive sharpness")
+    ascent_steps: int = option(10, "projected gradient-ascent steps", metavar="N", group="adaptive sharpness")
+    m_sharpness: int | None = option(None, "m-sharpness: the mean over chunks of M samples, each with its own "
+                                     "worst case (default: the whole data as one chunk)", metavar="M",
+                                     group="adaptive sharpness")
+    sigma: float = option(0.01, "average-case sharpness: Gaussian perturbation with std SIGMA * |w| per weight",
+                          group="average sharpness")
+    draws: int = option(20, "perturbations drawn for the average and its standard error", metavar="N",
+                        group="average sharpness")
+    width_directions: int = option(10, "filter-normalized random directions whose basin widths are averaged (plus "
+                                   "the top Hessian eigenvector, scaled alike)", metavar="N", group="width")
+    threshold: float = option(0.1, "the width is where the loss stays within this much of the curve's minimum",
+                              group="width")
+
+    def __post_init__(self) -> None:
+        chosen_measures(self.measures)
+        if self.adaptive_norm not in ADAPTIVE_NORMS:
+            raise ConfigError(f"--adaptive-norm {self.adaptive_norm!r} is not one of: {', '.join(ADAPTIVE_NORMS)}")
+        for value, flag, low in [(self.trace_products, "--trace-products", 6), (self.density_runs, "--density-runs", 1),
+                                 (self.density_steps, "--density-steps", 2), (self.lbfgs_iters, "--lbfgs-iters", 1),
+                                 (self.ascent_steps, "--ascent-steps", 1), (self.draws, "--draws", 2),
+                                 (self.width_directions, "--width-directions", 2), (self.subspace, "--subspace", 1),
+                                 (self.m_sharpness, "--m-sharpness", 1)]:
+            if value is not None and value < low:
+                raise ConfigError(f"{flag} must be >= {low}, got {value}")
+        for value, flag in [(self.tol, "--tol"), (self.rho, "--rho"), (self.sigma, "--sigma"),
+                            (self.threshold, "--threshold"), *((e, "--eps") for e in self.eps)]:
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{flag} must be a positive number, got {value}")
