@@ -24,7 +24,7 @@ from landscape.data.datasets import load_dataset
 from landscape.models.registry import build_model
 from landscape.runtime.distributed import DistInfo
 from trainers.config import TrainConfig, optimizer_of, plan_of
-from trainers.loop import train_one_epoch
+from trainers.loop import run_state, train_one_epoch
 
 CASES = {  # name: (dataset, dataset kwargs, model, model kwargs, global batch)
     "mlp": ("mnist1d", {}, "mlp", {"hidden": [100, 100]}, 128),
@@ -62,13 +62,14 @@ def run_case(name: str, epochs: int) -> dict:
     bare = build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape, **mkw)
     bare.load_state_dict(ours.state_dict())
     opt, sched = optimizer_of(ours, cfg, plan)
+    run = run_state(cfg, ours, ours, opt, sched, plan, info)
     bare_opt = torch.optim.SGD(bare.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     sampler = DistributedSampler(range(len(data.x_train)), num_replicas=1, rank=0, shuffle=True, seed=0,
                                  drop_last=True)
     gen = torch.Generator().manual_seed(0)
     ours_rates, bare_rates = [], []
     for epoch in range(epochs):
-        ours_rates.append(train_one_epoch(ours, opt, sched, data, sampler, plan, cfg, epoch, info)["images_per_second"])
+        ours_rates.append(train_one_epoch(run, data, sampler, cfg, epoch, info)["images_per_second"])
         bare_rates.append(bare_epoch(bare, bare_opt, data.x_train, data.y_train, batch, gen))
     # Each trainer epoch against the bare epoch right after it, which met about the same load; the median of
     # these paired ratios is what a shared machine's drifting load disturbs least.

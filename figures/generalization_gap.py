@@ -36,6 +36,7 @@ from landscape.training import TrainingDiverged
 from trainers.checkpoints import read_log
 from trainers.config import TrainConfig
 from trainers.loop import fit
+from trainers.remedies import RECIPES, Knobs
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Preset:
     large: int
     epochs: int
     lr: float
-    remedies: tuple[str, ...]  # of REMEDIES, after "small" and "naive"
+    remedies: tuple[str, ...]  # of trainers.remedies.RECIPES, after "small" and "naive"
     data_kwargs: dict[str, Any] = field(default_factory=dict)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "sgd"
@@ -94,24 +95,7 @@ PRESETS = {
                     width_directions=2),
 }
 
-# what each run changes in the naive large batch's config (the small batch changes only the batch)
-REMEDIES = {
-    "goyal": lambda p: dict(scale_lr="linear", warmup_epochs=p.warmup_epochs),
-    "hoffer": lambda p: dict(scale_lr="sqrt", ghost_batch_size=p.ghost, regime_adaptation=True),
-    "lars": lambda p: dict(optimizer="lars", lr=p.layerwise_lr),
-    "lamb": lambda p: dict(optimizer="lamb", lr=p.layerwise_lr),
-    "sam": lambda p: dict(sam=p.sam),
-    "ramp": lambda p: dict(batch_ramp=f"{p.small}:{min(p.ramp_epochs, p.epochs)}", micro_batch_size=p.small),
-    # Bergsma et al.: the lr by the square root (Adam's rule; under the linear rule holding tau changes nothing) and
-    # the weight decay scaled so that tau stays the small batch's: x sqrt(large / small)
-    "tau": lambda p: dict(scale_lr="sqrt", warmup_epochs=p.warmup_epochs, scale_wd="tau"),
-}
-DESCRIPTIONS = {"small": "small batch", "naive": "large batch, same lr and epochs",
-                "goyal": "linear lr scaling + warmup (Goyal et al. 2017)",
-                "hoffer": "sqrt lr scaling + ghost BN + regime adaptation (Hoffer et al. 2017)",
-                "lars": "LARS (You et al. 2017)", "lamb": "LAMB (You et al. 2019)",
-                "sam": "SAM (Foret et al. 2021)", "ramp": "batch ramp (Smith et al. 2018)",
-                "tau": "sqrt lr scaling + weight decay holding tau = B / (lr wd D) (Bergsma et al. 2025)"}
+BASELINES = {"small": "small batch", "naive": "large batch, same lr and epochs"}  # the runs that are no remedy
 MEASURES = ("lambda_max", "trace", "epsilon", "width")
 FLATNESS = ("lambda_max", "trace", "epsilon_sharpness", "width")  # summary columns; a larger width is flatter
 
@@ -131,7 +115,13 @@ def config_of(p: Preset, name: str, seed: int, out: str, device: str) -> TrainCo
                        log_every=10 ** 6, progress=False, device=device, resume=True)
     if name == "small":
         return replace(base, batch_size=p.small)
-    return replace(base, **REMEDIES[name](p)) if name != "naive" else base
+    return replace(base, **RECIPES[name].changes(knobs_of(p))) if name != "naive" else base
+
+
+def knobs_of(p: Preset) -> Knobs:
+    """The preset's settings of each remedy, as the trainer's recipes take them."""
+    return Knobs(small=p.small, epochs=p.epochs, warmup_epochs=p.warmup_epochs, ghost=p.ghost,
+                 layerwise_lr=p.layerwise_lr, sam=p.sam, ramp_epochs=p.ramp_epochs)
 
 
 def train(p: Preset, seeds: int, out: str, info: DistInfo, device: str
@@ -187,7 +177,7 @@ def summarize(p: Preset, cfgs: dict[tuple[str, int], TrainConfig], logs: Logs, f
     rows, diverged = [], diverged or {}
     for name in run_names(p):
         c = cfgs[(name, 0)]
-        remedy = DESCRIPTIONS[name]
+        remedy = BASELINES[name] if name in BASELINES else RECIPES[name].description
         if name == "hoffer" and not p.ghost:  # no BatchNorm: no ghost batch
             remedy = remedy.replace(" + ghost BN", "")
         row = {"run": name, "remedy": remedy, "batch_size": c.batch_size,

@@ -354,3 +354,26 @@ def test_a_batch_ramp_grows_the_batch_by_accumulation_and_the_schedule_follows_t
     assert ckpt["step"] == 16 + 6 + 4
     log = [__import__("json").loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
     assert [r["global_batch_size"] for r in log] == [32, 80, 128]
+
+
+def test_each_remedy_owns_a_piece_of_the_train_config_and_the_gap_figure_trains_the_trainer_s_recipes(tmp_path):
+    import dataclasses
+
+    from figures import generalization_gap as gap
+    from trainers.remedies import RECIPES, REMEDIES
+
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert len(fields) == len(set(fields))
+    owned = [f.name for r in REMEDIES.values() for f in dataclasses.fields(r.flags)]
+    assert len(owned) == len(set(owned)) and set(owned) <= set(fields)  # one owner per flag
+    assert all(issubclass(TrainConfig, r.flags) for r in REMEDIES.values())
+    plain = TrainConfig(out=str(tmp_path))
+    assert not any(r.active(plain) for r in REMEDIES.values())
+    used = {}
+    for name in ("goyal", "hoffer", "lars", "lamb", "sam", "ramp", "tau"):
+        cfg = gap.config_of(gap.PRESETS["smoke"], name, 0, str(tmp_path), "cpu")
+        used[name] = {r.name for r in REMEDIES.values() if r.active(cfg)}
+    assert used == {"goyal": set(), "hoffer": {"ghost_batchnorm", "regime_adaptation"}, "lars": set(),
+                    "lamb": set(), "sam": {"sam"}, "ramp": {"batch_growth"}, "tau": {"decay_scaling"}}
+    assert set(RECIPES) == set(used)
+    assert set(gap.PRESETS["cifar"].remedies) | set(gap.PRESETS["lm"].remedies) <= set(RECIPES)

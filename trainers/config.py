@@ -1,5 +1,6 @@
-"""What one training run is: `TrainConfig` (every field a flag of `python -m trainers.train`), and the batch plan,
-optimizer and schedule it asks for (built by landscape.training)."""
+"""What one training run is: `TrainConfig` (every field a flag of `python -m trainers.train`), made of the run's
+own pieces, the remedies' and the trackers', and the batch plan, optimizer and schedule it asks for (built by
+landscape.training)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,23 @@ from landscape.training.optim import (
     make_scheduler,
     scaled_lr,
 )
+from trainers.remedies import (
+    BatchGrowthFlags,
+    DecayScalingFlags,
+    GhostBatchFlags,
+    RegimeFlags,
+    SamFlags,
+    check_remedies,
+    check_remedies_on_plan,
+    ramp_start_epochs,
+    schedule_stages,
+)
+from trainers.tracking import TrackingFlags, check_tracking
 
-WD_SCALINGS = ("tau",)  # Bergsma et al. 2025: hold AdamW's timescale of weight decay as the batch grows
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run; every field is a flag of `python -m trainers.train` under the same name."""
+@dataclass(frozen=True, kw_only=True)
+class RunFlags:
+    """Where the run goes, and what it trains on."""
 
     out: str = option(help="run folder: epoch_N.pt (epoch_0000.pt: the initial weights), last.pt, metrics.jsonl, "
                       "config.json", metavar="DIR")
@@ -51,6 +62,12 @@ class TrainConfig:
                         group="data and model")
     model_kwargs: dict[str, Any] = option(help="JSON keyword arguments of the model", type=json_object,
                                           default_factory=dict, metavar="JSON", group="data and model")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimFlags:
+    """The batch, the optimizer and its learning-rate schedule (landscape.training.optim builds them)."""
+
     batch_size: int = option(128, "global batch size (all ranks, all micro-batches)", group="optimization")
     micro_batch_size: int | None = option(None, "largest per-rank forward; larger per-rank batches use gradient "
                                           "accumulation", group="optimization")
@@ -65,11 +82,6 @@ class TrainConfig:
     nesterov: bool = option(False, "Nesterov momentum", group="optimization")
     weight_decay: float = option(0.0, "weight decay: L2 added to the gradient (sgd, adam), decoupled (adamw)",
                                  group="optimization")
-    scale_wd: str | None = option(None, "tau: scale --weight-decay with the batch so that the timescale tau = B / "
-                                  "(lr x weight decay x D) of --base-batch-size at --lr holds at --batch-size and its "
-                                  "scaled lr (Bergsma et al. 2025): weight decay x (B / base) x (lr / scaled lr); sgd "
-                                  "and adamw, whose decay shrinks the weights by lr x weight decay a step",
-                                  choices=WD_SCALINGS, group="large-batch remedies")
     schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES, group="optimization")
     milestones: tuple[int, ...] = option((), "epochs where --schedule step multiplies the lr by --gamma",
                                          group="optimization")
@@ -80,40 +92,14 @@ class TrainConfig:
                                   "base-batch-size); given bare, linear", choices=LR_SCALINGS, const="linear",
                                   metavar="RULE", group="optimization")
     base_batch_size: int = option(128, "the batch size --lr is given for, with --scale-lr", group="optimization")
-    regime_adaptation: bool = option(False, "Hoffer et al. 2017: train as many optimizer steps as --base-batch-size "
-                                     "takes in --epochs (a batch k times larger trains k times the epochs), with the "
-                                     "schedule's warmup and milestones stretched alike", group="large-batch remedies")
-    sam: float | None = option(None, "Sharpness-Aware Minimization (Foret et al. 2021) around the optimizer, with "
-                               "ascent radius RHO (0.05 is the paper's)", metavar="RHO", group="large-batch remedies")
-    sam_adaptive: bool = option(False, "ASAM (Kwon et al. 2021): the ascent scaled by the weights' magnitudes",
-                                group="large-batch remedies")
-    sam_m: int | None = option(None, "m-sharpness: an ascent per M samples (M divides the micro-batch); default "
-                               "the rank's whole batch", metavar="M", group="large-batch remedies")
-    batch_ramp: str | None = option(None, "batch-size warmup (Smith et al. 2018): the global batch grows linearly from "
-                                    "START to --batch-size over EPOCHS epochs, by accumulation steps (START a "
-                                    "multiple of micro-batch x ranks); the schedule follows the samples seen",
-                                    metavar="START:EPOCHS", group="large-batch remedies")
-    batch_schedule: str | None = option(None, "a stepwise batch (Merrill et al. 2025): BATCH:EPOCH stages, e.g. "
-                                        "64:0,128:5,256:12, the first at epoch 0, the last at --batch-size, each a "
-                                        "whole number of micro-batches x ranks; the lr follows each stage's batch by "
-                                        "--scale-lr's rule, and the schedule the samples seen",
-                                        metavar="B:E,...", group="large-batch remedies")
-    track_sharpness: int | None = option(None, "every STEPS optimizer steps (and at the last), the top Hessian "
-                                         "eigenvalue of the data loss on --track-samples training samples, beside "
-                                         "the optimizer's stability threshold (Cohen et al. 2021), in metrics.jsonl",
-                                         metavar="STEPS", group="tracking")
-    track_noise: int | None = option(None, "every STEPS optimizer steps, the gradient noise scale B_simple "
-                                     "(McCandlish et al. 2018) from the step's own gradients where it can, in "
-                                     "metrics.jsonl", metavar="STEPS", group="tracking")
-    tensorboard: bool = option(False, "also write TensorBoard event files to OUT/tensorboard (loss, accuracy, lr, "
-                               "throughput, and what --track-* measure)", group="tracking")
-    track_samples: int = option(512, "the training samples --track-sharpness measures on (a fixed random subset, "
-                                "landscape.sharpness --samples's)", metavar="N", group="tracking")
-    ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "
-                                          "normalizes over chunks of N samples of each micro-batch (N must divide "
-                                          "it); evaluation and the saved model are plain BatchNorm", metavar="N",
-                                          group="large-batch remedies")
     seed: int = option(0, "seed of the initialization and the data order", group="optimization")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeFlags:
+    """How the run executes and reports: none of these changes what it trains (TrainConfig.identity leaves them
+    out, so a resume may change them)."""
+
     precision: str = option("auto", "fp32, or bf16 autocast; auto: bf16 on CUDA, fp32 on a CPU (stored metrics "
                             "are always fp32)", choices=PRECISIONS, group="runtime")
     device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES,
@@ -126,6 +112,14 @@ class TrainConfig:
     log_every: int = option(1, "epochs between printed lines (metrics.jsonl gets every epoch)", group="runtime")
     resume: bool = option(False, "continue from OUT/last.pt", group="runtime")
     progress: bool = option(True, "no progress bar", flag="--no-progress", group="runtime")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RuntimeFlags, TrackingFlags, DecayScalingFlags, BatchGrowthFlags, RegimeFlags, GhostBatchFlags,
+                  SamFlags, OptimFlags, RunFlags):  # a dataclass takes the last base's fields first: --help's order
+    """One training run; every field is a flag of `python -m trainers.train` under the same name. It is made of
+    pieces: the run's own (RunFlags, OptimFlags, RuntimeFlags), each remedy's (trainers.remedies) and the
+    trackers' (trainers.tracking), which own their fields and their checks; stored flat, as 0.8 stored it."""
 
     def __post_init__(self) -> None:
         if isinstance(self.scale_lr, bool):  # runs stored by 0.7 and earlier, and Python callers: a switch for linear
@@ -142,37 +136,14 @@ class TrainConfig:
                   (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay:g}"),
                   (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
                   (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
-                  (self.ghost_batch_size is None or self.ghost_batch_size >= 1, "--ghost-batch-size must be >= 1"),
-                  (self.sam is None or self.sam > 0, "--sam must be > 0 (the ascent radius rho), or left out"),
-                  (self.sam is not None or not (self.sam_adaptive or self.sam_m), "--sam-m and --sam-adaptive need "
-                   "--sam RHO"),
-                  (not (self.batch_ramp and self.regime_adaptation), "--batch-ramp and --regime-adaptation do not "
-                   "combine: regime adaptation matches the optimizer steps of a fixed batch, and a ramp's smaller "
-                   "early batches take more steps; give one of them"),
-                  (not (self.batch_schedule and (self.batch_ramp or self.regime_adaptation)), "--batch-schedule "
-                   "does not combine with --batch-ramp or --regime-adaptation: each sets how the batch or the steps "
-                   "grow; give one of them"),
-                  (not self.batch_schedule or self.scale_lr, "--batch-schedule applies the lr rule at each change of "
-                   "batch: give --scale-lr linear (SGD) or sqrt (Adam), with --base-batch-size"),
-                  (self.sam_m is None or self.sam_m >= 1, "--sam-m must be >= 1"),
-                  (not self.scale_wd or self.optimizer in ("sgd", "adamw"), f"--scale-wd holds a timescale of "
-                   f"decay that shrinks the weights by lr x weight decay a step: --optimizer sgd or adamw, not "
-                   f"{self.optimizer}"),
-                  (not self.scale_wd or self.weight_decay > 0, "--scale-wd scales --weight-decay, which is 0; give "
-                   "the weight decay of --base-batch-size"),
-                  (self.track_sharpness is None or self.track_sharpness >= 1, "--track-sharpness must be >= 1"),
-                  (self.track_samples >= 1, "--track-samples must be >= 1"),
-                  (self.track_noise is None or self.track_noise >= 1, "--track-noise must be >= 1"),
                   (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "--betas takes two values in [0, 1)"),
                   (min(self.eval_every, self.save_every, self.log_every, self.eval_batch_size) >= 1,
                    "--eval-every/--save-every/--log-every/--eval-batch-size must be >= 1")]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
-        if self.batch_ramp is not None:
-            ramp_start_epochs(self.batch_ramp)
-        if self.batch_schedule is not None:
-            schedule_stages(self.batch_schedule)
+        check_remedies(self)
+        check_tracking(self)
         for value, choices, flag in [(self.optimizer, OPTIMIZERS, "--optimizer"),
                                      (self.schedule, SCHEDULES, "--schedule"),
                                      (self.precision, PRECISIONS, "--precision"), (self.device, DEVICES, "--device"),
@@ -200,31 +171,6 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def ramp_start_epochs(text: str) -> tuple[int, int]:
-    """(START, EPOCHS) of --batch-ramp START:EPOCHS."""
-    try:
-        start, epochs = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise ConfigError(f"--batch-ramp {text!r}: give START:EPOCHS, two integers, e.g. 128:5") from None
-    if start < 1 or epochs < 1:
-        raise ConfigError(f"--batch-ramp {text!r}: START and EPOCHS must be >= 1")
-    return start, epochs
-
-
-def schedule_stages(text: str) -> list[tuple[int, int]]:
-    """[(batch, first epoch), ...] of --batch-schedule B:E,B:E,..."""
-    try:
-        stages = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
-    except ValueError:
-        stages = []
-    if not stages or any(len(st) != 2 for st in stages):
-        raise ConfigError(f"--batch-schedule {text!r}: give BATCH:EPOCH stages separated by commas, integers, e.g. "
-                          "64:0,128:5,256:12")
-    if any(b < 1 or e < 0 for b, e in stages):
-        raise ConfigError(f"--batch-schedule {text!r}: batches must be >= 1 and epochs >= 0")
-    return [(b, e) for b, e in stages]
-
-
 def ramp_of(cfg: TrainConfig, plan: BatchPlan, length: RunLength, n_train: int) -> GrowingBatch | None:
     """cfg's growing batch: its batch ramp or batch schedule, refused when it is longer than the run."""
     if cfg.batch_schedule is not None:
@@ -243,13 +189,10 @@ def ramp_of(cfg: TrainConfig, plan: BatchPlan, length: RunLength, n_train: int) 
 
 
 def plan_of(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
-    """cfg's batch plan on `world_size` ranks over `n_train` samples (landscape.training.make_plan); a ghost batch
-    must divide the micro-batch, the forward that BatchNorm sees."""
+    """cfg's batch plan on `world_size` ranks over `n_train` samples (landscape.training.make_plan), checked by
+    the run's remedies (a ghost batch or SAM's m must divide the micro-batch, the forward they see)."""
     plan = make_plan(cfg.batch_size, world_size, n_train, cfg.micro_batch_size)
-    for flag, n in [("--ghost-batch-size", cfg.ghost_batch_size), ("--sam-m", cfg.sam_m)]:
-        if n and plan.micro_batch_size % n:
-            raise ConfigError(f"{flag} {n} does not divide the micro-batch of {plan.micro_batch_size} samples per "
-                              "forward; choose a divisor of it")
+    check_remedies_on_plan(cfg, plan)
     return plan
 
 

@@ -13,6 +13,7 @@ import functools
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,10 +30,8 @@ from landscape.runtime.forward import resolve_precision, source_sums
 from landscape.runtime.metrics import finish, get_metric
 from landscape.runtime.sources import TensorSource
 from landscape.training.divergence import DivergenceWatch, TrainingDiverged, diverged_message
-from landscape.training.ghost_bn import ghost_batchnorm
 from landscape.training.optim import BatchPlan
-from landscape.training.sam import sam_step
-from landscape.training.step import train_step, wrap_model
+from landscape.training.step import wrap_model
 from trainers.checkpoints import (
     append_jsonl,
     model_kwargs_of,
@@ -54,23 +53,41 @@ from trainers.config import (
     weight_decay_of,
 )
 from trainers.events import EventLog
+from trainers.remedies import Step, StepParts, prepare_model, step_of
 from trainers.tracking import NoiseTracker, SharpnessTracker, Tracking
 
 
-def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: Dataset,
-                    sampler: DistributedSampler, plan: BatchPlan, cfg: TrainConfig, epoch: int,
-                    info: DistInfo, *, epochs: int | None = None, model: nn.Module | None = None,
-                    first_step: int = 0, tracking: Tracking | None = None,
-                    watch: DivergenceWatch | None = None) -> dict[str, Any]:
+@dataclass
+class RunState:
+    """What an epoch of training works with: the module and its DDP wrapper, the optimizer and its schedule, this
+    epoch's batch plan, the run's optimizer step (plain or a remedy's: trainers.remedies.step_of), and what watches
+    the steps (the trackers, the divergence check), each optional."""
+
+    model: nn.Module
+    ddp_model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    plan: BatchPlan
+    step: Step
+    tracking: Tracking | None = None
+    watch: DivergenceWatch | None = None
+
+
+def run_state(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+              plan: BatchPlan, info: DistInfo, **watchers: Any) -> RunState:
+    """The RunState of cfg's run, its optimizer step chosen by the run's remedies."""
+    parts = StepParts(model, ddp_model, opt, sched, resolve_precision(cfg.precision, info.device), info)
+    return RunState(model, ddp_model, opt, sched, plan, step_of(cfg, parts), **watchers)
+
+
+def train_one_epoch(run: RunState, data: Dataset, sampler: DistributedSampler, cfg: TrainConfig, epoch: int,
+                    info: DistInfo, *, epochs: int | None = None, first_step: int = 0) -> dict[str, Any]:
     """One pass over this rank's shard; returns the running train loss (train mode, token-weighted for a language
-    model) and samples/second (all ranks), and tokens/second for a language model. When `watch` finds a
+    model) and samples/second (all ranks), and tokens/second for a language model. When `run.watch` finds a
     non-finite loss or weights, the pass stops there and returns {"diverged": (step, lr)} instead."""
-    if cfg.sam and model is None and ddp_model is not getattr(ddp_model, "module", ddp_model):
-        raise ValueError("SAM's ascent runs on the unwrapped module: pass model= with a DDP ddp_model")
-    model = model or ddp_model
-    ddp_model.train()
+    plan, opt, tracking, watch = run.plan, run.opt, run.tracking, run.watch
+    run.ddp_model.train()
     idx, gen = epoch_order(data, sampler, cfg, epoch, info)
-    precision = resolve_precision(cfg.precision, info.device)
     losses: list[Tensor] = []  # one detached loss per micro-batch, summed once at the end of the epoch
     bar = tqdm(total=plan.steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs or cfg.epochs}", leave=False,
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
@@ -81,12 +98,7 @@ def train_one_epoch(ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any
         lr, before = opt.param_groups[0]["lr"], len(losses)
         if tracking is not None:
             tracking.before_step(plan)
-        if cfg.sam:
-            sam_step(ddp_model, model, opt, sched, pieces, precision=precision, info=info, losses=losses,
-                     rho=cfg.sam, adaptive=cfg.sam_adaptive, m=cfg.sam_m)
-        else:
-            train_step(ddp_model, opt, sched, pieces, accumulation_steps=plan.accumulation_steps, precision=precision,
-                       info=info, losses=losses)
+        run.step(pieces, plan, losses)
         bad = watch.after_step(first_step + step + 1, losses[before:], lr) if watch is not None else None
         if bad is None and watch is not None and step + 1 == plan.steps_per_epoch:
             bad = watch.check()  # the rest of the epoch, and the weights the checkpoint would hold
@@ -208,14 +220,16 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
             ckpt_io.save_checkpoint(save(0, 0, {}), os.path.join(cfg.out, "epoch_0000.pt"))
         print0(plan_text(cfg, plan, length, data, info))
     metrics: dict[str, float] = dict(state["metrics"]) if state else {}
-    ckpt, watch = state, DivergenceWatch(model, info)
+    ckpt = state
+    training = run_state(cfg, model, ddp_model, opt, sched, plan, info, tracking=tracking,
+                         watch=DivergenceWatch(model, info))
     try:
         for epoch in range(start_epoch, length.epochs):
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
             now = ramp.plan_at(epoch) if ramp is not None else plan  # this epoch's batch
-            run = train_one_epoch(ddp_model, opt, sched, data, sampler, now, cfg, epoch, info, epochs=length.epochs,
-                                  model=model, first_step=step, tracking=tracking, watch=watch)
+            training.plan = now
+            run = train_one_epoch(training, data, sampler, cfg, epoch, info, epochs=length.epochs, first_step=step)
             if "diverged" in run:
                 raise diverged(cfg, epoch, *run["diverged"])
             measured, summary = tracking.epoch_records() if tracking is not None else ([], {})
@@ -275,7 +289,7 @@ def tracking_of(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module, data: 
 
 
 def build_run(cfg: TrainConfig, data: Dataset, info: DistInfo) -> tuple[nn.Module, BatchPlan, RunLength]:
-    """The model (seeded, on the device, Ghost BatchNorm when asked), the batch plan and the run's length; every
+    """The model (seeded, on the device, changed by the run's remedies), the batch plan and the run's length; every
     check of the flags against the data and the model happens here, before anything is written."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **model_kwargs_of(cfg, data))
@@ -283,8 +297,7 @@ def build_run(cfg: TrainConfig, data: Dataset, info: DistInfo) -> tuple[nn.Modul
     if data.x_train.ndim == 4 and info.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     plan = plan_of(cfg, info.world_size, len(data.x_train))
-    if cfg.ghost_batch_size:
-        ghost_batchnorm(model, cfg.ghost_batch_size)
+    prepare_model(model, cfg)  # what the run's remedies change in it (Ghost BatchNorm)
     return model, plan, run_length(cfg, plan, len(data.x_train))
 
 

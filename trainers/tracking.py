@@ -6,19 +6,47 @@ uninterrupted one. Every --track-noise STEPS: the gradient noise scale B_simple 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from landscape.base.errors import ConfigError
+from landscape.base.flags import option
 from landscape.core.grid_eval import select_samples
 from landscape.data.datasets import Dataset
 from landscape.monitoring.monitor import Monitor
 from landscape.monitoring.noise import b_simple_of
 from landscape.runtime.distributed import DistInfo
-from trainers.config import TrainConfig
 
 TRACK_TOL = 1e-3  # Lanczos's relative tolerance on the tracked eigenvalue
+Config = Any  # a trainers.config.TrainConfig, which is made of TrackingFlags among its pieces
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingFlags:
+    """What the run measures while it trains, and where it reports it: the trackers' piece of TrainConfig."""
+
+    track_sharpness: int | None = option(None, "every STEPS optimizer steps (and at the last), the top Hessian "
+                                         "eigenvalue of the data loss on --track-samples training samples, beside "
+                                         "the optimizer's stability threshold (Cohen et al. 2021), in metrics.jsonl",
+                                         metavar="STEPS", group="tracking")
+    track_noise: int | None = option(None, "every STEPS optimizer steps, the gradient noise scale B_simple "
+                                     "(McCandlish et al. 2018) from the step's own gradients where it can, in "
+                                     "metrics.jsonl", metavar="STEPS", group="tracking")
+    tensorboard: bool = option(False, "also write TensorBoard event files to OUT/tensorboard (loss, accuracy, lr, "
+                               "throughput, and what --track-* measure)", group="tracking")
+    track_samples: int = option(512, "the training samples --track-sharpness measures on (a fixed random subset, "
+                                "landscape.sharpness --samples's)", metavar="N", group="tracking")
+
+
+def check_tracking(cfg: TrackingFlags) -> None:
+    for ok, msg in [(cfg.track_sharpness is None or cfg.track_sharpness >= 1, "--track-sharpness must be >= 1"),
+                    (cfg.track_samples >= 1, "--track-samples must be >= 1"),
+                    (cfg.track_noise is None or cfg.track_noise >= 1, "--track-noise must be >= 1")]:
+        if not ok:
+            raise ConfigError(msg)
 
 
 class SharpnessTracker:
@@ -26,7 +54,7 @@ class SharpnessTracker:
     of a fixed random subset of the training split (landscape.sharpness's --samples subset), split over ranks: a
     landscape.Monitor measuring lambda_max, the trainer's records keyed by kind and epoch."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, data: Dataset, info: DistInfo, last_step: int,
+    def __init__(self, cfg: Config, model: nn.Module, data: Dataset, info: DistInfo, last_step: int,
                  state: dict[str, Any] | None = None):
         self.cfg, self.last_step = cfg, last_step
         x, y = select_samples(data.x_train, data.y_train, min(cfg.track_samples, len(data.x_train)), "train")
@@ -60,7 +88,7 @@ class NoiseTracker:
     8 fresh micro-batches of the training set, on its own random generator and with BatchNorm's statistics
     restored, so training is unchanged. The records' `source` is the Monitor's `noise_source`."""
 
-    def __init__(self, cfg: TrainConfig, ddp_model: nn.Module, data: Dataset, plan: Any, first_step: int):
+    def __init__(self, cfg: Config, ddp_model: nn.Module, data: Dataset, plan: Any, first_step: int):
         self.cfg = cfg
         micro = max(1, min(plan.per_rank_batch_size, len(data.x_train) // 8) // 8)
         self.monitor = Monitor(ddp_model, (data.x_train, data.y_train), None, every=cfg.track_noise,
