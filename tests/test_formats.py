@@ -350,7 +350,7 @@ def test_the_hash_taken_from_the_one_read_is_weights_sha256_of_the_file(tmp_path
     """What a surface file records as checkpoint_sha256 (read once, hashed from the bytes parsed) is the file hash of
     0.6, so a file made by 0.6 resumes: a .pt, a .safetensors, a sharded save_pretrained folder, our checkpoint."""
     from landscape.models.checkpoint import read_checkpoint
-    from landscape.models.weights import read_weights_into, weights_sha256
+    from landscape.models.formats import read_weights_into, weights_sha256
 
     model = userland.make_mlp(width=16)
     torch.save(model.state_dict(), tmp_path / "w.pt")
@@ -361,3 +361,41 @@ def test_the_hash_taken_from_the_one_read_is_weights_sha256_of_the_file(tmp_path
         _, sha = read_weights_into(target, str(tmp_path / path))
         assert sha == weights_sha256(str(tmp_path / path)), path
     assert read_checkpoint(mlp_ckpt)[1] == weights_sha256(mlp_ckpt)
+
+
+def test_each_weights_format_is_recognised_by_its_own_detection_and_a_user_s_format_is_tried_first(tmp_path):
+    import hashlib
+
+    from landscape.models.formats import FORMATS, WeightsFormat, find_format, register_format, weights_sha256
+    from landscape.pipelines.inputs import centre_of
+
+    model = userland.make_mlp()
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pt")
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16))
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"train_config": {}}))
+    found = {p: find_format(str(tmp_path / p)).name for p in ("w.pt", "w.safetensors", "hf", "run")}
+    assert found == {"w.pt": "torch", "w.safetensors": "safetensors", "hf": "huggingface", "run": "run_folder"}
+    assert find_format(str(tmp_path / "nothing.pt")) is None
+
+    def read_npz(path, digest, ema):  # a format of the user's: numpy's archive of named arrays
+        with open(path, "rb") as f:
+            digest.update(f.read())
+        return {k: torch.from_numpy(v) for k, v in np.load(path).items()}
+
+    np.savez(tmp_path / "w.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
+    register_format(WeightsFormat("npz", detect=lambda p: p.endswith(".npz"), files=lambda p: [p], read=read_npz))
+    try:
+        with pytest.raises(ValueError, match="registered already"):
+            register_format(FORMATS["npz"])
+        other = userland.make_mlp()
+        torch.nn.init.zeros_(other[0].weight)
+        centre = centre_of(str(tmp_path / "w.npz"), other, log=lambda _: None)
+        assert all(torch.equal(centre.model.state_dict()[k], v) for k, v in model.state_dict().items())
+        assert centre.sha256 == weights_sha256(str(tmp_path / "w.npz")) == hashlib.sha256(
+            (tmp_path / "w.npz").read_bytes()).hexdigest()
+    finally:
+        FORMATS.pop("npz", None)
+    assert find_format(str(tmp_path / "w.npz")).name == "torch"  # back to the built-ins: a pickle, refused as such

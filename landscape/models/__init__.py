@@ -7,7 +7,8 @@ _API = {
     "register": "registry", "build_model": "registry", "list_models": "registry",
     "make_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "load_model": "checkpoint", "load_data_for": "checkpoint", "read_checkpoint": "checkpoint",
-    "load_weights_into": "weights", "find_state_dict": "weights", "weights_sha256": "weights",
+    "load_weights_into": "formats", "find_state_dict": "weights", "weights_sha256": "formats",
+    "read_weights_into": "formats", "WeightsFormat": "formats", "register_format": "formats", "FORMATS": "formats",
     "Transformer": "lm", "LSTMLanguageModel": "lm",
 }
 __all__ = sorted(_API)

@@ -20,8 +20,9 @@ from landscape import __version__
 from landscape.base.errors import UserError
 from landscape.base.files import atomic_path
 from landscape.data.datasets import Dataset, load_dataset
+from landscape.models.hf_folder import HF_CONFIG, HF_FILES
 from landscape.models.registry import build_model
-from landscape.models.weights import HF_CONFIG, HF_FILES, read_file
+from landscape.models.weights import read_file
 
 FORMAT = "landscape-checkpoint"
 FORMAT_VERSION = 1

@@ -1,6 +1,6 @@
 """Weights files as researchers save them, read safely: plain state dicts and the dicts training scripts nest them
-in (torchvision's references, Lightning, the paper's code), `.safetensors` files, and HuggingFace
-`save_pretrained` folders (one file, sharded with an index, or `pytorch_model.bin`).
+in (torchvision's references, Lightning, the paper's code) and `.safetensors` files; and the tensors found in them
+matched to a model's own names. Which reader a path gets is landscape.models.formats's choice.
 
 Pickled files are read with `torch.load(weights_only=True)` under a short allow-list of harmless classes
 (argparse.Namespace, Lightning's AttributeDict, paths), scoped to that one read; any other class is refused in one
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
-import json
 import os
 import pathlib
 import pickle
@@ -30,8 +28,6 @@ from landscape.base.errors import UserError, error_message
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")  # how training scripts nest it
 EMA_KEYS = ("model_ema", "ema_state_dict", "ema")  # torchvision's references: an AveragedModel's state
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel and AveragedModel, torch.compile
-HF_CONFIG = "config.json"
-HF_FILES = ("model.safetensors", "pytorch_model.bin")  # one file, else "<file>.index.json" and its shards
 
 
 # Harmless classes that training scripts pickle beside their tensors, by the name the pickle gives them. Lightning's
@@ -69,7 +65,7 @@ def _unsafe_globals(data: bytes) -> list[str]:
 def torch_load(path: str, data: bytes | None = None) -> Any:
     """A pickled file (.pt, .pth, .ckpt, .bin) read with weights_only=True and the allow-list, from its bytes when
     they were read already; a refused class or a broken file is a one-line UserError naming it."""
-    data = _read_bytes(path) if data is None else data
+    data = read_bytes(path) if data is None else data
     if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (a pickle before 1.6)
         raise UserError(f"{path} is truncated, corrupt or not a PyTorch checkpoint (neither a zip archive nor a "
                         f"pickle: it starts with {data[:12]!r}); give a file written by torch.save")
@@ -83,14 +79,14 @@ def torch_load(path: str, data: bytes | None = None) -> Any:
             raise UserError(f"{path} holds pickled {what}, which loading with weights_only=True refuses (only "
                             f"tensors, containers, numbers, strings and {', '.join(n for _, n in ALLOWED_GLOBALS[:2])} "
                             "are read); save the state_dict alone, e.g. torch.save(model.state_dict(), path)") from None
-        raise UserError(f"{path} is corrupt or not a PyTorch checkpoint ({_short(exc)}); re-create it") from None
+        raise UserError(f"{path} is corrupt or not a PyTorch checkpoint ({short_reason(exc)}); re-create it") from None
     except Exception as exc:  # noqa: BLE001 - whatever torch's unpickler makes of these bytes (a text file gives
         # IndexError, a cut zip BadZipFile or RuntimeError): the file is the problem, and the user can fix it
-        raise UserError(f"{path} is truncated, corrupt or not a PyTorch checkpoint ({_short(exc)}); re-create it "
+        raise UserError(f"{path} is truncated, corrupt or not a PyTorch checkpoint ({short_reason(exc)}); re-create it "
                         "or restore it from a copy") from None
 
 
-def _short(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
     """An exception's first sentence, without terminal colour codes, for a one-line message."""
     text = error_message(exc)
     for code in ("\x1b[1m", "\x1b[0m", "\x1b[31m", "\x1b[32m", "\x1b[33m"):
@@ -103,18 +99,18 @@ def read_safetensors(path: str, data: bytes | None = None) -> dict[str, torch.Te
     from safetensors.torch import load
 
     try:
-        return load(_read_bytes(path) if data is None else data)
+        return load(read_bytes(path) if data is None else data)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable .safetensors file ({_short(exc)}); re-create it") from None
+        raise UserError(f"{path} is not a readable .safetensors file ({short_reason(exc)}); re-create it") from None
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
     """A file's bytes, read once: parsed from memory and hashed from the same read."""
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:
-        raise UserError(f"cannot read {path} ({_short(exc)}); check the path and its permissions") from None
+        raise UserError(f"cannot read {path} ({short_reason(exc)}); check the path and its permissions") from None
 
 
 def read_file(path: str, digest: Any = None) -> Any:
@@ -122,88 +118,12 @@ def read_file(path: str, digest: Any = None) -> Any:
     object) is updated with the bytes read."""
     if not os.path.exists(path):
         raise UserError(f"weights file not found: {path}; check the path")
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if digest is not None:
         digest.update(data)
     if path.endswith(".safetensors"):
         return read_safetensors(path, data)
     return torch_load(path, data)
-
-
-# ----------------------------------------------------------------------------- HuggingFace folders
-
-def is_hf_folder(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, HF_CONFIG)) and not is_run_folder(path)
-
-
-def is_run_folder(path: str) -> bool:
-    """A run folder of trainers.train: its config.json (the run's, not a model's) holds a train_config."""
-    try:
-        with open(os.path.join(path, HF_CONFIG)) as f:
-            return "train_config" in json.load(f)
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def refuse_run_folder(path: str) -> None:
-    """A run folder given where a model is expected: name the checkpoint to give instead."""
-    if os.path.isdir(path) and is_run_folder(path):
-        last = os.path.join(path, "last.pt")
-        raise UserError(f"{path} is a run folder of trainers.train, not a model; give one of its checkpoints, e.g. "
-                        f"{last}")
-
-
-def hf_weight_files(folder: str) -> list[str]:
-    """The weight files of a save_pretrained folder: model.safetensors, its index's shards, or the .bin ones."""
-    for name in HF_FILES:
-        if os.path.isfile(os.path.join(folder, name)):
-            return [os.path.join(folder, name)]
-        index = os.path.join(folder, name + ".index.json")
-        if os.path.isfile(index):
-            with open(index) as f:
-                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
-            missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
-            if missing:
-                raise UserError(f"{folder} lacks {len(missing)} of the {len(shards)} shards its index names (e.g. "
-                                f"{missing[0]}); copy the whole folder")
-            return [os.path.join(folder, s) for s in shards]
-    raise UserError(f"{folder} holds {HF_CONFIG} but no weights ({' or '.join(HF_FILES)}, or a sharded index); "
-                    "save the model with save_pretrained")
-
-
-def build_hf_model(folder: str) -> nn.Module:
-    """The model a save_pretrained folder describes, built from its config alone (offline, random weights): the
-    class its config names (`architectures`), else AutoModel. Models that need remote code are refused."""
-    try:
-        import transformers
-    except ImportError:
-        raise UserError(f"{folder} is a HuggingFace model folder; install transformers (pip install transformers, "
-                        "or pip install -e '.[hf]' in the clone) or give --model") from None
-    with open(os.path.join(folder, HF_CONFIG)) as f:
-        raw = json.load(f)
-    if raw.get("auto_map"):
-        raise UserError(f"{folder} needs remote code (its config has auto_map); landscape does not run it: build the "
-                        "model yourself and give --model package.module:function")
-    try:
-        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{folder}/{HF_CONFIG} cannot be read by transformers ({_short(exc)}); re-save the model "
-                        "or give --model") from None
-    names = [a for a in (config.architectures or []) if hasattr(transformers, a)]
-    cls = getattr(transformers, names[0]) if names else transformers.AutoModel
-    model = cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
-    return model.eval()
-
-
-def hf_state_dict(folder: str, digest: Any = None) -> dict[str, torch.Tensor]:
-    """A save_pretrained folder's tensors; `digest` is updated with its config's bytes, then its weight files'."""
-    state: dict[str, torch.Tensor] = {}
-    if digest is not None:
-        digest.update(_read_bytes(os.path.join(folder, HF_CONFIG)))
-    for path in hf_weight_files(folder):
-        part = read_file(path, digest)
-        state.update(find_state_dict(part, path))
-    return state
 
 
 # ----------------------------------------------------------------------------- finding and matching the tensors
@@ -302,36 +222,3 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], path: str
     if others:
         notes.append(f"weights: {len(others)} other tensor(s) in {path} left aside (e.g. {', '.join(others[:3])})")
     return notes
-
-
-def read_weights_into(model: nn.Module, path: str, strip_prefix: str | None = None, ema: bool = False
-                      ) -> tuple[list[str], str]:
-    """Read `path` (a weights file or a save_pretrained folder) into `model`, each file once; the notes to print
-    and the content hash of what was read (weights_sha256's, without a second read)."""
-    digest = hashlib.sha256()
-    if is_hf_folder(path):
-        state = hf_state_dict(path, digest)
-    elif os.path.isdir(path):
-        raise UserError(f"{path} is a folder without {HF_CONFIG}; give the weights file in it, or a HuggingFace "
-                        "save_pretrained folder")
-    else:
-        state = find_state_dict(read_file(path, digest), path, ema)
-    return load_matching(model, state, path, strip_prefix), digest.hexdigest()
-
-
-def load_weights_into(model: nn.Module, path: str, strip_prefix: str | None = None, ema: bool = False
-                      ) -> list[str]:
-    """Read `path` (a weights file or a save_pretrained folder) into `model`; the notes to print."""
-    return read_weights_into(model, path, strip_prefix, ema)[0]
-
-
-def weights_sha256(path: str) -> str:
-    """A content hash of a weights file, or of a save_pretrained folder's config and weight files."""
-    h = hashlib.sha256()
-    files = [os.path.join(path, HF_CONFIG), *hf_weight_files(path)] if os.path.isdir(path) else [path]
-    for name in files:
-        with open(name, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-

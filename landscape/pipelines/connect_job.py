@@ -52,7 +52,7 @@ from landscape.core.surface_file import (
 )
 from landscape.data.datasets import augment
 from landscape.models.checkpoint import load_data_for, save_checkpoint
-from landscape.models.weights import is_hf_folder
+from landscape.models.hf_folder import is_hf_folder
 from landscape.pipelines.from_checkpoint import evaluation_of, origin_of
 from landscape.pipelines.grid_job import evaluation_settings
 from landscape.pipelines.inputs import Centre, load_centre, load_sets, resolve_batch_size, training_source

@@ -17,8 +17,8 @@ from landscape.core.directions import select_tensors
 from landscape.core.grid_eval import EvalSet, select_samples
 from landscape.core.params import Params
 from landscape.models.checkpoint import build_from_checkpoint, load_data_for, read_checkpoint
+from landscape.models.formats import find_format, read_weights_into
 from landscape.models.registry import build_model
-from landscape.models.weights import build_hf_model, is_hf_folder, read_weights_into, refuse_run_folder
 from landscape.runtime.distributed import print0
 from landscape.runtime.metrics import Criterion, make_metric
 from landscape.runtime.sources import StreamSource, TensorSource, as_source
@@ -36,7 +36,7 @@ class Centre:
 
 def load_centre(cfg: SurfaceConfig, path: str) -> Centre:
     """A model with the weights of `path`: our checkpoint, or --model's module (or the model a HuggingFace folder
-    describes) with the weights of a file or folder as researchers save them (landscape.models.weights)."""
+    describes) with the weights of a file or folder as researchers save them (landscape.models.formats)."""
     model = build_model(cfg.model, **cfg.model_kwargs) if cfg.model else None
     return centre_of(path, model, strip_prefix=cfg.strip_prefix, ema=cfg.ema)
 
@@ -45,11 +45,11 @@ def centre_of(path: str, model: nn.Module | None = None, *, strip_prefix: str | 
               log: Callable[[str], None] = print0) -> Centre:
     """`model` (eval mode) with the weights of `path`, read once; without a model, the one our checkpoint or a
     HuggingFace folder describes. What was found in a weights file (its prefix, tensors left aside) goes to `log`."""
-    refuse_run_folder(path)
-    if model is None and not is_hf_folder(path):
+    fmt = find_format(path)
+    if model is None and (fmt is None or fmt.build is None):  # our checkpoint describes its own model
         ckpt, sha256 = read_checkpoint(path)
         return Centre(build_from_checkpoint(ckpt), ckpt, sha256)
-    model = build_hf_model(path) if model is None else model
+    model = fmt.build(path) if model is None else model  # a self-describing folder's (HuggingFace's)
     notes, sha256 = read_weights_into(model, path, strip_prefix, ema)
     for note in notes:
         log(note)
