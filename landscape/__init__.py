@@ -19,7 +19,7 @@ __version__ = "0.8.0"
 
 _API = {"random_directions": "api", "direction_to": "api", "surface": "api", "save_figures": "api",
         "load_weights": "api", "align": "api", "connect_checkpoints": "api", "barriers": "api",
-        "read_curve": "core.surface_file", "Surface": "core.surface_file", "read_surface": "core.surface_file",
+        "read_curve": "core.curve_file", "Surface": "core.surface_file", "read_surface": "core.surface_file",
         "read_directions": "core.surface_file", "save_directions": "core.surface_file",
         "metrics": "runtime.metrics", "Criterion": "runtime.metrics", "Monitor": "monitoring.monitor",
         "hessian": "api", "hessian_eigenvalues": "api", "sharpness_table": "api",

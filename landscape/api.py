@@ -205,7 +205,7 @@ def align(model_a: nn.Module, model_b: nn.Module, spec: str | Mapping[str, Any] 
 
 def connect_checkpoints(a: str, b: str, out: str = "landscape_out", *, device: str = "auto", **options: Any) -> Any:
     """What `python -m landscape.connect A B` does, from Python: align (align=True), train the curve and evaluate
-    every path; returns the curve file's content (landscape.core.surface_file.Curve; `landscape.barriers(curve)`
+    every path; returns the curve file's content (landscape.core.curve_file.Curve; `landscape.barriers(curve)`
     gives its barrier table) on every rank. `options` are the command's flags by their field names: curve="polychain",
     align=True, epochs=50, lr=0.05, points=21, samples=1000, bn_recalibrate=20, model=..., data=..., name=..."""
 

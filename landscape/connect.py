@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     plot = config_from_args(PlotConfig, args)
     if len(args.sources) == 1 and args.sources[0].endswith(".h5"):
-        from landscape.core.surface_file import read_curve
+        from landscape.core.curve_file import read_curve
         from landscape.pipelines.render import render_curve
 
         path = args.sources[0]

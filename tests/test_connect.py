@@ -23,8 +23,9 @@ from landscape.connectivity.alignment import align, align_models, permuted, rand
 from landscape.connectivity.barriers import barrier, barrier_rows
 from landscape.connectivity.curves import CurveModule, coefficients, midpoint, plane_coordinates
 from landscape.connectivity.permutations import spec_for
+from landscape.core.curve_file import read_curve
 from landscape.core.params import PointSetter, model_tensors, snapshot
-from landscape.core.surface_file import read_curve, read_surface
+from landscape.core.surface_file import read_surface
 from landscape.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from landscape.models.registry import build_model
 from tests import userland

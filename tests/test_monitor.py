@@ -438,7 +438,7 @@ def test_connect_models_on_modules_equals_the_command_on_their_files_and_leaves_
     connect_main([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--model", "tests.userland:make_mlp", "--data",
                   "tests.userland:loader", "--out", str(tmp_path / "cli"), "--epochs", "2", "--points", "5",
                   "--align", "--lr", "0.05", "--no-progress", "--device", "cpu", "--formats", "png"])
-    from landscape.core.surface_file import read_curve
+    from landscape.core.curve_file import read_curve
 
     cli = read_curve(next(str(p) for p in (tmp_path / "cli").iterdir() if p.name.endswith("_connect.h5")))
     for path in ("line", "aligned_line", "curve"):

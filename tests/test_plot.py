@@ -136,7 +136,8 @@ def test_1d_path_density_and_hessian_map_figures_read_alone_and_a_log_axis_says_
     plane = _plane()
     plane.values = {"lambda_max": plane.values["train_loss"] + 1, "lambda_min": -0.1 * plane.values["train_loss"]}
     render.render_hessian_map(plane, str(tmp_path / "map"), PlotConfig(formats=("png",)))
-    from landscape.core.surface_file import Curve, Origin
+    from landscape.core.curve_file import Curve
+    from landscape.core.surface_file import Origin
 
     t = np.linspace(0, 1, 11)
     bump = {"train_loss": 0.1 + np.sin(np.pi * t), "train_acc": 99 - 20 * np.sin(np.pi * t),

@@ -163,7 +163,8 @@ def test_a_second_trainer_connect_or_figure_on_one_out_is_refused_and_the_first_
     writes."""
     from figures.hessian_directions import main as figure
     from landscape.connect import main as connect
-    from landscape.core.surface_file import read_curve, read_surface
+    from landscape.core.curve_file import read_curve
+    from landscape.core.surface_file import read_surface
     from trainers.train import main as train
 
     def connect_args(out):

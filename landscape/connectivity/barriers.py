@@ -57,7 +57,7 @@ def path_barriers(t: np.ndarray, values: dict[str, np.ndarray], loss_metrics: li
 
 
 def barrier_rows(curve: Any) -> list[dict[str, Any]]:
-    """One row per path and metric of a curve file's content (landscape.core.surface_file.Curve): the table
+    """One row per path and metric of a curve file's content (landscape.core.curve_file.Curve): the table
     `landscape.connect` prints and the figure script's summary.csv gathers."""
     rows = []
     for name, s in curve.paths.items():

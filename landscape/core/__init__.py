@@ -14,7 +14,7 @@ _API = {
     "Surface": "surface_file", "Origin": "surface_file", "Annotations": "surface_file", "Markers": "surface_file",
     "read_surface": "surface_file", "read_directions": "surface_file", "save_directions": "surface_file",
     "SurfaceSink": "surface_file", "SurfaceWriter": "surface_file", "open_surface": "surface_file",
-    "Curve": "surface_file", "read_curve": "surface_file", "tensors_sha256": "fingerprint",
+    "Curve": "curve_file", "read_curve": "curve_file", "tensors_sha256": "fingerprint",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -1,5 +1,7 @@
-"""The HDF5 files and their one owner: every dataset and attribute of a surface, direction or curve file is
-written and read here, through typed fields (`Surface`, `Origin`, `Training`); nothing else opens these files.
+"""Surface and direction files and their one owner: every dataset and attribute of a surface or direction file is
+written and read here, through typed fields (`Surface`, `Origin`, `Training`), and the checks every file of ours
+passes (opening, producer, schema, kind) are made here; curve files are landscape.core.curve_file's. Nothing else
+opens these files.
 
 Schema 2 (landscape 0.2):
   /xcoordinates (nx,), /ycoordinates (ny,)   dimension scales, attached to every metric and to /done
@@ -14,10 +16,8 @@ Schema 2 (landscape 0.2):
     fingerprint (JSON: what a resume must match), config (JSON: the request as resolved), checkpoint,
     checkpoint_sha256, target_checkpoint, directions_sha256, model, checkpoint_metrics and
     checkpoint_train_config (JSON, as the checkpoint holds them), acc_unit, report (JSON: the sanity report)
-  kind (since 0.8): "surface" (files without it are surfaces), or "curve" for landscape.connect's curve files:
-    /t (n,), /paths/<line|aligned_line|curve>/<metric> and .../done (n,), /bend/<tensor>, /permutations/<name>,
-    attributes curve, checkpoint(_sha256), target_checkpoint, target_sha256, fingerprint, config, alignment,
-    training, bend_at (see Curve). Each kind refuses to be read as the other.
+  kind (since 0.8): "surface" (files without it are surfaces), or "curve" (landscape.core.curve_file). Each kind
+    refuses to be read as the other.
 Schema 1 (landscape 0.1) laid 2D arrays out as (nx, ny): it is read transposed, and resuming one rewrites it in
 schema 2 first. Only one process (rank 0) opens a file for writing. A new file is written whole under a temporary
 name and renamed; points are then written and flushed as they finish, so a kill loses only the points in flight.
@@ -150,7 +150,7 @@ class Surface:
         return plot_surface(self.x, self.y, self.values, metric, kind, ax, **kwargs)
 
 
-def _open(path: str, mode: str) -> h5py.File:
+def open_h5(path: str, mode: str) -> h5py.File:
     try:
         return h5py.File(path, mode)
     except OSError as exc:
@@ -165,7 +165,7 @@ def _open(path: str, mode: str) -> h5py.File:
                         "or rerun with a fresh --out") from None
 
 
-def _check_ours(f: h5py.File, path: str, kind: str = SURFACE) -> int:
+def check_ours(f: h5py.File, path: str, kind: str = SURFACE) -> int:
     """The schema version of a file of ours of this kind; refuse foreign and newer files and the other kind."""
     if f.attrs.get("producer") != PRODUCER or "schema_version" not in f.attrs:
         raise UserError(f"{path} is an HDF5 file but not a landscape {kind}; move it away or choose another --out")
@@ -194,7 +194,7 @@ def _write_directions(f: h5py.File, directions: list[Arrays]) -> None:
                 sub.create_dataset(k, data=a)
 
 
-def _header() -> dict[str, Any]:
+def header() -> dict[str, Any]:
     """The attributes every file of ours opens with: what made it, and in which schema."""
     return {"producer": PRODUCER, "schema_version": SCHEMA_VERSION, "created_by": f"landscape {__version__}"}
 
@@ -204,7 +204,7 @@ def _write(path: str, s: Surface, directions: list[Arrays]) -> None:
     o = s.origin
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({
-            **_header(), "kind": SURFACE, "metrics": json.dumps(list(s.values)),
+            **header(), "kind": SURFACE, "metrics": json.dumps(list(s.values)),
             "fingerprint": json.dumps(s.fingerprint, sort_keys=True), "config": json.dumps(s.config),
             "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256, "target_checkpoint": o.target,
             "directions_sha256": s.directions_sha256, "model": json.dumps(o.model),
@@ -317,7 +317,7 @@ class SurfaceWriter(SurfaceSink):
                  group: str = ""):
         super().__init__(surface, metrics)
         self.path, self.group, self.owns = path, group, file is None
-        self.file = _open(path, "r+") if file is None else file
+        self.file = open_h5(path, "r+") if file is None else file
 
     def write(self, flat_idx: np.ndarray, rows: np.ndarray) -> None:
         """Store rows at flat point indices, then mark them done; the file is flushed after each."""
@@ -347,7 +347,7 @@ def check_resumable(path: str, origin: Origin, directions: list[Arrays], evaluat
     check_fingerprint(path, stored, current)
 
 
-def _json(attrs: dict[str, Any], key: str) -> Any:
+def json_attr(attrs: dict[str, Any], key: str) -> Any:
     return json.loads(attrs.get(key) or "{}")
 
 
@@ -355,8 +355,8 @@ def read_surface(path: str) -> Surface:
     """A surface file of either schema, 2D values as (ny, nx)."""
     if not os.path.exists(path):
         raise UserError(f"surface file not found: {path}")
-    with _open(path, "r") as f:
-        version = _check_ours(f, path)
+    with open_h5(path, "r") as f:
+        version = check_ours(f, path)
         a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         x = f["xcoordinates"][...]
         y = f["ycoordinates"][...] if "ycoordinates" in f else None
@@ -366,18 +366,18 @@ def read_surface(path: str) -> Surface:
         done = (f["done"][...].T if transpose else f["done"][...]).astype(bool)
         annotations = _read_annotations(f, a)
     origin = Origin(a.get("checkpoint", ""), a.get("checkpoint_sha256", ""), a.get("target_checkpoint", ""),
-                    _json(a, "model"), _json(a, "checkpoint_metrics"),
-                    Training.from_train_config(_json(a, "checkpoint_train_config")))
-    return Surface(x, y, values, done, origin, _json(a, "config"), _json(a, "fingerprint"),
-                   a.get("directions_sha256", ""), version, _json(a, "report"), annotations)
+                    json_attr(a, "model"), json_attr(a, "checkpoint_metrics"),
+                    Training.from_train_config(json_attr(a, "checkpoint_train_config")))
+    return Surface(x, y, values, done, origin, json_attr(a, "config"), json_attr(a, "fingerprint"),
+                   a.get("directions_sha256", ""), version, json_attr(a, "report"), annotations)
 
 
 def read_directions(path: str) -> list[Arrays]:
     """The directions stored in a surface (or direction) file, keyed by parameter name, float32."""
     if not os.path.exists(path):
         raise UserError(f"direction file not found: {path}")
-    with _open(path, "r") as f:
-        _check_ours(f, path)
+    with open_h5(path, "r") as f:
+        check_ours(f, path)
         if "directions" not in f:
             raise UserError(f"{path} holds no directions; give a surface file written by landscape")
         g = f["directions"]
@@ -393,112 +393,6 @@ def save_directions(path: str, directions: list[Arrays], config: dict[str, Any] 
     and read_directions take it like a surface file. The directions may hold numpy arrays or torch tensors (what
     landscape.random_directions returns)."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({**_header(), "directions_sha256": directions_sha256(directions),
+        f.attrs.update({**header(), "directions_sha256": directions_sha256(directions),
                         "config": json.dumps(config or {})})
         _write_directions(f, directions)
-
-
-# ----------------------------------------------------------------------------- curve files (kind "curve", 0.8)
-
-@dataclass
-class Curve:
-    """A curve file's content: each path between A and B (line, aligned_line, curve) as a 1D Surface over t, the
-    curve's type, the bend's place in the plane through A, B and the bend, the alignment found and the training's
-    record. Barriers are computed from the values (landscape.connectivity.barriers), not stored."""
-
-    t: np.ndarray
-    paths: dict[str, Surface]
-    curve: str  # bezier, polychain, or none
-    origin: Origin = field(default_factory=Origin)  # A, with B as its target
-    target_sha256: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    fingerprint: dict[str, Any] = field(default_factory=dict)
-    alignment: dict[str, Any] = field(default_factory=dict)  # {} without --align
-    training: dict[str, Any] = field(default_factory=dict)  # epoch losses, steps, seconds
-    bend_at: tuple[float, float] | None = None  # (alpha, beta) of the bend in plot2d's plane A, B, bend
-
-
-def _write_curve(path: str, c: Curve, bend: Arrays, perms: dict[str, np.ndarray]) -> None:
-    """A new curve file, written atomically: every path's values NaN and not done, the bend, the permutations."""
-    o = c.origin
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({
-            **_header(), "kind": CURVE, "curve": c.curve, "fingerprint": json.dumps(c.fingerprint, sort_keys=True),
-            "config": json.dumps(c.config), "checkpoint": o.checkpoint, "checkpoint_sha256": o.checkpoint_sha256,
-            "target_checkpoint": o.target, "target_sha256": c.target_sha256, "model": json.dumps(o.model),
-            "checkpoint_metrics": json.dumps(o.metrics), "checkpoint_train_config": json.dumps(o.training.config),
-            "alignment": json.dumps(c.alignment), "training": json.dumps(c.training), "acc_unit": "percent",
-            "bend_at": json.dumps(list(c.bend_at) if c.bend_at is not None else None),
-            "paths": json.dumps(list(c.paths))})
-        scale = f.create_dataset("t", data=np.asarray(c.t, np.float64))
-        scale.make_scale("t")
-        for name, s in c.paths.items():
-            g = f.create_group(f"paths/{name}")
-            g.attrs["metrics"] = json.dumps(list(s.values))
-            g.attrs["loss_metrics"] = json.dumps(s.config.get("loss_metrics", []))
-            for m, data in [*s.values.items(), ("done", s.done.astype(np.uint8))]:
-                g.create_dataset(m, data=data).dims[0].attach_scale(scale)
-        for k, v in bend.items():
-            f.create_dataset(f"bend/{k}", data=np.asarray(v, np.float32))
-        for k, v in perms.items():
-            f.create_dataset(f"permutations/{k}", data=np.asarray(v, np.int64))
-
-
-class CurveFile:
-    """A curve file open for writing (rank 0 only): `sink(name)` is the Sink of one path's points, flushed row by
-    row as a surface's are."""
-
-    def __init__(self, path: str, curve: Curve):
-        self.path, self.curve = path, curve
-        self.file = _open(path, "r+")
-
-    def sink(self, name: str) -> SurfaceWriter:
-        s = self.curve.paths[name]
-        return SurfaceWriter(self.path, s, list(s.values), self.file, f"paths/{name}/")
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def open_curve(path: str, c: Curve, bend: Arrays, perms: dict[str, np.ndarray]) -> CurveFile:
-    """The curve file of a request, created with `c`'s paths (all points to do), the bend and the permutations
-    if missing; an existing file must have been made with the same fingerprint (endpoints, curve, training,
-    alignment, evaluation, t), or it is refused and left untouched. Its points done are kept."""
-    if os.path.exists(path):
-        old = read_curve(path)
-        check_fingerprint(path, old.fingerprint, c.fingerprint)
-        missing = [p for p in c.paths if p not in old.paths]
-        if missing:
-            raise UserError(f"{path} lacks the paths {missing}; it was made for others: use another --out")
-        return CurveFile(path, old)
-    _write_curve(path, c, bend, perms)
-    return CurveFile(path, c)
-
-
-def read_curve(path: str) -> Curve:
-    """A curve file (landscape.connect's)."""
-    if not os.path.exists(path):
-        raise UserError(f"curve file not found: {path}")
-    with _open(path, "r") as f:
-        _check_ours(f, path, CURVE)
-        a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        t = f["t"][...]
-        origin = Origin(a["checkpoint"], a["checkpoint_sha256"], a["target_checkpoint"], _json(a, "model"),
-                        _json(a, "checkpoint_metrics"), Training.from_train_config(_json(a, "checkpoint_train_config")))
-        config = _json(a, "config")
-        paths = {}
-        for name in json.loads(a["paths"]):
-            g = f[f"paths/{name}"]
-            values = {m: g[m][...] for m in json.loads(g.attrs["metrics"])}
-            paths[name] = Surface(t, None, values, g["done"][...].astype(bool), origin,
-                                  {**config, "loss_metrics": json.loads(g.attrs["loss_metrics"])})
-    bend_at = json.loads(a.get("bend_at") or "null")
-    return Curve(t, paths, a["curve"], origin, a["target_sha256"], config, _json(a, "fingerprint"),
-                 _json(a, "alignment"), _json(a, "training"), tuple(bend_at) if bend_at else None)
-
-
-def read_bend(path: str) -> Arrays:
-    """The bend's weights stored in a curve file, by tensor name."""
-    with _open(path, "r") as f:
-        _check_ours(f, path, CURVE)
-        return {k: f["bend"][k][...] for k in f["bend"]} if "bend" in f else {}

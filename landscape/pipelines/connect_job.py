@@ -37,19 +37,12 @@ from landscape.connectivity.curve_training import (
     train_curve,
 )
 from landscape.connectivity.curves import NOTE_FILE, CurveModule, coefficient_table, midpoint, note_path
+from landscape.core.curve_file import Curve, CurveFile, open_curve, read_bend, read_curve
 from landscape.core.directions import plane_through
 from landscape.core.fingerprint import check_fingerprint, tensors_sha256
 from landscape.core.grid_eval import EvalSet, PointEvaluator, compute_surface
 from landscape.core.params import Params, digest, model_tensors, snapshot, to_numpy
-from landscape.core.surface_file import (
-    Curve,
-    CurveFile,
-    Surface,
-    empty_surface,
-    open_curve,
-    read_bend,
-    read_curve,
-)
+from landscape.core.surface_file import Surface, empty_surface
 from landscape.data.datasets import augment
 from landscape.models.checkpoint import load_data_for, save_checkpoint
 from landscape.models.hf_folder import is_hf_folder

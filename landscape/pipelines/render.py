@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 
 from landscape.base.config import PlotConfig, run_tag  # noqa: E402
 from landscape.connectivity.barriers import barrier, barrier_series  # noqa: E402
-from landscape.core.surface_file import Curve, Surface  # noqa: E402
+from landscape.core.curve_file import Curve  # noqa: E402
+from landscape.core.surface_file import Surface  # noqa: E402
 from landscape.drawing import artists  # noqa: E402
 from landscape.pipelines import viewers  # noqa: E402
 
