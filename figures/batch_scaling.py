@@ -218,7 +218,7 @@ def hyperbola_fit(batches: np.ndarray, steps: np.ndarray) -> tuple[float, float]
 def plot_all(results: list[dict[str, Any]], noise: list[dict[str, float]], critical: float,
              fit: tuple[float, float], tokens: bool, p: Preset, out: str) -> list[str]:
     """The three panels; `fit` is fit_critical_batch's (S_min, E_min), `tokens` says throughput is in tokens."""
-    from landscape.pipelines import render
+    from landscape.output import render
 
     plt = render.plt
     bs = np.array([r["batch_size"] for r in results], float)

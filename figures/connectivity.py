@@ -106,7 +106,7 @@ def compose(results: dict[str, tuple[Curve, Surface]], p: Preset, out: str) -> l
     """A row per pair: train loss along t, test error along t (every path, its barrier in the legend), and the
     plane of the curve with the curve on it."""
     from landscape.drawing import artists
-    from landscape.pipelines import render
+    from landscape.output import render
 
     fig, axes = render.plt.subplots(len(results), 3, figsize=(13, 3.6 * len(results)), squeeze=False,
                                     layout="constrained")

@@ -435,7 +435,7 @@ def draw(search_rows: list[dict[str, Any]], est: list[dict[str, Any]], branch_ro
          lines: list[str], out: str) -> list[str]:
     """The four panels (d in two: by steps and by samples), and the closing lines beside them."""
     from landscape.drawing import artists
-    from landscape.pipelines import render
+    from landscape.output import render
 
     fig, axes = render.plt.subplots(2, 3, figsize=(15, 8.4), layout="constrained")
     b = np.array([r["batch_size"] for r in search_rows], float)

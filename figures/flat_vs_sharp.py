@@ -131,7 +131,7 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
     2D contour per run at the same linear levels (log-spaced with `log`), each with its colourbar; and a second
     figure of the un-normalized 1D curves."""
     from landscape.drawing import artists
-    from landscape.pipelines import render
+    from landscape.output import render
 
     plt = render.plt
     n_wd, n_runs = len(p.weight_decays), len(rows)
@@ -185,9 +185,9 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
 
 
 def pages(surfaces: dict[tuple[int, float], dict[str, Surface]], p: Preset, out: str) -> list[str]:
-    """One interactive 3D page per 2D panel (landscape.pipelines.viewers), to turn each minimum in one's hands; its
+    """One interactive 3D page per 2D panel (landscape.output.viewers), to turn each minimum in one's hands; its
     losses' contours at the figure's linear levels, on every page alike."""
-    from landscape.pipelines import viewers
+    from landscape.output import viewers
 
     os.makedirs(os.path.join(out, "pages"), exist_ok=True)
     levels, _ = contour_levels(p.contour_levels, p.log_levels)

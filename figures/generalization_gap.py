@@ -236,7 +236,7 @@ def verdict(p: Preset, rows: list[dict[str, Any]], seeds: int) -> str:
 def compose(p: Preset, logs: Logs, rows: list[dict[str, Any]],
             surfaces: dict[str, dict[str, Surface]], out: str, log: bool = False) -> list[str]:
     """The four figures, from the seed-0 runs (the final errors over every seed)."""
-    from landscape.pipelines import render
+    from landscape.output import render
 
     colors = {n: render.plt.cm.tab10(i) for i, n in enumerate(run_names(p))}
     rows = [r for r in rows if r["status"] == "trained"]  # a diverged run is in the table, not drawn

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def draw(surfaces: list, out: str) -> None:
     """The top eigenvector's curve over the random directions' curves, saved with their data."""
-    from landscape.pipelines import render
+    from landscape.output import render
 
     fig, ax = render.plt.subplots(figsize=(6, 4))
     top, *randoms = surfaces

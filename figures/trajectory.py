@@ -78,7 +78,7 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str, log: bool = False
     """One panel per run: train-loss contours of its PCA plane at the same linear levels (log-spaced with `log`),
     the path with epoch labels, the variance each axis explains."""
     from landscape.drawing import artists
-    from landscape.pipelines import render
+    from landscape.output import render
 
     plt = render.plt
     fig, axes = plt.subplots(1, len(surfaces), figsize=(5.4 * len(surfaces), 4.4), squeeze=False,
@@ -98,9 +98,9 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str, log: bool = False
 
 
 def pages(surfaces: dict[int, Surface], p: Preset, out: str) -> list[str]:
-    """An interactive page per run: its plane's surface in 3D with the path drawn on it (pipelines.viewers), its
+    """An interactive page per run: its plane's surface in 3D with the path drawn on it (output.viewers), its
     losses' contours at the figure's linear levels."""
-    from landscape.pipelines import viewers
+    from landscape.output import viewers
 
     levels, _ = contour_levels(p.contour_levels, p.log_levels)
     return [viewers.write_html(s, os.path.join(out, f"trajectory_{run_name(bs, p.weight_decay)}.html"),

@@ -181,7 +181,7 @@ def save_figures(s: Surface, stem: str, formats: Sequence[str] = ("png", "pdf"),
     or the loss/accuracy curves (1D), as STEM_<metric>_<kind>.<format>. A loss's levels are Li et al.'s (0.1 to 10
     by 0.5) unless `levels` or `loss_max` is given (PlotConfig.levels). Returns the paths written."""
     from landscape.base.config import PlotConfig
-    from landscape.pipelines.render import render_1d, render_2d
+    from landscape.output.render import render_1d, render_2d
 
     cfg = PlotConfig(loss_max=loss_max, levels=levels, title=title, formats=tuple(formats))
     if os.path.dirname(stem):

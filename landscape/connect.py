@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plot = config_from_args(PlotConfig, args)
     if len(args.sources) == 1 and args.sources[0].endswith(".h5"):
         from landscape.core.curve_file import read_curve
-        from landscape.pipelines.render import render_curve
+        from landscape.output.render import render_curve
 
         path = args.sources[0]
         curve = read_curve(path)
@@ -54,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = config_from_args(SurfaceConfig, args, checkpoint=args.sources[0], target=args.sources[1],
                            out=args.out or OUT)
     curve_cfg = config_from_args(CurveConfig, args)
+    from landscape.output.render import render_curve
     from landscape.pipelines.connect_job import connect_report, run_connect
-    from landscape.pipelines.render import render_curve
     from landscape.runtime.distributed import process_group
 
     with process_group(cfg.device) as info:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from landscape.base.errors import UserError
 from landscape.base.flags import ArgumentParser, DefaultsFormatter, check_writable, run_cli
 from landscape.core.surface_file import read_surface
-from landscape.pipelines import render, viewers
+from landscape.output import render, viewers
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

@@ -19,7 +19,8 @@ import numpy as np
 
 from landscape.base.config import PlotConfig
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
-from landscape.pipelines import render, surface_commands
+from landscape.output import render
+from landscape.pipelines import surface_commands
 
 NOT_HERE = ("log", "plane", "edges", "splits", "points_per_pass", "compile", "bn_recalibrate", "plane_points",
             "auto_rise", "levels")

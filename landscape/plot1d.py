@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from landscape.base.config import OUT, PlotConfig, run_tag
 from landscape.base.errors import UserError
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
-from landscape.pipelines import render, surface_commands
+from landscape.output import render
+from landscape.pipelines import surface_commands
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

@@ -20,7 +20,8 @@ from landscape.base.config import AXIS, PlotConfig, SurfaceConfig, run_tag
 from landscape.base.errors import UserError
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.core.surface_file import read_surface
-from landscape.pipelines import render, surface_commands
+from landscape.output import render
+from landscape.pipelines import surface_commands
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

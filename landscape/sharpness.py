@@ -45,7 +45,7 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from landscape.base.flags import check_writable
-    from landscape.pipelines import render
+    from landscape.output import render
     from landscape.pipelines.sharpness_table import (
         SharpnessConfig,
         density_curve,

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from landscape.base.config import PlotConfig
 from landscape.base.errors import UserError
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
-from landscape.pipelines import render, surface_commands
+from landscape.output import render
+from landscape.pipelines import surface_commands
 
 NOT_HERE = ("log", "plane", "edges", "directions_file", "dir_type", "norm", "seed", "orthogonal", "auto_rise")
 

@@ -52,7 +52,7 @@ def test_k1_is_the_run_continued_bit_for_bit_and_k2_takes_half_the_steps(run_dir
 
 def test_study_writes_its_table_and_figure_and_resumes_after_a_kill_to_the_same_result(run_dir, tmp_path, monkeypatch):
     argv = [run_dir, "--at", "0", "2", "--factors", "1", "2", "4", "--samples", "512", "--out", str(tmp_path / "b")]
-    from landscape.pipelines import render
+    from landscape.output import render
 
     real, seen = render.save, {}
 

@@ -69,7 +69,7 @@ def test_a_schedule_grows_where_the_local_critical_batch_allows_and_never_shrink
 
 
 def test_the_smoke_preset_end_to_end_reads_alone_and_a_rerun_reuses_everything(tmp_path, monkeypatch):
-    from landscape.pipelines import render
+    from landscape.output import render
 
     real, seen = render.save, {}
 

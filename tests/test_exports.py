@@ -15,7 +15,7 @@ import pytest
 from conftest import run_module
 
 from landscape.core.surface_file import Annotations, Markers, Surface
-from landscape.pipelines import viewers
+from landscape.output import viewers
 
 
 def _surface(nx: int = 7, ny: int = 5, markers: bool = True) -> Surface:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def drawn_figures(main, args, monkeypatch) -> dict[str, dict]:
     """Run a figure script's main in this process (on a folder whose runs and surfaces exist, so it only draws),
     and read each figure's artists as it is saved: {file name: {"problems": [...], "levels": [...]}}."""
-    from landscape.pipelines import render
+    from landscape.output import render
 
     real, seen = render.save, {}
 

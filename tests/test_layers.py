@@ -31,8 +31,9 @@ LAYERS = [  # bottom to top: (what the layer is, the folders whose modules it ho
      ["landscape/curvature"]),
     ("connectivity: permutation alignment, curves between minima and their training, barriers",
      ["landscape/connectivity"]),
+    ("output: surface and curve files drawn as figure files and exported to viewers' formats", ["landscape/output"]),
     ("monitoring: curvature and gradient noise measured while training, in any loop", ["landscape/monitoring"]),
-    ("pipelines: the grid-job builder, checkpoint to surface file, sharpness table, figure files",
+    ("pipelines: the grid-job builder, checkpoint to surface file, the sharpness table and its measures",
      ["landscape/pipelines"]),
     ("integrations: the Monitor as Lightning's and transformers' callbacks", ["landscape/integrations"]),
     ("the public face and the commands", ["landscape"]),
@@ -149,8 +150,9 @@ def test_the_check_fails_on_an_upward_import_or_a_circle_added_by_hand():
 
 def test_a_module_is_placed_by_its_folder_and_an_undeclared_folder_fails(monkeypatch):
     assert layer_of("landscape.core.directions") == layer_of("landscape.core") == 4
-    assert layer_of("landscape.plot2d") == 10 and layer_of("landscape") == 0
+    assert layer_of("landscape.plot2d") == 11 and layer_of("landscape") == 0
     assert layer_of("landscape.connectivity.curves") == 6  # above curvature, below the pipelines that use it
+    assert layer_of("landscape.output.render") == 7  # above the files it draws and the barriers it reads
     modules = dict(project_modules())
     modules["landscape.extras.thing"] = ROOT / "landscape" / "extras" / "thing.py"
     monkeypatch.setattr(sys.modules[__name__], "project_modules", lambda: modules)
@@ -181,7 +183,7 @@ def test_each_front_names_real_things_and_loads_nothing_on_import(package):
 
 def internal_imports(source: str) -> list[str]:
     """What a figure script takes from landscape other than its public faces: `landscape`'s names, a subpackage's
-    `__all__` names or its modules (`from landscape.pipelines import render`). An import of a module path
+    `__all__` names or its modules (`from landscape.output import render`). An import of a module path
     (`from landscape.pipelines.connect_job import run_connect`) or a name the face does not list is internal."""
     found = []
     for node in ast.walk(ast.parse(source)):
@@ -205,4 +207,4 @@ def test_the_figure_scripts_use_only_the_public_faces():
     assert internal_imports("from landscape.pipelines.connect_job import run_connect\n") == \
         ["landscape.pipelines.connect_job"]
     assert internal_imports("from landscape.pipelines import opened\n") == ["landscape.pipelines.opened"]
-    assert internal_imports("from landscape.pipelines import render\nimport landscape\n") == []
+    assert internal_imports("from landscape.output import render\nimport landscape\n") == []

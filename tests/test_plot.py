@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 from landscape.base.config import PlotConfig  # noqa: E402
 from landscape.core.surface_file import Surface  # noqa: E402
 from landscape.drawing import artists  # noqa: E402
-from landscape.pipelines import render  # noqa: E402
+from landscape.output import render  # noqa: E402
 from tests import figure_checks  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def _plane(top: float = 3.0, **annotations) -> Surface:
 
 def test_plot2d_figures_read_alone_at_li_et_al_levels_and_the_page_draws_the_same(tmp_path, monkeypatch):
     from landscape.core.surface_file import Markers
-    from landscape.pipelines import viewers
+    from landscape.output import viewers
 
     seen = _read_saved(monkeypatch)
     path = Markers(names=tuple(f"epoch {i}" for i in range(12)), kind="path",

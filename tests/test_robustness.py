@@ -386,7 +386,7 @@ def test_bad_input_in_a_real_process_has_no_traceback(bad_inputs):
 
 def test_non_finite_points_are_stored_and_plotted(mlp_ckpt, tmp_path):
     from landscape.base.config import PlotConfig, SurfaceConfig
-    from landscape.pipelines import render
+    from landscape.output import render
     from landscape.pipelines.from_checkpoint import run_surface
 
     far = run_surface(SurfaceConfig(mlp_ckpt, out=str(tmp_path), x="-1e6:1e6:3", y="-1e6:1e6:3", norm="none",

@@ -329,7 +329,7 @@ def draw(rows: list[dict[str, Any]], series: dict[str, list[tuple[int, float]]],
     """(a) the local critical batch against samples seen, with the run's batch and B_simple; (b) each branch
     point's loss against the branch's batch, k = 1's tolerance band shaded; (c) lambda_max against its threshold,
     when the run tracked it."""
-    from landscape.pipelines import render
+    from landscape.output import render
 
     panels = 3 if series["lambda_max"] else 2
     fig, axes = render.plt.subplots(1, panels, figsize=(4.8 * panels, 3.8), layout="constrained")

@@ -23,7 +23,7 @@ NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
 SPLITS = ("train", "test")
 METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm", "next_token")  # landscape.runtime.metrics.METRICS, by name
-FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D surface (landscape.pipelines.viewers)
+FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D surface (landscape.output.viewers)
 
 OUT = "landscape_out"  # where surfaces and figures go unless --out says
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
@@ -280,7 +280,7 @@ class SurfaceConfig:
 
 @dataclass(frozen=True)
 class PlotConfig:
-    """How surface files become figure files (landscape.pipelines.render): the figure flags of plot1d and plot2d."""
+    """How surface files become figure files (landscape.output.render): the figure flags of plot1d and plot2d."""
 
     loss_max: float | None = option(None, "clip the plotted loss at this value: the top contour level in 2D, the "
                                     "top of the loss axis in 1D (default: the largest finite loss)", group="figures")

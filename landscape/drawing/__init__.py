@@ -1,5 +1,5 @@
 """Drawing, without torch: pure plot functions. Arrays and a matplotlib Axes in, the artist out; no file I/O, no
-savefig, no pyplot state. Figure files are made from them by landscape.pipelines.render."""
+savefig, no pyplot state. Figure files are made from them by landscape.output.render."""
 
 from landscape.base.lazy import lazy_exports
 

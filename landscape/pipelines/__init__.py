@@ -1,6 +1,6 @@
 """The pipelines: one builder of grid jobs (the front door of the commands, the Python API, the figure
-scripts and the benchmarks), a checkpoint to its surface file, the sharpness table, and a surface file to its
-figures and to other viewers' formats."""
+scripts and the benchmarks), a checkpoint to its surface file, and the sharpness table with its
+registered measures (figure files and viewers' formats are landscape.output's)."""
 
 from landscape.base.lazy import lazy_exports
 
@@ -14,8 +14,6 @@ _API = {
     "Measure": "measure_registry", "register_measure": "measure_registry", "MEASURES": "measure_registry",
     "run_connect": "connect_job", "ConnectFiles": "connect_job", "evaluation_sets": "inputs",
     "evaluation_settings": "grid_job",
-    "render_1d": "render", "render_2d": "render", "render_hessian_map": "render",
-    "write_vtp": "viewers", "write_html": "viewers",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -22,7 +22,7 @@ from landscape.connectivity.barriers import barrier, barrier_series  # noqa: E40
 from landscape.core.curve_file import Curve  # noqa: E402
 from landscape.core.surface_file import Surface  # noqa: E402
 from landscape.drawing import artists  # noqa: E402
-from landscape.pipelines import viewers  # noqa: E402
+from landscape.output import viewers  # noqa: E402
 
 KINDS_2D = ("contour", "contourf", "heatmap", "3d")
 DEFAULTS = PlotConfig()  # frozen, so one shared default is safe

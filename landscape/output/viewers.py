@@ -115,7 +115,7 @@ def surface_levels(s: Surface, n: int | None = None, loss_max: float | None = No
                    given: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Each metric's evenly spaced contour levels, those `given` first: a loss's from artists.loss_levels (Li et
     al.'s 0.1 to 10 by 0.5 unless `n` or `loss_max` is given), any other metric's n (default 20) over its range.
-    The PNG figures (pipelines.render) and the HTML page draw the same ones."""
+    The PNG figures (output.render) and the HTML page draw the same ones."""
     losses, given = s.loss_metrics(), given or {}
     return {m: np.asarray(given[m]) if m in given else loss_levels(z, n, loss_max) if m in losses else
             levels_for(z, n or 20) for m, z in s.values.items()}
