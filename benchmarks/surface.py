@@ -61,8 +61,8 @@ def make_checkpoint(name: str, folder: str) -> str:
 def checkpoint_of(dataset: str, dkw: dict, model_name: str, mkw: dict, path: str) -> str:
     """A checkpoint of a freshly initialized model (seed 0) that names its data set, as the trainer writes one."""
     from landscape.data.datasets import load_dataset
-    from landscape.models.checkpoint import make_checkpoint as make
-    from landscape.models.checkpoint import save_checkpoint
+    from landscape.models.checkpoint_file import make_checkpoint as make
+    from landscape.models.checkpoint_file import save_checkpoint
     from landscape.models.registry import build_model
 
     data = load_dataset(dataset, **dkw)
@@ -349,7 +349,7 @@ def paper_job(tmp: str, threads: int) -> dict:
     import h5py
 
     from landscape.data.datasets import load_dataset
-    from landscape.models.checkpoint import load_model
+    from landscape.models.checkpoint_file import load_model
     from landscape.runtime.forward import cpu_has_native_bf16
 
     torch.set_num_threads(threads)

@@ -45,9 +45,9 @@ from landscape.monitoring import estimate_b_noise
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 from landscape.training import scaled_lr
 from trainers.branch import BranchConfig, nearest, study, summarize, tracked
-from trainers.checkpoints import read_log
 from trainers.config import TrainConfig
 from trainers.loop import build_run, fit, to_device
+from trainers.run_files import read_log
 from trainers.target import Target, train_to_target
 
 

@@ -33,10 +33,10 @@ from landscape.core import Surface
 from landscape.pipelines import SharpnessConfig, run_sharpness, run_surface
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
 from landscape.training import TrainingDiverged
-from trainers.checkpoints import read_log
 from trainers.config import TrainConfig
 from trainers.loop import fit
 from trainers.remedies import RECIPES, Knobs
+from trainers.run_files import read_log
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from landscape.core.fingerprint import tensors_sha256
-from landscape.models.checkpoint import load_checkpoint
+from landscape.models.checkpoint_file import load_checkpoint
 from tests import figure_checks
 from tests.conftest import SINGLE, cli_env, refused, train_config, tree_digest
 from trainers.branch import BranchConfig, local_critical_batch, main, smoothed, study

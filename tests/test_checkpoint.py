@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from landscape.base.errors import UserError
-from landscape.models.checkpoint import load_checkpoint, load_data_for, load_model, make_checkpoint, save_checkpoint
+from landscape.models.checkpoint_file import (
+    load_checkpoint,
+    load_data_for,
+    load_model,
+    make_checkpoint,
+    save_checkpoint,
+)
 from landscape.models.registry import build_model
 from landscape.runtime.forward import evaluate
 

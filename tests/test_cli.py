@@ -20,7 +20,7 @@ def test_trainer_cli_on_two_processes_writes_a_checkpoint_that_reproduces_its_ac
                      nproc=2)
     assert res.returncode == 0, res.stderr
     assert "img/s" in res.stdout and "done:" in res.stdout
-    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.models.checkpoint_file import load_data_for, load_model
     from landscape.runtime.forward import evaluate
 
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)

@@ -26,7 +26,7 @@ from landscape.connectivity.permutations import spec_for
 from landscape.core.curve_file import read_curve
 from landscape.core.params import PointSetter, model_tensors, snapshot
 from landscape.core.surface_file import read_surface
-from landscape.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from landscape.models.checkpoint_file import load_checkpoint, make_checkpoint, save_checkpoint
 from landscape.models.registry import build_model
 from tests import userland
 

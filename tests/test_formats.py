@@ -349,7 +349,7 @@ def test_a_folder_named_landscape_does_not_shadow_the_package(tmp_path):
 def test_the_hash_taken_from_the_one_read_is_weights_sha256_of_the_file(tmp_path, mlp_ckpt):
     """What a surface file records as checkpoint_sha256 (read once, hashed from the bytes parsed) is the file hash of
     0.6, so a file made by 0.6 resumes: a .pt, a .safetensors, a sharded save_pretrained folder, our checkpoint."""
-    from landscape.models.checkpoint import read_checkpoint
+    from landscape.models.checkpoint_file import read_checkpoint
     from landscape.models.formats import read_weights_into, weights_sha256
 
     model = userland.make_mlp(width=16)

@@ -174,7 +174,7 @@ def test_hessian_directions_are_scaled_eigenvectors_of_the_moved_weights(mlp_ckp
     from landscape.core.directions import DirectionSpec, create_random_directions
     from landscape.core.params import model_tensors, norm, snapshot
     from landscape.core.surface_file import read_directions, read_surface
-    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.models.checkpoint_file import load_data_for, load_model
     from landscape.pipelines.from_checkpoint import run_surface
 
     cfg = SurfaceConfig(mlp_ckpt, directions_file="hessian", x="-0.5:0.5:3", y="-0.5:0.5:3", samples=128,
@@ -217,7 +217,7 @@ def test_hessian_map_centre_is_the_checkpoints_eigenvalues_and_two_processes_equ
     from landscape.base.config import SurfaceConfig
     from landscape.core.grid_eval import select_samples
     from landscape.core.surface_file import read_surface
-    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.models.checkpoint_file import load_data_for, load_model
     from landscape.pipelines.from_checkpoint import run_hessian_map
 
     args = [mlp_ckpt, "--x=-0.5:0.5:3", "--y=-0.5:0.5:3", "--samples", "64", "--no-progress", "--formats", "png"]

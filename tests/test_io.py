@@ -14,7 +14,7 @@ from torch.func import functional_call
 from landscape.base.config import SurfaceConfig
 from landscape.base.errors import UserError
 from landscape.core.surface_file import read_directions, read_surface
-from landscape.models.checkpoint import load_data_for, load_model
+from landscape.models.checkpoint_file import load_data_for, load_model
 from landscape.pipelines.from_checkpoint import run_surface
 from tests.conftest import SINGLE
 

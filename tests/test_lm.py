@@ -15,7 +15,7 @@ from landscape.core.params import model_tensors
 from landscape.curvature.hessian import HessianOperator, eigenvalues
 from landscape.data import corpus
 from landscape.data.datasets import load_dataset
-from landscape.models.checkpoint import load_data_for, load_model
+from landscape.models.checkpoint_file import load_data_for, load_model
 from landscape.models.registry import build_model, list_models
 from landscape.runtime.metrics import get_metric
 from tests.conftest import SINGLE, killed_at_epoch, run_module

@@ -395,7 +395,7 @@ def test_the_readme_recipes_run_as_written(marker, tmp_path, monkeypatch, capsys
 def test_the_sharpness_table_and_hessian_of_a_module_equal_the_command_on_the_same_weights(mlp_ckpt, tmp_path):
     from landscape.base.config import WIDTH_AXIS, SurfaceConfig
     from landscape.core.grid_eval import select_samples
-    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.models.checkpoint_file import load_data_for, load_model
     from landscape.pipelines.sharpness_table import SharpnessConfig, run_sharpness
     from tests.conftest import SINGLE
 

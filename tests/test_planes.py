@@ -20,7 +20,7 @@ from landscape.base.errors import UserError
 from landscape.core.params import from_numpy
 from landscape.core.pca import trajectory_pca
 from landscape.core.surface_file import read_directions, read_surface
-from landscape.models.checkpoint import load_data_for, load_model
+from landscape.models.checkpoint_file import load_data_for, load_model
 from landscape.pipelines.from_checkpoint import run_surface
 from trainers.loop import fit
 

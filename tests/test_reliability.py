@@ -22,7 +22,7 @@ import landscape
 from landscape.base.errors import UserError
 from landscape.base.flags import run_cli
 from landscape.base.locks import LOCK_FILE, holder_of, lock_path, one_writer
-from landscape.models import checkpoint as ckpt_io
+from landscape.models import checkpoint_file as ckpt_io
 from tests.conftest import MLP_DATA, SINGLE, cli_env, train_config, tree_digest
 from trainers import loop
 from trainers.loop import fit
@@ -390,7 +390,7 @@ def test_the_direction_functions_take_what_random_directions_returns(tmp_path):
 
 def test_an_undefined_noise_scale_is_null_with_its_reason_and_every_log_line_is_strict_json(tmp_path):
     from landscape.monitoring.noise import NoiseEstimate, b_simple_of, two_batch_estimate
-    from trainers.checkpoints import append_jsonl
+    from trainers.run_files import append_jsonl
 
     fine = two_batch_estimate(g2_small=1.0, g2_big=2.0, small=8, big=64)  # |G_big|^2 above |G_small|^2: |G|^2 > 0
     noisy = two_batch_estimate(g2_small=3.0, g2_big=0.1, small=8, big=64)  # a noisy step: |G|^2 estimate negative

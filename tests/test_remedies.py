@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.models.checkpoint import load_model
+from landscape.models.checkpoint_file import load_model
 from landscape.training.ghost_bn import ghost_batchnorm
 from tests.conftest import SINGLE, killed_then_resumed, train_config
 from trainers.config import TrainConfig, peak_lr, plan_of, run_length, schedule_of

@@ -39,7 +39,7 @@ def test_centre_point_reproduces_the_checkpoint_metrics(request, tmp_path, ckpt_
 
 
 def test_evaluator_leaves_the_model_untouched(mlp_ckpt):
-    from landscape.models.checkpoint import load_data_for, load_model
+    from landscape.models.checkpoint_file import load_data_for, load_model
 
     model, ckpt = load_model(mlp_ckpt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -110,7 +110,7 @@ def test_auto_compile_on_a_large_grid_compiles_and_keeps_the_values(mlp_ckpt, tm
 
 
 def test_stacked_weights_are_the_points_weights(mlp_ckpt):
-    from landscape.models.checkpoint import load_model
+    from landscape.models.checkpoint_file import load_model
 
     model, _ = load_model(mlp_ckpt)
     theta0 = snapshot(model_tensors(model))

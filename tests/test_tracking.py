@@ -71,7 +71,7 @@ def test_the_tracked_lambda_max_at_the_last_step_is_landscape_sharpness_s(tmp_pa
 def _first_step_gradients(run, batch_indices):
     """The gradient (flat, float64) of the mean cross-entropy at the run's initial weights over each index set."""
     from landscape.data.datasets import load_dataset
-    from landscape.models.checkpoint import load_model
+    from landscape.models.checkpoint_file import load_model
 
     model, ckpt = load_model(str(run / "epoch_0000.pt"))
     data = load_dataset(ckpt["data"]["name"], **ckpt["data"]["kwargs"])

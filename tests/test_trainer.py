@@ -7,7 +7,7 @@ import torch
 
 from landscape.base.errors import UserError
 from tests.conftest import SINGLE, TRAIN_ARGS, killed_at_epoch, run_module, train_config
-from trainers import checkpoints, loop
+from trainers import loop, run_files
 from trainers.config import plan_of, schedule_of
 from trainers.loop import fit
 
@@ -102,13 +102,13 @@ def test_a_resume_restores_the_rank_s_own_cuda_rng_state(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: f"state of {device}")
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, str(device))))
     gpu1 = torch.device("cuda", 1)
-    rng = checkpoints.rng_state(gpu1)
+    rng = run_files.rng_state(gpu1)
     assert rng["cuda"] == "state of cuda:1" and torch.equal(rng["torch"], torch.get_rng_state())
-    assert "cuda" not in checkpoints.rng_state(torch.device("cpu"))
-    checkpoints.restore_rng_state(rng, gpu1)
-    checkpoints.restore_rng_state({**rng, "cuda": ["s0", "s1"]}, gpu1)  # 0.1's list: this rank's device
-    checkpoints.restore_rng_state({**rng, "cuda": ["s0"]}, gpu1)  # saved with fewer devices: nothing for cuda:1
-    checkpoints.restore_rng_state(rng, torch.device("cpu"))  # a CUDA run resumed on a CPU
+    assert "cuda" not in run_files.rng_state(torch.device("cpu"))
+    run_files.restore_rng_state(rng, gpu1)
+    run_files.restore_rng_state({**rng, "cuda": ["s0", "s1"]}, gpu1)  # 0.1's list: this rank's device
+    run_files.restore_rng_state({**rng, "cuda": ["s0"]}, gpu1)  # saved with fewer devices: nothing for cuda:1
+    run_files.restore_rng_state(rng, torch.device("cpu"))  # a CUDA run resumed on a CPU
     assert restored == [("state of cuda:1", "cuda:1"), ("s1", "cuda:1")]
 
 
@@ -123,7 +123,7 @@ def test_the_trainer_builds_torchvision_and_timm_models_with_and_without_sam(tmp
     """Any builder: num_classes and input_shape go only where the builder declares them (torchvision's resnet18
     passes its **kwargs on to ResNet, which refuses input_shape), the user's kwargs as given; the checkpoint
     rebuilds the model it holds."""
-    from landscape.models.checkpoint import load_model
+    from landscape.models.checkpoint_file import load_model
 
     for sam in sams:
         cfg = train_config(tmp_path / f"sam{sam}", data_kwargs=IMAGES, model=name, model_kwargs=kwargs, epochs=1,

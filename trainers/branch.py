@@ -38,15 +38,15 @@ from landscape.base.files import read_cached, write_cached, write_csv
 from landscape.base.flags import ArgumentParser, config_from_args, config_parser, option, run_cli
 from landscape.core.fingerprint import tensors_sha256
 from landscape.data.datasets import Dataset, load_dataset
-from landscape.models import checkpoint as ckpt_io
+from landscape.models import checkpoint_file as ckpt_io
 from landscape.runtime.distributed import DistInfo, all_reduce_sum, exclusive_output, print0, process_group
 from landscape.runtime.forward import resolve_precision
 from landscape.training.divergence import DivergenceWatch
 from landscape.training.optim import BatchPlan, scaled_lr
 from landscape.training.step import train_step, wrap_model
-from trainers.checkpoints import read_log, restore_rng_state
 from trainers.config import TrainConfig, optimizer_of, plan_of, run_length
 from trainers.loop import build_run, epoch_order, evaluate, micro_batches, run_sampler, to_device
+from trainers.run_files import read_log, restore_rng_state
 
 LR_RULES = ("linear", "sqrt", "none")
 LOSSES = ("train", "test")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from landscape.base.files import write_json
 from landscape.data.datasets import Dataset, augment, load_dataset
-from landscape.models import checkpoint as ckpt_io
+from landscape.models import checkpoint_file as ckpt_io
 from landscape.models.registry import build_model
 from landscape.runtime.distributed import DistInfo, all_reduce_sum, exclusive_output, print0
 from landscape.runtime.forward import resolve_precision, source_sums
@@ -32,14 +32,6 @@ from landscape.runtime.sources import TensorSource
 from landscape.training.divergence import DivergenceWatch, TrainingDiverged, diverged_message
 from landscape.training.optim import BatchPlan
 from landscape.training.step import wrap_model
-from trainers.checkpoints import (
-    append_jsonl,
-    model_kwargs_of,
-    restore_rng_state,
-    resume_state,
-    run_checkpoint,
-    truncate_log,
-)
 from trainers.config import (
     RunLength,
     TrainConfig,
@@ -54,6 +46,14 @@ from trainers.config import (
 )
 from trainers.events import EventLog
 from trainers.remedies import Step, StepParts, prepare_model, step_of
+from trainers.run_files import (
+    append_jsonl,
+    model_kwargs_of,
+    restore_rng_state,
+    resume_state,
+    run_checkpoint,
+    truncate_log,
+)
 from trainers.tracking import NoiseTracker, SharpnessTracker, Tracking
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from landscape.base.flags import ArgumentParser, config_from_args, config_parser, run_cli
-from landscape.models.checkpoint import load_checkpoint
+from landscape.models.checkpoint_file import load_checkpoint
 from landscape.runtime.distributed import DistInfo, exclusive_output, print0, process_group
 from trainers.config import TrainConfig
 from trainers.loop import fit

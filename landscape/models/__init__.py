@@ -5,8 +5,8 @@ from landscape.base.lazy import lazy_exports
 
 _API = {
     "register": "registry", "build_model": "registry", "list_models": "registry",
-    "make_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
-    "load_model": "checkpoint", "load_data_for": "checkpoint", "read_checkpoint": "checkpoint",
+    "make_checkpoint": "checkpoint_file", "save_checkpoint": "checkpoint_file", "load_checkpoint": "checkpoint_file",
+    "load_model": "checkpoint_file", "load_data_for": "checkpoint_file", "read_checkpoint": "checkpoint_file",
     "load_weights_into": "formats", "find_state_dict": "weights", "weights_sha256": "formats",
     "read_weights_into": "formats", "WeightsFormat": "formats", "register_format": "formats", "FORMATS": "formats",
     "Transformer": "lm", "LSTMLanguageModel": "lm",

@@ -44,7 +44,7 @@ from landscape.core.grid_eval import EvalSet, PointEvaluator, compute_surface
 from landscape.core.params import Params, digest, model_tensors, snapshot, to_numpy
 from landscape.core.surface_file import Surface, empty_surface
 from landscape.data.datasets import augment
-from landscape.models.checkpoint import load_data_for, save_checkpoint
+from landscape.models.checkpoint_file import load_data_for, save_checkpoint
 from landscape.models.hf_folder import is_hf_folder
 from landscape.pipelines.from_checkpoint import evaluation_of, origin_of
 from landscape.pipelines.grid_job import evaluation_settings

@@ -16,7 +16,7 @@ from landscape.base.errors import UserError
 from landscape.core.directions import select_tensors
 from landscape.core.grid_eval import EvalSet, select_samples
 from landscape.core.params import Params
-from landscape.models.checkpoint import build_from_checkpoint, load_data_for, read_checkpoint
+from landscape.models.checkpoint_file import build_from_checkpoint, load_data_for, read_checkpoint
 from landscape.models.formats import find_format, read_weights_into
 from landscape.models.registry import build_model
 from landscape.runtime.distributed import print0

@@ -65,7 +65,7 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], str]:
     ckpt = read_file(path, digest)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a landscape checkpoint (no format={FORMAT!r}); wrap your state_dict "
-                        "with landscape.models.checkpoint.make_checkpoint and save_checkpoint")
+                        "with landscape.models.checkpoint_file.make_checkpoint and save_checkpoint")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer landscape (format {ckpt['format_version']}); upgrade")
     return ckpt, digest.hexdigest()

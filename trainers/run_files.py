@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from landscape.base.errors import UserError
 from landscape.base.files import strict_json, write_text
 from landscape.data.datasets import Dataset
-from landscape.models import checkpoint as ckpt_io
+from landscape.models import checkpoint_file as ckpt_io
 from landscape.models.registry import builder_kwargs
 from landscape.runtime.distributed import print0
 from landscape.training.optim import BatchPlan
@@ -43,7 +43,7 @@ def run_checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Da
                    metrics: dict[str, float], opt: torch.optim.Optimizer, sched: Any, device: torch.device,
                    run_epochs: int | None = None, tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint of epoch `epoch` of a run of `run_epochs` (default --epochs): the weights and what describes
-    them (landscape.models.checkpoint), plus what a resume restores: optimizer, schedule, step and RNG states."""
+    them (landscape.models.checkpoint_file), plus what a resume restores: optimizer, schedule, step and RNG states."""
     rng = rng_state(device)
     return ckpt_io.make_checkpoint(
         model, cfg.model, plain(model_kwargs_of(cfg, data)), cfg.dataset, plain(cfg.data_kwargs), metrics,
