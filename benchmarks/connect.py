@@ -28,9 +28,9 @@ from landscape.connectivity.alignment import align_models
 from landscape.connectivity.curves import CurveModule, midpoint
 from landscape.core.params import snapshot
 from landscape.models.registry import build_model
+from landscape.optim.builders import make_optimizer
+from landscape.optim.step import token_cross_entropy, train_step
 from landscape.runtime.distributed import DistInfo
-from landscape.training.optim import make_optimizer
-from landscape.training.step import token_cross_entropy, train_step
 
 SINGLE = DistInfo(0, 0, 1, torch.device("cpu"))
 

@@ -27,11 +27,11 @@ from landscape.data.datasets import load_dataset
 from landscape.models.registry import build_model
 from landscape.monitoring.monitor import Monitor
 from landscape.monitoring.noise import estimate_noise
+from landscape.optim.builders import make_optimizer
+from landscape.optim.ghost_bn import ghost_batchnorm
+from landscape.optim.sam import sam_step
+from landscape.optim.step import train_step
 from landscape.runtime.distributed import DistInfo
-from landscape.training.ghost_bn import ghost_batchnorm
-from landscape.training.optim import make_optimizer
-from landscape.training.sam import sam_step
-from landscape.training.step import train_step
 
 SINGLE = DistInfo(0, 0, 1, torch.device("cpu"))
 

@@ -28,8 +28,8 @@ import torch
 from landscape.base import ArgumentParser, DefaultsFormatter, UserError, read_cached, run_cli, write_cached, write_csv
 from landscape.data import Dataset, load_dataset
 from landscape.monitoring import estimate_noise
+from landscape.optim import train_step
 from landscape.runtime import DistInfo, exclusive_output, process_group, resolve_precision
-from landscape.training import train_step
 from trainers.config import TrainConfig, optimizer_of
 from trainers.loop import build_run, micro_batches, to_device
 from trainers.target import Target, train_to_target

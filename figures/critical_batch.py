@@ -42,8 +42,8 @@ from landscape.base import ArgumentParser, UserError, read_cached, run_cli, writ
 from landscape.data import Dataset, load_dataset
 from landscape.models import load_checkpoint
 from landscape.monitoring import estimate_b_noise
+from landscape.optim import scaled_lr
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
-from landscape.training import scaled_lr
 from trainers.branch import BranchConfig, nearest, study, summarize, tracked
 from trainers.config import TrainConfig
 from trainers.loop import build_run, fit, to_device

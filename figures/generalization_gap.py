@@ -30,9 +30,9 @@ from scipy.stats import spearmanr
 from figures.common import chosen_preset, contour_levels, preset_parser
 from landscape.base import ArgumentParser, ConfigError, SurfaceConfig, run_cli, write_csv
 from landscape.core import Surface
+from landscape.optim import TrainingDiverged
 from landscape.pipelines import SharpnessConfig, run_sharpness, run_surface
 from landscape.runtime import DistInfo, exclusive_output, print0, process_group
-from landscape.training import TrainingDiverged
 from trainers.config import TrainConfig
 from trainers.loop import fit
 from trainers.remedies import RECIPES, Knobs

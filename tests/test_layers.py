@@ -25,7 +25,7 @@ LAYERS = [  # bottom to top: (what the layer is, the folders whose modules it ho
     ("foundation, no torch: errors, atomic files, grid, configs and flags", ["landscape/base"]),
     ("drawing, no torch: plot functions, arrays and an Axes in, an artist out", ["landscape/drawing"]),
     ("runtime on torch: process groups, metrics as exact sums, data sources, forward passes", ["landscape/runtime"]),
-    ("models, data, checkpoints and the training step", ["landscape/models", "landscape/data", "landscape/training"]),
+    ("models, data, checkpoint files and the parts of an optimizer step", ["landscape/models", "landscape/data", "landscape/optim"]),
     ("the surface core: named tensors, directions, PCA, grid evaluation, the HDF5 file", ["landscape/core"]),
     ("curvature: the flat loss, the Hessian, spectral density, sharpness measures and their costs",
      ["landscape/curvature"]),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from landscape.models.checkpoint_file import load_model
-from landscape.training.ghost_bn import ghost_batchnorm
+from landscape.optim.ghost_bn import ghost_batchnorm
 from tests.conftest import SINGLE, killed_then_resumed, train_config
 from trainers.config import TrainConfig, peak_lr, plan_of, run_length, schedule_of
 from trainers.loop import fit
@@ -157,7 +157,7 @@ def _layered(weight_grad):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_lars_scales_each_weight_by_its_trust_ratio_and_leaves_biases_and_norms_plain(weight_decay):
-    from landscape.training.optim import make_optimizer
+    from landscape.optim.builders import make_optimizer
 
     g = torch.tensor([[0.0, 2, 0], [0, 0, 0]])  # norm 2
     model = _layered(g)
@@ -173,7 +173,7 @@ def test_lars_scales_each_weight_by_its_trust_ratio_and_leaves_biases_and_norms_
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_lamb_scales_each_weight_s_adam_step_by_its_trust_ratio_and_leaves_biases_and_norms_plain(weight_decay):
-    from landscape.training.optim import make_optimizer
+    from landscape.optim.builders import make_optimizer
 
     g = torch.tensor([[0.0, 2, 0], [0, 0, 0]])
     model = _layered(g)
@@ -232,8 +232,8 @@ def _two_pass_sam(model, x, y, m, rho, lr, adaptive=False):
 
 @pytest.mark.parametrize("m, adaptive", [(4, False), (None, False), (4, True)])
 def test_one_sam_step_equals_the_two_pass_computation(m, adaptive):
-    from landscape.training.sam import sam_step
-    from landscape.training.step import wrap_model
+    from landscape.optim.sam import sam_step
+    from landscape.optim.step import wrap_model
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
@@ -253,7 +253,7 @@ def test_one_sam_step_equals_the_two_pass_computation(m, adaptive):
 
 
 def test_sam_keeps_the_batchnorm_statistics_of_the_pass_at_the_weights():
-    from landscape.training.sam import sam_step
+    from landscape.optim.sam import sam_step
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).train()
@@ -314,7 +314,7 @@ def test_scale_wd_tau_holds_the_base_batch_s_timescale_and_the_records_carry_it(
 
 
 def test_a_batch_schedule_grows_the_batch_by_stages_with_the_lr_rule_and_the_schedule_follows_the_samples(tmp_path):
-    from landscape.training.optim import RampedSchedule, Schedule, make_batch_schedule, make_plan
+    from landscape.optim.builders import RampedSchedule, Schedule, make_batch_schedule, make_plan
 
     plan = make_plan(128, 1, 512, micro_batch_size=16)  # 8 accumulation steps of 16, 4 steps an epoch
     stages = make_batch_schedule(plan, [(32, 0), (64, 2), (128, 3)], 512, "linear")
@@ -337,7 +337,7 @@ def test_a_batch_schedule_grows_the_batch_by_stages_with_the_lr_rule_and_the_sch
 
 
 def test_a_batch_ramp_grows_the_batch_by_accumulation_and_the_schedule_follows_the_samples(tmp_path):
-    from landscape.training.optim import RampedSchedule, Schedule, make_plan, make_ramp
+    from landscape.optim.builders import RampedSchedule, Schedule, make_plan, make_ramp
 
     plan = make_plan(128, 1, 512, micro_batch_size=16)  # 8 accumulation steps of 16, 4 steps an epoch
     ramp = make_ramp(plan, 32, 2, 512)  # 2 accumulation steps at epoch 0, 5 at epoch 1, 8 from epoch 2 on

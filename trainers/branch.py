@@ -39,11 +39,11 @@ from landscape.base.flags import ArgumentParser, config_from_args, config_parser
 from landscape.core.fingerprint import tensors_sha256
 from landscape.data.datasets import Dataset, load_dataset
 from landscape.models import checkpoint_file as ckpt_io
+from landscape.optim.builders import BatchPlan, scaled_lr
+from landscape.optim.divergence import DivergenceWatch
+from landscape.optim.step import train_step, wrap_model
 from landscape.runtime.distributed import DistInfo, all_reduce_sum, exclusive_output, print0, process_group
 from landscape.runtime.forward import resolve_precision
-from landscape.training.divergence import DivergenceWatch
-from landscape.training.optim import BatchPlan, scaled_lr
-from landscape.training.step import train_step, wrap_model
 from trainers.config import TrainConfig, optimizer_of, plan_of, run_length
 from trainers.loop import build_run, epoch_order, evaluate, micro_batches, run_sampler, to_device
 from trainers.run_files import read_log, restore_rng_state
@@ -95,7 +95,7 @@ class BranchConfig:
 
 
 def lr_factor(k: int, rule: str) -> float:
-    """The learning rate's multiplier at k times the batch (landscape.training.scaled_lr's rules)."""
+    """The learning rate's multiplier at k times the batch (landscape.optim.scaled_lr's rules)."""
     return 1.0 if rule == "none" else scaled_lr(1.0, k, 1, rule)
 
 

@@ -1,6 +1,6 @@
 """What one training run is: `TrainConfig` (every field a flag of `python -m trainers.train`), made of the run's
 own pieces, the remedies' and the trackers', and the batch plan, optimizer and schedule it asks for (built by
-landscape.training)."""
+landscape.optim)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from landscape.base.errors import ConfigError
 from landscape.base.flags import json_object, option
 from landscape.data.datasets import list_datasets
 from landscape.models.registry import list_models
-from landscape.training.optim import (
+from landscape.optim.builders import (
     LR_SCALINGS,
     OPTIMIZERS,
     SCHEDULES,
@@ -66,7 +66,7 @@ class RunFlags:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimFlags:
-    """The batch, the optimizer and its learning-rate schedule (landscape.training.optim builds them)."""
+    """The batch, the optimizer and its learning-rate schedule (landscape.optim.builders builds them)."""
 
     batch_size: int = option(128, "global batch size (all ranks, all micro-batches)", group="optimization")
     micro_batch_size: int | None = option(None, "largest per-rank forward; larger per-rank batches use gradient "
@@ -189,7 +189,7 @@ def ramp_of(cfg: TrainConfig, plan: BatchPlan, length: RunLength, n_train: int) 
 
 
 def plan_of(cfg: TrainConfig, world_size: int, n_train: int) -> BatchPlan:
-    """cfg's batch plan on `world_size` ranks over `n_train` samples (landscape.training.make_plan), checked by
+    """cfg's batch plan on `world_size` ranks over `n_train` samples (landscape.optim.make_plan), checked by
     the run's remedies (a ghost batch or SAM's m must divide the micro-batch, the forward they see)."""
     plan = make_plan(cfg.batch_size, world_size, n_train, cfg.micro_batch_size)
     check_remedies_on_plan(cfg, plan)

@@ -2,7 +2,7 @@
 
 One process or many under torchrun (DDP with NCCL on CUDA, gloo on CPU). `batch_size` is the global batch:
 global = per-rank batch x world size, and a per-rank batch larger than `micro_batch_size` is reached by
-gradient accumulation under `no_sync()` (landscape.training). Metrics are reduced as sums and counts, never as
+gradient accumulation under `no_sync()` (landscape.optim). Metrics are reduced as sums and counts, never as
 means of means.
 """
 
@@ -25,13 +25,13 @@ from landscape.base.files import write_json
 from landscape.data.datasets import Dataset, augment, load_dataset
 from landscape.models import checkpoint_file as ckpt_io
 from landscape.models.registry import build_model
+from landscape.optim.builders import BatchPlan
+from landscape.optim.divergence import DivergenceWatch, TrainingDiverged, diverged_message
+from landscape.optim.step import wrap_model
 from landscape.runtime.distributed import DistInfo, all_reduce_sum, exclusive_output, print0
 from landscape.runtime.forward import resolve_precision, source_sums
 from landscape.runtime.metrics import finish, get_metric
 from landscape.runtime.sources import TensorSource
-from landscape.training.divergence import DivergenceWatch, TrainingDiverged, diverged_message
-from landscape.training.optim import BatchPlan
-from landscape.training.step import wrap_model
 from trainers.config import (
     RunLength,
     TrainConfig,

@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 from landscape.base.errors import ConfigError
 from landscape.base.flags import option
+from landscape.optim.builders import BatchPlan
+from landscape.optim.ghost_bn import ghost_batchnorm
+from landscape.optim.sam import sam_step
+from landscape.optim.step import train_step
 from landscape.runtime.distributed import DistInfo
-from landscape.training.ghost_bn import ghost_batchnorm
-from landscape.training.optim import BatchPlan
-from landscape.training.sam import sam_step
-from landscape.training.step import train_step
 
 Config = Any  # a trainers.config.TrainConfig: it is made of the flag pieces below, so it is not imported here
 

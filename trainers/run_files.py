@@ -16,8 +16,8 @@ from landscape.base.files import strict_json, write_text
 from landscape.data.datasets import Dataset
 from landscape.models import checkpoint_file as ckpt_io
 from landscape.models.registry import builder_kwargs
+from landscape.optim.builders import BatchPlan
 from landscape.runtime.distributed import print0
-from landscape.training.optim import BatchPlan
 from trainers.config import TrainConfig, plain
 
 

@@ -1,6 +1,6 @@
 """Training until a target: the steps a run of the trainer takes to reach a test accuracy or loss, the measurement
 behind steps-to-result curves (Shallue et al. 2018). The run is the trainer's own (trainers.loop's model, sampler,
-micro-batches and step, landscape.training's optimizer and schedule), checked against the target on a growing
+micro-batches and step, landscape.optim's optimizer and schedule), checked against the target on a growing
 grid of steps, and stopped at the target, at `max_steps`, or where it diverges.
 """
 
@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from landscape.core.fingerprint import tensors_sha256
 from landscape.data.datasets import Dataset
+from landscape.optim.divergence import DivergenceWatch
+from landscape.optim.step import train_step, wrap_model
 from landscape.runtime.distributed import DistInfo
 from landscape.runtime.forward import evaluate, resolve_precision
 from landscape.runtime.metrics import get_metric
-from landscape.training.divergence import DivergenceWatch
-from landscape.training.step import train_step, wrap_model
 from trainers.config import TrainConfig, optimizer_of, plan_of, ramp_of
 from trainers.loop import build_run, epoch_order, micro_batches, run_sampler
 

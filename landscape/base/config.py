@@ -304,7 +304,7 @@ class PlotConfig:
 
 
 CURVE_TYPES = ("bezier", "polychain", "none")  # none: the straight lines only (and aligned with --align)
-# the optimizers and schedules of every command that trains (landscape.training.optim builds them)
+# the optimizers and schedules of every command that trains (landscape.optim.builders builds them)
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")  # lars, lamb: timm's (You et al. 2017, 2019)
 SCHEDULES = ("constant", "step", "cosine")
 CURVE_MILESTONES = (0.5, 0.75)  # --schedule step of a curve: lr x 0.1 at half and at three quarters of the epochs

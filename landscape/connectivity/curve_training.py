@@ -1,6 +1,6 @@
 """Training a curve between two fixed minima (Garipov et al. 2018): minimize E_{t ~ U[0, 1]} L(theta(t)) over the
 bend's weights, one t per step drawn from a seeded generator that every rank advances alike (so all ranks train
-the same point of the curve), with the shared training step (landscape.training: DDP over the bend, the optimizer
+the same point of the curve), with the shared training step (landscape.optim: DDP over the bend, the optimizer
 by name, the schedule as a pure function of the step).
 
 The state (bend, optimizer, schedule, the generator of t, the step) is saved atomically every `save_seconds` and at
@@ -28,11 +28,11 @@ from landscape.base.files import atomic_path
 from landscape.connectivity.curves import CurveModule
 from landscape.core.fingerprint import check_fingerprint
 from landscape.core.params import Params
+from landscape.optim.builders import Schedule, make_optimizer, make_plan, make_scheduler
+from landscape.optim.step import train_step, wrap_model
 from landscape.runtime.distributed import DistInfo, all_reduce_sum, broadcast_object, print0, run_on_main
 from landscape.runtime.metrics import loss_key
 from landscape.runtime.sources import map_tensors
-from landscape.training.optim import Schedule, make_optimizer, make_plan, make_scheduler
-from landscape.training.step import train_step, wrap_model
 
 
 class ShuffledTensors:

@@ -119,7 +119,7 @@ def make_ramp(plan: BatchPlan, start_batch: int, epochs: int, n_train: int) -> B
 class BatchSchedule(GrowingBatch):
     """A stepwise batch (Merrill et al. 2025's batch-size warmup): `stages` of (first epoch, accumulation steps),
     the first at epoch 0, the last `plan`'s; the learning rate follows each stage's batch by `rule` (linear, sqrt,
-    landscape.training.scaled_lr), relative to the full batch's."""
+    landscape.optim.scaled_lr), relative to the full batch's."""
 
     stages: tuple[tuple[int, int], ...] = ()
     rule: str | None = None

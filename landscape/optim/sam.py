@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from landscape.base.errors import ConfigError
+from landscape.optim.step import token_cross_entropy
 from landscape.runtime.distributed import DistInfo
 from landscape.runtime.forward import autocast_context, batchnorm_statistics_kept
-from landscape.training.step import token_cross_entropy
 
 
 def sam_groups(pieces: list[tuple[Tensor, Tensor]], m: int | None) -> list[list[tuple[Tensor, Tensor]]]:
