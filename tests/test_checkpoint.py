@@ -12,7 +12,7 @@ from landscape.models.checkpoint_file import (
     save_checkpoint,
 )
 from landscape.models.registry import build_model
-from landscape.runtime.forward import evaluate
+from landscape.runtime.forward import loss_accuracy
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -38,7 +38,7 @@ def test_trainer_checkpoint_is_self_describing_and_reproduces_its_metrics(mlp_ck
     assert {"optimizer", "scheduler", "rng", "package_version", "epoch", "step"} <= set(ckpt)
     model, ckpt = load_model(mlp_ckpt)
     data = load_data_for(ckpt)
-    m = evaluate(model, data.x_test, data.y_test)
+    m = loss_accuracy(model, data.x_test, data.y_test)
     assert m.acc == pytest.approx(ckpt["metrics"]["test_acc"], abs=1e-9)
     assert m.loss == pytest.approx(ckpt["metrics"]["test_loss"], rel=1e-6)
 

@@ -21,13 +21,13 @@ def test_trainer_cli_on_two_processes_writes_a_checkpoint_that_reproduces_its_ac
     assert res.returncode == 0, res.stderr
     assert "img/s" in res.stdout and "done:" in res.stdout
     from landscape.models.checkpoint_file import load_data_for, load_model
-    from landscape.runtime.forward import evaluate
+    from landscape.runtime.forward import loss_accuracy
 
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["plan"]["world_size"] == 2 and ckpt["plan"]["global_batch_size"] == 256
     model, ckpt = load_model(str(out / "last.pt"))
     data = load_data_for(ckpt)
-    assert evaluate(model, data.x_test, data.y_test).acc == pytest.approx(ckpt["metrics"]["test_acc"], abs=1e-9)
+    assert loss_accuracy(model, data.x_test, data.y_test).acc == pytest.approx(ckpt["metrics"]["test_acc"], abs=1e-9)
     assert sorted(os.listdir(out)) == ["config.json", "epoch_0000.pt", "epoch_0002.pt", "last.pt", "metrics.jsonl"]
 
 

@@ -61,7 +61,7 @@ def test_rotary_positions_and_tied_weights():
 
 
 def test_grammar_entropy_rate_is_the_limit_of_the_exact_best_loss():
-    g = corpus.grammar(0)
+    g = corpus.build_grammar(0)
     assert g.stationary @ g.next_class == pytest.approx(g.stationary)
     stream = torch.from_numpy(g.sample(40_000, seed=5).astype(np.int64))
     short = g.best_loss(*corpus.windows(stream, 8, "s"))

@@ -20,7 +20,7 @@ from landscape.data.datasets import Dataset
 from landscape.optim.divergence import DivergenceWatch
 from landscape.optim.step import train_step, wrap_model
 from landscape.runtime.distributed import DistInfo
-from landscape.runtime.forward import evaluate, resolve_precision
+from landscape.runtime.forward import loss_accuracy, resolve_precision
 from landscape.runtime.metrics import get_metric
 from trainers.config import TrainConfig, optimizer_of, plan_of, ramp_of
 from trainers.loop import build_run, epoch_order, micro_batches, run_sampler
@@ -99,7 +99,7 @@ def train_to_target(cfg: TrainConfig, data: Dataset, info: DistInfo, target: Tar
             if step >= next_check:
                 next_check = step + max(1, int(target.growth * step))
                 model.eval()
-                result = evaluate(model, x_test, y_test, cfg.eval_batch_size, precision, metric)
+                result = loss_accuracy(model, x_test, y_test, cfg.eval_batch_size, precision, metric)
                 checks.append((step, result.loss, result.acc))
                 if target.met(result.loss, result.acc):
                     reached = step

@@ -5,7 +5,7 @@ from landscape.base.lazy import lazy_exports
 
 _API = {
     "Dataset": "datasets", "load_dataset": "datasets", "list_datasets": "datasets", "augment": "datasets",
-    "windows": "corpus", "grammar": "corpus", "text_streams": "corpus",
+    "windows": "corpus", "build_grammar": "corpus", "text_streams": "corpus",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -162,7 +162,7 @@ def decode(tokens: Tensor | np.ndarray) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def grammar(seed: int = 0) -> Grammar:
+def build_grammar(seed: int = 0) -> Grammar:
     """The language of `seed` (0: the built-in corpus's): its lexicon spelled from consonant-vowel syllables."""
     rng = np.random.default_rng(seed)
     consonants, vowels = "bcdfghklmnprstvwz", "aeiou"
@@ -194,7 +194,7 @@ def grammar(seed: int = 0) -> Grammar:
 def grammar_streams(train_tokens: int, val_tokens: int, seed: int) -> tuple[Tensor, Tensor]:
     """The train and validation streams of the built-in grammar: two independent samples of one language, drawn
     with seeds `seed` and `seed + 1` (the same on every machine)."""
-    g = grammar(0)
+    g = build_grammar(0)
     return (torch.from_numpy(g.sample(train_tokens, seed).astype(np.int64)),
             torch.from_numpy(g.sample(val_tokens, seed + 1).astype(np.int64)))
 

@@ -4,7 +4,7 @@ savefig, no pyplot state. Figure files are made from them by landscape.output.re
 from landscape.base.lazy import lazy_exports
 
 _API = {name: "artists" for name in ("contour", "contourf", "heatmap", "surface3d", "markers", "curve_1d",
-                                     "plot_surface", "spectral_density", "capped", "levels_for",
+                                     "plot_surface", "density_lines", "capped", "levels_for",
                                      "loss_levels", "sparse_ticks")}
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -209,7 +209,7 @@ def plot_surface(x: np.ndarray, y: np.ndarray | None, values: dict[str, np.ndarr
     return kinds[kind](ax, x, y, z, **kw)
 
 
-def spectral_density(ax: Axes, grid: np.ndarray, density: np.ndarray, label: str = "", floor: float = 1e-8,
+def density_lines(ax: Axes, grid: np.ndarray, density: np.ndarray, label: str = "", floor: float = 1e-8,
                      **line_kw: Any) -> list[Any]:
     """The Hessian's eigenvalue density on a log scale (as Ghorbani et al. 2019 and PyHessian draw it), values
     below `floor` raised to it so the log axis keeps the empty gaps between outliers visible."""

@@ -109,7 +109,7 @@ def render_density(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], sigma: 
     """The Hessian's eigenvalue density, one curve per (label, grid, density), the smoothing width in the title."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, grid, density in curves:
-        artists.spectral_density(ax, grid, density, label)
+        artists.density_lines(ax, grid, density, label)
     if any(label for label, _, _ in curves):
         ax.legend(fontsize=7)
     ax.set_title(f"{title}  Hessian eigenvalue density (SLQ, Gaussian width {sigma:.3g})".strip(), fontsize=9)

@@ -28,7 +28,8 @@ from landscape.core.surface_file import (
     empty_surface,
     open_surface,
 )
-from landscape.pipelines.report import known_axes, resolve_axes, sanity_report, snap_markers, warn_if_off_centre
+from landscape.pipelines.grid_axes import known_axes, resolve_axes, snap_markers
+from landscape.pipelines.report import sanity_report, warn_if_off_centre
 from landscape.runtime.distributed import DistInfo, broadcast_object, print0, run_on_main
 from landscape.runtime.sources import StreamSource, TensorSource
 

@@ -11,7 +11,7 @@ _API = {
     "get_metric": "metrics", "make_metric": "metrics",
     "TensorSource": "sources", "StreamSource": "sources", "as_source": "sources", "rank_share": "sources",
     "LossAccuracy": "forward", "resolve_precision": "forward", "autocast_context": "forward",
-    "source_sums": "forward", "evaluate": "forward", "recalibrate_batchnorm": "forward",
+    "source_sums": "forward", "loss_accuracy": "forward", "recalibrate_batchnorm": "forward",
     "batchnorm_statistics_kept": "forward", "exclusive_output": "distributed",
 }
 __all__ = sorted(_API)

@@ -193,7 +193,7 @@ def sums_tensor(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, precisi
     return source_sums(model, TensorSource(x, y, x.device, batch_size), metric, precision)[0]
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, precision: str = "fp32",
+def loss_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, precision: str = "fp32",
              metric: Metric = cross_entropy) -> LossAccuracy:
     """Loss and accuracy of `model` (which the caller has put in eval mode) on (x, y), samples or tokens."""
     loss_sum, acc_sum, count = sums_tensor(model, x, y, batch_size, precision, metric).tolist()
