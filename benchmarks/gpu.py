@@ -80,7 +80,8 @@ def engine_points_per_s(ev, n: int, folder: str) -> float:
         os.remove(path)
     info = DistInfo(0, 0, 1, ev.sets[0].source.device)
     t0 = time.perf_counter()
-    sink = open_surface(path, axis, axis, ev.metric_names, [{}, {}], Origin(), {"bench": 1}, {})
+    sink = open_surface(path, axis, axis, ev.metric_names, [{}, {}], origin=Origin(), evaluation={"bench": 1},
+                        config={})
     compute_surface(ev, points, sink, info, progress=False)
     sink.close()
     return len(points) / (time.perf_counter() - t0)

@@ -117,7 +117,8 @@ def measure(args: argparse.Namespace, info: Any) -> None:
         if info.is_main:
             if os.path.exists(path):
                 os.remove(path)
-            sink = open_surface(path, x, x, ev.metric_names, dirs_np, Origin(), {"bench": 1}, {})
+            sink = open_surface(path, x, x, ev.metric_names, dirs_np, origin=Origin(), evaluation={"bench": 1},
+                                config={})
         compute_surface(ev, points, sink, info, progress=False)
         if sink is not None:
             sink.close()

@@ -62,7 +62,7 @@ def run_case(name: str, epochs: int) -> dict:
     bare = build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape, **mkw)
     bare.load_state_dict(ours.state_dict())
     opt, sched = optimizer_of(ours, cfg, plan)
-    run = run_state(cfg, ours, ours, opt, sched, plan, info)
+    run = run_state(cfg, ours, ours, opt, sched, plan, info=info)
     bare_opt = torch.optim.SGD(bare.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     sampler = DistributedSampler(range(len(data.x_train)), num_replicas=1, rank=0, shuffle=True, seed=0,
                                  drop_last=True)

@@ -263,7 +263,8 @@ def b_noise_at(p: Preset, run: str, data: Dataset, info: DistInfo, out: str) -> 
         model, _, _ = build_run(cfg, data, info)
         model.load_state_dict(state["state_dict"])
         est = estimate_b_noise(model, data.x_train, data.y_train, p.base_batch_size,
-                               torch.Generator().manual_seed(p.seed + 7), p.noise_micro_batches, metric=data.metric)
+                               torch.Generator().manual_seed(p.seed + 7), n_micro=p.noise_micro_batches,
+                               metric=data.metric)
         found = {"b_noise": est.b_noise, "trace_h_sigma": est.trace_h_sigma, "ghg": est.ghg,
                  "b_simple": est.simple.b_simple, "hessian_products": est.products,
                  "gradients": p.noise_micro_batches}

@@ -143,9 +143,10 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
         lines = []
         for style, bs in zip(("-", "--"), p.batch_sizes):
             s = surfaces[(bs, wd)]["1d"]
-            lines += artists.curve_1d(ax, s.x, s.values["train_loss"], s.values["train_acc"], f"BS={bs} train",
-                                      acc_ax, linestyle=style, linewidth=2.0)
-            lines += artists.curve_1d(ax, s.x, s.values["test_loss"], s.values["test_acc"], f"BS={bs} test", acc_ax,
+            lines += artists.curve_1d(ax, s.x, s.values["train_loss"], s.values["train_acc"], label=f"BS={bs} train",
+                                      acc_ax=acc_ax, linestyle=style, linewidth=2.0)
+            lines += artists.curve_1d(ax, s.x, s.values["test_loss"], s.values["test_acc"], label=f"BS={bs} test",
+                                      acc_ax=acc_ax,
                                       linestyle=style, linewidth=1.0, alpha=0.6)
         ax.set_title(f"WD={wd:g}: solid BS={p.batch_sizes[0]}, dashed BS={p.batch_sizes[1]} (linear loss axis)",
                      fontsize=9)
@@ -158,7 +159,7 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
     for j, row in enumerate(rows):
         s = surfaces[(row["batch_size"], row["weight_decay"])]["2d"]
         ax = fig.add_subplot(grid[1, j])
-        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels, linewidths=1.2)
+        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels=levels, linewidths=1.2)
         fig.colorbar(cs, ax=ax, shrink=0.8, label=f"train loss ({scale} levels)")
         ax.set_xlabel("alpha")
         ax.set_ylabel("beta")
@@ -173,7 +174,7 @@ def compose(rows: list[dict[str, Any]], surfaces: dict[tuple[int, float], dict[s
     for ax, wd in zip(axes[0], p.weight_decays):
         for style, bs in zip(("-", "--"), p.batch_sizes):
             s = surfaces[(bs, wd)]["raw"]
-            artists.curve_1d(ax, s.x, s.values["train_loss"], None, f"BS={bs} train", linestyle=style)
+            artists.curve_1d(ax, s.x, s.values["train_loss"], None, label=f"BS={bs} train", linestyle=style)
         ax.set_title(f"WD={wd:g}, no filter normalization", fontsize=9)
         ax.set_xlabel("alpha (raw Gaussian direction)")
         ax.locator_params(axis="x", nbins=5)  # "-0.100" ticks run together at the default density

@@ -338,7 +338,7 @@ def _minima(p: Preset, rows: list[dict[str, Any]], surfaces: dict[str, dict[str,
     for i, r in enumerate(rows):
         ax = fig.add_subplot(grid[1, i])
         s = surfaces[r["run"]]["2d"]
-        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels, label_rings=3)
+        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels=levels, label_rings=3)
         if i == len(rows) - 1:
             fig.colorbar(cs, ax=ax, label=f"train loss ({scale} levels)")
         ax.set_xlabel("alpha")

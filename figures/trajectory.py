@@ -85,7 +85,7 @@ def compose(surfaces: dict[int, Surface], p: Preset, out: str, log: bool = False
                              layout="constrained")
     levels, scale = contour_levels(p.contour_levels, p.log_levels, log)
     for ax, (bs, s) in zip(axes[0], surfaces.items()):
-        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels)
+        cs = artists.contour(ax, s.x, s.y, s.values["train_loss"], levels=levels)
         fig.colorbar(cs, ax=ax, label=f"train loss ({scale} levels)")
         m = s.annotations.markers
         artists.markers(ax, m.coords, [n.replace("epoch ", "") for n in m.names], m.kind)

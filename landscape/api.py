@@ -138,7 +138,7 @@ def surface(model: nn.Module, data: Any, directions: Sequence[Mapping[str, Tenso
     batch = resolve_batch_size(batch_size, info.device)
     metric = get_metric(metrics)
     named = data if isinstance(data, Mapping) and not _is_batch_dict(data) else {"": data}
-    sets = evaluation_sets(named, metric, info.device, batch, samples, max_batches)
+    sets = evaluation_sets(named, metric, info.device, batch, samples=samples, max_batches=max_batches)
     loss = metrics if isinstance(metrics, str) else getattr(metric, "__name__", type(metric).__name__)
     evaluation = evaluation_record(list(named), samples, loss, prec, {"name": "python", "kwargs": {}},
                                    max_batches=max_batches)
@@ -258,7 +258,7 @@ def hessian_eigenvalues(model: nn.Module, data: Any, k: int = 1, metrics: str | 
     from landscape.curvature.hessian import eigenvalues
 
     op = hessian(model, data, metrics, params=params, batch_size=batch_size)
-    return eigenvalues(op, k, tol, seed, smallest)
+    return eigenvalues(op, k, tol, seed=seed, smallest=smallest)
 
 
 def sharpness_table(model: nn.Module, data: Any, metrics: str | Metric = "cross_entropy", *,
@@ -282,9 +282,9 @@ def sharpness_table(model: nn.Module, data: Any, metrics: str | Metric = "cross_
     source = as_source(data, info.device, resolve_batch_size(batch_size, info.device), samples)
     spec = DirectionSpec("weights", norm, ignore, seed)
     with evaluation_mode(model):
-        rows, _ = measure_table(model, source, get_metric(metrics), sc, info, spec, x, None,
-                                (params,) if isinstance(params, str) else params or (), False,
-                                log or (lambda _: None))
+        rows, _ = measure_table(model, source, get_metric(metrics), sc, info=info, spec=spec, axis=x, loss_name=None,
+                                params=(params,) if isinstance(params, str) else params or (), trainable_only=False,
+                                log=log or (lambda _: None))
     return rows
 
 

@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     metric = args.metric or s.loss_metrics()[0]
     written = []
     if args.vtp:
-        written.append(viewers.write_vtp(s, f"{stem}_{metric}{'_log' if args.log else ''}.vtp", metric, args.log,
-                                         args.zmin, args.zmax, args.interp))
+        written.append(viewers.write_vtp(s, f"{stem}_{metric}{'_log' if args.log else ''}.vtp", metric, log=args.log,
+                                         zmin=args.zmin, zmax=args.zmax, interp=args.interp))
     if args.html:
         written.append(viewers.write_html(s, f"{stem}.html", render.describe(s), args.loss_max))
     print(f"wrote {', '.join(written)}", flush=True)

@@ -69,8 +69,9 @@ def test_export_command_and_its_refusals(tmp_path):
 
     s = _surface()
     h5 = str(tmp_path / "s.h5")
-    writer = open_surface(h5, s.x, s.y, list(s.values), [{"w": np.zeros((2, 2), np.float32)}] * 2, s.origin, {},
-                          {}, annotations=s.annotations)
+    writer = open_surface(h5, s.x, s.y, list(s.values), [{"w": np.zeros((2, 2), np.float32)}] * 2, origin=s.origin,
+                          evaluation={},
+                          config={}, annotations=s.annotations)
     writer.write(np.arange(35), np.stack([v.ravel() for v in s.values.values()], axis=1))
     writer.close()
     ok = run_module("landscape.export", h5, "--vtp", "--html", "--log")

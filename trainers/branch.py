@@ -52,7 +52,7 @@ LR_RULES = ("linear", "sqrt", "none")
 LOSSES = ("train", "test")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BranchConfig:
     """A branched-training study of one run; every field but `run` is a flag of `python -m trainers.branch`."""
 

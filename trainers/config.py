@@ -249,7 +249,7 @@ def optimizer_of(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, length: Ru
                  ramp: GrowingBatch | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """cfg's optimizer over the model's parameters, and its schedule stepped once per optimizer step (with a batch
     ramp, followed in samples seen)."""
-    opt = make_optimizer(model, cfg.optimizer, peak_lr(cfg), weight_decay_of(cfg), cfg.momentum,
-                         cfg.nesterov, cfg.betas)
+    opt = make_optimizer(model, cfg.optimizer, peak_lr(cfg), weight_decay=weight_decay_of(cfg), momentum=cfg.momentum,
+                         nesterov=cfg.nesterov, betas=cfg.betas)
     schedule = schedule_of(cfg, plan.steps_per_epoch, length)
     return opt, make_scheduler(opt, schedule if ramp is None else RampedSchedule(schedule, ramp))

@@ -13,7 +13,7 @@ import functools
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
@@ -69,12 +69,13 @@ class RunState:
     sched: Any
     plan: BatchPlan
     step: Step
+    _: KW_ONLY  # the fields below are keyword-only
     tracking: Tracking | None = None
     watch: DivergenceWatch | None = None
 
 
 def run_state(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-              plan: BatchPlan, info: DistInfo, **watchers: Any) -> RunState:
+              plan: BatchPlan, *, info: DistInfo, **watchers: Any) -> RunState:
     """The RunState of cfg's run, its optimizer step chosen by the run's remedies."""
     parts = StepParts(model, ddp_model, opt, sched, resolve_precision(cfg.precision, info.device), info)
     return RunState(model, ddp_model, opt, sched, plan, step_of(cfg, parts), **watchers)
@@ -207,7 +208,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
     sampler = run_sampler(len(data.x_train), cfg, info)
     ddp_model = wrap_model(model, info, cfg.compile)
     log_path = os.path.join(cfg.out, "metrics.jsonl")
-    tracking = tracking_of(cfg, model, ddp_model, data, plan, ramp, length, info, state)
+    tracking = tracking_of(cfg, model, ddp_model, data, plan=plan, ramp=ramp, length=length, info=info, state=state)
     save = functools.partial(run_checkpoint, model, cfg, plan, data, opt=opt, sched=sched, device=info.device,
                              run_epochs=length.epochs)
     events = EventLog(cfg.out, step) if cfg.tensorboard and info.is_main else None
@@ -217,11 +218,11 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
                    {"train_config": plain(dataclasses.asdict(cfg)), "plan": dataclasses.asdict(plan),
                     "run_epochs": length.epochs})
         if start_epoch == 0:  # the initial weights: where a trajectory (landscape.trajectory) starts
-            ckpt_io.save_checkpoint(save(0, 0, {}), os.path.join(cfg.out, "epoch_0000.pt"))
+            ckpt_io.save_checkpoint(save(epoch=0, step=0, metrics={}), os.path.join(cfg.out, "epoch_0000.pt"))
         print0(plan_text(cfg, plan, length, data, info))
     metrics: dict[str, float] = dict(state["metrics"]) if state else {}
     ckpt = state
-    training = run_state(cfg, model, ddp_model, opt, sched, plan, info, tracking=tracking,
+    training = run_state(cfg, model, ddp_model, opt, sched, plan, info=info, tracking=tracking,
                          watch=DivergenceWatch(model, info))
     try:
         for epoch in range(start_epoch, length.epochs):
@@ -241,8 +242,8 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any] | None:
             record = {"epoch": done, "step": step, "lr": lr, "global_batch_size": now.global_batch_size, "tau": tau,
                       **run, **summary, **metrics, "wall_seconds": time.perf_counter() - t0}
             if info.is_main:  # only rank 0 builds (copies weights and optimizer state to the CPU) and writes
-                ckpt = write_epoch(cfg, record, measured, events, save(done, step, metrics, tracking=tracking.state()
-                                                                       if tracking else None), last)
+                kept = save(epoch=done, step=step, metrics=metrics, tracking=tracking.state() if tracking else None)
+                ckpt = write_epoch(cfg, record, measured, events, kept, last)
                 if done % cfg.log_every == 0 or last:
                     print0(_format_record(record, length.epochs))
     finally:
@@ -274,7 +275,7 @@ def diverged(cfg: TrainConfig, epoch: int, step: int, lr: float) -> TrainingDive
     return TrainingDiverged(diverged_message(step, epoch + 1, lr, kept, cfg.sam), step, lr)
 
 
-def tracking_of(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module, data: Dataset, plan: BatchPlan,
+def tracking_of(cfg: TrainConfig, model: nn.Module, ddp_model: nn.Module, data: Dataset, *, plan: BatchPlan,
                 ramp: Any, length: RunLength, info: DistInfo, state: dict[str, Any] | None) -> Tracking | None:
     """What the run measures while training (--track-sharpness, --track-noise), resumed from `state`."""
     if not (cfg.track_sharpness or cfg.track_noise):

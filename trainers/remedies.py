@@ -8,7 +8,7 @@ remedy is its flags, one `register_remedy` call and a test; a new recipe one ent
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
@@ -115,6 +115,7 @@ class Remedy:
     name: str
     description: str
     flags: type
+    _: KW_ONLY  # the fields below are keyword-only
     active: Callable[[Config], bool]
     problems: Callable[[Config], list[str]] = lambda cfg: []
     plan_problems: Callable[[Config, BatchPlan], list[str]] = lambda cfg, plan: []
@@ -252,6 +253,7 @@ class Knobs:
 
     small: int
     epochs: int
+    _: KW_ONLY  # the fields below are keyword-only
     warmup_epochs: float = 5.0  # Goyal's gradual warmup
     ghost: int | None = 64  # Hoffer's ghost batch; None for a model without BatchNorm
     layerwise_lr: float = 5.0  # LARS's (trust coefficient 0.001) or LAMB's lr

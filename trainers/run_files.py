@@ -39,7 +39,7 @@ def restore_rng_state(rng: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(cuda, device)
 
 
-def run_checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Dataset, epoch: int, step: int,
+def run_checkpoint(model: nn.Module, cfg: TrainConfig, plan: BatchPlan, data: Dataset, *, epoch: int, step: int,
                    metrics: dict[str, float], opt: torch.optim.Optimizer, sched: Any, device: torch.device,
                    run_epochs: int | None = None, tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint of epoch `epoch` of a run of `run_epochs` (default --epochs): the weights and what describes

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from landscape.base.errors import ConfigError, UnknownNameError
@@ -102,6 +102,7 @@ class SurfaceConfig:
     direction type of an interpolation) are resolved here, so Python and the CLI make the same surface."""
 
     checkpoint: str
+    _: KW_ONLY  # the fields below are keyword-only
     target: str | None = None  # a second checkpoint: d1 = theta_B - theta_A, x runs along the interpolation
     trajectory: tuple[str, ...] = ()  # earlier checkpoints of the run that ended at `checkpoint`, in order: PCA plane
     x: str | None = option(None, f"alpha axis MIN:MAX:NUM, or auto[:NUM] (see --auto-rise) (default: {AXIS}, "
@@ -311,7 +312,7 @@ CURVE_MILESTONES = (0.5, 0.75)  # --schedule step of a curve: lr x 0.1 at half a
 CURVE_BATCH = 128  # --train-batch-size of a curve trained on tensors (a checkpoint's data)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CurveConfig:
     """How `landscape.connect` trains and evaluates the curve between two checkpoints (landscape.connectivity);
     the checkpoints, data, evaluation and alignment come from a SurfaceConfig's flags."""

@@ -112,24 +112,24 @@ class Losses:
 
 
 def train_curve(curve: CurveModule, data: ShuffledTensors | LoaderBatches, loss_fn: Callable[[Any, Any], Tensor],
-                cfg: CurveConfig, info: DistInfo, state_path: str, fingerprint: dict[str, Any],
+                cfg: CurveConfig, *, info: DistInfo, state_path: str, fingerprint: dict[str, Any],
                 precision: str = "fp32", progress: bool = True) -> CurveTraining:
     """Train the bend of `curve` (on info.device) for cfg.epochs over `data`, resuming from `state_path` when it
     holds a state of the same `fingerprint`. loss_fn(outputs, batch) is the batch's mean loss."""
     curve.to_device(info.device)
     ddp_curve = wrap_model(curve, info)
-    opt = make_optimizer(curve, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    opt = make_optimizer(curve, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     steps = data.steps_per_epoch
     milestones = tuple(m * cfg.epochs for m in CURVE_MILESTONES)
     sched = make_scheduler(opt, Schedule(cfg.schedule, cfg.epochs, steps, milestones=milestones))
     t_gen = torch.Generator().manual_seed(cfg.seed)
-    step, record = restore(state_path, fingerprint, curve, opt, sched, t_gen, info)
+    step, record = restore(state_path, fingerprint, curve, opt, sched=sched, t_gen=t_gen, info=info)
     first, total = step, cfg.epochs * steps
     started = time.perf_counter()
     every = None  # steps between two saves: rank 0's choice after a few steps, so that every rank saves together
 
     def save() -> None:
-        save_state(state_path, fingerprint, curve, opt, sched, t_gen, step, record, info)
+        save_state(state_path, fingerprint, curve, opt, sched=sched, t_gen=t_gen, step=step, record=record, info=info)
 
     curve.train()
     while step < total:
@@ -161,7 +161,7 @@ def train_curve(curve: CurveModule, data: ShuffledTensors | LoaderBatches, loss_
 SAVE_PROBE_STEPS = 5  # steps timed before the save interval is chosen
 
 
-def save_state(path: str, fingerprint: dict[str, Any], curve: CurveModule, opt: torch.optim.Optimizer, sched: Any,
+def save_state(path: str, fingerprint: dict[str, Any], curve: CurveModule, opt: torch.optim.Optimizer, *, sched: Any,
                t_gen: torch.Generator, step: int, record: Losses, info: DistInfo) -> None:
     """The training state, written atomically by rank 0 (every rank calls it at the same step)."""
     def write() -> None:
@@ -195,7 +195,7 @@ def check_state(path: str, fingerprint: dict[str, Any]) -> None:
         check_fingerprint(path, state["fingerprint"], fingerprint)
 
 
-def restore(path: str, fingerprint: dict[str, Any], curve: CurveModule, opt: torch.optim.Optimizer, sched: Any,
+def restore(path: str, fingerprint: dict[str, Any], curve: CurveModule, opt: torch.optim.Optimizer, *, sched: Any,
             t_gen: torch.Generator, info: DistInfo) -> tuple[int, Losses]:
     """Load a saved state into the bend, the optimizer, the schedule and the generator of t; the step and the
     losses so far, (0, no losses) when starting afresh. Rank 0 reads it and every rank gets it."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import h5py
@@ -42,6 +42,7 @@ class Curve:
     t: np.ndarray
     paths: dict[str, Surface]
     curve: str  # bezier, polychain, or none
+    _: KW_ONLY  # the fields below are keyword-only
     origin: Origin = field(default_factory=Origin)  # A, with B as its target
     target_sha256: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -125,10 +126,12 @@ def read_curve(path: str) -> Curve:
             g = f[f"paths/{name}"]
             values = {m: g[m][...] for m in json.loads(g.attrs["metrics"])}
             paths[name] = Surface(t, None, values, g["done"][...].astype(bool), origin,
-                                  {**config, "loss_metrics": json.loads(g.attrs["loss_metrics"])})
+                                  config={**config, "loss_metrics": json.loads(g.attrs["loss_metrics"])})
     bend_at = json.loads(a.get("bend_at") or "null")
-    return Curve(t, paths, a["curve"], origin, a["target_sha256"], config, json_attr(a, "fingerprint"),
-                 json_attr(a, "alignment"), json_attr(a, "training"), tuple(bend_at) if bend_at else None)
+    return Curve(t, paths, a["curve"], origin=origin, target_sha256=a["target_sha256"], config=config,
+                 fingerprint=json_attr(a, "fingerprint"),
+                 alignment=json_attr(a, "alignment"), training=json_attr(a, "training"),
+                 bend_at=tuple(bend_at) if bend_at else None)
 
 
 def read_bend(path: str) -> Arrays:

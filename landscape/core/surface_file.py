@@ -29,7 +29,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import h5py
@@ -115,6 +115,7 @@ class Surface:
     values: dict[str, np.ndarray]  # metric name -> (ny, nx), or (nx,) in 1D
     done: np.ndarray  # bool, same shape
     origin: Origin = field(default_factory=Origin)
+    _: KW_ONLY  # the fields below are keyword-only
     config: dict[str, Any] = field(default_factory=dict)  # the request as resolved (a SurfaceConfig)
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what a resume must match
     directions_sha256: str = ""
@@ -246,7 +247,7 @@ def _read_annotations(f: h5py.File, attrs: dict[str, Any]) -> Annotations:
 
 
 def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[str], directions: list[Arrays],
-                 origin: Origin, evaluation: dict[str, Any], config: dict[str, Any],
+                 *, origin: Origin, evaluation: dict[str, Any], config: dict[str, Any],
                  report: dict[str, Any] | None = None, annotations: Annotations | None = None) -> SurfaceWriter:
     """The writer of a request's surface file, which is created if missing (rank 0 only).
 
@@ -267,19 +268,20 @@ def open_surface(path: str, x: np.ndarray, y: np.ndarray | None, metrics: list[s
             _write(path, surface, read_directions(path))
             surface.schema_version = SCHEMA_VERSION
     else:
-        surface = empty_surface(x, y, metrics, origin, config, fingerprint, dir_hash, report, annotations)
+        surface = empty_surface(x, y, metrics, origin, config=config, fingerprint=fingerprint, dir_hash=dir_hash,
+                                report=report, annotations=annotations)
         _write(path, surface, directions)
     return SurfaceWriter(path, surface, metrics)
 
 
 def empty_surface(x: np.ndarray, y: np.ndarray | None, metrics: list[str], origin: Origin | None = None,
-                  config: dict[str, Any] | None = None, fingerprint: dict[str, Any] | None = None,
+                  *, config: dict[str, Any] | None = None, fingerprint: dict[str, Any] | None = None,
                   dir_hash: str = "", report: dict[str, Any] | None = None,
                   annotations: Annotations | None = None) -> Surface:
     """A surface with no point done: NaN values, the mask all False."""
     shape = grid_shape(x, y)
     return Surface(x, y, {m: np.full(shape, np.nan) for m in metrics}, np.zeros(shape, bool), origin or Origin(),
-                   config or {}, fingerprint or {}, dir_hash, report=report or {},
+                   config=config or {}, fingerprint=fingerprint or {}, directions_sha256=dir_hash, report=report or {},
                    annotations=annotations or Annotations())
 
 
@@ -368,8 +370,9 @@ def read_surface(path: str) -> Surface:
     origin = Origin(a.get("checkpoint", ""), a.get("checkpoint_sha256", ""), a.get("target_checkpoint", ""),
                     json_attr(a, "model"), json_attr(a, "checkpoint_metrics"),
                     Training.from_train_config(json_attr(a, "checkpoint_train_config")))
-    return Surface(x, y, values, done, origin, json_attr(a, "config"), json_attr(a, "fingerprint"),
-                   a.get("directions_sha256", ""), version, json_attr(a, "report"), annotations)
+    return Surface(x, y, values, done, origin, config=json_attr(a, "config"),
+                   fingerprint=json_attr(a, "fingerprint"), directions_sha256=a.get("directions_sha256", ""),
+                   schema_version=version, report=json_attr(a, "report"), annotations=annotations)
 
 
 def read_directions(path: str) -> list[Arrays]:

@@ -52,7 +52,7 @@ class HessianOperator(FlatLoss):
     """
 
     def __init__(self, model: nn.Module, data: Any, metric: str | Metric = cross_entropy,
-                 params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512,
+                 *, params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512,
                  cache_bytes: int | None = None, loss_name: str | None = None):
         super().__init__(model, data, metric, params, batch_size, loss_name)
         self.reduce = reduce
@@ -155,7 +155,7 @@ def krylov_size(k: int, dim: int) -> int:
     return min(dim, max(2 * k + 1, k + 6))
 
 
-def eigenvalues(op: HessianOperator, k: int = 1, tol: float = 1e-3, seed: int = 0, smallest: bool = False,
+def eigenvalues(op: HessianOperator, k: int = 1, tol: float = 1e-3, *, seed: int = 0, smallest: bool = False,
                 vectors: bool = False, max_restarts: int = 1000, min_restarts: int = 50,
                 v0: np.ndarray | None = None) -> Eigen:
     """The k largest eigenvalues by Lanczos (ARPACK's eigsh) on Hessian-vector products; with `smallest`, the
@@ -209,7 +209,7 @@ class HessianPointEvaluator:
     points_per_pass = 1
 
     def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], data: Any,
-                 metric: str | Metric = cross_entropy, tol: float = 1e-3, seed: int = 0, batch_size: int = 512,
+                 *, metric: str | Metric = cross_entropy, tol: float = 1e-3, seed: int = 0, batch_size: int = 512,
                  loss_name: str | None = None):
         self.model = copy.deepcopy(model).eval()
         self.setter = PointSetter(model_tensors(self.model, "weights"), theta0, directions)  # re-points the weights

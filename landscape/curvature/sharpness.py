@@ -33,7 +33,7 @@ class MeanLoss(FlatLoss):
     """
 
     def __init__(self, model: nn.Module, data: Any, metric: str | Metric = cross_entropy,
-                 params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512,
+                 *, params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512,
                  loss_name: str | None = None):
         super().__init__(model, data, metric, params, batch_size, loss_name)
         self.theta0 = self.weights().double().cpu().numpy()

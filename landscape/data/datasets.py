@@ -13,7 +13,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int  # classes, or a language model's vocabulary size
+    _: KW_ONLY  # the fields below are keyword-only
     augment: bool = False  # random crop + flip at train time (CIFAR)
     metric: str = "cross_entropy"  # what training minimizes and evaluation reports (landscape.runtime.metrics, by name)
     resident: bool = True  # False: too large to copy to the device whole (memory-mapped shards); batches go alone
@@ -116,7 +117,7 @@ def mnist1d(data_dir: str = "", download: bool = False, num_samples: int = 5000,
 
 
 @_register("synthetic")
-def synthetic(data_dir: str = "", download: bool = False, n_train: int = 512, n_test: int = 256,
+def synthetic(data_dir: str = "", download: bool = False, *, n_train: int = 512, n_test: int = 256,
               num_classes: int = 4, input_shape: tuple[int, ...] | list[int] = (16,), noise: float = 1.0,
               seed: int = 0) -> Dataset:
     """Gaussian class clusters of any input shape, generated from a seed: fast data for tests."""

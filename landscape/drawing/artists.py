@@ -59,7 +59,7 @@ def _masked(z: np.ndarray) -> np.ma.MaskedArray:
     return np.ma.masked_invalid(np.asarray(z, dtype=float))
 
 
-def contour(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels: np.ndarray | None = None,
+def contour(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, *, levels: np.ndarray | None = None,
             label_levels: bool = True, label_rings: int = 4, **kw: Any) -> Any:
     """Contour lines of z (shape (len(y), len(x))) with labelled levels: the paper's 2D plot. Every other level is
     labelled from the innermost ring drawn, so each panel names the ring around its minimum, up to `label_rings`
@@ -171,7 +171,7 @@ def eigen_ratio(ax: Axes, x: np.ndarray, y: np.ndarray, lambda_max: np.ndarray, 
                          **kw)
 
 
-def curve_1d(ax: Axes, x: np.ndarray, loss: np.ndarray, acc: np.ndarray | None = None, label: str = "",
+def curve_1d(ax: Axes, x: np.ndarray, loss: np.ndarray, acc: np.ndarray | None = None, *, label: str = "",
              acc_ax: Axes | None = None, log: bool = False, loss_max: float | None = None, **line_kw: Any
              ) -> list[Any]:
     """Loss on `ax` in blue and accuracy on the twin `acc_ax` in red (the reference's 1D figure);

@@ -74,7 +74,7 @@ class Transformer(nn.Module):
     final LayerNorm and a linear head, optionally tied to the embedding. Initialized as GPT-2 does (normal 0.02,
     residual projections scaled by 1/sqrt(2 n_layer))."""
 
-    def __init__(self, vocab_size: int, seq_len: int, d_model: int = 64, n_layer: int = 2, n_head: int = 4,
+    def __init__(self, vocab_size: int, seq_len: int, *, d_model: int = 64, n_layer: int = 2, n_head: int = 4,
                  mlp_ratio: int = 4, positions: str = "learned", tie_weights: bool = False, dropout: float = 0.0):
         super().__init__()
         if d_model % n_head or (positions == "rotary" and (d_model // n_head) % 2):

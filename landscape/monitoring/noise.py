@@ -119,7 +119,7 @@ class HessianNoise:
 
 
 def estimate_b_noise(model: nn.Module, x: Tensor, y: Tensor, micro_batch: int, generator: torch.Generator,
-                     n_micro: int = 8, batch_size: int = 512, metric: str = "cross_entropy") -> HessianNoise:
+                     *, n_micro: int = 8, batch_size: int = 512, metric: str = "cross_entropy") -> HessianNoise:
     """B_noise at the model's current weights from n_micro random micro-batches of b = micro_batch samples of
     (x, y) under the cross-entropy, the model in eval mode (as the Hessian is taken, landscape.curvature):
     with g_i the micro-batches' gradients, g their mean and H the Hessian of the loss on all n_micro x b samples,

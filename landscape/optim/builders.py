@@ -204,14 +204,15 @@ class Schedule:
         return factor
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+def make_optimizer(model: nn.Module, name: str, lr: float, *, weight_decay: float = 0.0, momentum: float = 0.9,
                    nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
     """The optimizer `name` over the model's parameters: SGD (momentum, Nesterov when asked and momentum > 0), Adam,
     AdamW (weight decay decoupled from the gradient's moments, Loshchilov & Hutter 2019), or LARS / LAMB (layer-wise
     trust ratios for SGD / Adam, You et al. 2017, 2019; see layerwise_optimizer)."""
     check_choice(name, OPTIMIZERS, "--optimizer")
     if name in ("lars", "lamb"):
-        return layerwise_optimizer(model, name, lr, weight_decay, momentum, nesterov, betas)
+        return layerwise_optimizer(model, name, lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                   betas=betas)
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                                weight_decay=weight_decay)
@@ -219,7 +220,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float =
     return cls(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
-def layerwise_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
+def layerwise_optimizer(model: nn.Module, name: str, lr: float, *, weight_decay: float, momentum: float,
                         nesterov: bool, betas: tuple[float, float]) -> torch.optim.Optimizer:
     """timm's Lars or Lamb, with the reference implementations' exclusions: biases and normalization parameters
     (every 1-D tensor) take neither weight decay nor the trust ratio, the weights always take the trust ratio.

@@ -61,7 +61,7 @@ def render_2d(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) -> list[str
             fig = plt.figure(figsize=(5, 4))
             ax = fig.add_subplot(projection="3d") if kind == "3d" else fig.add_subplot()
             if kind == "contour":
-                fig.colorbar(artists.contour(ax, s.x, s.y, z, levels[metric]), ax=ax, label=name)
+                fig.colorbar(artists.contour(ax, s.x, s.y, z, levels=levels[metric]), ax=ax, label=name)
             elif kind == "contourf":
                 fig.colorbar(artists.contourf(ax, s.x, s.y, z, levels[metric]), ax=ax, label=name)
             elif kind == "heatmap":
@@ -136,7 +136,7 @@ def render_1d(surfaces: Sequence[tuple[str, Surface]], out_stem: str, cfg: PlotC
                       "alpha": 1.0 if first else 0.6}
             acc = s.values.get(f"{prefix}acc") if loss.endswith("loss") else None
             artists.curve_1d(ax, s.x, artists.capped(s.values[loss], s.done, cfg.loss_max), acc,
-                          f"{label} {split}".strip(), acc_ax, cfg.log, cfg.loss_max, **kw)
+                          label=f"{label} {split}".strip(), acc_ax=acc_ax, log=cfg.log, loss_max=cfg.loss_max, **kw)
     named = [s for _, s in surfaces if s.annotations.axis_labels]
     ax.set_xlabel(named[0].axis_names()[0] if named else "alpha")
     ax.set_ylabel("loss (log scale)" if cfg.log else "loss")

@@ -48,7 +48,7 @@ def vtp_values(s: Surface, metric: str, log: bool = False, zmin: float | None = 
     return x, y, np.where(finite, z, np.max(z[finite]) if zmax is None else zmax)
 
 
-def write_vtp(s: Surface, path: str, metric: str, log: bool = False, zmin: float | None = None,
+def write_vtp(s: Surface, path: str, metric: str, *, log: bool = False, zmin: float | None = None,
               zmax: float | None = None, interp: int | None = None) -> str:
     """The surface of `metric` as VTK XML PolyData (ASCII): one point per grid point at (alpha, beta, value) with
     the value as point data, and one quad per grid cell. Written atomically; returns the path."""

@@ -54,7 +54,8 @@ def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | St
         return theta0, [from_numpy(d) for d in read_directions(cfg.path)], made.annotations
     if cfg.directions_file == HESSIAN:
         metric = make_metric(cfg.metric, cfg.criterion, cfg.criterion_kwargs)
-        return theta0, *hessian_directions(model, theta0, train, n, spec, moved, metric, info, cfg.loss_name, axes)
+        return theta0, *hessian_directions(model, theta0, train, n, spec=spec, moved=moved, metric=metric, info=info,
+                                           loss_name=cfg.loss_name, axes=axes)
     if cfg.trajectory:
         made = run_on_main(lambda: trajectory_directions(cfg, centre, theta0, spec, moved), info)
         return theta0, *broadcast_object(made)
@@ -121,7 +122,7 @@ def _made_alike(cfg: SurfaceConfig) -> Surface | None:
 
 
 def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | StreamSource, n: int,
-                       spec: DirectionSpec, moved: set[str] | None, metric: Any, info: DistInfo,
+                       *, spec: DirectionSpec, moved: set[str] | None, metric: Any, info: DistInfo,
                        loss_name: str | None = None, axes: dict[str, int] | None = None
                        ) -> tuple[list[Params], Annotations]:
     """The top n eigenvectors of the Hessian of the mean training loss at theta0, over the tensors a random

@@ -132,16 +132,20 @@ def _connect(cfg: SurfaceConfig, curve_cfg: CurveConfig, info: DistInfo, given: 
                    "t": ts.tolist()}
     files = ConnectFiles.of(cfg)
     run_on_main(lambda: refuse_other_runs(files, fingerprint), info)  # before anything is written
-    bend, training = the_bend(cfg, curve_cfg, a, theta_a, theta_b, sets, train, files, fingerprint, info, precision)
-    write_checkpoints(files, a, b, model_b, bend, theta_a, theta_b, cfg, curve_cfg, info)
+    bend, training = the_bend(cfg, curve_cfg, a, theta_a, theta_b, sets=sets, train=train, files=files,
+                              fingerprint=fingerprint, info=info, precision=precision)
+    write_checkpoints(files, a, b, model_b, bend=bend, theta_a=theta_a, theta_b=theta_b, cfg=cfg, curve_cfg=curve_cfg,
+                      info=info)
     origin = origin_of(cfg, a)
     if given is not None:  # a module of the caller's, not a file
         origin = dataclasses.replace(origin, model={"name": f"{type(given.model_a).__module__}:"
                                                            f"{type(given.model_a).__qualname__}", "kwargs": {}})
-    curve = Curve(ts, {}, curve_cfg.curve, origin, b.sha256, {**asdict(cfg), **asdict(curve_cfg)},
-                  fingerprint, alignment_record(alignment), training_record(training),
-                  bend_position(theta_a, theta_b, bend) if curve_cfg.curve != "none" else None)
-    evaluators = path_evaluators(a.model, theta_a, theta_b, bend, b, sets, cfg, curve_cfg, precision, bn, train)
+    curve = Curve(ts, {}, curve_cfg.curve, origin=origin, target_sha256=b.sha256,
+                  config={**asdict(cfg), **asdict(curve_cfg)}, fingerprint=fingerprint,
+                  alignment=alignment_record(alignment), training=training_record(training),
+                  bend_at=bend_position(theta_a, theta_b, bend) if curve_cfg.curve != "none" else None)
+    evaluators = path_evaluators(a.model, theta_a, theta_b, bend, b, sets=sets, cfg=cfg, curve_cfg=curve_cfg,
+                                 precision=precision, bn=bn, train=train)
     names = list(evaluators["line"][0].metric_names)
     loss_names = evaluators["line"][0].loss_names
     curve.paths = {p: empty_path(ts, names, loss_names, curve.config) for p in evaluators}
@@ -213,7 +217,7 @@ def refuse_other_runs(files: ConnectFiles, fingerprint: dict[str, Any]) -> None:
     check_state(files.state, fingerprint)
 
 
-def the_bend(cfg: SurfaceConfig, curve_cfg: CurveConfig, a: Centre, theta_a: Params, theta_b: Params,
+def the_bend(cfg: SurfaceConfig, curve_cfg: CurveConfig, a: Centre, theta_a: Params, theta_b: Params, *,
              sets: list[EvalSet], train: TensorSource | StreamSource, files: ConnectFiles,
              fingerprint: dict[str, Any], info: DistInfo, precision: str) -> tuple[Params, CurveTraining | None]:
     """The bend over the state tensors: read from an existing curve file, trained (or resumed), or, for
@@ -228,8 +232,9 @@ def the_bend(cfg: SurfaceConfig, curve_cfg: CurveConfig, a: Centre, theta_a: Par
     params = [k for k, _ in a.model.named_parameters()]
     module = CurveModule(copy.deepcopy(a.model), curve_cfg.curve, theta_a, theta_b, {k: base[k] for k in params})
     data = training_batches(cfg, a, sets, train, curve_cfg, info)
-    training = train_curve(module, data, mean_loss(sets[0].metric, cfg.loss_name), curve_cfg, info, files.state,
-                           fingerprint, precision, cfg.progress)
+    training = train_curve(module, data, mean_loss(sets[0].metric, cfg.loss_name), curve_cfg, info=info,
+                           state_path=files.state, fingerprint=fingerprint, precision=precision,
+                           progress=cfg.progress)
     return {**base, **training.bend}, training
 
 
@@ -249,7 +254,7 @@ def training_batches(cfg: SurfaceConfig, a: Centre, sets: list[EvalSet], train: 
 
 
 def path_evaluators(model: nn.Module, theta_a: Params, theta_b: Params, bend: Params, b: Centre,
-                    sets: list[EvalSet], cfg: SurfaceConfig, curve_cfg: CurveConfig, precision: str,
+                    *, sets: list[EvalSet], cfg: SurfaceConfig, curve_cfg: CurveConfig, precision: str,
                     bn: int | None, train: TensorSource | StreamSource) -> dict[str, tuple[PointEvaluator, str]]:
     """Per path, its evaluator (theta = c_A A + c_C C + c_B B over the state tensors: exact at both ends) and the
     curve whose coefficients it takes. The line joins A to B as given; the aligned line and the curve join A to
@@ -314,7 +319,7 @@ def training_record(training: CurveTraining | None) -> dict[str, Any]:
     return {"epoch_losses": training.epoch_losses, "steps": training.steps, "seconds": training.seconds}
 
 
-def write_checkpoints(files: ConnectFiles, a: Centre, b: Centre, model_b: nn.Module, bend: Params,
+def write_checkpoints(files: ConnectFiles, a: Centre, b: Centre, model_b: nn.Module, *, bend: Params,
                       theta_a: Params, theta_b: Params, cfg: SurfaceConfig, curve_cfg: CurveConfig,
                       info: DistInfo) -> None:
     """The bend (with --curve bezier/polychain) and the aligned B (with --align) as checkpoints of A's kind: ours,

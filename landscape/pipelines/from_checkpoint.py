@@ -93,8 +93,8 @@ def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3, share
     train = train_or_first(job.sets)
     data = (train.x, train.y) if isinstance(train, TensorSource) else train  # each rank its own points, all the data
     evaluator = HessianPointEvaluator(job.model.to(info.device), job.theta0, job.directions, data,
-                                      job.sets[0].metric, tol, cfg.seed, getattr(train, "batch_size", 512),
-                                      cfg.loss_name)
+                                      metric=job.sets[0].metric, tol=tol, seed=cfg.seed,
+                                      batch_size=getattr(train, "batch_size", 512), loss_name=cfg.loss_name)
     path = cfg.path[:-len(".h5")] + "_hessian.h5"
     job = dataclasses.replace(job, path=path, evaluation={**job.evaluation, "hessian_tol": tol})
     return run_grid(job, info, evaluator, share)

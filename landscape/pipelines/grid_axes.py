@@ -17,7 +17,7 @@ def _loss_index(evaluator: PointEvaluator) -> int:
     return evaluator.metric_names.index(evaluator.loss_names[0])
 
 
-def find_rise(evaluator: PointEvaluator, axis: int, n_dirs: int, base: float, rise: float, start: float = 1 / 32,
+def find_rise(evaluator: PointEvaluator, axis: int, n_dirs: int, base: float, rise: float, *, start: float = 1 / 32,
               limit: float = 64.0, steps: int = 5) -> float:
     """The smallest t (to a few percent) where the loss along +-t*d_axis rises by `rise` above the centre, on
     either side (the larger of the two); `limit` if it never does. `base` is the centre's loss. About

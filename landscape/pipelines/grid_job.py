@@ -185,9 +185,10 @@ def open_sink(job: GridJob, x: np.ndarray, y: np.ndarray | None, evaluator: Any,
     names = evaluator.metric_names
     config = {**job.config, "loss_metrics": list(getattr(evaluator, "loss_names", []))}
     if job.path is not None:
-        return open_surface(job.path, x, y, names, arrays, job.origin, job.evaluation, config, report,
-                            job.annotations)
-    surface = empty_surface(x, y, names, job.origin, config, dict(job.evaluation), report=report,
+        return open_surface(job.path, x, y, names, arrays, origin=job.origin, evaluation=job.evaluation,
+                            config=config, report=report,
+                            annotations=job.annotations)
+    surface = empty_surface(x, y, names, job.origin, config=config, fingerprint=dict(job.evaluation), report=report,
                             annotations=job.annotations)
     return SurfaceSink(surface, names)
 

@@ -67,7 +67,8 @@ def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.dev
             made = import_object(cfg.data, "--data")
             given = made(**cfg.data_kwargs) if callable(made) and not isinstance(made, Iterable) else made
         named = given if isinstance(given, dict) else {"": given}
-        sets = evaluation_sets(named, metric, device, batch_size, cfg.samples, cfg.max_batches, cfg.channels_last)
+        sets = evaluation_sets(named, metric, device, batch_size, samples=cfg.samples, max_batches=cfg.max_batches,
+                               channels_last=cfg.channels_last)
         return sets, {"name": cfg.data or "python", "kwargs": dict(cfg.data_kwargs)}, None if cfg.criterion else (
             cfg.metric or "cross_entropy")
     if ckpt is None:
@@ -82,7 +83,7 @@ def load_sets(cfg: SurfaceConfig, ckpt: dict[str, Any] | None, device: torch.dev
 
 
 def evaluation_sets(named: dict[str, Any], metric: Any, device: torch.device, batch_size: int,
-                    samples: int | None = None, max_batches: int | None = None,
+                    *, samples: int | None = None, max_batches: int | None = None,
                     channels_last: bool | None = None) -> list[EvalSet]:
     """The evaluation sets of data by name (tensors, a Dataset, a DataLoader, batches), for the commands and the
     Python API alike: resident image tensors are kept channels_last unless that is refused (False), as the

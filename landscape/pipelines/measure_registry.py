@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from torch import nn
@@ -99,6 +99,7 @@ class Subject:
     theta0: Params
     source: TensorSource | StreamSource
     metric: Metric
+    _: KW_ONLY  # the fields below are keyword-only
     info: DistInfo
     spec: DirectionSpec
     axis: str
@@ -154,7 +155,7 @@ def _names_hint() -> tuple[str, ...]:
 ADAPTIVE_NORMS = ("2", "inf")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SharpnessConfig:
     """Which sharpness measures `landscape.sharpness` takes and how (curvature.sharpness, curvature.hessian,
     landscape.curvature.density); the model, data, subset and directions come from a SurfaceConfig's flags."""
