@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,3 +125,18 @@ def load_json(path):
 
 def read_log(run_dir):
     return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def test_a_branch_starts_from_the_checkpoint_s_own_optimizer_state_whatever_ran_before_it(run_dir, tmp_path):
+    """Momentum buffers are loaded as they are stored: a branch that updated them in place must not hand them on
+    (it did: k=2 at epoch 2 then started from k=1's final momentum, and a resumed study, which reuses k=1 from
+    disk instead of running it, differed from an uninterrupted one)."""
+    def cfg(name):
+        return BranchConfig(run=run_dir, at=(2,), factors=(1, 2), samples=512, out=str(tmp_path / name))
+
+    study(cfg("ran"), SINGLE)  # k=1, then k=2, in this process
+    (tmp_path / "reused").mkdir()
+    shutil.copy(tmp_path / "ran" / "at0002_k1.json", tmp_path / "reused")  # k=1 read back, as after a kill
+    study(cfg("reused"), SINGLE)
+    k2 = [load_json(tmp_path / name / "at0002_k2.json") for name in ("ran", "reused")]
+    assert k2[0]["weights_sha256"] == k2[1]["weights_sha256"] and k2[0]["step_losses"] == k2[1]["step_losses"]

@@ -22,6 +22,7 @@ and OUT/local_critical_batch.{png,pdf}.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
@@ -191,7 +192,9 @@ def run_branch(start: Start, k: int, cfg: BranchConfig, data: Dataset, info: Dis
     model, plan, length = build_run(start.cfg, data, info)
     model.load_state_dict(start.state["state_dict"])
     opt, sched = optimizer_of(model, start.cfg, plan, length)
-    opt.load_state_dict(start.state["optimizer"])
+    # load_state_dict keeps the stored momentum tensors (same dtype and device) and the steps update them in place:
+    # a copy, so that every branch from this start begins from the checkpoint's state, not the last branch's
+    opt.load_state_dict(copy.deepcopy(start.state["optimizer"]))
     sched.load_state_dict(start.state["scheduler"])
     restore_rng_state(start.state["rng"], info.device)
     f = lr_factor(k, cfg.lr_rule)
