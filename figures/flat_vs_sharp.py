@@ -208,10 +208,10 @@ COLUMNS = ["batch_size", "weight_decay", "train_loss", "train_acc", "test_loss",
 
 def sharpness_of(ckpt: str, tag: str, p: Preset, info: DistInfo, out: str, device: str) -> dict[str, float]:
     """The run's sharpness table (landscape.sharpness), as summary columns: value, and _stderr where it has one."""
-    cfg = SurfaceConfig(checkpoint=ckpt, splits=("train",), samples=p.samples, x=p.x_1d, device=device,
+    cfg = SurfaceConfig(checkpoint=ckpt, splits=("train",), samples=p.samples, device=device,
                         out=os.path.join(out, "sharpness"), name=tag, progress=False)
     sc = SharpnessConfig(measures=MEASURES, trace_products=p.trace_products, width_directions=p.width_directions,
-                         threshold=p.width_threshold)
+                         threshold=p.width_threshold, x=p.x_1d)
     cols: dict[str, float] = {}
     for r in run_sharpness(cfg, sc, info, log=lambda _: None).rows:
         cols[r["measure"]], cols[r["measure"] + "_stderr"] = r["value"], r["stderr"]

@@ -155,8 +155,8 @@ def measure(p: Preset, cfg: TrainConfig, name: str, out: str, info: DistInfo, de
     ckpt = os.path.join(cfg.out, "last.pt")
     common = dict(checkpoint=ckpt, samples=p.samples, device=device, progress=False)
     sc = SharpnessConfig(measures=MEASURES, eps=(1e-3,), trace_products=p.trace_products,
-                         width_directions=p.width_directions)
-    rows = run_sharpness(SurfaceConfig(**common, splits=("train",), x=p.x_1d, name=name,
+                         width_directions=p.width_directions, x=p.x_1d)
+    rows = run_sharpness(SurfaceConfig(**common, splits=("train",), name=name,
                                        out=os.path.join(out, "sharpness")), sc, info, log=lambda _: None).rows
     by = {r["measure"]: r["value"] for r in rows if r["subset"] == "all"}
     cols = {"lambda_max": by["lambda_max"], "trace": by["trace"], "width": by["width"],

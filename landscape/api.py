@@ -272,17 +272,15 @@ def sharpness_table(model: nn.Module, data: Any, metrics: str | Metric = "cross_
     SharpnessConfig (per_layer, tol, trace_products, eps, rho, sigma, draws, width_directions, ...); `x` the
     widths' first axis; `log` gets the cost estimates and a line per measure (default: silent). Taken in eval mode;
     the model, its mode included, is left as it was."""
-    from landscape.base.config import check_axis
     from landscape.curvature.flat_loss import evaluation_mode
     from landscape.pipelines.sharpness_table import SharpnessConfig, measure_table
 
-    sc = SharpnessConfig(measures=tuple(measures), **options)
-    check_axis(x, "x")
+    sc = SharpnessConfig(measures=tuple(measures), x=x, **options)
     info = _dist_info(device if device is not None else next(model.parameters()).device)
     source = as_source(data, info.device, resolve_batch_size(batch_size, info.device), samples)
     spec = DirectionSpec("weights", norm, ignore, seed)
     with evaluation_mode(model):
-        rows, _ = measure_table(model, source, get_metric(metrics), sc, info=info, spec=spec, axis=x, loss_name=None,
+        rows, _ = measure_table(model, source, get_metric(metrics), sc, info=info, spec=spec, loss_name=None,
                                 params=(params,) if isinstance(params, str) else params or (), trainable_only=False,
                                 log=log or (lambda _: None))
     return rows

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from landscape.base import config as c
 from landscape.base.config import OUT, CurveConfig, PlotConfig, SurfaceConfig
 from landscape.base.errors import UserError
-from landscape.base.flags import ArgumentParser, add_config_args, config_from_args, run_cli
+from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.pipelines import surface_commands
 
-SKIP = ("x", "y", "plane_points", "auto_rise", "params", "trainable_only", "directions_file", "plane", "edges",
-        "dir_type", "norm", "ignore", "seed", "orthogonal", "compile", "points_per_pass", "levels")
+PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.AlignFlags, c.FigureFlags,
+          c.LogFlags, c.CurveConfig)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = surface_commands.get_parser("python -m landscape.connect", __doc__, add_help, skip=SKIP)
-    add_config_args(p, CurveConfig)
+    p = surface_commands.get_parser("python -m landscape.connect", __doc__, add_help, PIECES)
     p.add_argument("sources", nargs="+", metavar="A B | FILE.h5",
                    help="two checkpoints to join, or a curve file (.h5) to re-plot")
     return p

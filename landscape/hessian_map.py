@@ -17,17 +17,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from landscape.base import config as c
 from landscape.base.config import PlotConfig
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.output import render
 from landscape.pipelines import surface_commands
 
-NOT_HERE = ("log", "plane", "edges", "splits", "points_per_pass", "compile", "bn_recalibrate", "plane_points",
-            "auto_rise", "levels")
+PIECES = (*c.EVALUATION_PIECES, c.EvalRunFlags, c.SubsetFlags, c.RandomFlags, c.DirectionFlags, c.XAxisFlags,
+          c.YAxisFlags, c.FigureFlags)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = surface_commands.get_parser("python -m landscape.hessian_map", __doc__, add_help, skip=NOT_HERE)
+    p = surface_commands.get_parser("python -m landscape.hessian_map", __doc__, add_help, PIECES)
     p.add_argument("checkpoint", help="the checkpoint (.pt) at the centre")
     p.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (relative to the eigenvalue)")
     p.add_argument("--convex-slack", type=float, nargs="+", default=[0.01, 0.1], help="a point counts as convex "

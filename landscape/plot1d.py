@@ -15,16 +15,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from landscape.base import config as c
 from landscape.base.config import OUT, PlotConfig, run_tag
 from landscape.base.errors import UserError
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.output import render
 from landscape.pipelines import surface_commands
 
+PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.SpeedFlags, c.SubsetFlags,
+          c.RandomFlags, c.DirectionFlags, c.AlignFlags, c.XAxisFlags, c.AutoRiseFlags, c.FigureFlags, c.LogFlags)
+
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = surface_commands.get_parser("python -m landscape.plot1d", __doc__, add_help,
-                           skip=("y", "levels", "plane", "edges", "plane_points"))
+    p = surface_commands.get_parser("python -m landscape.plot1d", __doc__, add_help, PIECES)
     p.add_argument("sources", nargs="+", help="checkpoints (.pt) to compute from and/or surface files (.h5)")
     p.add_argument("--overlay", action="store_true", help="with two checkpoints: a random-direction curve for "
                    "each, overlaid, instead of the interpolation between them")

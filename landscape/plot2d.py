@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from landscape.base import config as c
 from landscape.base.config import AXIS, PlotConfig, SurfaceConfig, run_tag
 from landscape.base.errors import UserError
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
@@ -23,9 +24,13 @@ from landscape.core.surface_file import read_surface
 from landscape.output import render
 from landscape.pipelines import surface_commands
 
+PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.SpeedFlags, c.SubsetFlags,
+          c.RandomFlags, c.DirectionFlags, c.PlaneFlags, c.AlignFlags, c.XAxisFlags, c.YAxisFlags, c.AutoRiseFlags,
+          c.PlanePointsFlags, c.FigureFlags, c.LevelsFlags)
+
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = surface_commands.get_parser("python -m landscape.plot2d", __doc__, add_help, skip=("log",))
+    p = surface_commands.get_parser("python -m landscape.plot2d", __doc__, add_help, PIECES)
     p.add_argument("source", help="a checkpoint to compute from (ours; with --model a weights file: .pt, .pth, .ckpt, "
                    ".safetensors; or a HuggingFace save_pretrained folder), or a surface file (.h5) to re-plot")
     p.set_defaults(y=None)  # a 2D command: the beta axis like the alpha one, unless a plane finds its own

@@ -17,12 +17,11 @@ import os
 import time
 from collections.abc import Sequence
 
-from landscape.base.config import WIDTH_AXIS, SurfaceConfig
+from landscape.base import config as c
+from landscape.base.config import SurfaceConfig
 from landscape.base.flags import ArgumentParser, DefaultsFormatter, add_config_args, config_from_args, run_cli
 
-NOT_HERE = ("target", "trajectory", "checkpoint", "y", "plane_points", "auto_rise", "directions_file", "plane",
-            "edges", "dir_type", "orthogonal", "bn_recalibrate", "precision", "compile", "points_per_pass",
-            "channels_last", "flush_seconds")
+PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.SubsetFlags, c.RandomFlags)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
@@ -32,14 +31,9 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
                        add_help=add_help)
     p.add_argument("checkpoint", help="the checkpoint (ours; with --model a weights file: .pt, .pth, .ckpt, "
                    ".safetensors; or a HuggingFace save_pretrained folder)")
-    add_config_args(p, SurfaceConfig, skip=NOT_HERE)
-    add_config_args(p, SharpnessConfig)
-    p.set_defaults(splits=["train"], x=WIDTH_AXIS)
-    for flag, text in [("--x", "the widths' first alpha axis MIN:MAX:NUM along each direction, widened (up to 8x) "
-                               "where a basin reaches its edge and narrowed where it is under two steps (default: "
-                               f"{WIDTH_AXIS})"),
-                       ("--splits", "the data measured: the first split given (default: train)")]:
-        p._option_string_actions[flag].help = text  # plot2d's words for these flags do not fit here
+    for piece in (*PIECES, SharpnessConfig):
+        add_config_args(p, piece)
+    p.set_defaults(splits=["train"])  # the data measured: the first split given
     return p
 
 

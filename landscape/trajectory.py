@@ -17,17 +17,19 @@ import glob
 import os
 from collections.abc import Sequence
 
+from landscape.base import config as c
 from landscape.base.config import PlotConfig
 from landscape.base.errors import UserError
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.output import render
 from landscape.pipelines import surface_commands
 
-NOT_HERE = ("log", "plane", "edges", "directions_file", "dir_type", "norm", "seed", "orthogonal", "auto_rise")
+PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.SpeedFlags, c.SubsetFlags,
+          c.XAxisFlags, c.YAxisFlags, c.PlanePointsFlags, c.FigureFlags, c.LevelsFlags)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = surface_commands.get_parser("python -m landscape.trajectory", __doc__, add_help, skip=NOT_HERE)
+    p = surface_commands.get_parser("python -m landscape.trajectory", __doc__, add_help, PIECES)
     p.add_argument("sources", nargs="+", help="a run folder of trainers.train (its epoch_*.pt), or checkpoints in "
                    "training order, the final one last")
     return p

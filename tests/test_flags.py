@@ -58,7 +58,7 @@ def test_a_flag_means_the_same_field_with_the_same_choices_in_every_command():
     (SurfaceConfig, "landscape.plot2d", {"checkpoint", "target", "trajectory", "channels_last"}),  # positionals
     (SurfaceConfig, "landscape.trajectory", {"checkpoint", "target", "trajectory", "channels_last", "plane", "edges",
                                              "directions_file", "dir_type", "norm", "seed", "orthogonal",
-                                             "auto_rise"}),  # a trajectory sets its own directions
+                                             "auto_rise", "align", "align_spec"}),  # it sets its own directions
     (PlotConfig, "landscape.plot2d", {"log"}), (PlotConfig, "landscape.plot1d", {"levels"}),
     (TrainConfig, "trainers.train", set())])
 def test_every_config_field_is_a_flag_of_its_command(cls, module, without):
@@ -139,3 +139,29 @@ def test_python_and_the_cli_make_the_same_interpolation(mlp_ckpt, mlp_ckpt_b, tm
     assert cli.config["dir_type"] == api.config["dir_type"] == "states"
     for k in api.values:
         np.testing.assert_array_equal(api.values[k], cli.values[k], err_msg=k)
+
+
+def test_each_request_is_made_of_small_pieces_and_each_command_takes_whole_pieces():
+    """SurfaceConfig, PlotConfig and TrainConfig are unions of small frozen pieces, each field in exactly one; a
+    command's flags are the fields of the pieces it takes, so no command skips fields or patches argparse."""
+    import pathlib
+
+    from landscape.base import config
+    from trainers import config as train_config
+
+    for whole, pieces in [(SurfaceConfig, config.SURFACE_PIECES), (PlotConfig, config.PLOT_PIECES),
+                          (TrainConfig, [b for b in TrainConfig.__mro__[1:] if dataclasses.is_dataclass(b)])]:
+        names = [f.name for p in pieces for f in dataclasses.fields(p)]
+        assert sorted(names) == sorted(f.name for f in dataclasses.fields(whole)), whole
+        assert all(issubclass(whole, p) for p in pieces) and max(len(dataclasses.fields(p)) for p in pieces) <= 16
+    assert max(len(dataclasses.fields(p)) for p in config.SURFACE_PIECES) <= 6
+    assert train_config.OptimFlags in TrainConfig.__mro__
+    for module in ("landscape.plot1d", "landscape.plot2d", "landscape.trajectory", "landscape.hessian_map",
+                   "landscape.connect", "landscape.sharpness"):
+        taken = {f.name for p in importlib.import_module(module).PIECES for f in dataclasses.fields(p)
+                 if "cli" in f.metadata}
+        flags = {a.dest for a in parser_of(module)._actions if a.option_strings and a.dest != "help"}
+        assert taken <= flags, module  # and the rest of its flags are its own (sharpness's measures, --tol...)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    sources = [p.read_text() for pkg in ("landscape", "trainers", "figures") for p in (root / pkg).rglob("*.py")]
+    assert not any("_option_string_actions" in s for s in sources)

@@ -305,8 +305,9 @@ def test_widths_at_the_edge_are_extended_or_marked_lower_bounds(mlp_ckpt, tmp_pa
     assert not narrow.capped and next_axis(a, narrow, 8.0)[-1] < 0.1
     assert basin_1d(np.linspace(-0.1, 0.1, 21), 1000 * np.linspace(-0.1, 0.1, 21)**2, 0.1).width == pytest.approx(
         2 * 0.01, rel=0.02)  # 1000 a^2 = 0.1 at |a| = 0.01
-    cfg = SurfaceConfig(mlp_ckpt, x="-0.0001:0.0001:5", splits=("train",), out=str(tmp_path), progress=False)
-    run = run_sharpness(cfg, SharpnessConfig(measures=("width",), width_directions=2), SINGLE, log=lambda _: None)
+    cfg = SurfaceConfig(mlp_ckpt, splits=("train",), out=str(tmp_path), progress=False)
+    run = run_sharpness(cfg, SharpnessConfig(measures=("width",), width_directions=2, x="-0.0001:0.0001:5"),
+                        SINGLE, log=lambda _: None)
     widths = {r["measure"]: r for r in run.rows}
     assert widths["width"]["bound"] == "lower" and widths["width"]["settings"]["capped"] == 2
     assert widths["width"]["settings"]["spans"][0] == pytest.approx(0.0008)  # doubled three times, then bounded

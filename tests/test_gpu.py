@@ -103,8 +103,8 @@ def test_sharpness_table_on_cuda_equals_the_cpu(mlp_ckpt, tmp_path):
 
     sc = SharpnessConfig(measures=("lambda_max", "trace", "density", "epsilon", "adaptive", "average", "width"),
                          trace_products=9, density_runs=2, density_steps=10,
-                         width_directions=2)
-    tables = [run_sharpness(SurfaceConfig(mlp_ckpt, splits=("train",), samples=256, x="-1:1:11", out=str(tmp_path),
+                         width_directions=2, x="-1:1:11")
+    tables = [run_sharpness(SurfaceConfig(mlp_ckpt, splits=("train",), samples=256, out=str(tmp_path),
                                           device=device, progress=False), sc, info, write=False).rows
               for device, info in [("cpu", SINGLE), ("cuda", CUDA)]]
     for cpu, gpu in zip(*tables):

@@ -151,11 +151,10 @@ def test_the_sharpness_command_per_layer_and_two_processes_equal_one(mlp_ckpt, t
     assert "epsilon_sharpness_0.001" in two.stdout and "width" in two.stdout and "_density.png" in two.stdout
     table = json.loads(next((tmp_path / "two").glob("*_sharpness.json")).read_text())["result"]["rows"]
     assert len(list((tmp_path / "two").glob("*_sharpness.csv"))) == 1
-    cfg = SurfaceConfig(mlp_ckpt, splits=("train",), samples=128, x="-1:1:9", out=str(tmp_path / "one"),
-                        progress=False)
+    cfg = SurfaceConfig(mlp_ckpt, splits=("train",), samples=128, out=str(tmp_path / "one"), progress=False)
     sc = SharpnessConfig(measures=("lambda_max", "trace", "density", "epsilon", "adaptive", "average", "width"),
                          per_layer=True, trace_products=9, width_directions=2, density_runs=2, density_steps=8,
-                         draws=4)
+                         draws=4, x="-1:1:9")
     one = run_sharpness(cfg, sc, SINGLE).rows
     assert [(r["subset"], r["measure"]) for r in one] == [(r["subset"], r["measure"]) for r in table]
     for a, b in zip(one, table):  # the data split across 2 processes: the same numbers up to summation order
@@ -193,8 +192,7 @@ def test_every_registered_measure_has_a_cost_and_runs_and_writes_the_rows_it_nam
     from tests import userland
 
     sc = SharpnessConfig(measures=tuple(MEASURES), **SMALL)
-    costs = measure_costs(sc, UnitCosts(forward=1.0, gradient=2.0, product=3.0, graph_budget=0, parameters=100),
-                          "-1:1:5")
+    costs = measure_costs(sc, UnitCosts(forward=1.0, gradient=2.0, product=3.0, graph_budget=0, parameters=100))
     assert list(costs) == list(MEASURES) and all(s > 0 and how for s, how in costs.values())
     model, data = userland.make_mlp(), userland.tensors()
     for name, measure in MEASURES.items():
@@ -215,7 +213,7 @@ def test_a_measure_registered_by_a_user_joins_the_table_after_the_built_in_ones(
         _, g = s.mean_loss(names).value_and_grad(s.mean_loss(names).theta0)
         return [row(label, "gradient_norm", Measured(float(np.linalg.norm(g))))]
 
-    register_measure(Measure("gradient_norm", grad_norm_rows, lambda sc, u, a: (u.gradient, "one gradient"),
+    register_measure(Measure("gradient_norm", grad_norm_rows, lambda sc, u: (u.gradient, "one gradient"),
                              lambda sc: ("gradient_norm",)))
     try:
         with pytest.raises(ValueError, match="registered already"):
@@ -228,7 +226,7 @@ def test_a_measure_registered_by_a_user_joins_the_table_after_the_built_in_ones(
         assert rows[1]["value"] == pytest.approx(float(torch.cat([g.flatten() for g in grads]).norm()), rel=1e-5)
         from landscape.pipelines.sharpness_table import SharpnessConfig
         u = UnitCosts(forward=1.0, gradient=2.0, product=3.0, graph_budget=0, parameters=100)
-        assert measure_costs(SharpnessConfig(measures=("gradient_norm",)), u, "-1:1:5") == {
+        assert measure_costs(SharpnessConfig(measures=("gradient_norm",)), u) == {
             "gradient_norm": (2.0, "one gradient")}
     finally:
         MEASURES.pop("gradient_norm", None)

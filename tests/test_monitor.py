@@ -393,7 +393,7 @@ def test_the_readme_recipes_run_as_written(marker, tmp_path, monkeypatch, capsys
 
 
 def test_the_sharpness_table_and_hessian_of_a_module_equal_the_command_on_the_same_weights(mlp_ckpt, tmp_path):
-    from landscape.base.config import WIDTH_AXIS, SurfaceConfig
+    from landscape.base.config import SurfaceConfig
     from landscape.core.grid_eval import select_samples
     from landscape.models.checkpoint_file import load_data_for, load_model
     from landscape.pipelines.sharpness_table import SharpnessConfig, run_sharpness
@@ -401,7 +401,7 @@ def test_the_sharpness_table_and_hessian_of_a_module_equal_the_command_on_the_sa
 
     measures = ("lambda_max", "lambda_min", "trace", "width")
     request = SurfaceConfig(mlp_ckpt, samples=128, splits=("train",), out=str(tmp_path), progress=False,
-                            device="cpu", x=WIDTH_AXIS)
+                            device="cpu")
     rows = run_sharpness(request, SharpnessConfig(measures=measures, trace_products=12, width_directions=2), SINGLE,
                          log=lambda _: None).rows
     by = {r["measure"]: r["value"] for r in rows if r["subset"] == "all"}

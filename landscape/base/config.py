@@ -95,41 +95,43 @@ def run_tag(path: str) -> str:
     return f"{parent}_{stem}" if parent else stem
 
 
+# The pieces of a surface request: each command's flags are the pieces it takes (COMMAND_PIECES in its module),
+# and SurfaceConfig, the request every pipeline reads, is made of all of them (stored flat, as 0.8 stored it).
 @dataclass(frozen=True)
-class SurfaceConfig:
-    """One surface around a checkpoint: `pipelines.from_checkpoint.run_surface` computes it, and every field with a flag
-    is a flag of plot1d/plot2d under the same name. Defaults that depend on the request (the x axis and the
-    direction type of an interpolation) are resolved here, so Python and the CLI make the same surface."""
+class Checkpoints:
+    """What the surface is around: the checkpoint, and a second one or the run's earlier ones (set by a command's
+    positionals, not by flags)."""
 
     checkpoint: str
     _: KW_ONLY  # the fields below are keyword-only
     target: str | None = None  # a second checkpoint: d1 = theta_B - theta_A, x runs along the interpolation
     trajectory: tuple[str, ...] = ()  # earlier checkpoints of the run that ended at `checkpoint`, in order: PCA plane
-    x: str | None = option(None, f"alpha axis MIN:MAX:NUM, or auto[:NUM] (see --auto-rise) (default: {AXIS}, "
-                           f"{INTERPOLATION_AXIS} along an interpolation, 41 points over a plane's or a trajectory's "
-                           "checkpoints)", metavar="MIN:MAX:NUM", group="grid")
-    y: str | None = option(None, "beta axis MIN:MAX:NUM, or auto[:NUM]", metavar="MIN:MAX:NUM",
-                           group="grid")  # None: a 1D curve
-    plane_points: int = option(41, "points per axis of a plane or trajectory whose --x/--y are not given (they "
-                               "then cover its checkpoints with a quarter-span margin)", metavar="NUM", group="grid")
-    auto_rise: float = option(1.0, "an auto axis spans +-t, t where the loss first rises this much above the centre "
-                              "along its direction (either side)", metavar="DL", group="grid")
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFlags:
+    """How the model is built and its weights found, for a weights file of the user's model."""
+
     model: str | None = option(None, "build the model: a registered name or package.module:function (e.g. "
                                "torchvision.models:resnet18); the weights file is then a state dict, plain or under "
                                "a key", metavar="FN", group="your own code")
     model_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --model", type=json_object,
                                           default_factory=dict, metavar="JSON", group="your own code")
+    strip_prefix: str | None = option(None, "the prefix under which the weights file holds the model's tensors "
+                                      "(e.g. 'model.' of a LightningModule; default: found when exactly one prefix "
+                                      "holds them all)", metavar="PREFIX", group="your own code")
+    ema: bool = option(False, "load the averaged model (model_ema) of a torchvision-references checkpoint",
+                       group="your own code")
+
+@dataclass(frozen=True, kw_only=True)
+class UserDataFlags:
+    """The user's own data and loss, instead of the checkpoint's dataset and metric."""
+
     data: str | None = option(None, "package.module:function returning a DataLoader or iterable of batches, or a "
                               "dict of them by split name", metavar="FN", group="your own code")
     data_kwargs: dict[str, Any] = option(help="JSON keyword arguments of --data", type=json_object,
                                          default_factory=dict, metavar="JSON", group="your own code")
     max_batches: int | None = option(None, "evaluate the first N batches of --data at every point", metavar="N",
                                      group="your own code")
-    strip_prefix: str | None = option(None, "the prefix under which the weights file holds the model's tensors "
-                                      "(e.g. 'model.' of a LightningModule; default: found when exactly one prefix "
-                                      "holds them all)", metavar="PREFIX", group="your own code")
-    ema: bool = option(False, "load the averaged model (model_ema) of a torchvision-references checkpoint",
-                       group="your own code")
     criterion: str | None = option(None, "a loss as written: package.module:function called as fn(outputs, "
                                    "targets) -> the batch's mean, or a loss class such as torch.nn:CrossEntropyLoss "
                                    "(summed with reduction='sum')", metavar="FN", group="your own code")
@@ -139,39 +141,11 @@ class SurfaceConfig:
     loss_name: str | None = option(None, "which of the metric's sums is the loss that curvature, widths, auto axes "
                                    "and --loss-max use (default: 'loss', else the one sum ending in 'loss', else "
                                    "the first)", metavar="NAME", group="your own code")
-    params: tuple[str, ...] = option((), "move only the tensors whose names match these globs (e.g. 'layer4.*')",
-                                     metavar="GLOB", group="directions")
-    trainable_only: bool = option(False, "move only parameters with requires_grad (adapters, LoRA)",
-                                  group="directions")
-    directions_file: str | None = option(None, "reuse the directions of this surface or direction file (.h5); "
-                                         "'hessian': the top eigenvectors of the training loss's Hessian at the "
-                                         "centre, scaled to the norm of a filter-normalized direction",
-                                         flag="--directions", metavar="FILE|hessian", group="directions")
-    plane: tuple[str, ...] = option((), "B C: the plane through the checkpoint A (at 0,0), B (at 1,0) and C "
-                                    "(beta 1, alpha where it projects on A->B); 2D only", metavar="CKPT",
-                                    group="directions")
-    edges: bool = option(False, "with --plane: also the 1D curves along A->B, A->C and B->C", group="directions")
-    dir_type: str | None = option(None, "move the parameters only (weights), or also BatchNorm's running statistics "
-                                  "(states) (default: states along an interpolation, else weights)",
-                                  choices=DIR_TYPES, group="directions")
-    norm: str = option("filter", "rescale each random direction per filter, per layer, elementwise by the "
-                       "weights, or not at all", choices=NORMS, group="directions")
-    ignore: str = option("biasbn", "biasbn: zero the directions on 1-D tensors (biases, BatchNorm); none: keep "
-                         "them", choices=IGNORES, group="directions")
-    seed: int = option(0, "seed of the random directions", group="directions")
-    orthogonal: bool = option(False, "make d2 orthogonal to d1 (after normalization)", group="directions")
-    align: bool = option(False, "permute the hidden units of the other checkpoints (B of an interpolation, B and C "
-                         "of a plane) toward A's by weight matching first (Ainsworth et al. 2023); their function "
-                         "is unchanged", group="alignment")
-    align_spec: str | None = option(None, "the permutation spec of a model landscape does not know: FILE.json or "
-                                    "package.module:function(model) returning {tensor name: [permutation name or "
-                                    "null, per axis]} (README: Aligning your own model)", metavar="SPEC",
-                                    group="alignment")
-    splits: tuple[str, ...] = option(("train", "test"), "data splits to evaluate", choices=SPLITS,
-                                     group="evaluation")
-    bn_recalibrate: int | None = option(None, "re-estimate BatchNorm's running statistics at every point from N "
-                                        "training batches (train mode, no gradient), then evaluate in eval mode",
-                                        metavar="N", group="evaluation")
+
+@dataclass(frozen=True, kw_only=True)
+class EvalDataFlags:
+    """What is measured at each point and on how much data."""
+
     samples: int | None = option(None, "a fixed subset of N samples per split (default: all)", metavar="N",
                                  group="evaluation")
     metric: str | None = option(None, f"what to map: {', '.join(METRICS)}, or package.module:function "
@@ -179,28 +153,166 @@ class SurfaceConfig:
                                 "corpus, else cross_entropy)", group="evaluation")
     eval_batch_size: int | None = option(None, "samples per forward pass (default: 256 on a CPU, 1024 on CUDA)",
                                          metavar="N", group="evaluation")
-    precision: str = option("fp32", "fp32, or bf16 autocast (faster on GPUs); auto: bf16 on CUDA, fp32 on a CPU",
-                            choices=PRECISIONS, group="evaluation")
-    device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES,
-                         group="evaluation")
     data_dir: str | None = option(None, "folder of torchvision datasets (default: $LANDSCAPE_DATA or ./data)",
                                   metavar="DIR", group="evaluation")
     download: bool = option(False, "let torchvision download a missing dataset", group="evaluation")
+
+@dataclass(frozen=True, kw_only=True)
+class SplitsFlags:
+    """Which data splits are evaluated."""
+
+    splits: tuple[str, ...] = option(("train", "test"), "data splits to evaluate (landscape.sharpness measures the "
+                                     "first one given)", choices=SPLITS, group="evaluation")
+
+@dataclass(frozen=True, kw_only=True)
+class BatchNormFlags:
+    """BatchNorm's running statistics re-estimated at every point."""
+
+    bn_recalibrate: int | None = option(None, "re-estimate BatchNorm's running statistics at every point from N "
+                                        "training batches (train mode, no gradient), then evaluate in eval mode",
+                                        metavar="N", group="evaluation")
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceFlags:
+    """Where it runs, and whether it shows a progress bar."""
+
+    device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES,
+                         group="evaluation")
+    progress: bool = option(True, "no progress bar", flag="--no-progress", group="evaluation")
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRunFlags:
+    """How the points are evaluated and flushed."""
+
+    precision: str = option("fp32", "fp32, or bf16 autocast (faster on GPUs); auto: bf16 on CUDA, fp32 on a CPU",
+                            choices=PRECISIONS, group="evaluation")
+    channels_last: bool | None = None  # None: channels_last for image batches
+    flush_seconds: float = option(2.0, "about how much work may be in flight between two flushes of the file",
+                                  metavar="S", group="evaluation")
+
+@dataclass(frozen=True, kw_only=True)
+class SpeedFlags:
+    """Compiling the model, and several points per forward pass."""
+
     compile: bool | None = option(None, "torch.compile the model (autotuned kernels on CUDA), or not; by default "
                                   f"when the points left would take each process at least {COMPILE_AFTER_S:.0f} s "
                                   "eagerly (timed at the centre): compiling takes 20-90 s and saved 30-60%% of a "
                                   "conv net's point where measured", group="evaluation")
     points_per_pass: int = option(1, "evaluate K grid points per forward pass with torch.func.vmap; pays for "
                                   "small models on a GPU, not on a CPU", metavar="K", group="evaluation")
-    channels_last: bool | None = None  # None: channels_last for image batches
-    flush_seconds: float = option(2.0, "about how much work may be in flight between two flushes of the file",
-                                  metavar="S", group="evaluation")
-    progress: bool = option(True, "no progress bar", flag="--no-progress", group="evaluation")
-    out: str = option(OUT, "folder for the .h5 surface and its figures", metavar="DIR", group="output")
+
+@dataclass(frozen=True, kw_only=True)
+class SubsetFlags:
+    """Which tensors the directions move."""
+
+    params: tuple[str, ...] = option((), "move only the tensors whose names match these globs (e.g. 'layer4.*')",
+                                     metavar="GLOB", group="directions")
+    trainable_only: bool = option(False, "move only parameters with requires_grad (adapters, LoRA)",
+                                  group="directions")
+    ignore: str = option("biasbn", "biasbn: zero the directions on 1-D tensors (biases, BatchNorm); none: keep "
+                         "them", choices=IGNORES, group="directions")
+
+@dataclass(frozen=True, kw_only=True)
+class RandomFlags:
+    """How random directions are drawn and normalized."""
+
+    norm: str = option("filter", "rescale each random direction per filter, per layer, elementwise by the "
+                       "weights, or not at all", choices=NORMS, group="directions")
+    seed: int = option(0, "seed of the random directions", group="directions")
+
+@dataclass(frozen=True, kw_only=True)
+class DirectionFlags:
+    """Directions read from a file (or the Hessian's), what they move, and their orthogonality."""
+
+    directions_file: str | None = option(None, "reuse the directions of this surface or direction file (.h5); "
+                                         "'hessian': the top eigenvectors of the training loss's Hessian at the "
+                                         "centre, scaled to the norm of a filter-normalized direction",
+                                         flag="--directions", metavar="FILE|hessian", group="directions")
+    dir_type: str | None = option(None, "move the parameters only (weights), or also BatchNorm's running statistics "
+                                  "(states) (default: states along an interpolation, else weights)",
+                                  choices=DIR_TYPES, group="directions")
+    orthogonal: bool = option(False, "make d2 orthogonal to d1 (after normalization)", group="directions")
+
+@dataclass(frozen=True, kw_only=True)
+class PlaneFlags:
+    """The plane through three checkpoints."""
+
+    plane: tuple[str, ...] = option((), "B C: the plane through the checkpoint A (at 0,0), B (at 1,0) and C "
+                                    "(beta 1, alpha where it projects on A->B); 2D only", metavar="CKPT",
+                                    group="directions")
+    edges: bool = option(False, "with --plane: also the 1D curves along A->B, A->C and B->C", group="directions")
+
+@dataclass(frozen=True, kw_only=True)
+class AlignFlags:
+    """Permutation alignment of the other checkpoints toward the first."""
+
+    align: bool = option(False, "permute the hidden units of the other checkpoints (B of an interpolation, B and C "
+                         "of a plane) toward A's by weight matching first (Ainsworth et al. 2023); their function "
+                         "is unchanged", group="alignment")
+    align_spec: str | None = option(None, "the permutation spec of a model landscape does not know: FILE.json or "
+                                    "package.module:function(model) returning {tensor name: [permutation name or "
+                                    "null, per axis]} (README: Aligning your own model)", metavar="SPEC",
+                                    group="alignment")
+
+@dataclass(frozen=True, kw_only=True)
+class XAxisFlags:
+    """The alpha axis."""
+
+    x: str | None = option(None, f"alpha axis MIN:MAX:NUM, or auto[:NUM] (see --auto-rise) (default: {AXIS}, "
+                           f"{INTERPOLATION_AXIS} along an interpolation, 41 points over a plane's or a trajectory's "
+                           "checkpoints)", metavar="MIN:MAX:NUM", group="grid")
+
+@dataclass(frozen=True, kw_only=True)
+class YAxisFlags:
+    """The beta axis: a 2D surface."""
+
+    y: str | None = option(None, "beta axis MIN:MAX:NUM, or auto[:NUM]", metavar="MIN:MAX:NUM",
+                           group="grid")  # None: a 1D curve
+
+@dataclass(frozen=True, kw_only=True)
+class AutoRiseFlags:
+    """How far an auto axis reaches."""
+
+    auto_rise: float = option(1.0, "an auto axis spans +-t, t where the loss first rises this much above the centre "
+                              "along its direction (either side)", metavar="DL", group="grid")
+
+@dataclass(frozen=True, kw_only=True)
+class PlanePointsFlags:
+    """The points of a plane's or a trajectory's axes found from its checkpoints."""
+
+    plane_points: int = option(41, "points per axis of a plane or trajectory whose --x/--y are not given (they "
+                               "then cover its checkpoints with a quarter-span margin)", metavar="NUM", group="grid")
+
+@dataclass(frozen=True, kw_only=True)
+class OutputFlags:
+    """Where the files go and what they are called."""
+
+    out: str = option(None, f"folder for the surface files, tables and figures (default: {OUT}); a re-plot of a .h5 "
+                      "writes its figures beside it unless --out or --name is given", metavar="DIR", group="output")
     name: str | None = option(None, "file stem (default: from the checkpoint's folder and name)", group="output")
+
+# What every command that evaluates a model takes: the model and its data, where it runs and where its files go
+EVALUATION_PIECES = (ModelFlags, UserDataFlags, EvalDataFlags, DeviceFlags, OutputFlags)
+SURFACE_PIECES = (Checkpoints, ModelFlags, UserDataFlags, EvalDataFlags,
+                  SplitsFlags, BatchNormFlags, DeviceFlags, EvalRunFlags,
+                  SpeedFlags, SubsetFlags, RandomFlags, DirectionFlags,
+                  PlaneFlags, AlignFlags, XAxisFlags, YAxisFlags,
+                  AutoRiseFlags, PlanePointsFlags, OutputFlags)
+
+
+# A dataclass takes the last base's fields first: the bases are listed in the reverse of SURFACE_PIECES.
+@dataclass(frozen=True)
+class SurfaceConfig(OutputFlags, PlanePointsFlags, AutoRiseFlags, YAxisFlags, XAxisFlags, AlignFlags, PlaneFlags,
+                  DirectionFlags, RandomFlags, SubsetFlags, SpeedFlags, EvalRunFlags, DeviceFlags, BatchNormFlags,
+                  SplitsFlags, EvalDataFlags, UserDataFlags, ModelFlags, Checkpoints):
+    """One surface around a checkpoint: `pipelines.from_checkpoint.run_surface` computes it, and every field with a flag
+    is a flag of plot1d/plot2d under the same name. Made of the pieces above (a command takes the flags of those it
+    uses). Defaults that depend on the request (the x axis and the direction type of an interpolation, the output
+    folder) are resolved here, so Python and the CLI make the same surface."""
 
     def __post_init__(self) -> None:
         resolve = object.__setattr__  # frozen: the resolved defaults are set once, here
+        resolve(self, "out", self.out or OUT)  # None: not given (a re-plot then writes beside its .h5)
         if not (self.plane or self.trajectory):  # those axes are found from where the checkpoints sit (runner)
             resolve(self, "x", self.x or (INTERPOLATION_AXIS if self.target else AXIS))
         resolve(self, "dir_type", self.dir_type or ("states" if self.target or self.plane else "weights"))
@@ -279,21 +391,42 @@ class SurfaceConfig:
         return os.path.join(self.out, f"{name}_{self.kind}.h5")
 
 
-@dataclass(frozen=True)
-class PlotConfig:
-    """How surface files become figure files (landscape.output.render): the figure flags of plot1d and plot2d."""
+@dataclass(frozen=True, kw_only=True)
+class FigureFlags:
+    """What every figure takes: the top of the loss, the title, the file formats."""
 
     loss_max: float | None = option(None, "clip the plotted loss at this value: the top contour level in 2D, the "
                                     "top of the loss axis in 1D (default: the largest finite loss)", group="figures")
-    levels: int | None = option(None, "number of evenly spaced contour levels from the lowest value to the top "
-                                "(2D; default: for a loss, Li et al.'s 0.1 to 10 by 0.5, shared by every surface, "
-                                "unless it crosses fewer than 3 of them; else 20)", group="figures")
-    log: bool = option(False, "log scale for the loss axis (1D; the axis label says so)", group="figures")
     title: str | None = option(None, "figure title (default: from the checkpoint: weight decay, batch size, test "
                                "error)", group="figures")
     formats: tuple[str, ...] = option(("png", "pdf", "html"), "figure file formats; html: one interactive 3D page "
                                       "per 2D surface, self-contained (works offline)", choices=FORMATS,
                                       group="figures")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LevelsFlags:
+    """The contour levels of a 2D figure."""
+
+    levels: int | None = option(None, "number of evenly spaced contour levels from the lowest value to the top "
+                                "(2D; default: for a loss, Li et al.'s 0.1 to 10 by 0.5, shared by every surface, "
+                                "unless it crosses fewer than 3 of them; else 20)", group="figures")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogFlags:
+    """The loss axis of a 1D figure."""
+
+    log: bool = option(False, "log scale for the loss axis (1D; the axis label says so)", group="figures")
+
+
+PLOT_PIECES = (FigureFlags, LevelsFlags, LogFlags)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlotConfig(LogFlags, LevelsFlags, FigureFlags):
+    """How surface files become figure files (landscape.output.render): the figure flags of plot1d and plot2d,
+    made of the pieces above."""
 
     def __post_init__(self) -> None:
         if self.levels is not None and self.levels < 2:

@@ -42,20 +42,20 @@ def density_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) 
         {"runs": sc.density_runs, "steps": sc.density_steps, "what": "SLQ first moment, tr(H)/n"}))]
 
 
-def _density_cost(sc: SharpnessConfig, u: UnitCosts, axis: str) -> tuple[float, str]:
+def _density_cost(sc: SharpnessConfig, u: UnitCosts) -> tuple[float, str]:
     n = sc.density_runs * sc.density_steps
     reorth = 0.0 if u.on_gpu else (sc.density_runs * sc.density_steps**2 * u.parameters
                                    * REORTHOGONALIZATION_PER_PARAMETER)
     return n * u.product + reorth, f"{n} products (SLQ) and ~{reorth:.0f} s of reorthogonalization"
 
 
-register_measure(Measure("lambda_max", lambda_max_rows, lambda s, u, a: (0.0, ""), lambda sc: ("lambda_max",),
+register_measure(Measure("lambda_max", lambda_max_rows, lambda sc, u: (0.0, ""), lambda sc: ("lambda_max",),
                  hessian=True, lanczos=frozenset({"top"})))
 register_measure(Measure("lambda_min", lambda_min_rows,
-                 lambda sc, u, a: (LAMBDA_MIN_PRODUCTS * u.product,
+                 lambda sc, u: (LAMBDA_MIN_PRODUCTS * u.product,
                                    f"~{LAMBDA_MIN_PRODUCTS} products of the shifted run for the most negative one"),
                  lambda sc: ("lambda_min",), hessian=True, lanczos=frozenset({"top", "smallest"})))
 register_measure(Measure("trace", trace_rows,
-                 lambda sc, u, a: (sc.trace_products * u.product, f"{sc.trace_products} products (Hutch++)"),
+                 lambda sc, u: (sc.trace_products * u.product, f"{sc.trace_products} products (Hutch++)"),
                  lambda sc: ("trace",), hessian=True))
 register_measure(Measure("density", density_rows, _density_cost, lambda sc: ("density_mean",), hessian=True))

@@ -36,7 +36,7 @@ def epsilon_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) 
                                                                        s.spec.seed)) for eps in sc.eps]
 
 
-def _epsilon_cost(sc: SharpnessConfig, u: UnitCosts, axis: str) -> tuple[float, str]:
+def _epsilon_cost(sc: SharpnessConfig, u: UnitCosts) -> tuple[float, str]:
     n = len(sc.eps) * (sc.lbfgs_iters + 2)
     steps = n * u.parameters * LBFGS_PER_PARAMETER
     return n * u.gradient + steps, f"~{n} gradients of {u.gradient:.2g} s and ~{steps:.0f} s of L-BFGS-B steps"
@@ -83,7 +83,7 @@ def width_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) ->
     scale = norm(random[0])  # not zero: covered_tensors found a tensor the random directions move
     dirs = random + [complete({k: t * scale for k, t in top.items()}, s.theta0)]
     evaluator = PointEvaluator(s.model, s.theta0, dirs, [EvalSet("", s.source, s.metric)], loss_name=s.loss_name)
-    first = parse_range(s.axis, "--x")
+    first = parse_range(sc.x, "--x")
     axes = [first] * len(dirs)
     basins: list[Basin | None] = [None] * len(dirs)
     todo = list(range(len(dirs)))
@@ -98,7 +98,7 @@ def width_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) ->
         if not todo:
             break
     capped = [b.capped for b in basins]
-    settings = {"threshold": sc.threshold, "axis": s.axis, "norm": s.spec.norm, "seed": s.spec.seed,
+    settings = {"threshold": sc.threshold, "axis": sc.x, "norm": s.spec.norm, "seed": s.spec.seed,
                 "capped": sum(capped[:-1]), "spans": [float(a[-1]) for a in axes]}
     widths = [b.width for b in basins]
     return [row(label, "width", spread(widths[:-1], {**settings, "directions": sc.width_directions},
@@ -108,8 +108,8 @@ def width_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) ->
                 lower_bound=capped[-1]))]
 
 
-def _width_cost(sc: SharpnessConfig, u: UnitCosts, axis: str) -> tuple[float, str]:
-    points = len(parse_range(axis))
+def _width_cost(sc: SharpnessConfig, u: UnitCosts) -> tuple[float, str]:
+    points = len(parse_range(sc.x))
     n = round((sc.width_directions + 1) * points * WIDTH_REEVALUATED)
     return n * u.forward, (f"~{n} forward passes ({sc.width_directions + 1} directions x {points} points, and "
                            "re-evaluated curves)")
@@ -138,11 +138,11 @@ def curves_along(evaluator: PointEvaluator, axes: dict[int, np.ndarray], n_dirs:
 register_measure(Measure("epsilon", epsilon_rows, _epsilon_cost,
                  lambda sc: tuple(f"epsilon_sharpness_{eps:g}" for eps in sc.eps)))
 register_measure(Measure("adaptive", adaptive_rows,
-                 lambda sc, u, a: ((sc.ascent_steps + 1) * u.gradient,
+                 lambda sc, u: ((sc.ascent_steps + 1) * u.gradient,
                                    f"{sc.ascent_steps + 1} gradients of {u.gradient:.2g} s"),
                  lambda sc: ("adaptive_sharpness",)))
 register_measure(Measure("average", average_rows,
-                 lambda sc, u, a: ((sc.draws + 1) * u.forward, f"{sc.draws + 1} forward passes of {u.forward:.2g} s"),
+                 lambda sc, u: ((sc.draws + 1) * u.forward, f"{sc.draws + 1} forward passes of {u.forward:.2g} s"),
                  lambda sc: ("average_sharpness",)))
 register_measure(Measure("width", width_rows, _width_cost, lambda sc: ("width", "width_hessian"),
                  lanczos=frozenset({"top", "vectors"})))

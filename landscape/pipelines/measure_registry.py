@@ -14,9 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from landscape.base.config import DEFAULT_MEASURES
+from landscape.base.config import DEFAULT_MEASURES, WIDTH_AXIS
 from landscape.base.errors import ConfigError, UnknownNameError
 from landscape.base.flags import option
+from landscape.base.grid import parse_range
 from landscape.core.directions import DirectionSpec
 from landscape.core.params import Params
 from landscape.curvature.costs import LANCZOS_PRODUCTS, UnitCosts
@@ -32,14 +33,14 @@ Row = dict[str, Any]  # subset, measure, value, stderr, bound, settings
 @dataclass(frozen=True)
 class Measure:
     """One sharpness measure. `rows(subject, label, names, sc)` measures it over the parameters `names` (the
-    subset `label`); `cost(sc, units, axis)` is its (seconds, how counted) from the unit costs timed at the
+    subset `label`); `cost(sc, units)` is its (seconds, how counted) from the unit costs timed at the
     centre; `columns(sc)` the measure names of the rows it writes. `hessian`: it works on the Hessian operator
     (its kept graphs stay while it runs); `lanczos`: what it reads of the one Lanczos run that every measure of
     the table shares ("top", "smallest", "vectors"), whose products the first such measure pays for."""
 
     name: str
     rows: Callable[[Subject, str, list[str], SharpnessConfig], list[Row]]
-    cost: Callable[[SharpnessConfig, UnitCosts, str], tuple[float, str]]
+    cost: Callable[[SharpnessConfig, UnitCosts], tuple[float, str]]
     columns: Callable[[SharpnessConfig], tuple[str, ...]]
     hessian: bool = False
     lanczos: frozenset[str] = frozenset()
@@ -64,13 +65,13 @@ def chosen_measures(names: tuple[str, ...]) -> list[Measure]:
     return [m for name, m in MEASURES.items() if name in names]
 
 
-def measure_costs(sc: SharpnessConfig, u: UnitCosts, axis: str) -> dict[str, tuple[float, str]]:
+def measure_costs(sc: SharpnessConfig, u: UnitCosts) -> dict[str, tuple[float, str]]:
     """measure -> (estimated seconds, how it was counted), for one subset of parameters; the shared Lanczos run
     is counted once, with the first measure that reads it."""
     out: dict[str, tuple[float, str]] = {}
     lanczos_paid = False
     for m in chosen_measures(sc.measures):
-        seconds, how = m.cost(sc, u, axis)
+        seconds, how = m.cost(sc, u)
         if m.lanczos and not lanczos_paid:
             lanczos = f"~{LANCZOS_PRODUCTS} Hessian-vector products of {u.product:.2g} s (Lanczos)"
             seconds, how, lanczos_paid = seconds + LANCZOS_PRODUCTS * u.product, "; ".join(
@@ -102,7 +103,6 @@ class Subject:
     _: KW_ONLY  # the fields below are keyword-only
     info: DistInfo
     spec: DirectionSpec
-    axis: str
     loss_name: str | None = None
     axes: dict[str, int] = field(default_factory=dict)  # output axes of weights stored (in, out)
     lanczos_needs: frozenset[str] = frozenset()  # what the chosen measures read of the Lanczos run
@@ -190,9 +190,14 @@ class SharpnessConfig:
                                    "the top Hessian eigenvector, scaled alike)", metavar="N", group="width")
     threshold: float = option(0.1, "the width is where the loss stays within this much of the curve's minimum",
                               group="width")
+    # the widths' axis is --x, the alpha axis of every command: one flag, one field name
+    x: str = option(WIDTH_AXIS, "the widths' first alpha axis MIN:MAX:NUM along each direction, widened (up to 8x) "
+                    "where a basin reaches its edge and narrowed where it is under two steps", metavar="MIN:MAX:NUM",
+                    group="width")
 
     def __post_init__(self) -> None:
         chosen_measures(self.measures)
+        parse_range(self.x, "--x")
         if self.adaptive_norm not in ADAPTIVE_NORMS:
             raise ConfigError(f"--adaptive-norm {self.adaptive_norm!r} is not one of: {', '.join(ADAPTIVE_NORMS)}")
         for value, flag, low in [(self.trace_products, "--trace-products", 6), (self.density_runs, "--density-runs", 1),

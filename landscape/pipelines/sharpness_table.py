@@ -101,9 +101,9 @@ def run_sharpness(cfg: SurfaceConfig, sc: SharpnessConfig, info: DistInfo, write
     sets, _, _ = load_sets(dataclasses.replace(cfg, splits=cfg.splits[:1]), centre.ckpt, info.device,
                            resolve_batch_size(cfg.eval_batch_size, info.device))
     spec = DirectionSpec("weights", cfg.norm, cfg.ignore, cfg.seed)
-    rows, density = measure_table(model, sets[0].source, sets[0].metric, sc, info=info, spec=spec, axis=cfg.x,
-                                  loss_name=cfg.loss_name,
-                                  params=cfg.params, trainable_only=cfg.trainable_only, log=log)
+    rows, density = measure_table(model, sets[0].source, sets[0].metric, sc, info=info, spec=spec,
+                                  loss_name=cfg.loss_name, params=cfg.params, trainable_only=cfg.trainable_only,
+                                  log=log)
     if write and info.is_main:
         write_csv(csv_path, [{**r, "settings": _settings_text(r["settings"])} for r in rows], COLUMNS, ".6g")
         write_cached(json_path, key, {"rows": rows, "density": density})
@@ -111,16 +111,15 @@ def run_sharpness(cfg: SurfaceConfig, sc: SharpnessConfig, info: DistInfo, write
 
 
 def measure_table(model: nn.Module, source: TensorSource | StreamSource, metric: Metric, sc: SharpnessConfig,
-                  *, info: DistInfo, spec: DirectionSpec, axis: str, loss_name: str | None = None,
+                  *, info: DistInfo, spec: DirectionSpec, loss_name: str | None = None,
                   params: Any = (), trainable_only: bool = False, log: Callable[[str], None] = print0
                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list]]]:
     """Every measure of `sc` on `model` over `source` (the command's and landscape.sharpness_table's one path):
-    the rows, and the SLQ densities by subset. `params`: name globs or a predicate choosing the parameters;
-    `axis`: the widths' first alpha axis. The measures run in the registry's order, one subset after another."""
+    the rows, and the SLQ densities by subset. `params`: name globs or a predicate choosing the parameters. The
+    measures run in the registry's order, one subset after another."""
     measures = chosen_measures(sc.measures)
     theta0 = snapshot(model_tensors(model), device="cpu")
-    s = Subject(model, theta0, source, metric, info=info, spec=spec, axis=axis, loss_name=loss_name,
-                axes=output_axes(model),
+    s = Subject(model, theta0, source, metric, info=info, spec=spec, loss_name=loss_name, axes=output_axes(model),
                 lanczos_needs=frozenset().union(*(m.lanczos for m in measures)))
     chosen = subsets(model, moved_tensors(model, theta0, params or None, trainable_only), sc.per_layer, params)
     announce_costs(s, chosen[0][1], sc, len(chosen), log)
@@ -143,7 +142,7 @@ def announce_costs(s: Subject, names: list[str], sc: SharpnessConfig, n_subsets:
     needs_hessian = any(m.hessian or m.lanczos for m in chosen_measures(sc.measures))
     units = time_units(s.mean_loss(names), s.hessian(names) if needs_hessian else None)
     units = broadcast_object(units)
-    costs = measure_costs(sc, units, s.axis)
+    costs = measure_costs(sc, units)
     log(estimate_text(costs, n_subsets))
     if needs_hessian:
         log(graph_budget_text(units.graph_budget))

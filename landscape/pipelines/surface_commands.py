@@ -1,6 +1,6 @@
-"""What the surface commands (plot1d, plot2d, trajectory, hessian_map) share: their flags (from SurfaceConfig and
-PlotConfig), their compute step, and where their figures go. Importing this loads no torch, and the compute step
-loads it only when a surface is computed, so a re-plot of a .h5 file never does.
+"""What the surface commands (plot1d, plot2d, trajectory, hessian_map) share: their flags (from the pieces of
+SurfaceConfig and PlotConfig each takes), their compute step, and where their figures go. Importing this loads no
+torch, and the compute step loads it only when a surface is computed, so a re-plot of a .h5 file never does.
 """
 
 from __future__ import annotations
@@ -10,26 +10,23 @@ import os
 import time
 from typing import Any
 
-from landscape.base.config import OUT, PlotConfig, SurfaceConfig, check_file_stem
+from landscape.base.config import SurfaceConfig, check_file_stem
 from landscape.base.flags import ArgumentParser, DefaultsFormatter, add_config_args, check_writable, config_from_args
 from landscape.core.surface_file import Surface, read_surface
 
 
-def get_parser(prog: str, description: str | None, add_help: bool, skip: tuple[str, ...] = ()) -> ArgumentParser:
-    """A parser with every surface and figure flag except `skip`; the command adds its own positionals."""
+def get_parser(prog: str, description: str | None, add_help: bool, pieces: tuple[type, ...]) -> ArgumentParser:
+    """A parser with the flags of the config pieces a command takes (landscape.base.config's SurfaceConfig and
+    PlotConfig pieces); the command adds its own positionals."""
     p = ArgumentParser(prog=prog, description=description, formatter_class=DefaultsFormatter, add_help=add_help)
-    add_config_args(p, SurfaceConfig, skip=("checkpoint", "target", *skip))
-    add_config_args(p, PlotConfig, skip=skip)
-    p.set_defaults(out=None)  # told apart from a given --out: a re-plot writes beside its .h5 unless one is given
-    p._option_string_actions["--out"].help = (f"folder for the .h5 surface and its figures (default: {OUT}); a "
-                                              "re-plot of a .h5 writes its figures beside it unless --out or "
-                                              "--name is given")
+    for piece in pieces:
+        add_config_args(p, piece)
     return p
 
 
 def surface_config(args: argparse.Namespace, **overrides: Any) -> SurfaceConfig:
-    """The SurfaceConfig of a command's flags, --out defaulting to OUT."""
-    return config_from_args(SurfaceConfig, args, **{"out": args.out or OUT, **overrides})
+    """The SurfaceConfig of a command's flags (the fields of the pieces it does not take keep their defaults)."""
+    return config_from_args(SurfaceConfig, args, **overrides)
 
 
 def replot_stem(path: str, out: str | None, name: str | None) -> str:
