@@ -165,3 +165,11 @@ def test_each_request_is_made_of_small_pieces_and_each_command_takes_whole_piece
     root = pathlib.Path(__file__).resolve().parents[1]
     sources = [p.read_text() for pkg in ("landscape", "trainers", "figures") for p in (root / pkg).rglob("*.py")]
     assert not any("_option_string_actions" in s for s in sources)
+
+
+def test_the_metric_names_a_request_accepts_are_the_metrics_the_runtime_builds():
+    """The request is validated without torch (landscape.base.config.METRICS); the runtime builds each by name."""
+    from landscape.base.config import METRICS as NAMES
+    from landscape.runtime.metrics import METRICS
+
+    assert tuple(METRICS) == NAMES

@@ -22,7 +22,8 @@ DIR_TYPES = ("weights", "states")
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
 SPLITS = ("train", "test")
-METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm", "next_token")  # landscape.runtime.metrics.METRICS, by name
+# the metrics a request may name, checked without torch; landscape.runtime.metrics builds each (a test keeps them one)
+METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm", "next_token")
 FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D surface (landscape.output.viewers)
 
 OUT = "landscape_out"  # where surfaces and figures go unless --out says
