@@ -16,51 +16,60 @@ from torch import Tensor, nn
 
 from landscape.base.errors import ConfigError
 from landscape.base.flags import option
+from landscape.base.registry import Registry
 from landscape.optim.builders import BatchPlan
 from landscape.optim.ghost_bn import ghost_batchnorm
 from landscape.optim.sam import sam_step
 from landscape.optim.step import train_step
 from landscape.runtime.distributed import DistInfo
 
+GROUP = "large-batch remedies"  # the remedies' flags in --help
 Config = Any  # a trainers.config.TrainConfig: it is made of the flag pieces below, so it is not imported here
 
 
 @dataclass(frozen=True, kw_only=True)
 class SamFlags:
+    """SAM's radius, its adaptive variant, and the samples per ascent."""
+
     sam: float | None = option(None, "Sharpness-Aware Minimization (Foret et al. 2021) around the optimizer, with "
-                               "ascent radius RHO (0.05 is the paper's)", metavar="RHO", group="large-batch remedies")
+                               "ascent radius RHO (0.05 is the paper's)", metavar="RHO", group=GROUP)
     sam_adaptive: bool = option(False, "ASAM (Kwon et al. 2021): the ascent scaled by the weights' magnitudes",
-                                group="large-batch remedies")
+                                group=GROUP)
     sam_m: int | None = option(None, "m-sharpness: an ascent per M samples (M divides the micro-batch); default "
-                               "the rank's whole batch", metavar="M", group="large-batch remedies")
+                               "the rank's whole batch", metavar="M", group=GROUP)
 
 
 @dataclass(frozen=True, kw_only=True)
 class GhostBatchFlags:
+    """The ghost batch BatchNorm normalizes over in training."""
+
     ghost_batch_size: int | None = option(None, "Ghost BatchNorm (Hoffer et al. 2017): in training, every BatchNorm "
                                           "normalizes over chunks of N samples of each micro-batch (N must divide "
                                           "it); evaluation and the saved model are plain BatchNorm", metavar="N",
-                                          group="large-batch remedies")
+                                          group=GROUP)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RegimeFlags:
+    """Hoffer's regime adaptation: the small batch's optimizer steps."""
+
     regime_adaptation: bool = option(False, "Hoffer et al. 2017: train as many optimizer steps as --base-batch-size "
                                      "takes in --epochs (a batch k times larger trains k times the epochs), with the "
-                                     "schedule's warmup and milestones stretched alike", group="large-batch remedies")
+                                     "schedule's warmup and milestones stretched alike", group=GROUP)
 
 
 @dataclass(frozen=True, kw_only=True)
 class BatchGrowthFlags:
-    batch_ramp: str | None = option(None, "batch-size warmup (Smith et al. 2018): the global batch grows linearly from "
-                                    "START to --batch-size over EPOCHS epochs, by accumulation steps (START a "
-                                    "multiple of micro-batch x ranks); the schedule follows the samples seen",
-                                    metavar="START:EPOCHS", group="large-batch remedies")
+    """A batch that grows during the run: linearly (a ramp) or by stages (a schedule)."""
+
+    batch_ramp: str | None = option(None, "batch warmup (Smith et al. 2018): the batch grows linearly from START to "
+                                    "--batch-size over EPOCHS epochs by accumulation (START: micro-batch x ranks x "
+                                    "n); the schedule follows the samples seen", metavar="START:EPOCHS", group=GROUP)
     batch_schedule: str | None = option(None, "a stepwise batch (Merrill et al. 2025): BATCH:EPOCH stages, e.g. "
                                         "64:0,128:5,256:12, the first at epoch 0, the last at --batch-size, each a "
                                         "whole number of micro-batches x ranks; the lr follows each stage's batch by "
                                         "--scale-lr's rule, and the schedule the samples seen",
-                                        metavar="B:E,...", group="large-batch remedies")
+                                        metavar="B:E,...", group=GROUP)
 
 
 WD_SCALINGS = ("tau",)  # Bergsma et al. 2025: hold AdamW's timescale of weight decay as the batch grows
@@ -68,11 +77,13 @@ WD_SCALINGS = ("tau",)  # Bergsma et al. 2025: hold AdamW's timescale of weight 
 
 @dataclass(frozen=True, kw_only=True)
 class DecayScalingFlags:
+    """Weight decay scaled with the batch, holding its timescale."""
+
     scale_wd: str | None = option(None, "tau: scale --weight-decay with the batch so that the timescale tau = B / "
                                   "(lr x weight decay x D) of --base-batch-size at --lr holds at --batch-size and its "
                                   "scaled lr (Bergsma et al. 2025): weight decay x (B / base) x (lr / scaled lr); sgd "
                                   "and adamw, whose decay shrinks the weights by lr x weight decay a step",
-                                  choices=WD_SCALINGS, group="large-batch remedies")
+                                  choices=WD_SCALINGS, group=GROUP)
 
 
 @dataclass(frozen=True)
@@ -123,14 +134,8 @@ class Remedy:
     step: Callable[[Config, StepParts], Step] | None = None
 
 
-REMEDIES: dict[str, Remedy] = {}
-
-
-def register_remedy(remedy: Remedy) -> Remedy:
-    if remedy.name in REMEDIES:
-        raise ValueError(f"a remedy {remedy.name!r} is registered already")
-    REMEDIES[remedy.name] = remedy
-    return remedy
+REMEDIES = Registry("remedy")
+register_remedy = REMEDIES.add
 
 
 def check_remedies(cfg: Config) -> None:

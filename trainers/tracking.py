@@ -21,6 +21,7 @@ from landscape.monitoring.noise import b_simple_of
 from landscape.runtime.distributed import DistInfo
 
 TRACK_TOL = 1e-3  # Lanczos's relative tolerance on the tracked eigenvalue
+GROUP = "tracking"  # the trackers' flags in --help
 Config = Any  # a trainers.config.TrainConfig, which is made of TrackingFlags among its pieces
 
 
@@ -31,14 +32,14 @@ class TrackingFlags:
     track_sharpness: int | None = option(None, "every STEPS optimizer steps (and at the last), the top Hessian "
                                          "eigenvalue of the data loss on --track-samples training samples, beside "
                                          "the optimizer's stability threshold (Cohen et al. 2021), in metrics.jsonl",
-                                         metavar="STEPS", group="tracking")
+                                         metavar="STEPS", group=GROUP)
+    track_samples: int = option(512, "the training samples --track-sharpness measures on (a fixed random subset, "
+                                "landscape.sharpness --samples's)", metavar="N", group=GROUP)
     track_noise: int | None = option(None, "every STEPS optimizer steps, the gradient noise scale B_simple "
                                      "(McCandlish et al. 2018) from the step's own gradients where it can, in "
-                                     "metrics.jsonl", metavar="STEPS", group="tracking")
+                                     "metrics.jsonl", metavar="STEPS", group=GROUP)
     tensorboard: bool = option(False, "also write TensorBoard event files to OUT/tensorboard (loss, accuracy, lr, "
-                               "throughput, and what --track-* measure)", group="tracking")
-    track_samples: int = option(512, "the training samples --track-sharpness measures on (a fixed random subset, "
-                                "landscape.sharpness --samples's)", metavar="N", group="tracking")
+                               "throughput, and what --track-* measure)", group=GROUP)
 
 
 def check_tracking(cfg: TrackingFlags) -> None:

@@ -96,7 +96,7 @@ def run_tag(path: str) -> str:
     return f"{parent}_{stem}" if parent else stem
 
 
-# The pieces of a surface request: each command's flags are the pieces it takes (COMMAND_PIECES in its module),
+# The pieces of a surface request: each command's flags are the pieces it takes (PIECES in its module),
 # and SurfaceConfig, the request every pipeline reads, is made of all of them (stored flat, as 0.8 stored it).
 @dataclass(frozen=True)
 class Checkpoints:
@@ -107,6 +107,7 @@ class Checkpoints:
     _: KW_ONLY  # the fields below are keyword-only
     target: str | None = None  # a second checkpoint: d1 = theta_B - theta_A, x runs along the interpolation
     trajectory: tuple[str, ...] = ()  # earlier checkpoints of the run that ended at `checkpoint`, in order: PCA plane
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelFlags:
@@ -122,6 +123,7 @@ class ModelFlags:
                                       "holds them all)", metavar="PREFIX", group="your own code")
     ema: bool = option(False, "load the averaged model (model_ema) of a torchvision-references checkpoint",
                        group="your own code")
+
 
 @dataclass(frozen=True, kw_only=True)
 class UserDataFlags:
@@ -143,6 +145,7 @@ class UserDataFlags:
                                    "and --loss-max use (default: 'loss', else the one sum ending in 'loss', else "
                                    "the first)", metavar="NAME", group="your own code")
 
+
 @dataclass(frozen=True, kw_only=True)
 class EvalDataFlags:
     """What is measured at each point and on how much data."""
@@ -158,12 +161,14 @@ class EvalDataFlags:
                                   metavar="DIR", group="evaluation")
     download: bool = option(False, "let torchvision download a missing dataset", group="evaluation")
 
+
 @dataclass(frozen=True, kw_only=True)
 class SplitsFlags:
     """Which data splits are evaluated."""
 
     splits: tuple[str, ...] = option(("train", "test"), "data splits to evaluate (landscape.sharpness measures the "
                                      "first one given)", choices=SPLITS, group="evaluation")
+
 
 @dataclass(frozen=True, kw_only=True)
 class BatchNormFlags:
@@ -173,6 +178,7 @@ class BatchNormFlags:
                                         "training batches (train mode, no gradient), then evaluate in eval mode",
                                         metavar="N", group="evaluation")
 
+
 @dataclass(frozen=True, kw_only=True)
 class DeviceFlags:
     """Where it runs, and whether it shows a progress bar."""
@@ -180,6 +186,7 @@ class DeviceFlags:
     device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is there, else the CPU", choices=DEVICES,
                          group="evaluation")
     progress: bool = option(True, "no progress bar", flag="--no-progress", group="evaluation")
+
 
 @dataclass(frozen=True, kw_only=True)
 class EvalRunFlags:
@@ -190,6 +197,7 @@ class EvalRunFlags:
     channels_last: bool | None = None  # None: channels_last for image batches
     flush_seconds: float = option(2.0, "about how much work may be in flight between two flushes of the file",
                                   metavar="S", group="evaluation")
+
 
 @dataclass(frozen=True, kw_only=True)
 class SpeedFlags:
@@ -202,6 +210,7 @@ class SpeedFlags:
     points_per_pass: int = option(1, "evaluate K grid points per forward pass with torch.func.vmap; pays for "
                                   "small models on a GPU, not on a CPU", metavar="K", group="evaluation")
 
+
 @dataclass(frozen=True, kw_only=True)
 class SubsetFlags:
     """Which tensors the directions move."""
@@ -213,6 +222,7 @@ class SubsetFlags:
     ignore: str = option("biasbn", "biasbn: zero the directions on 1-D tensors (biases, BatchNorm); none: keep "
                          "them", choices=IGNORES, group="directions")
 
+
 @dataclass(frozen=True, kw_only=True)
 class RandomFlags:
     """How random directions are drawn and normalized."""
@@ -220,6 +230,7 @@ class RandomFlags:
     norm: str = option("filter", "rescale each random direction per filter, per layer, elementwise by the "
                        "weights, or not at all", choices=NORMS, group="directions")
     seed: int = option(0, "seed of the random directions", group="directions")
+
 
 @dataclass(frozen=True, kw_only=True)
 class DirectionFlags:
@@ -234,6 +245,7 @@ class DirectionFlags:
                                   choices=DIR_TYPES, group="directions")
     orthogonal: bool = option(False, "make d2 orthogonal to d1 (after normalization)", group="directions")
 
+
 @dataclass(frozen=True, kw_only=True)
 class PlaneFlags:
     """The plane through three checkpoints."""
@@ -242,6 +254,7 @@ class PlaneFlags:
                                     "(beta 1, alpha where it projects on A->B); 2D only", metavar="CKPT",
                                     group="directions")
     edges: bool = option(False, "with --plane: also the 1D curves along A->B, A->C and B->C", group="directions")
+
 
 @dataclass(frozen=True, kw_only=True)
 class AlignFlags:
@@ -255,6 +268,7 @@ class AlignFlags:
                                     "null, per axis]} (README: Aligning your own model)", metavar="SPEC",
                                     group="alignment")
 
+
 @dataclass(frozen=True, kw_only=True)
 class XAxisFlags:
     """The alpha axis."""
@@ -263,12 +277,14 @@ class XAxisFlags:
                            f"{INTERPOLATION_AXIS} along an interpolation, 41 points over a plane's or a trajectory's "
                            "checkpoints)", metavar="MIN:MAX:NUM", group="grid")
 
+
 @dataclass(frozen=True, kw_only=True)
 class YAxisFlags:
     """The beta axis: a 2D surface."""
 
     y: str | None = option(None, "beta axis MIN:MAX:NUM, or auto[:NUM]", metavar="MIN:MAX:NUM",
                            group="grid")  # None: a 1D curve
+
 
 @dataclass(frozen=True, kw_only=True)
 class AutoRiseFlags:
@@ -277,12 +293,14 @@ class AutoRiseFlags:
     auto_rise: float = option(1.0, "an auto axis spans +-t, t where the loss first rises this much above the centre "
                               "along its direction (either side)", metavar="DL", group="grid")
 
+
 @dataclass(frozen=True, kw_only=True)
 class PlanePointsFlags:
     """The points of a plane's or a trajectory's axes found from its checkpoints."""
 
     plane_points: int = option(41, "points per axis of a plane or trajectory whose --x/--y are not given (they "
                                "then cover its checkpoints with a quarter-span margin)", metavar="NUM", group="grid")
+
 
 @dataclass(frozen=True, kw_only=True)
 class OutputFlags:

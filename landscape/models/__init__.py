@@ -3,13 +3,15 @@ and weights files as researchers save them. Imports the runtime, the foundation 
 
 from landscape.base.lazy import lazy_exports
 
-_API = {
-    "register": "registry", "build_model": "registry", "list_models": "registry",
-    "make_checkpoint": "checkpoint_file", "save_checkpoint": "checkpoint_file", "load_checkpoint": "checkpoint_file",
-    "load_model": "checkpoint_file", "load_data_for": "checkpoint_file", "read_checkpoint": "checkpoint_file",
-    "load_weights_into": "formats", "find_state_dict": "weights", "weights_sha256": "formats",
-    "read_weights_into": "formats", "WeightsFormat": "formats", "register_format": "formats", "FORMATS": "formats",
-    "Transformer": "lm", "LSTMLanguageModel": "lm",
+_MODULES = {  # module: its public names
+    "registry": ("register", "build_model", "list_models"),
+    "checkpoint_file": ("make_checkpoint", "save_checkpoint", "load_checkpoint", "load_model", "load_data_for",
+                        "read_checkpoint"),
+    "formats": ("load_weights_into", "read_weights_into", "weights_sha256", "WeightsFormat", "register_format",
+                "FORMATS"),
+    "weights": ("find_state_dict",),
+    "lm": ("Transformer", "LSTMLanguageModel"),
 }
+_API = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

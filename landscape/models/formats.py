@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from landscape.base.errors import UserError
+from landscape.base.registry import Registry
 from landscape.models import hf_folder
 from landscape.models.weights import find_state_dict, load_matching, read_bytes, read_safetensors, torch_load
 
@@ -37,14 +38,8 @@ class WeightsFormat:
     build: Callable[[str], nn.Module] | None = None
 
 
-FORMATS: dict[str, WeightsFormat] = {}
-
-
-def register_format(fmt: WeightsFormat) -> WeightsFormat:
-    if fmt.name in FORMATS:
-        raise ValueError(f"a weights format {fmt.name!r} is registered already")
-    FORMATS[fmt.name] = fmt
-    return fmt
+FORMATS = Registry("weights format")
+register_format = FORMATS.add
 
 
 def find_format(path: str) -> WeightsFormat | None:

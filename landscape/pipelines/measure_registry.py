@@ -18,6 +18,7 @@ from landscape.base.config import DEFAULT_MEASURES, WIDTH_AXIS
 from landscape.base.errors import ConfigError, UnknownNameError
 from landscape.base.flags import option
 from landscape.base.grid import parse_range
+from landscape.base.registry import Registry
 from landscape.core.directions import DirectionSpec
 from landscape.core.params import Params
 from landscape.curvature.costs import LANCZOS_PRODUCTS, UnitCosts
@@ -46,15 +47,8 @@ class Measure:
     lanczos: frozenset[str] = frozenset()
 
 
-MEASURES: dict[str, Measure] = {}
-
-
-def register_measure(measure: Measure) -> Measure:
-    """Add a measure to the table's vocabulary (`--measures NAME`); a second one under a taken name is refused."""
-    if measure.name in MEASURES:
-        raise ValueError(f"a sharpness measure {measure.name!r} is registered already")
-    MEASURES[measure.name] = measure
-    return measure
+MEASURES = Registry("sharpness measure")  # the table's vocabulary: --measures NAME
+register_measure = MEASURES.add
 
 
 def chosen_measures(names: tuple[str, ...]) -> list[Measure]:
