@@ -180,7 +180,7 @@ def save_figures(s: Surface, stem: str, formats: Sequence[str] = ("png", "pdf"),
     """The CLI's figure files for a surface: for each metric, contour lines, filled contours, heatmap and 3D (2D),
     or the loss/accuracy curves (1D), as STEM_<metric>_<kind>.<format>. A loss's levels are Li et al.'s (0.1 to 10
     by 0.5) unless `levels` or `loss_max` is given (PlotConfig.levels). Returns the paths written."""
-    from landscape.base.config import PlotConfig
+    from landscape.base.figure_config import PlotConfig
     from landscape.output.render import render_1d, render_2d
 
     cfg = PlotConfig(loss_max=loss_max, levels=levels, title=title, formats=tuple(formats))
@@ -218,7 +218,8 @@ def connect_checkpoints(a: str, b: str, out: str = "landscape_out", *, device: s
 
 def _connect(a: str, b: str, out: str, device: str, options: dict[str, Any], given: Any = None) -> Any:
     """The connect request of the options (the command's flags by field name), run on every rank."""
-    from landscape.base.config import CurveConfig, SurfaceConfig
+    from landscape.base.config import SurfaceConfig
+    from landscape.base.curve_config import CurveConfig
     from landscape.pipelines.connect_job import run_connect
 
     surface_fields = {f.name for f in dataclasses.fields(SurfaceConfig)}

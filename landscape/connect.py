@@ -20,13 +20,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from landscape.base import config as c
-from landscape.base.config import OUT, CurveConfig, PlotConfig, SurfaceConfig
+from landscape.base import curve_config as cc
+from landscape.base import figure_config as fc
+from landscape.base.config import OUT, SurfaceConfig
+from landscape.base.curve_config import CurveConfig
 from landscape.base.errors import UserError
+from landscape.base.figure_config import PlotConfig
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.pipelines import surface_commands
 
-PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.AlignFlags, c.FigureFlags,
-          c.LogFlags, c.CurveConfig)
+PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.AlignFlags, fc.FigureFlags,
+          fc.LogFlags, cc.CurveConfig)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

@@ -18,13 +18,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from landscape.base import config as c
-from landscape.base.config import PlotConfig
+from landscape.base import figure_config as fc
+from landscape.base.figure_config import PlotConfig
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.output import render
 from landscape.pipelines import surface_commands
 
 PIECES = (*c.EVALUATION_PIECES, c.EvalRunFlags, c.SubsetFlags, c.RandomFlags, c.DirectionFlags, c.XAxisFlags,
-          c.YAxisFlags, c.FigureFlags)
+          c.YAxisFlags, fc.FigureFlags)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

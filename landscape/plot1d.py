@@ -16,14 +16,16 @@ import os
 from collections.abc import Sequence
 
 from landscape.base import config as c
-from landscape.base.config import OUT, PlotConfig, run_tag
+from landscape.base import figure_config as fc
+from landscape.base.config import OUT, run_tag
 from landscape.base.errors import UserError
+from landscape.base.figure_config import PlotConfig
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.output import render
 from landscape.pipelines import surface_commands
 
 PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.SpeedFlags, c.SubsetFlags,
-          c.RandomFlags, c.DirectionFlags, c.AlignFlags, c.XAxisFlags, c.AutoRiseFlags, c.FigureFlags, c.LogFlags)
+          c.RandomFlags, c.DirectionFlags, c.AlignFlags, c.XAxisFlags, c.AutoRiseFlags, fc.FigureFlags, fc.LogFlags)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from landscape.base import config as c
-from landscape.base.config import AXIS, PlotConfig, SurfaceConfig, run_tag
+from landscape.base import figure_config as fc
+from landscape.base.config import AXIS, SurfaceConfig, run_tag
 from landscape.base.errors import UserError
+from landscape.base.figure_config import PlotConfig
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.core.surface_file import read_surface
 from landscape.output import render
@@ -26,7 +28,7 @@ from landscape.pipelines import surface_commands
 
 PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.SpeedFlags, c.SubsetFlags,
           c.RandomFlags, c.DirectionFlags, c.PlaneFlags, c.AlignFlags, c.XAxisFlags, c.YAxisFlags, c.AutoRiseFlags,
-          c.PlanePointsFlags, c.FigureFlags, c.LevelsFlags)
+          c.PlanePointsFlags, fc.FigureFlags, fc.LevelsFlags)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

@@ -18,14 +18,15 @@ import os
 from collections.abc import Sequence
 
 from landscape.base import config as c
-from landscape.base.config import PlotConfig
+from landscape.base import figure_config as fc
 from landscape.base.errors import UserError
+from landscape.base.figure_config import PlotConfig
 from landscape.base.flags import ArgumentParser, config_from_args, run_cli
 from landscape.output import render
 from landscape.pipelines import surface_commands
 
 PIECES = (*c.EVALUATION_PIECES, c.SplitsFlags, c.BatchNormFlags, c.EvalRunFlags, c.SpeedFlags, c.SubsetFlags,
-          c.XAxisFlags, c.YAxisFlags, c.PlanePointsFlags, c.FigureFlags, c.LevelsFlags)
+          c.XAxisFlags, c.YAxisFlags, c.PlanePointsFlags, fc.FigureFlags, fc.LevelsFlags)
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:

@@ -15,7 +15,8 @@ import torch
 from conftest import refused, run_module, tree_digest
 
 import landscape
-from landscape.base.config import CurveConfig, SurfaceConfig
+from landscape.base.config import SurfaceConfig
+from landscape.base.curve_config import CurveConfig
 from landscape.base.errors import UserError
 from landscape.connect import main as connect_main
 from landscape.connectivity import curve_training

@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from landscape.base.config import PlotConfig, SurfaceConfig
+from landscape.base.config import SurfaceConfig
+from landscape.base.figure_config import PlotConfig
 from landscape.core.surface_file import read_surface
 from landscape.pipelines.from_checkpoint import run_surface
 from tests.conftest import SINGLE, cli_env
@@ -146,10 +147,10 @@ def test_each_request_is_made_of_small_pieces_and_each_command_takes_whole_piece
     command's flags are the fields of the pieces it takes, so no command skips fields or patches argparse."""
     import pathlib
 
-    from landscape.base import config
+    from landscape.base import config, figure_config
     from trainers import config as train_config
 
-    for whole, pieces in [(SurfaceConfig, config.SURFACE_PIECES), (PlotConfig, config.PLOT_PIECES),
+    for whole, pieces in [(SurfaceConfig, config.SURFACE_PIECES), (PlotConfig, figure_config.PLOT_PIECES),
                           (TrainConfig, [b for b in TrainConfig.__mro__[1:] if dataclasses.is_dataclass(b)])]:
         names = [f.name for p in pieces for f in dataclasses.fields(p)]
         assert sorted(names) == sorted(f.name for f in dataclasses.fields(whole)), whole

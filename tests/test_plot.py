@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from landscape.base.config import PlotConfig  # noqa: E402
+from landscape.base.figure_config import PlotConfig  # noqa: E402
 from landscape.core.surface_file import Surface  # noqa: E402
 from landscape.drawing import artists  # noqa: E402
 from landscape.output import render  # noqa: E402

@@ -385,7 +385,8 @@ def test_bad_input_in_a_real_process_has_no_traceback(bad_inputs):
 
 
 def test_non_finite_points_are_stored_and_plotted(mlp_ckpt, tmp_path):
-    from landscape.base.config import PlotConfig, SurfaceConfig
+    from landscape.base.config import SurfaceConfig
+    from landscape.base.figure_config import PlotConfig
     from landscape.output import render
     from landscape.pipelines.from_checkpoint import run_surface
 

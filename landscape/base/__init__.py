@@ -8,8 +8,8 @@ _API = {
     "atomic_path": "files", "write_text": "files", "write_json": "files", "write_csv": "files", "read_cached": "files",
     "write_cached": "files",
     "parse_range": "grid", "grid_shape": "grid", "grid_points": "grid",
-    "SurfaceConfig": "config", "PlotConfig": "config", "run_tag": "config",
-    "CurveConfig": "config", "DEVICES": "config", "HESSIAN": "config",
+    "SurfaceConfig": "config", "PlotConfig": "figure_config", "run_tag": "config",
+    "CurveConfig": "curve_config", "DEVICES": "config", "HESSIAN": "config",
     "ArgumentParser": "flags", "option": "flags", "add_config_args": "flags", "config_from_args": "flags",
     "run_cli": "flags", "DefaultsFormatter": "flags",
 }

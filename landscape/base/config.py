@@ -7,7 +7,6 @@ re-plot parses these flags without loading it.
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
@@ -24,7 +23,6 @@ IGNORES = ("biasbn", "none")
 SPLITS = ("train", "test")
 # the metrics a request may name, checked without torch; landscape.runtime.metrics builds each (a test keeps them one)
 METRICS = ("cross_entropy", "mse", "causal_lm", "masked_lm", "next_token")
-FORMATS = ("png", "pdf", "svg", "html")  # html: one interactive page per 2D surface (landscape.output.viewers)
 
 OUT = "landscape_out"  # where surfaces and figures go unless --out says
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
@@ -408,102 +406,3 @@ class SurfaceConfig(OutputFlags, PlanePointsFlags, AutoRiseFlags, YAxisFlags, XA
         name = self.name or "_".join([run_tag(self.checkpoint), *(("to_" if self.target else "") + run_tag(o)
                                                                   for o in others)])
         return os.path.join(self.out, f"{name}_{self.kind}.h5")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FigureFlags:
-    """What every figure takes: the top of the loss, the title, the file formats."""
-
-    loss_max: float | None = option(None, "clip the plotted loss at this value: the top contour level in 2D, the "
-                                    "top of the loss axis in 1D (default: the largest finite loss)", group="figures")
-    title: str | None = option(None, "figure title (default: from the checkpoint: weight decay, batch size, test "
-                               "error)", group="figures")
-    formats: tuple[str, ...] = option(("png", "pdf", "html"), "figure file formats; html: one interactive 3D page "
-                                      "per 2D surface, self-contained (works offline)", choices=FORMATS,
-                                      group="figures")
-
-
-@dataclass(frozen=True, kw_only=True)
-class LevelsFlags:
-    """The contour levels of a 2D figure."""
-
-    levels: int | None = option(None, "number of evenly spaced contour levels from the lowest value to the top "
-                                "(2D; default: for a loss, Li et al.'s 0.1 to 10 by 0.5, shared by every surface, "
-                                "unless it crosses fewer than 3 of them; else 20)", group="figures")
-
-
-@dataclass(frozen=True, kw_only=True)
-class LogFlags:
-    """The loss axis of a 1D figure."""
-
-    log: bool = option(False, "log scale for the loss axis (1D; the axis label says so)", group="figures")
-
-
-PLOT_PIECES = (FigureFlags, LevelsFlags, LogFlags)
-
-
-@dataclass(frozen=True, kw_only=True)
-class PlotConfig(LogFlags, LevelsFlags, FigureFlags):
-    """How surface files become figure files (landscape.output.render): the figure flags of plot1d and plot2d,
-    made of the pieces above."""
-
-    def __post_init__(self) -> None:
-        if self.levels is not None and self.levels < 2:
-            raise ConfigError(f"--levels must be >= 2, got {self.levels}")
-        if self.loss_max is not None and not math.isfinite(self.loss_max):
-            raise ConfigError(f"--loss-max must be a finite number, got {self.loss_max}")
-        for fmt in self.formats:
-            check_choice(fmt, FORMATS, "--formats")
-
-
-CURVE_TYPES = ("bezier", "polychain", "none")  # none: the straight lines only (and aligned with --align)
-# the optimizers and schedules of every command that trains (landscape.optim.builders builds them)
-OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")  # lars, lamb: timm's (You et al. 2017, 2019)
-SCHEDULES = ("constant", "step", "cosine")
-CURVE_MILESTONES = (0.5, 0.75)  # --schedule step of a curve: lr x 0.1 at half and at three quarters of the epochs
-CURVE_BATCH = 128  # --train-batch-size of a curve trained on tensors (a checkpoint's data)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CurveConfig:
-    """How `landscape.connect` trains and evaluates the curve between two checkpoints (landscape.connectivity);
-    the checkpoints, data, evaluation and alignment come from a SurfaceConfig's flags."""
-
-    curve: str = option("bezier", "the path trained between A and B: a quadratic Bezier curve (its control point "
-                        "free) or a polygonal chain (its middle bend free); none: only the straight line (and the "
-                        "aligned one)", choices=CURVE_TYPES, group="curve")
-    points: int = option(21, "values of t in [0, 1] at which every path is evaluated", metavar="N", group="curve")
-    epochs: int = option(20, "passes over the training data while training the curve", metavar="N", group="curve")
-    train_batch_size: int | None = option(None, f"global batch of the curve's training (default: {CURVE_BATCH}); "
-                                          "with --data, your loader's batches are the curve's, so the flag is "
-                                          "refused there", metavar="N", group="curve")
-    optimizer: str = option("sgd", "optimizer of the bend's weights (Garipov et al.: SGD; lars and lamb need timm)",
-                            choices=OPTIMIZERS, group="curve")
-    lr: float = option(0.05, "peak learning rate", group="curve")
-    momentum: float = option(0.9, "SGD momentum", group="curve")
-    weight_decay: float = option(0.0, "L2 weight decay on the bend's weights", group="curve")
-    schedule: str = option("cosine", "learning rate over the steps (step: x0.1 at half and at three quarters of "
-                           "the epochs)", choices=SCHEDULES, group="curve")
-    seed: int = option(0, "seed of the t drawn at each step, the data order and the alignment's sweep order",
-                       group="curve")
-    save_seconds: float = option(30.0, "about how often the training state is saved (and at each epoch's end)",
-                                 metavar="S", group="curve")
-
-    def __post_init__(self) -> None:
-        check_choice(self.curve, CURVE_TYPES, "--curve")
-        check_choice(self.optimizer, OPTIMIZERS, "--optimizer")
-        check_choice(self.schedule, SCHEDULES, "--schedule")
-        for value, flag, low in [(self.points, "--points", 2), (self.epochs, "--epochs", 1),
-                                 (self.train_batch_size or 1, "--train-batch-size", 1)]:
-            if value < low:
-                raise ConfigError(f"{flag} must be >= {low}, got {value}")
-        for value, flag in [(self.lr, "--lr"), (self.momentum, "--momentum"), (self.weight_decay, "--weight-decay"),
-                            (self.save_seconds, "--save-seconds")]:
-            if not (value >= 0 and math.isfinite(value)):
-                raise ConfigError(f"{flag} must be a number >= 0, got {value}")
-
-    def training_record(self) -> dict[str, Any]:
-        """What decides the trained bend besides the endpoints and the data: a resume must match it."""
-        record = {k: getattr(self, k) for k in ("epochs", "train_batch_size", "optimizer", "lr", "momentum",
-                                                 "weight_decay", "schedule", "seed")}
-        return {**record, "train_batch_size": self.train_batch_size or CURVE_BATCH}  # as 0.8 recorded it

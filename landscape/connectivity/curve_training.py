@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from landscape.base.config import CURVE_MILESTONES, CurveConfig
+from landscape.base.curve_config import CURVE_MILESTONES, CurveConfig
 from landscape.base.errors import UserError
 from landscape.base.files import atomic_path
 from landscape.connectivity.curves import CurveModule

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from landscape.base.config import OPTIMIZERS, SCHEDULES, check_choice
+from landscape.base.config import check_choice
+from landscape.base.curve_config import OPTIMIZERS, SCHEDULES
 from landscape.base.errors import ConfigError
 
 LARS_TRUST = 0.001  # LARS's trust coefficient eta (You et al. 2017), timm's default

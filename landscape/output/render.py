@@ -17,7 +17,8 @@ if "matplotlib.pyplot" not in sys.modules:  # a command: files only, no display;
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from landscape.base.config import PlotConfig, run_tag  # noqa: E402
+from landscape.base.config import run_tag  # noqa: E402
+from landscape.base.figure_config import PlotConfig  # noqa: E402
 from landscape.connectivity.barriers import barrier, barrier_series  # noqa: E402
 from landscape.core.curve_file import Curve  # noqa: E402
 from landscape.core.surface_file import Surface  # noqa: E402

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.base.config import CURVE_BATCH, CurveConfig, SurfaceConfig, run_tag
+from landscape.base.config import SurfaceConfig, run_tag
+from landscape.base.curve_config import CURVE_BATCH, CurveConfig
 from landscape.base.errors import ConfigError, UserError
 from landscape.base.files import atomic_path, write_json
 from landscape.connectivity.alignment import Alignment, align_models
