@@ -57,8 +57,7 @@ LOSSES = ("train", "test")
 class BranchConfig:
     """A branched-training study of one run; every field but `run` is a flag of `python -m trainers.branch`."""
 
-    run: str = option(help="the run folder (trainers.train's --out) whose epoch_N.pt checkpoints the branches start "
-                      "from", metavar="RUN_DIR")
+    run: str  # the run folder (trainers.train's --out) whose epoch_N.pt checkpoints the branches start from
     samples: int = option(help="training samples every branch takes (a whole number of steps at every factor)",
                           metavar="N")
     at: tuple[int, ...] = option((), "epochs to branch from: the run's epoch_N.pt files (kept every --save-every "
@@ -377,8 +376,9 @@ def draw(rows: list[dict[str, Any]], series: dict[str, list[tuple[int, float]]],
 
 
 def get_parser(add_help: bool = True) -> ArgumentParser:
-    p = config_parser("python -m trainers.branch", __doc__, add_help, BranchConfig, skip=("run",))
-    p.add_argument("run", metavar="RUN_DIR", help=BranchConfig.__dataclass_fields__["run"].metadata["cli"]["help"])
+    p = config_parser("python -m trainers.branch", __doc__, add_help, BranchConfig)
+    p.add_argument("run", metavar="RUN_DIR", help="the run folder (trainers.train's --out) whose epoch_N.pt "
+                   "checkpoints the branches start from")
     return p
 
 
