@@ -25,12 +25,13 @@ def lambda_min_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfi
 
 
 def _lanczos_settings(s: Subject, names: list[str], sc: SharpnessConfig, products: int) -> dict:
-    return {"tol": sc.tol, "products": products, "parameters": s.hessian(names).dim}
+    return {"tol": sc.tol, "products": products, "parameters": s.hessian(names).dim, "curvature": sc.curvature}
 
 
 def trace_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) -> list[Row]:
     t = hutchpp_trace(s.hessian(names), sc.trace_products, s.spec.seed)
-    return [row(label, "trace", Measured(t.estimate, t.stderr, {"method": "Hutch++", "products": t.products}))]
+    return [row(label, "trace", Measured(t.estimate, t.stderr, {"method": "Hutch++", "products": t.products,
+                                                                    "curvature": sc.curvature}))]
 
 
 def density_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) -> list[Row]:
@@ -39,7 +40,8 @@ def density_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) 
     first = d.moment(1)
     return [row(label, "density_mean", Measured(
         float(first.mean()), float(sem(first)) if len(first) > 1 else float("nan"),
-        {"runs": sc.density_runs, "steps": sc.density_steps, "what": "SLQ first moment, tr(H)/n"}))]
+        {"runs": sc.density_runs, "steps": sc.density_steps, "what": "SLQ first moment, tr(H)/n",
+         "curvature": sc.curvature}))]
 
 
 def _density_cost(sc: SharpnessConfig, u: UnitCosts) -> tuple[float, str]:

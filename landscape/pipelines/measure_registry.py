@@ -22,6 +22,7 @@ from landscape.base.registry import Registry
 from landscape.core.directions import DirectionSpec
 from landscape.core.params import Params
 from landscape.curvature.costs import LANCZOS_PRODUCTS, UnitCosts
+from landscape.curvature.ggn import CURVATURES, OutputCurvature, curvature_operator
 from landscape.curvature.hessian import Eigen, HessianOperator, eigenvalues, graph_budget
 from landscape.curvature.sharpness import MeanLoss, Measured
 from landscape.runtime.distributed import DistInfo, broadcast_object
@@ -100,8 +101,9 @@ class Subject:
     loss_name: str | None = None
     axes: dict[str, int] = field(default_factory=dict)  # output axes of weights stored (in, out)
     lanczos_needs: frozenset[str] = frozenset()  # what the chosen measures read of the Lanczos run
+    curvature: str = "hessian"  # which curvature operator the Hessian measures read (landscape.curvature.ggn)
     densities: dict[str, dict[str, list]] = field(default_factory=dict)  # subset -> SLQ nodes and weights
-    held: tuple[list[str], HessianOperator] | None = field(default=None, repr=False)  # see hessian()
+    held: tuple[list[str], HessianOperator | OutputCurvature] | None = field(default=None, repr=False)  # see hessian()
     eigen_of: tuple[list[str], Eigen, Params | None] | None = field(default=None, repr=False)  # see eigen()
 
     @property
@@ -112,15 +114,16 @@ class Subject:
         return MeanLoss(self.model, rank_share(self.source, self.info) if data is None else data, self.metric,
                         params=names, reduce=reduce, batch_size=self.batch_size, loss_name=self.loss_name)
 
-    def hessian(self, names: list[str]) -> HessianOperator:
-        """The Hessian over `names`; the last one made is kept and given again for the same names (its graphs
-        are built once), and dropped when another is asked for."""
+    def hessian(self, names: list[str]) -> HessianOperator | OutputCurvature:
+        """The curvature operator over `names` (the Hessian, or the chosen `curvature`); the last one made is kept
+        and given again for the same names (its graphs are built once), and dropped when another is asked for."""
         if self.held is not None and self.held[0] == names:
             return self.held[1]
         self.held = None  # its graphs go before the next one's are built
         cap = None if self.info.device.type == "cuda" else min(graph_budget(self.info.device), CPU_GRAPH_BYTES)
-        op = HessianOperator(self.model, rank_share(self.source, self.info), self.metric, params=names,
-                             batch_size=self.batch_size, cache_bytes=cap, loss_name=self.loss_name)
+        op = curvature_operator(self.curvature, self.model, rank_share(self.source, self.info), self.metric,
+                                params=names, batch_size=self.batch_size, cache_bytes=cap, loss_name=self.loss_name,
+                                seed=self.spec.seed)
         self.held = (names, op)
         return op
 
@@ -160,6 +163,10 @@ class SharpnessConfig:
                                        "average-case sharpness, basin width over random directions; each prints "
                                        "its estimated time first", choices=_names_hint, group="measures")
     per_layer: bool = option(False, "also one row per layer (each module's own parameters)", group="measures")
+    curvature: str = option("hessian", "the curvature the Hessian measures (lambda_max, lambda_min, trace, density, "
+                            "the widths' eigenvector) read: the Hessian, the generalized Gauss-Newton J^T H_out J, "
+                            "the Monte-Carlo Fisher or the empirical Fisher (landscape.curvature.ggn)",
+                            choices=CURVATURES, group="hessian")
     tol: float = option(1e-3, "Lanczos tolerance: the eigenvalues' relative error bound", group="hessian")
     trace_products: int = option(60, "Hessian-vector products of the Hutch++ trace", metavar="N", group="hessian")
     density_runs: int = option(5, "SLQ runs averaged for the spectral density", metavar="N", group="hessian")

@@ -120,7 +120,7 @@ def measure_table(model: nn.Module, source: TensorSource | StreamSource, metric:
     measures = chosen_measures(sc.measures)
     theta0 = snapshot(model_tensors(model), device="cpu")
     s = Subject(model, theta0, source, metric, info=info, spec=spec, loss_name=loss_name, axes=output_axes(model),
-                lanczos_needs=frozenset().union(*(m.lanczos for m in measures)))
+                lanczos_needs=frozenset().union(*(m.lanczos for m in measures)), curvature=sc.curvature)
     chosen = subsets(model, moved_tensors(model, theta0, params or None, trainable_only), sc.per_layer, params)
     announce_costs(s, chosen[0][1], sc, len(chosen), log)
     progress = Progress(log, len(measures) * len(chosen))

@@ -1,0 +1,132 @@
+"""The Gauss-Newton and Fisher operators against dense float64 matrices built here from the model's full Jacobian:
+a tiny MLP and a tiny CNN, the whole matrix, its top eigenvalues and its trace; the GGN is the Hessian for a linear
+model under MSE, and the Monte-Carlo Fisher tends to the GGN for cross-entropy."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from landscape.base.errors import ConfigError
+from landscape.curvature.ggn import EmpiricalFisherOperator, FisherOperator, GGNOperator, curvature_operator
+from landscape.curvature.hessian import HessianOperator, eigenvalues
+from landscape.runtime.metrics import mse
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+
+
+def cnn():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double()
+
+
+def data(model, n=24):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 4, generator=g, dtype=torch.float64) if isinstance(model[0], nn.Linear) else \
+        torch.randn(n, 1, 6, 6, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def jacobian(model, x):
+    """(n, C, P): each sample's logits differentiated by every parameter, flat in named_parameters order."""
+    names = [n for n, _ in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    shapes, sizes = [p.shape for p in model.parameters()], [p.numel() for p in model.parameters()]
+
+    def f(w):
+        params = {n: t.view(s) for n, t, s in zip(names, torch.split(w, sizes), shapes)}
+        return functional_call(model, params, (x,))
+
+    return torch.autograd.functional.jacobian(f, flat)
+
+
+def dense(op):
+    """The operator's matrix, column by column."""
+    return torch.stack([op.matvec(e) for e in torch.eye(op.dim, dtype=torch.float64)], dim=1).numpy()
+
+
+@pytest.mark.parametrize("make", [mlp, cnn])
+def test_ggn_and_both_fishers_equal_their_dense_matrices(make):
+    model = make()
+    x, y = data(model)
+    J = jacobian(model, x)  # (n, C, P)
+    p = torch.softmax(model(x), dim=-1).detach()
+    H = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # cross-entropy's Hessian in the logits, per sample
+    ggn = torch.einsum("ncp,ncd,ndq->pq", J, H, J).numpy() / len(x)
+    r = p - torch.nn.functional.one_hot(y, 3).double()  # each sample's gradient in the logits, at its label
+    g = torch.einsum("ncp,nc->np", J, r)  # per-sample gradients in the weights
+    fisher = (g.T @ g).numpy() / len(x)
+    G, F = GGNOperator(model, (x, y), batch_size=7), EmpiricalFisherOperator(model, (x, y), batch_size=7)
+    np.testing.assert_allclose(dense(G), ggn, atol=1e-12)
+    np.testing.assert_allclose(dense(F), fisher, atol=1e-12)
+    top = np.linalg.eigvalsh(ggn)[::-1][:3]
+    np.testing.assert_allclose(eigenvalues(G, k=3, tol=1e-10).top, top, rtol=1e-7)
+    assert np.trace(dense(G)) == pytest.approx(np.trace(ggn), rel=1e-12)
+    assert np.linalg.eigvalsh(ggn).min() > -1e-12  # positive semi-definite
+
+
+def test_the_ggn_of_a_linear_model_under_mse_is_its_hessian():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 2)).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randn(16, 2, dtype=torch.float64)
+    G, H = GGNOperator(model, (x, y), mse), HessianOperator(model, (x, y), mse)
+    np.testing.assert_allclose(dense(G), dense(H), atol=1e-12)
+
+
+def test_the_monte_carlo_fisher_tends_to_the_ggn_for_cross_entropy():
+    model = mlp()
+    x, y = data(model)
+    G, F = GGNOperator(model, (x, y), batch_size=24), FisherOperator(model, (x, y), draws=4000, seed=0, batch_size=24)
+    vs = torch.randn(3, G.dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for v in vs:
+        gv, fv = G.matvec(v), F.matvec(v)
+        assert torch.linalg.norm(fv - gv) / torch.linalg.norm(gv) < 0.05
+        assert torch.equal(fv, F.matvec(v))  # seeded: the same labels at every product
+
+
+def test_losses_without_what_an_operator_needs_are_refused():
+    model = mlp()
+    x, y = data(model)
+
+    def hinge(outputs, batch):  # a loss of the outputs, with no predictive distribution
+        margin = outputs.gather(1, batch[1][:, None]) - outputs.logsumexp(1, keepdim=True)
+        return {"loss": (-margin).clamp(min=0).sum(), "count": torch.tensor(float(len(outputs)))}
+
+    def constant(outputs, batch):  # not a function of the outputs at all
+        return {"loss": torch.tensor(1.0, dtype=torch.float64) * len(batch[1]),
+                "count": torch.tensor(float(len(batch[1])))}
+
+    GGNOperator(model, (x, y), hinge).matvec(torch.ones(GGNOperator(model, (x, y), hinge).dim))
+    with pytest.raises(ConfigError, match="predictive distribution: cross_entropy"):
+        FisherOperator(model, (x, y), hinge)
+    with pytest.raises(ConfigError, match="does not depend on the model's outputs"):
+        GGNOperator(model, (x, y), constant)
+    with pytest.raises(ConfigError, match="is not one of: hessian, ggn, fisher, empirical_fisher"):
+        curvature_operator("gauss", model, (x, y))
+    assert isinstance(curvature_operator("ggn", model, (x, y), cache_bytes=0, seed=1), GGNOperator)
+
+
+def test_the_sharpness_table_reads_the_chosen_curvature_and_says_which(mlp_ckpt, tmp_path, capsys):
+    import json
+
+    import landscape
+    from landscape.sharpness import main
+    from tests import userland
+
+    model, data = userland.make_mlp(), userland.tensors()
+    rows = landscape.sharpness_table(model, data, measures=("lambda_max", "trace"), curvature="ggn",
+                                     trace_products=12)
+    by = {r["measure"]: r for r in rows}
+    top = eigenvalues(GGNOperator(model, data), tol=1e-3).top[0]
+    assert by["lambda_max"]["value"] == pytest.approx(top, rel=1e-9)
+    assert by["lambda_max"]["settings"]["curvature"] == by["trace"]["settings"]["curvature"] == "ggn"
+    main([mlp_ckpt, "--curvature", "empirical_fisher", "--measures", "lambda_max", "--samples", "64",
+          "--out", str(tmp_path), "--device", "cpu", "--no-progress"])
+    table = json.loads(next(tmp_path.glob("*_sharpness.json")).read_text())["result"]["rows"]
+    assert table[0]["settings"]["curvature"] == "empirical_fisher" and table[0]["value"] > 0
+    assert "empirical_fisher" in capsys.readouterr().out
