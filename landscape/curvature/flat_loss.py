@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -98,3 +99,17 @@ class FlatLoss:
                                batch)
         check_sums(self.metric, sums)
         return sums
+
+
+class CurvatureOperator(FlatLoss):
+    """A symmetric matrix over the flat weights, known by its products (`matvec`: float64 in and out), which the
+    Hessian and the Gauss-Newton and Fisher operators implement; `linear_operator` hands it to scipy's solvers."""
+
+    def matvec(self, v: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def linear_operator(self) -> LinearOperator:
+        def mv(v: np.ndarray) -> np.ndarray:
+            return self.matvec(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).ravel()).cpu().numpy()
+
+        return LinearOperator((self.dim, self.dim), matvec=mv, dtype=np.float64)

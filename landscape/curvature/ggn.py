@@ -15,14 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
 from landscape.base.errors import ConfigError
-from landscape.curvature.flat_loss import FlatLoss, evaluation_mode, twice_differentiable
+from landscape.curvature.flat_loss import CurvatureOperator, evaluation_mode, twice_differentiable
 from landscape.runtime.distributed import all_reduce_sum
 from landscape.runtime.forward import forward_batch
 from landscape.runtime.metrics import Metric, TokenCrossEntropy, cross_entropy, logits_of, mse, targets_of
@@ -31,7 +29,7 @@ CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
 WITH_DISTRIBUTION = "cross_entropy, the token losses (causal_lm, masked_lm, next_token) and mse"
 
 
-class OutputCurvature(FlatLoss):
+class OutputCurvature(CurvatureOperator):
     """v -> C v with C = (1/count) sum over the data of J^T M J, M a matrix in the space of the outputs that each
     subclass applies (`output_product`). Args as HessianOperator's; the model is read in eval mode, never written."""
 
@@ -93,12 +91,6 @@ class OutputCurvature(FlatLoss):
                 total += pull(mu)[0].double()
         self.products += 1
         return (all_reduce_sum(total) if self.reduce else total).div_(self.count)
-
-    def linear_operator(self) -> LinearOperator:
-        def mv(x: np.ndarray) -> np.ndarray:
-            return self.matvec(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).ravel()).cpu().numpy()
-
-        return LinearOperator((self.dim, self.dim), matvec=mv, dtype=np.float64)
 
     def _loss_hvp(self, z: Tensor, u: Tensor, batch: Any) -> Tensor:
         """H_out u by autograd: the loss's Hessian in the outputs, for any loss of the outputs alone."""

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from landscape.base.errors import ConfigError
 from landscape.core.params import Params, PointSetter, model_tensors
-from landscape.curvature.flat_loss import FlatLoss, twice_differentiable
+from landscape.curvature.flat_loss import CurvatureOperator, twice_differentiable
 from landscape.runtime.distributed import all_reduce_sum
 from landscape.runtime.metrics import Metric, cross_entropy
 from landscape.runtime.sources import batch_size_of
@@ -40,7 +40,7 @@ def graph_budget(device: torch.device) -> int:
         return 2 << 30
 
 
-class HessianOperator(FlatLoss):
+class HessianOperator(CurvatureOperator):
     """v -> H v for the mean loss of `model` over `data`, with respect to its parameters (all of them, or the
     names in `params`; the others are held fixed).
 
@@ -132,12 +132,6 @@ class HessianOperator(FlatLoss):
             total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         self.products += 1
         return (all_reduce_sum(total) if self.reduce else total).div_(self.count)
-
-    def linear_operator(self) -> LinearOperator:
-        def mv(v: np.ndarray) -> np.ndarray:
-            return self.matvec(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).ravel()).cpu().numpy()
-
-        return LinearOperator((self.dim, self.dim), matvec=mv, dtype=np.float64)
 
 
 @dataclass(frozen=True)
