@@ -32,6 +32,8 @@ class UnitCosts:
     product: float
     graph_budget: int
     parameters: int
+    graph_bytes: int = 0  # what the gradient graphs of all the batches take (kept when within graph_budget)
+    cached: bool = False
     on_gpu: bool = False  # SLQ's reorthogonalization then costs little beside the products (H100: 6.6 s in all)
 
 
@@ -48,7 +50,8 @@ def time_units(f: MeanLoss, op: HessianOperator | None) -> UnitCosts:
         v = torch.ones(op.dim, dtype=torch.float64)
         product = seconds(lambda: op.matvec(v))
     return UnitCosts(seconds(lambda: f(f.theta0)), seconds(lambda: f.value_and_grad(f.theta0)), product,
-                     op.cache_bytes if op is not None else 0, f.dim, f.device.type == "cuda")
+                     op.cache_bytes if op is not None else 0, f.dim, f.device.type == "cuda",
+                     getattr(op, "graph_bytes", 0), getattr(op, "cached", False))
 
 
 def estimate_text(costs: dict[str, tuple[float, str]], subsets: int) -> str:
@@ -63,6 +66,16 @@ def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 600 else f"{s / 60:.0f} min"
 
 
-def graph_budget_text(budget: int) -> str:
-    return f"Hessian graphs: up to {budget / 2**30:.2g} GiB kept in memory (past it, rebuilt at every product)"
+def graph_budget_text(u: UnitCosts, budget: int) -> str:
+    """The memory line printed before measuring: the budget, and whether the gradient graphs are kept in it."""
+    head = f"curvature memory budget {_bytes(budget)} (--curvature-memory):"
+    if not u.graph_bytes:
+        return f"{head} no graph is kept between products"
+    if u.cached:
+        return f"{head} the gradient graphs ({_bytes(u.graph_bytes)}) are kept"
+    return f"{head} the gradient graphs ({_bytes(u.graph_bytes)}) do not fit and are rebuilt at every product"
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 

@@ -88,11 +88,12 @@ class FlatLoss:
         flat = torch.from_numpy(np.asarray(v, dtype=np.float32))
         return dict(zip(self.names, self.unflatten(flat)))
 
-    def sums(self, batch: Any, flat: Tensor | None = None) -> Sums:
-        """The metric's sums over one batch with the chosen parameters at `flat` (None: as the model has them)."""
+    def sums(self, batch: Any, flat: Tensor | list[Tensor] | None = None) -> Sums:
+        """The metric's sums over one batch with the chosen parameters at `flat` (one flat vector, or a tensor per
+        chosen parameter; None: as the model has them)."""
         tensors = {n: p.detach() for n, p in self.named.items()}
         if flat is not None:
-            tensors.update(zip(self.names, self.unflatten(flat)))
+            tensors.update(zip(self.names, flat if isinstance(flat, list) else self.unflatten(flat)))
         tensors.update((n, b.detach()) for n, b in self.model.named_buffers())
         with evaluation_mode(self.model):
             sums = self.metric(forward_batch(lambda *a, **k: functional_call(self.model, tensors, a, k), batch),
@@ -102,11 +103,16 @@ class FlatLoss:
 
 
 class CurvatureOperator(FlatLoss):
-    """A symmetric matrix over the flat weights, known by its products (`matvec`: float64 in and out), which the
-    Hessian and the Gauss-Newton and Fisher operators implement; `linear_operator` hands it to scipy's solvers."""
+    """A symmetric matrix over the flat weights, known by its products, which the Hessian and the Gauss-Newton and
+    Fisher operators implement: `product` in the model's dtype and on its device (what the memory-lean solvers
+    use), `matvec` in float64; `linear_operator` hands it to scipy's solvers."""
+
+    def product(self, v: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def matvec(self, v: Tensor) -> Tensor:
-        raise NotImplementedError
+        """C v for a flat vector v (float64 in and out; the product is computed in the model's dtype)."""
+        return self.product(v.to(self.device, self.dtype)).double()
 
     def linear_operator(self) -> LinearOperator:
         def mv(v: np.ndarray) -> np.ndarray:

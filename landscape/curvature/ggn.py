@@ -3,10 +3,10 @@
 from the model's predictive distribution, seeded) and the empirical Fisher (the data's labels), each averaged over
 the data's count exactly as the Hessian's loss is, and summed across ranks.
 
-J, the Jacobian of the model's outputs (its logits) with respect to the chosen weights, is applied with torch.func's
-jvp and vjp, never materialized. H_out, the loss's Hessian with respect to the outputs, is in closed form for the
-built-in cross-entropy (softmax's diag(p) - p p^T) and MSE (2 I), and by autograd for any other loss that is a
-function of the outputs alone. A Fisher needs a predictive distribution: cross-entropy (classification and token
+J, the Jacobian of the model's outputs (its logits) with respect to the chosen weights, is applied by forward-mode
+AD (J v, the tangent of a dual forward pass) and reverse mode (J^T u, that pass's backward), never materialized.
+H_out, the loss's Hessian with respect to the outputs, is in closed form for the built-in cross-entropy (softmax's
+diag(p) - p p^T) and MSE (2 I), and by autograd for any other loss that is a function of the outputs alone. A Fisher needs a predictive distribution: cross-entropy (classification and token
 losses: a categorical one) and MSE (a Gaussian of variance 1/2, whose score gives its 2 I).
 """
 
@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vjp
+from torch.autograd import forward_ad
+from torch.func import functional_call
 
 from landscape.base.errors import ConfigError
 from landscape.curvature.flat_loss import CurvatureOperator, evaluation_mode, twice_differentiable
@@ -77,18 +78,23 @@ class OutputCurvature(CurvatureOperator):
         """M u in the outputs' space, for batch number `index`'s logits z and a tangent u of their shape."""
         raise NotImplementedError
 
-    def matvec(self, v: Tensor) -> Tensor:
-        """C v for a flat vector v (float64 in and out; products in the model's dtype)."""
-        v = v.to(self.device, self.dtype)
-        theta = self.weights()
-        total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+    def product(self, v: Tensor) -> Tensor:
+        """C v in the model's dtype and on its device. One forward pass per batch gives both J v (its forward-mode
+        tangent) and the graph that J^T u is the backward of, so a product costs a forward with its tangent and a
+        backward: about half the Hessian's rebuilt product, and no graph is kept between products."""
+        total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         with evaluation_mode(self.model), twice_differentiable(self.model):
             for index, batch in enumerate(self.source):
-                f = self._forward(batch)
-                z, jv = jvp(f, (theta,), (v,))
-                mu = self.output_product(z.detach(), jv.detach(), batch, index).to(z.dtype)
-                _, pull = vjp(f, theta)
-                total += pull(mu)[0].double()
+                leaf = self.weights().requires_grad_()
+                with forward_ad.dual_level():
+                    z, jv = forward_ad.unpack_dual(self._forward(batch)(forward_ad.make_dual(leaf, v)))
+                    jv = jv.detach()
+                if not z.requires_grad:  # the outputs never read these weights: nothing to add
+                    continue
+                mu = self.output_product(z.detach(), jv, batch, index).to(z.dtype)
+                del jv
+                total += torch.autograd.grad(z, leaf, mu, allow_unused=True, materialize_grads=True)[0]
+                del z, leaf, mu
         self.products += 1
         return (all_reduce_sum(total) if self.reduce else total).div_(self.count)
 

@@ -1,6 +1,6 @@
 """The sharpness measures read off the Hessian, registered: its largest and most negative eigenvalues (one shared
-Lanczos run), its trace (Hutch++) and its spectral density (SLQ, whose nodes and weights also feed the density
-figure)."""
+Lanczos run), its trace (Hutch++, or Hutchinson where Hutch++'s vectors would not fit the memory budget) and its
+spectral density (SLQ, whose nodes and weights also feed the density figure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from scipy.stats import sem
 
 from landscape.curvature.costs import LAMBDA_MIN_PRODUCTS, REORTHOGONALIZATION_PER_PARAMETER, UnitCosts
 from landscape.curvature.density import spectral_density
-from landscape.curvature.hessian import hutchpp_trace
+from landscape.curvature.hessian import trace_estimate
 from landscape.curvature.sharpness import Measured
 from landscape.pipelines.measure_registry import Measure, Row, SharpnessConfig, Subject, register_measure, row
 
@@ -29,8 +29,8 @@ def _lanczos_settings(s: Subject, names: list[str], sc: SharpnessConfig, product
 
 
 def trace_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig) -> list[Row]:
-    t = hutchpp_trace(s.hessian(names), sc.trace_products, s.spec.seed)
-    return [row(label, "trace", Measured(t.estimate, t.stderr, {"method": "Hutch++", "products": t.products,
+    t = trace_estimate(s.hessian(names), sc.trace_products, s.spec.seed, s.budget)
+    return [row(label, "trace", Measured(t.estimate, t.stderr, {"method": t.method, "products": t.products,
                                                                     "curvature": sc.curvature}))]
 
 
@@ -58,6 +58,7 @@ register_measure(Measure("lambda_min", lambda_min_rows,
                                    f"~{LAMBDA_MIN_PRODUCTS} products of the shifted run for the most negative one"),
                  lambda sc: ("lambda_min",), hessian=True, lanczos=frozenset({"top", "smallest"})))
 register_measure(Measure("trace", trace_rows,
-                 lambda sc, u: (sc.trace_products * u.product, f"{sc.trace_products} products (Hutch++)"),
+                 lambda sc, u: (sc.trace_products * u.product,
+                                f"{sc.trace_products} products (Hutch++, or Hutchinson past the memory budget)"),
                  lambda sc: ("trace",), hessian=True))
 register_measure(Measure("density", density_rows, _density_cost, lambda sc: ("density_mean",), hessian=True))

@@ -80,11 +80,6 @@ def row(subset: str, measure: str, m: Measured) -> Row:
             "bound": "lower" if m.lower_bound else "", "settings": m.settings}
 
 
-# On a CPU the kept Hessian graphs may hold at most this much (or a quarter of the free memory, if less): past it
-# they are rebuilt at every product, which cost a ResNet-18 with 128 samples 0.5-0.7 s a product against 0.3-0.4 s
-CPU_GRAPH_BYTES = 2 << 30
-
-
 @dataclass
 class Subject:
     """What every measure works on: the model, its weights, the data (all of it, and this rank's share), the
@@ -102,6 +97,7 @@ class Subject:
     axes: dict[str, int] = field(default_factory=dict)  # output axes of weights stored (in, out)
     lanczos_needs: frozenset[str] = frozenset()  # what the chosen measures read of the Lanczos run
     curvature: str = "hessian"  # which curvature operator the Hessian measures read (landscape.curvature.ggn)
+    memory: int | None = None  # bytes the curvature may keep beside one batch's graph (None: graph_budget)
     densities: dict[str, dict[str, list]] = field(default_factory=dict)  # subset -> SLQ nodes and weights
     held: tuple[list[str], HessianOperator | OutputCurvature] | None = field(default=None, repr=False)  # see hessian()
     eigen_of: tuple[list[str], Eigen, Params | None] | None = field(default=None, repr=False)  # see eigen()
@@ -120,12 +116,16 @@ class Subject:
         if self.held is not None and self.held[0] == names:
             return self.held[1]
         self.held = None  # its graphs go before the next one's are built
-        cap = None if self.info.device.type == "cuda" else min(graph_budget(self.info.device), CPU_GRAPH_BYTES)
         op = curvature_operator(self.curvature, self.model, rank_share(self.source, self.info), self.metric,
-                                params=names, batch_size=self.batch_size, cache_bytes=cap, loss_name=self.loss_name,
-                                seed=self.spec.seed)
+                                params=names, batch_size=self.batch_size, cache_bytes=self.budget,
+                                loss_name=self.loss_name, seed=self.spec.seed)
         self.held = (names, op)
         return op
+
+    @property
+    def budget(self) -> int:
+        """Bytes the curvature may keep beside one batch's graph: kept graphs, Hutch++'s vectors."""
+        return graph_budget(self.info.device) if self.memory is None else self.memory
 
     def eigen(self, names: list[str], tol: float) -> tuple[Eigen, Params | None]:
         """The one Lanczos run over `names` that the chosen measures share (the most negative eigenvalue too, and
@@ -168,7 +168,12 @@ class SharpnessConfig:
                             "the Monte-Carlo Fisher or the empirical Fisher (landscape.curvature.ggn)",
                             choices=CURVATURES, group="hessian")
     tol: float = option(1e-3, "Lanczos tolerance: the eigenvalues' relative error bound", group="hessian")
-    trace_products: int = option(60, "Hessian-vector products of the Hutch++ trace", metavar="N", group="hessian")
+    trace_products: int = option(60, "Hessian-vector products of the trace: Hutch++, or Hutchinson where Hutch++'s "
+                                 "vectors would not fit --curvature-memory", metavar="N", group="hessian")
+    curvature_memory: int | None = option(None, "MiB the curvature may keep beside one batch's graph: the gradient "
+                                          "graphs of every batch (else rebuilt at each product) and Hutch++'s "
+                                          "vectors (default: 256 on CPU, half the free GPU memory)", metavar="MIB",
+                                          group="hessian")
     density_runs: int = option(5, "SLQ runs averaged for the spectral density", metavar="N", group="hessian")
     density_steps: int = option(60, "Lanczos steps per SLQ run", metavar="N", group="hessian")
     eps: tuple[float, ...] = option((1e-3, 5e-4), "Keskar's box half-width(s), relative to |w|+1 (one row each)",
@@ -205,7 +210,8 @@ class SharpnessConfig:
                                  (self.density_steps, "--density-steps", 2), (self.lbfgs_iters, "--lbfgs-iters", 1),
                                  (self.ascent_steps, "--ascent-steps", 1), (self.draws, "--draws", 2),
                                  (self.width_directions, "--width-directions", 2), (self.subspace, "--subspace", 1),
-                                 (self.m_sharpness, "--m-sharpness", 1)]:
+                                 (self.m_sharpness, "--m-sharpness", 1),
+                                 (self.curvature_memory, "--curvature-memory", 0)]:
             if value is not None and value < low:
                 raise ConfigError(f"{flag} must be >= {low}, got {value}")
         for value, flag in [(self.tol, "--tol"), (self.rho, "--rho"), (self.sigma, "--sigma"),

@@ -120,7 +120,8 @@ def measure_table(model: nn.Module, source: TensorSource | StreamSource, metric:
     measures = chosen_measures(sc.measures)
     theta0 = snapshot(model_tensors(model), device="cpu")
     s = Subject(model, theta0, source, metric, info=info, spec=spec, loss_name=loss_name, axes=output_axes(model),
-                lanczos_needs=frozenset().union(*(m.lanczos for m in measures)), curvature=sc.curvature)
+                lanczos_needs=frozenset().union(*(m.lanczos for m in measures)), curvature=sc.curvature,
+                memory=None if sc.curvature_memory is None else sc.curvature_memory << 20)
     chosen = subsets(model, moved_tensors(model, theta0, params or None, trainable_only), sc.per_layer, params)
     announce_costs(s, chosen[0][1], sc, len(chosen), log)
     progress = Progress(log, len(measures) * len(chosen))
@@ -145,7 +146,7 @@ def announce_costs(s: Subject, names: list[str], sc: SharpnessConfig, n_subsets:
     costs = measure_costs(sc, units)
     log(estimate_text(costs, n_subsets))
     if needs_hessian:
-        log(graph_budget_text(units.graph_budget))
+        log(graph_budget_text(units, s.budget))
     return costs
 
 
