@@ -6,8 +6,9 @@ the data's count exactly as the Hessian's loss is, and summed across ranks.
 J, the Jacobian of the model's outputs (its logits) with respect to the chosen weights, is applied by forward-mode
 AD (J v, the tangent of a dual forward pass) and reverse mode (J^T u, that pass's backward), never materialized.
 H_out, the loss's Hessian with respect to the outputs, is in closed form for the built-in cross-entropy (softmax's
-diag(p) - p p^T) and MSE (2 I), and by autograd for any other loss that is a function of the outputs alone. A Fisher needs a predictive distribution: cross-entropy (classification and token
-losses: a categorical one) and MSE (a Gaussian of variance 1/2, whose score gives its 2 I).
+diag(p) - p p^T) and MSE (2 I), and by autograd for any other loss that is a function of the outputs alone. A
+Fisher needs a predictive distribution: cross-entropy (classification and token losses: a categorical one) and MSE
+(a Gaussian of variance 1/2, whose score gives its 2 I).
 """
 
 from __future__ import annotations
