@@ -237,28 +237,34 @@ def _connect(a: str, b: str, out: str, device: str, options: dict[str, Any], giv
 
 
 def hessian(model: nn.Module, data: Any, metrics: str | Metric = "cross_entropy", *,
-            params: ParamSelection = None, batch_size: int | None = None, loss_name: str | None = None) -> Any:
+            params: ParamSelection = None, batch_size: int | None = None, loss_name: str | None = None,
+            curvature: str = "hessian", **options: Any) -> Any:
     """The Hessian of the mean loss of `model` over `data` with respect to its parameters (all, or the names or globs
     of `params`), as an operator: `op.matvec(v)` on a flat tensor of `op.dim`, `op.linear_operator()` for
     scipy, `op.as_params(v)` to name a vector's pieces. Taken in eval mode (BatchNorm with running statistics); the
-    model, its mode included, is left as it was. `data` and `metrics` as `surface` takes them."""
-    from landscape.curvature.hessian import HessianOperator
+    model, its mode included, is left as it was. `data` and `metrics` as `surface` takes them.
+
+    `curvature`: another curvature with the same interface (landscape.curvature.operators): "ggn" (the generalized
+    Gauss-Newton J^T H_out J), "fisher" (Monte Carlo, `draws` and `seed` in `options`), "empirical_fisher".
+    `options`: the Hessian's `cache_bytes` (how much its kept gradient graphs may hold)."""
+    from landscape.curvature.operators import curvature_operator
 
     device = next(model.parameters()).device
     chosen = moved_tensors(model, dict(model.named_parameters()), params, False)  # None: every parameter
-    return HessianOperator(model, data, get_metric(metrics), params=chosen,
-                           batch_size=resolve_batch_size(batch_size, device), loss_name=loss_name)
+    return curvature_operator(curvature, model, data, get_metric(metrics), params=chosen,
+                              batch_size=resolve_batch_size(batch_size, device), loss_name=loss_name, **options)
 
 
 def hessian_eigenvalues(model: nn.Module, data: Any, k: int = 1, metrics: str | Metric = "cross_entropy", *,
                         smallest: bool = False, tol: float = 1e-3, seed: int = 0, params: ParamSelection = None,
-                        batch_size: int | None = None) -> Any:
+                        batch_size: int | None = None, curvature: str = "hessian") -> Any:
     """The k largest eigenvalues of `hessian(model, data, metrics)` (and the most negative one with `smallest`), by
     Lanczos to relative error `tol`: landscape.curvature.hessian.Eigen (`top`, `min`, `matvecs`). The same
-    numbers as `python -m landscape.sharpness`'s lambda_max and lambda_min on the same weights and samples."""
+    numbers as `python -m landscape.sharpness`'s lambda_max and lambda_min on the same weights and samples (and
+    `curvature` as its --curvature)."""
     from landscape.curvature.hessian import eigenvalues
 
-    op = hessian(model, data, metrics, params=params, batch_size=batch_size)
+    op = hessian(model, data, metrics, params=params, batch_size=batch_size, curvature=curvature, seed=seed)
     return eigenvalues(op, k, tol, seed=seed, smallest=smallest)
 
 

@@ -32,6 +32,10 @@ def get_parser(add_help: bool = True) -> ArgumentParser:
     p = surface_commands.get_parser("python -m landscape.hessian_map", __doc__, add_help, PIECES)
     p.add_argument("checkpoint", help="the checkpoint (.pt) at the centre")
     p.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (relative to the eigenvalue)")
+    p.add_argument("--curvature", choices=c.CURVATURES, default="hessian", help="the curvature whose extreme "
+                   "eigenvalues are mapped: the Hessian, the generalized Gauss-Newton, the Monte-Carlo or the "
+                   "empirical Fisher (positive semi-definite: their lambda_min is 0 up to --tol, so only the "
+                   "Hessian's map shows negative curvature); the file is OUT/<name>_2d_<curvature>.h5")
     p.add_argument("--convex-slack", type=float, nargs="+", default=[0.01, 0.1], help="a point counts as convex "
                    "when lambda_min >= -SLACK * lambda_max; the share is printed for each SLACK")
     p.set_defaults(x="-1:1:11", y="-1:1:11", formats=["png", "pdf"])
@@ -46,10 +50,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     plot = config_from_args(PlotConfig, args)
     cfg = surface_commands.surface_config(args, checkpoint=args.checkpoint)
-    stem = os.path.basename(cfg.path)[:-len(".h5")] + "_hessian.h5"
+    stem = os.path.basename(cfg.path)[:-len(".h5")] + f"_{args.curvature}.h5"
     with process_group(cfg.device) as info, exclusive_output(cfg.out, info, stem=stem):  # one writer per map
         t0 = time.perf_counter()
-        run = run_hessian_map(cfg, info, args.tol, share=False)
+        run = run_hessian_map(cfg, info, args.tol, share=False, curvature=args.curvature)
         seconds = time.perf_counter() - t0
     if not info.is_main:
         return

@@ -9,8 +9,9 @@ from torch import nn
 from torch.func import functional_call
 
 from landscape.base.errors import ConfigError
-from landscape.curvature.ggn import EmpiricalFisherOperator, FisherOperator, GGNOperator, curvature_operator
+from landscape.curvature.ggn import EmpiricalFisherOperator, FisherOperator, GGNOperator
 from landscape.curvature.hessian import HessianOperator, eigenvalues
+from landscape.curvature.operators import curvature_operator
 from landscape.runtime.metrics import mse
 
 

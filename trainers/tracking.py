@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.base.config import CURVATURES
 from landscape.base.errors import ConfigError
 from landscape.base.flags import option
 from landscape.core.grid_eval import select_samples
@@ -33,6 +34,10 @@ class TrackingFlags:
                                          "eigenvalue of the data loss on --track-samples training samples, beside "
                                          "the optimizer's stability threshold (Cohen et al. 2021), in metrics.jsonl",
                                          metavar="STEPS", group=GROUP)
+    track_curvature: str = option("hessian", "whose top eigenvalue --track-sharpness measures: the Hessian (what "
+                                  "the stability threshold bounds), or the Gauss-Newton or a Fisher (cheaper "
+                                  "companions; the threshold in the record is still the Hessian's)",
+                                  choices=CURVATURES, group=GROUP)
     track_samples: int = option(512, "the training samples --track-sharpness measures on (a fixed random subset, "
                                 "landscape.sharpness --samples's)", metavar="N", group=GROUP)
     track_noise: int | None = option(None, "every STEPS optimizer steps, the gradient noise scale B_simple "
@@ -60,7 +65,8 @@ class SharpnessTracker:
         self.cfg, self.last_step = cfg, last_step
         x, y = select_samples(data.x_train, data.y_train, min(cfg.track_samples, len(data.x_train)), "train")
         self.monitor = Monitor(model, (x, y), None, every=cfg.track_sharpness, measures=("lambda_max",),
-                               metric=data.metric, samples=len(x), tol=TRACK_TOL, batch_size=cfg.eval_batch_size)
+                               metric=data.metric, samples=len(x), tol=TRACK_TOL, batch_size=cfg.eval_batch_size,
+                               curvature=cfg.track_curvature)
         if state:
             self.monitor.load_state_dict({"steps": 0, "v": state["v"]})
         self.records: list[dict[str, Any]] = []
@@ -72,7 +78,7 @@ class SharpnessTracker:
         self.monitor.optimizer, self.monitor.steps = opt, step
         r = self.monitor.measure()
         self.records.append({"kind": "sharpness", "epoch": epoch + 1, "step": step, "lr": r["lr"],
-                             "lambda_max": r["lambda_max"], "threshold": r["threshold"],
+                             "lambda_max": r["lambda_max"], "curvature": r["curvature"], "threshold": r["threshold"],
                              "preconditioned": r["preconditioned"]})
 
     def state(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ _API = {
     "write_cached": "files",
     "parse_range": "grid", "grid_shape": "grid", "grid_points": "grid",
     "SurfaceConfig": "config", "PlotConfig": "figure_config", "run_tag": "config",
-    "CurveConfig": "curve_config", "DEVICES": "config", "HESSIAN": "config",
+    "CurveConfig": "curve_config", "DEVICES": "config", "HESSIAN": "config", "CURVATURES": "config",
     "ArgumentParser": "flags", "option": "flags", "add_config_args": "flags", "config_from_args": "flags",
     "run_cli": "flags", "DefaultsFormatter": "flags",
 }

@@ -28,6 +28,9 @@ OUT = "landscape_out"  # where surfaces and figures go unless --out says
 AXIS = "-1:1:51"  # a direction's default axis: the paper's 51 points over [-1, 1]
 INTERPOLATION_AXIS = "-0.5:1.5:41"  # theta_A at 0, theta_B at 1, and half the way again beyond each
 HESSIAN = "hessian"  # --directions hessian: the top eigenvectors of the Hessian at the centre
+# the curvature operators (landscape.curvature.operators registers them, in this order): --curvature chooses one, and
+# --directions NAME takes the top eigenvectors of that one
+CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
 
 # torch.compile by default (compile=None) when the eager work ahead of one process is at least this long. Measured on
 # this project's 2-core CPU: compiling ResNet-56 takes 22 s (20-45 s per input shape for the conv nets) and cuts its
@@ -235,9 +238,10 @@ class DirectionFlags:
     """Directions read from a file (or the Hessian's), what they move, and their orthogonality."""
 
     directions_file: str | None = option(None, "reuse the directions of this surface or direction file (.h5); "
-                                         "'hessian': the top eigenvectors of the training loss's Hessian at the "
-                                         "centre, scaled to the norm of a filter-normalized direction",
-                                         flag="--directions", metavar="FILE|hessian", group="directions")
+                                         "'hessian' (or ggn, fisher, empirical_fisher): the top eigenvectors of "
+                                         "that curvature of the training loss at the centre, scaled to the norm of "
+                                         "a filter-normalized direction", flag="--directions",
+                                         metavar="FILE|hessian|ggn", group="directions")
     dir_type: str | None = option(None, "move the parameters only (weights), or also BatchNorm's running statistics "
                                   "(states) (default: states along an interpolation, else weights)",
                                   choices=DIR_TYPES, group="directions")
@@ -365,8 +369,9 @@ class SurfaceConfig(OutputFlags, PlanePointsFlags, AutoRiseFlags, YAxisFlags, XA
                             (self.max_batches, "--max-batches"), (self.bn_recalibrate, "--bn-recalibrate")]:
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
-        if self.directions_file == HESSIAN and self.dir_type != "weights":
-            raise ConfigError("--directions hessian moves parameters only; leave out --dir-type states")
+        if self.directions_file in CURVATURES and self.dir_type != "weights":
+            raise ConfigError(f"--directions {self.directions_file} moves parameters only; leave out --dir-type "
+                              "states")
         if self.align_spec and not self.align:
             raise ConfigError("--align-spec says how to align; add --align")
         if self.align and not (self.target or self.plane):

@@ -47,15 +47,20 @@ def fingerprint_of(checkpoint_sha256: str, dir_hash: str, evaluation: dict[str, 
     return json.loads(json.dumps(known))
 
 
+ADDED_SINCE = {"curvature": "hessian"}  # fingerprint fields newer than some files, with the value those files meant
+
+
 def check_fingerprint(path: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse to mix points: every field that determines the values must match."""
+    """Refuse to mix points: every field that determines the values must match (a field added since a file was
+    written counts as its value then: a Hessian map without "curvature" is the Hessian's)."""
+    stored = {**ADDED_SINCE, **stored} if set(ADDED_SINCE) & set(current) else stored
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
     if diff:
         names = {"checkpoint_sha256": "another checkpoint", "directions_sha256": "other directions",
                  "xcoordinates": "another x grid", "ycoordinates": "another y grid",
                  "trajectory": "another list of trajectory checkpoints",
                  "bn_recalibrate": "another --bn-recalibrate (BatchNorm re-estimation)",
-                 "hessian_tol": "another Lanczos --tol", "curve": "another --curve",
+                 "hessian_tol": "another Lanczos --tol", "curvature": "another --curvature", "curve": "another --curve",
                  "target_sha256": "another second checkpoint", "training": "other curve training settings",
                  "align": "another --align", "t": "another --points"}
         what = ", ".join(names.get(k, k) for k in diff)

@@ -8,7 +8,9 @@ from landscape.base.lazy import lazy_exports
 _API = {
     "FlatLoss": "flat_loss",
     "HessianOperator": "hessian", "eigenvalues": "hessian", "hutchpp_trace": "hessian",
-    "hutchinson_trace": "hessian", "HessianPointEvaluator": "hessian",
+    "hutchinson_trace": "hessian", "HessianPointEvaluator": "point_eigen",
+    "curvature_operator": "operators", "GGNOperator": "ggn", "FisherOperator": "ggn",
+    "EmpiricalFisherOperator": "ggn",
     "spectral_density": "density",
     "MeanLoss": "sharpness", "epsilon_sharpness": "sharpness", "adaptive_sharpness": "sharpness",
     "average_sharpness": "sharpness", "basin_1d": "sharpness", "width_1d": "sharpness",

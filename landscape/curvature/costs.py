@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape.curvature.hessian import HessianOperator
+from landscape.curvature.flat_loss import CurvatureOperator
 from landscape.curvature.sharpness import MeanLoss
 
 LANCZOS_PRODUCTS = 12  # a top eigenvalue at tol 1e-3 took 8-16 products on the trained networks measured
@@ -32,12 +32,12 @@ class UnitCosts:
     product: float
     graph_budget: int
     parameters: int
+    on_gpu: bool = False  # SLQ's reorthogonalization then costs little beside the products (H100: 6.6 s in all)
     graph_bytes: int = 0  # what the gradient graphs of all the batches take (kept when within graph_budget)
     cached: bool = False
-    on_gpu: bool = False  # SLQ's reorthogonalization then costs little beside the products (H100: 6.6 s in all)
 
 
-def time_units(f: MeanLoss, op: HessianOperator | None) -> UnitCosts:
+def time_units(f: MeanLoss, op: CurvatureOperator | None) -> UnitCosts:
     """Time one of each operation (the second call of each, so that first-call set-up is left out)."""
     def seconds(fn) -> float:
         fn()
@@ -50,8 +50,8 @@ def time_units(f: MeanLoss, op: HessianOperator | None) -> UnitCosts:
         v = torch.ones(op.dim, dtype=torch.float64)
         product = seconds(lambda: op.matvec(v))
     return UnitCosts(seconds(lambda: f(f.theta0)), seconds(lambda: f.value_and_grad(f.theta0)), product,
-                     op.cache_bytes if op is not None else 0, f.dim, f.device.type == "cuda",
-                     getattr(op, "graph_bytes", 0), getattr(op, "cached", False))
+                     op.cache_bytes if op is not None else 0, f.dim, on_gpu=f.device.type == "cuda",
+                     graph_bytes=getattr(op, "graph_bytes", 0), cached=getattr(op, "cached", False))
 
 
 def estimate_text(costs: dict[str, tuple[float, str]], subsets: int) -> str:

@@ -27,7 +27,6 @@ from landscape.runtime.distributed import all_reduce_sum
 from landscape.runtime.forward import forward_batch
 from landscape.runtime.metrics import Metric, TokenCrossEntropy, cross_entropy, logits_of, mse, targets_of
 
-CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
 WITH_DISTRIBUTION = "cross_entropy, the token losses (causal_lm, masked_lm, next_token) and mse"
 
 
@@ -48,6 +47,9 @@ class OutputCurvature(CurvatureOperator):
         if not self.count > 0:
             raise ConfigError("the data has a count of 0 (no samples or tokens); pass data with targets")
         self._check_loss()
+
+    def refresh(self) -> None:
+        """Nothing to rebuild: each product reads the model's current weights (the Hessian's rebuilds its graphs)."""
 
     def _check_loss(self) -> None:
         """Refuse a loss that is not a function of the outputs (logits) alone: G and F need its derivatives there."""
@@ -202,22 +204,3 @@ def _with_targets(batch: Any, targets: Tensor) -> Any:
         key = next(k for k in ("labels", "label", "targets", "target", "y") if k in batch)
         return {**batch, key: targets}
     return (*batch[:-1], targets)
-
-
-def curvature_operator(kind: str, model: nn.Module, data: Any, metric: str | Metric = cross_entropy,
-                       **options: Any) -> Any:
-    """The curvature operator `kind` (hessian, ggn, fisher, empirical_fisher) over `data`, each with the
-    Hessian's arguments (params, reduce, batch_size, loss_name; the Hessian's cache_bytes, the Fisher's draws and
-    seed)."""
-    from landscape.curvature.hessian import HessianOperator
-
-    if kind not in CURVATURES:
-        raise ConfigError(f"curvature {kind!r} is not one of: {', '.join(CURVATURES)}")
-    if kind != "fisher":
-        options.pop("draws", None)
-        options.pop("seed", None)
-    if kind != "hessian":
-        options.pop("cache_bytes", None)
-    cls = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator,
-           "empirical_fisher": EmpiricalFisherOperator}[kind]
-    return cls(model, data, metric, **options)

@@ -11,7 +11,6 @@ scipy's ARPACK (eigsh) then runs the same iterations on every rank from the same
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from scipy.stats import sem
 from torch import Tensor, nn
 
 from landscape.base.errors import ConfigError
-from landscape.core.params import Params, PointSetter, model_tensors
+from landscape.core.params import Params
 from landscape.curvature.flat_loss import CurvatureOperator, twice_differentiable
 from landscape.runtime.distributed import all_reduce_sum
 from landscape.runtime.metrics import Metric, cross_entropy
@@ -238,33 +237,6 @@ def unit_vector(v: np.ndarray) -> np.ndarray:
     """An eigenvector of unit norm with the sign it lacks fixed: its largest entry positive."""
     v = v / np.linalg.norm(v)
     return v * np.sign(v[np.argmax(np.abs(v))])
-
-
-class HessianPointEvaluator:
-    """lambda_max and lambda_min of the Hessian at grid points theta0 + sum_i c_i d_i (Li et al. 2018, Sec. 6): the
-    `Evaluator` of landscape.core.grid_eval.compute_surface for Hessian maps. Each rank computes its own points on its
-    whole data, so the points, not the data, are split across ranks; the caller's model is not touched."""
-
-    metric_names = ["lambda_max", "lambda_min"]
-    points_per_pass = 1
-
-    def __init__(self, model: nn.Module, theta0: Params, directions: list[Params], data: Any,
-                 *, metric: str | Metric = cross_entropy, tol: float = 1e-3, seed: int = 0, batch_size: int = 512,
-                 loss_name: str | None = None):
-        self.model = copy.deepcopy(model).eval()
-        self.setter = PointSetter(model_tensors(self.model, "weights"), theta0, directions)  # re-points the weights
-        self.op = HessianOperator(self.model, data, metric, reduce=False, batch_size=batch_size,  # ...read there
-                                  loss_name=loss_name)
-        self.tol, self.seed = tol, seed
-
-    def evaluate(self, coords: np.ndarray) -> Tensor:
-        rows = []
-        for point in coords:
-            self.setter(tuple(float(c) for c in point))
-            self.op.refresh()
-            e = eigenvalues(self.op, k=1, tol=self.tol, seed=self.seed, smallest=True)
-            rows.append([e.top[0], e.min])
-        return torch.tensor(rows, dtype=torch.float64, device=self.op.device)
 
 
 def convexity_fraction(lambda_max: np.ndarray, lambda_min: np.ndarray, slack: float = 0.01) -> float:

@@ -19,10 +19,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from landscape.base.config import CURVATURES
 from landscape.base.errors import ConfigError, UserError, error_message
 from landscape.core.grid_eval import select_samples
 from landscape.curvature.edge import threshold_of, top_eigenvalue, unwrapped_optimizer
-from landscape.curvature.hessian import HessianOperator
+from landscape.curvature.operators import curvature_operator
 from landscape.monitoring.noise import b_simple_of, noise_of_batches
 from landscape.monitoring.step_gradients import DRAWS, StepGradients
 from landscape.runtime.distributed import DistInfo
@@ -59,6 +60,10 @@ class Monitor:
         step takes a second gradient elsewhere, or a loss the micro-batches do not share).
       step_batch: the samples of one optimizer step on this rank, when known; else the model's forward calls
         (in train mode, with gradients on) are counted on a watched step.
+      curvature: whose lambda_max: "hessian" (the default), or "ggn", "fisher", "empirical_fisher"
+        (landscape.curvature.operators). The record says which (`curvature`), and that its `threshold` is the
+        Hessian's (`threshold_for`): Cohen et al.'s edge of stability is about the Hessian; the Gauss-Newton
+        sharpness is a cheaper companion, at or below it near a minimum of cross-entropy.
       log: called with each record (a dict); records are kept in `monitor.records` too.
     A measurement leaves the model's mode, its BatchNorm statistics, the RNG streams and the gradients as they
     were. Under DDP every rank calls step(); the eigenvalue and the noise scale are over every rank's data. Given a
@@ -70,8 +75,10 @@ class Monitor:
                  measures: Sequence[str] = MEASURES, metric: str | Metric = "cross_entropy", samples: int = 512,
                  noise_batch: int | None = None, noise_batches: int = 8, tol: float = 1e-3,
                  batch_size: int = 256, loss_name: str | None = None, log: Callable[[Record], Any] | None = None,
-                 seed: int = 0, noise_from: str = "auto", step_batch: int | None = None):
+                 seed: int = 0, noise_from: str = "auto", step_batch: int | None = None, curvature: str = "hessian"):
         check_arguments(every, measures, samples, noise_batches, noise_batch, tol)
+        if curvature not in CURVATURES:
+            raise ConfigError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
         if noise_from not in NOISE_FROM:
             raise ConfigError(f"noise_from must be one of {', '.join(NOISE_FROM)}, got {noise_from!r}")
         model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
@@ -79,7 +86,7 @@ class Monitor:
         self.model = model.module if ddp is not None else model
         self.optimizer, self.every, self.measures = optimizer, every, tuple(measures)
         self.metric, self.loss_name, self.log, self.seed = get_metric(metric), loss_name, log, seed
-        self.tol, self.batch_size, self.noise_batches = tol, batch_size, noise_batches
+        self.tol, self.batch_size, self.noise_batches, self.curvature = tol, batch_size, noise_batches, curvature
         self.info = dist_info(self.model)
         self.params = trained_parameters(self.model, optimizer)
         self.steps, self.v = 0, None  # optimizer steps seen; Lanczos's next start
@@ -147,11 +154,14 @@ class Monitor:
 
     def _lambda_max(self) -> Record:
         threshold = threshold_of(self.optimizer, self.params) if self.optimizer is not None else None
-        op = HessianOperator(self.model, self.subset, self.metric, params=self.param_names, batch_size=self.batch_size,
-                             loss_name=self.loss_name)
+        op = curvature_operator(self.curvature, self.model, self.subset, self.metric, params=self.param_names,
+                                batch_size=self.batch_size, loss_name=self.loss_name, seed=self.seed)
         pre = threshold.preconditioner if threshold is not None else None
         lam, self.v = top_eigenvalue(op, self.v, self.tol, pre, seed=self.seed)
-        out: Record = {"lambda_max": lam, "preconditioned": pre is not None}
+        # the threshold (2/lr, ...) is the Hessian's edge of stability (Cohen et al. 2021); the GGN's lambda_max
+        # is a cheaper companion below it near a minimum of cross-entropy, not what the threshold bounds
+        out: Record = {"lambda_max": lam, "curvature": self.curvature, "threshold_for": "hessian",
+                       "preconditioned": pre is not None}
         if threshold is None:
             return {**out, "threshold": None, "threshold_undefined": "no optimizer given"}
         out.update(lr=threshold.lr, threshold=threshold.value)

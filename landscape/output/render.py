@@ -96,7 +96,8 @@ def render_hessian_map(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) ->
     fig.colorbar(artists.eigen_ratio(axes[0], s.x, s.y, s.values["lambda_max"], s.values["lambda_min"]), ax=axes[0])
     axes[0].set_title("|lambda_min / lambda_max|", fontsize=9)
     fig.colorbar(artists.heatmap(axes[1], s.x, s.y, s.values["lambda_max"]), ax=axes[1])
-    axes[1].set_title("lambda_max", fontsize=9)
+    curvature = s.fingerprint.get("curvature", "hessian")
+    axes[1].set_title("lambda_max" if curvature == "hessian" else f"lambda_max of the {curvature}", fontsize=9)
     for ax in axes:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from landscape.base.config import HESSIAN, SurfaceConfig, run_tag
+from landscape.base.config import CURVATURES, SurfaceConfig, run_tag
 from landscape.base.errors import UserError
 from landscape.connectivity.alignment import align_models
 from landscape.connectivity.curves import CURVES, plane_coordinates, read_curve_note
@@ -29,7 +29,8 @@ from landscape.core.directions import (
 from landscape.core.params import Params, digest, from_numpy, model_tensors, norm, snapshot
 from landscape.core.pca import trajectory_pca
 from landscape.core.surface_file import Annotations, Markers, Surface, read_directions, read_surface
-from landscape.curvature.hessian import HessianOperator, eigenvalues
+from landscape.curvature.hessian import eigenvalues
+from landscape.curvature.operators import curvature_of, curvature_operator
 from landscape.pipelines.inputs import Centre, load_centre, moved_tensors
 from landscape.runtime.distributed import DistInfo, broadcast_object, print0, run_on_main
 from landscape.runtime.metrics import make_metric
@@ -47,15 +48,15 @@ def make_directions(centre: Centre, cfg: SurfaceConfig, train: TensorSource | St
     spec = DirectionSpec(cfg.dir_type, cfg.norm, cfg.ignore, cfg.seed, cfg.orthogonal)
     moved = moved_tensors(model, theta0, cfg.params or None, cfg.trainable_only)
     axes = output_axes(model)
-    made = _made_alike(cfg) if cfg.directions_file == HESSIAN or cfg.trajectory else None
+    made = _made_alike(cfg) if cfg.directions_file in CURVATURES or cfg.trajectory else None
     if made is not None:
         # a resume: the eigenvectors or principal components it was made with, not a recomputation whose last
         # bits may differ (on another number of processes)
         return theta0, [from_numpy(d) for d in read_directions(cfg.path)], made.annotations
-    if cfg.directions_file == HESSIAN:
+    if cfg.directions_file in CURVATURES:
         metric = make_metric(cfg.metric, cfg.criterion, cfg.criterion_kwargs)
         return theta0, *hessian_directions(model, theta0, train, n, spec=spec, moved=moved, metric=metric, info=info,
-                                           loss_name=cfg.loss_name, axes=axes)
+                                           loss_name=cfg.loss_name, axes=axes, curvature=cfg.directions_file)
     if cfg.trajectory:
         made = run_on_main(lambda: trajectory_directions(cfg, centre, theta0, spec, moved), info)
         return theta0, *broadcast_object(made)
@@ -123,22 +124,25 @@ def _made_alike(cfg: SurfaceConfig) -> Surface | None:
 
 def hessian_directions(model: nn.Module, theta0: Params, train: TensorSource | StreamSource, n: int,
                        *, spec: DirectionSpec, moved: set[str] | None, metric: Any, info: DistInfo,
-                       loss_name: str | None = None, axes: dict[str, int] | None = None
+                       loss_name: str | None = None, axes: dict[str, int] | None = None, curvature: str = "hessian"
                        ) -> tuple[list[Params], Annotations]:
-    """The top n eigenvectors of the Hessian of the mean training loss at theta0, over the tensors a random
-    direction would move (with ignore="biasbn", not the 1-D ones), each scaled to the norm of a
-    filter-normalized random direction over the same tensors: alpha = 1 then reaches as far from theta0 in
-    either kind of direction. The data is split across ranks; rank 0's vectors are shared."""
+    """The top n eigenvectors of the Hessian (or the `curvature` named: ggn, fisher, empirical_fisher) of the mean
+    training loss at theta0, over the tensors a random direction would move (with ignore="biasbn", not the 1-D
+    ones), each scaled to the norm of a filter-normalized random direction over the same tensors: alpha = 1 then
+    reaches as far from theta0 in either kind of direction. The data is split across ranks; rank 0's vectors are
+    shared."""
     names = set(covered_tensors(theta0, moved, spec.ignore))
-    op = HessianOperator(copy.deepcopy(model).to(info.device), rank_share(train, info), metric,
-                         params=names, batch_size=getattr(train, "batch_size", 512), loss_name=loss_name)
+    op = curvature_operator(curvature, copy.deepcopy(model).to(info.device), rank_share(train, info), metric,
+                            params=names, batch_size=getattr(train, "batch_size", 512), loss_name=loss_name,
+                            seed=spec.seed)
     eig = eigenvalues(op, k=n, tol=1e-4, seed=spec.seed, vectors=True)
     values, vectors = eig.top, eig.vectors
     values, vectors = broadcast_object((values, vectors))
     scale = norm(create_random_directions(theta0, 1, spec, moved, axes)[0])
     dirs = [complete({k: t * scale for k, t in v.items()}, theta0) for v in vectors]
     ordinal = ("1st", "2nd")
-    labels = tuple(f"{ordinal[i]} Hessian eigenvector (lambda={lam:.4g})" for i, lam in enumerate(values))
+    what = curvature_of(curvature).label
+    labels = tuple(f"{ordinal[i]} {what} eigenvector (lambda={lam:.4g})" for i, lam in enumerate(values))
     return dirs, Annotations(axis_labels=labels)
 
 

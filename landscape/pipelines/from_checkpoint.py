@@ -12,13 +12,13 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from landscape.base.config import HESSIAN, SurfaceConfig
+from landscape.base.config import CURVATURES, SurfaceConfig
 from landscape.base.errors import UserError
 from landscape.base.grid import covering_axis
 from landscape.core.directions import output_axes
 from landscape.core.grid_eval import EvalSet
 from landscape.core.surface_file import Markers, Origin, Training
-from landscape.curvature.hessian import HessianPointEvaluator
+from landscape.curvature.point_eigen import HessianPointEvaluator
 from landscape.pipelines.chosen_directions import make_directions, trajectory_listing
 from landscape.pipelines.grid_job import GridJob, SurfaceRun, evaluation_record, grid_job, run_grid, train_or_first
 from landscape.pipelines.inputs import Centre, load_centre, load_sets, resolve_batch_size, training_source
@@ -51,7 +51,7 @@ def job_from_config(cfg: SurfaceConfig, info: DistInfo) -> GridJob:
     batch_size = resolve_batch_size(cfg.eval_batch_size, info.device)
     sets, data, metric = load_sets(cfg, centre.ckpt, info.device, batch_size)
     cfg = dataclasses.replace(cfg, metric=metric)  # what every later step and the file record
-    needs_train = cfg.directions_file == HESSIAN or cfg.bn_recalibrate
+    needs_train = cfg.directions_file in CURVATURES or cfg.bn_recalibrate
     train = training_source(cfg, centre.ckpt, sets, info.device, batch_size) if needs_train else sets[0].source
     theta0, dirs, annotations = make_directions(centre, cfg, train, info)
     x, y = plane_axes(cfg, annotations.markers) if annotations.markers is not None else (cfg.x, cfg.y)
@@ -84,9 +84,12 @@ def run_surface(cfg: SurfaceConfig, info: DistInfo, share: bool = True) -> Surfa
     return run_grid(job_from_config(cfg, info), info, share=share)
 
 
-def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3, share: bool = True) -> SurfaceRun:
-    """lambda_max and lambda_min of the training loss's Hessian at every point of cfg's grid (the directions of
-    cfg's surface), in OUT/<surface file>_hessian.h5; points are split across ranks, each on its whole data."""
+def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3, share: bool = True,
+                    curvature: str = "hessian") -> SurfaceRun:
+    """lambda_max and lambda_min of the training loss's Hessian (or the `curvature` named: ggn, fisher,
+    empirical_fisher) at every point of cfg's grid (the directions of cfg's surface), in OUT/<surface
+    file>_hessian.h5 (_ggn.h5, ...), whose evaluation record names the curvature; points are split across ranks,
+    each on its whole data."""
     if any(isinstance(a, str) and a.startswith("auto") for a in (cfg.x, cfg.y)):
         raise UserError("a Hessian map needs its axes given (MIN:MAX:NUM), not auto")
     job = job_from_config(dataclasses.replace(cfg, splits=("train",)), info)
@@ -94,8 +97,10 @@ def run_hessian_map(cfg: SurfaceConfig, info: DistInfo, tol: float = 1e-3, share
     data = (train.x, train.y) if isinstance(train, TensorSource) else train  # each rank its own points, all the data
     evaluator = HessianPointEvaluator(job.model.to(info.device), job.theta0, job.directions, data,
                                       metric=job.sets[0].metric, tol=tol, seed=cfg.seed,
-                                      batch_size=getattr(train, "batch_size", 512), loss_name=cfg.loss_name)
-    path = cfg.path[:-len(".h5")] + "_hessian.h5"
-    job = dataclasses.replace(job, path=path, evaluation={**job.evaluation, "hessian_tol": tol})
+                                      batch_size=getattr(train, "batch_size", 512), loss_name=cfg.loss_name,
+                                      curvature=curvature)
+    path = cfg.path[:-len(".h5")] + f"_{curvature}.h5"
+    job = dataclasses.replace(job, path=path, evaluation={**job.evaluation, "hessian_tol": tol,
+                                                          "curvature": curvature})
     return run_grid(job, info, evaluator, share)
 

@@ -143,7 +143,7 @@ def run_grid(job: GridJob, info: DistInfo, evaluator: Any = None, share: bool = 
     """Compute or resume the job's surface with every rank of the process group. The Surface is built on rank 0
     from what it computed (the file is not read back) and, with `share`, sent to every rank. `evaluator`
     (default: the job's metrics, PointEvaluator) may measure something else at each point, e.g. Hessian
-    eigenvalues (landscape.curvature.hessian.HessianPointEvaluator)."""
+    eigenvalues (landscape.curvature.point_eigen.HessianPointEvaluator)."""
     evaluator = evaluator or evaluator_of(job)
     arrays = [to_numpy(d) for d in job.directions] if job.path is not None and info.is_main else None
     if job.path is not None:  # a file made by another request is refused before anything is evaluated

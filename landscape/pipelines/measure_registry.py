@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from landscape.base.config import DEFAULT_MEASURES, WIDTH_AXIS
+from landscape.base.config import CURVATURES, DEFAULT_MEASURES, WIDTH_AXIS
 from landscape.base.errors import ConfigError, UnknownNameError
 from landscape.base.flags import option
 from landscape.base.grid import parse_range
@@ -22,8 +22,9 @@ from landscape.base.registry import Registry
 from landscape.core.directions import DirectionSpec
 from landscape.core.params import Params
 from landscape.curvature.costs import LANCZOS_PRODUCTS, UnitCosts
-from landscape.curvature.ggn import CURVATURES, OutputCurvature, curvature_operator
+from landscape.curvature.ggn import OutputCurvature
 from landscape.curvature.hessian import Eigen, HessianOperator, eigenvalues, graph_budget
+from landscape.curvature.operators import curvature_operator
 from landscape.curvature.sharpness import MeanLoss, Measured
 from landscape.runtime.distributed import DistInfo, broadcast_object
 from landscape.runtime.metrics import Metric
