@@ -90,6 +90,67 @@ def test_the_monte_carlo_fisher_tends_to_the_ggn_for_cross_entropy():
         assert torch.equal(fv, F.matvec(v))  # seeded: the same labels at every product
 
 
+def test_the_fisher_draws_belong_to_the_samples_not_to_the_batches():
+    model = mlp()
+    x, y = data(model, n=30)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(5),
+                    dtype=torch.float64)
+    whole = FisherOperator(model, (x, y), draws=3, seed=7, batch_size=30).matvec(v)
+    np.testing.assert_allclose(FisherOperator(model, (x, y), draws=3, seed=7, batch_size=7).matvec(v), whole,
+                               rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(FisherOperator(model, (x, y), draws=3, seed=8, batch_size=30).matvec(v), whole)
+    linear = nn.Sequential(nn.Linear(4, 2)).double()  # MSE: the Gaussian's draws, 10 weights
+    yr = torch.randn(30, 2, dtype=torch.float64)
+    a = FisherOperator(linear, (x, yr), mse, draws=2, batch_size=30).matvec(v[:10])
+    np.testing.assert_allclose(FisherOperator(linear, (x, yr), mse, draws=2, batch_size=4).matvec(v[:10]), a,
+                               rtol=1e-12, atol=1e-14)
+
+
+def _spawned_curvatures(rank, world, port, x, y, state, out):
+    import os
+
+    import torch.distributed as dist
+
+    from landscape.curvature.hessian import hutchinson_trace
+    from landscape.runtime.distributed import cleanup_distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = mlp()
+    model.load_state_dict(state)
+    found = {}
+    for kind in ("ggn", "fisher", "empirical_fisher"):
+        op = curvature_operator(kind, model, (x[rank::world], y[rank::world]), batch_size=5, seed=3, draws=2)
+        found[kind] = (eigenvalues(op, k=3, tol=1e-10).top, hutchinson_trace(op, samples=4, seed=1).estimate)
+    if rank == 0:
+        out.put(found)
+    cleanup_distributed()
+    os._exit(0)  # no interpreter finalization after gloo: see landscape.base.flags._exit
+
+
+@pytest.mark.slow
+def test_two_processes_give_each_curvature_of_one():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from landscape.curvature.hessian import hutchinson_trace
+
+    model = mlp()
+    x, y = data(model, n=26)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_spawned_curvatures, args=(2, port, x, y, model.state_dict(), out), nprocs=2, join=True)
+    found = out.get()
+    for kind in ("ggn", "fisher", "empirical_fisher"):
+        op = curvature_operator(kind, model, (x, y), batch_size=9, seed=3, draws=2)
+        np.testing.assert_allclose(found[kind][0], eigenvalues(op, k=3, tol=1e-10).top, rtol=1e-8)
+        assert found[kind][1] == pytest.approx(hutchinson_trace(op, samples=4, seed=1).estimate, rel=1e-10)
+
+
 def test_losses_without_what_an_operator_needs_are_refused():
     model = mlp()
     x, y = data(model)

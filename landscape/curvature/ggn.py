@@ -25,7 +25,7 @@ from landscape.base.errors import ConfigError
 from landscape.curvature.flat_loss import CurvatureOperator, evaluation_mode, twice_differentiable
 from landscape.runtime.distributed import all_reduce_sum
 from landscape.runtime.forward import forward_batch
-from landscape.runtime.metrics import Metric, TokenCrossEntropy, cross_entropy, logits_of, mse, targets_of
+from landscape.runtime.metrics import Metric, TokenCrossEntropy, cross_entropy, inputs_of, logits_of, mse, targets_of
 
 WITH_DISTRIBUTION = "cross_entropy, the token losses (causal_lm, masked_lm, next_token) and mse"
 
@@ -142,8 +142,10 @@ class EmpiricalFisherOperator(OutputCurvature):
 
 class FisherOperator(OutputCurvature):
     """v -> F v, the Fisher of the model's predictive distribution, estimated by Monte Carlo: `draws` labels per
-    sample drawn from it (seeded by `seed`, the same at every product), each sample's score outer-multiplied. Its
-    expectation is the GGN for cross-entropy and MSE."""
+    sample drawn from it, each sample's score outer-multiplied. Its expectation is the GGN for cross-entropy and
+    MSE. A sample's draws are a function of `seed` and of the sample itself (a hash of its inputs, and of the
+    position for token losses), not of its batch or rank: the same at every product, for any batch size and any
+    number of processes."""
 
     def __init__(self, model: nn.Module, data: Any, metric: str | Metric = cross_entropy, *, draws: int = 1,
                  seed: int = 0, **options: Any):
@@ -156,22 +158,23 @@ class FisherOperator(OutputCurvature):
         self.draws, self.seed = draws, seed
 
     def output_product(self, z: Tensor, u: Tensor, batch: Any, index: int) -> Tensor:
-        # the same labels at every product: one fixed random matrix, not a new one per product
-        gen = torch.Generator(device=z.device).manual_seed(self.seed * 1_000_003 + index)
+        keys = sample_keys(batch, self.seed)
         out = torch.zeros_like(u, dtype=torch.float64)
-        for _ in range(self.draws):
-            out += _outer_rows(self._score(z, batch, gen), u)
+        for draw in range(self.draws):
+            out += _outer_rows(self._score(z, batch, keys, draw), u)
         return out / self.draws
 
-    def _score(self, z: Tensor, batch: Any, gen: torch.Generator) -> Tensor:
-        """d loss / d z at labels drawn from the model's predictive distribution."""
+    def _score(self, z: Tensor, batch: Any, keys: Tensor, draw: int) -> Tensor:
+        """d loss / d z at labels drawn from the model's predictive distribution (draw number `draw`)."""
         if _distribution(self.metric) == "gaussian":  # N(z, 1/2): loss (y - z)^2 has score 2 (z - y)
-            y = z.double() + torch.randn(z.shape, generator=gen, device=z.device, dtype=torch.float64) * 0.5 ** 0.5
-            return 2.0 * (z.double() - y)
+            u1, u2 = (keyed_uniforms(keys, z.shape, 2 * draw + k).to(z.device) for k in (0, 1))
+            normal = torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * torch.pi * u2)  # Box-Muller
+            return 2.0 * (-(0.5 ** 0.5) * normal)  # 2 (z - y) with y = z + sqrt(1/2) N(0, 1)
         logits = z.double()
         shift = isinstance(self.metric, TokenCrossEntropy) and self.metric.shift
         probs = torch.softmax(logits, dim=-1)
-        drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:-1])
+        uniform = keyed_uniforms(keys, probs.shape[:-1], draw).to(probs.device)
+        drawn = (torch.cumsum(probs, -1) < uniform[..., None]).sum(-1).clamp_(max=probs.shape[-1] - 1)  # inverse CDF
         if shift:  # position t predicts label t+1: the drawn label of position t goes to t+1
             labels = torch.cat([torch.zeros_like(drawn[..., :1]), drawn[..., :-1]], dim=-1)
             kept = targets_of(batch).to(labels.device) != self.metric.ignore_index
@@ -182,6 +185,47 @@ class FisherOperator(OutputCurvature):
                 t = targets_of(batch).to(labels.device)
                 labels = torch.where(t != self.metric.ignore_index, labels, t)
         return self._loss_grad(z, batch, labels)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(x: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(x: Tensor) -> Tensor:
+    """splitmix64's finalizer on int64 bit patterns (multiplication wraps, as the hash wants)."""
+    x = (x ^ _shr(x, 30)) * _signed(0xBF58476D1CE4E5B9)
+    x = (x ^ _shr(x, 27)) * _signed(0x94D049BB133111EB)
+    return x ^ _shr(x, 31)
+
+
+def sample_keys(batch: Any, seed: int) -> Tensor:
+    """One int64 key per sample (the batch's first dimension), a hash of its input tensors and `seed`: the same for
+    the same sample in any batch, on any rank."""
+    args, kwargs = inputs_of(batch)
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, Tensor)]
+    key = torch.full((tensors[0].shape[0],), _signed(0x9E3779B97F4A7C15 * (seed + 1) & _MASK64), dtype=torch.int64)
+    for t in tensors:
+        bits = t.detach().cpu().reshape(t.shape[0], -1).double().contiguous().view(torch.int64)
+        salt = _mix(torch.arange(bits.shape[1], dtype=torch.int64) + 1)  # each position hashed apart, then summed:
+        key = _mix(key ^ _mix(bits ^ salt).sum(1))                       # int64 sums wrap exactly, in any order
+    return key
+
+
+def keyed_uniforms(keys: Tensor, shape: torch.Size | tuple[int, ...], draw: int) -> Tensor:
+    """Uniforms in [0, 1) of `shape` (samples first), float64: a hash of each sample's key, the position within
+    the sample (a token's, an output's) and the draw number."""
+    inner = int(torch.Size(shape[1:]).numel())
+    positions = torch.arange(inner, dtype=torch.int64) + (draw + 1) * inner * 0x10001
+    bits = _mix(_mix(keys[:, None] ^ _mix(positions[None, :])))
+    return (_shr(bits, 11).double() / float(1 << 53)).view(shape)
 
 
 def _distribution(metric: Any) -> str | None:
