@@ -2,6 +2,8 @@
 a tiny MLP and a tiny CNN, the whole matrix, its top eigenvalues and its trace; the GGN is the Hessian for a linear
 model under MSE, and the Monte-Carlo Fisher tends to the GGN for cross-entropy."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +194,94 @@ def test_the_sharpness_table_reads_the_chosen_curvature_and_says_which(mlp_ckpt,
     table = json.loads(next(tmp_path.glob("*_sharpness.json")).read_text())["result"]["rows"]
     assert table[0]["settings"]["curvature"] == "empirical_fisher" and table[0]["value"] > 0
     assert "empirical_fisher" in capsys.readouterr().out
+
+
+def test_the_lean_lanczos_and_the_traces_agree_with_arpack_and_the_dense_matrix():
+    from landscape.curvature.hessian import hutchpp_trace, lean_lanczos_top, trace_estimate
+
+    model = cnn()
+    x, y = data(model, n=40)
+    H = HessianOperator(model, (x, y), batch_size=16)
+    lam = np.linalg.eigvalsh(dense(H))
+    assert lean_lanczos_top(H, tol=1e-10) == pytest.approx(lam[-1], rel=1e-8)
+    assert eigenvalues(H, tol=1e-10).top[0] == pytest.approx(lam[-1], rel=1e-8)  # k=1: the lean path
+    assert eigenvalues(H, k=1, tol=1e-10, vectors=True).top[0] == pytest.approx(lam[-1], rel=1e-8)  # ARPACK's
+    small = trace_estimate(H, 30, seed=2, budget=0)  # Hutch++'s 20 vectors do not fit: Hutchinson
+    assert small.method == "Hutchinson" and small.products == 30
+    assert trace_estimate(H, 30, seed=2, budget=1 << 30) == hutchpp_trace(H, 30, seed=2)
+    assert abs(small.estimate - lam.sum()) < 4 * small.stderr
+
+
+def test_the_hessian_keeps_its_graphs_within_the_budget_and_gives_the_same_products():
+    model = mlp()
+    x, y = data(model, n=40)
+    kept, rebuilt = (HessianOperator(model, (x, y), batch_size=16, cache_bytes=b) for b in (None, 0))
+    assert kept.cached and not rebuilt.cached and kept.graph_bytes == rebuilt.graph_bytes > 0
+    v = torch.randn(kept.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    np.testing.assert_allclose(kept.matvec(v), rebuilt.matvec(v), rtol=1e-12)
+    np.testing.assert_allclose(kept.matvec(v), torch.from_numpy(dense(kept)) @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_data_subsets_and_the_samples_check_are_the_estimates_on_those_samples(capsys):
+    import landscape
+    from tests import userland
+
+    model, (x, y) = userland.make_mlp(), userland.tensors(n=96)
+    rows = landscape.sharpness_table(model, (x, y), measures=("lambda_max", "trace"), curvature="ggn",
+                                     trace_products=12, data_subsets=3, samples_check=True, log=print)
+    by = {r["measure"]: r for r in rows}
+    parts = [eigenvalues(GGNOperator(model, (x[i:i + 32], y[i:i + 32])), tol=1e-3).top[0] for i in (0, 32, 64)]
+    spread = by["lambda_max_over_subsets"]
+    np.testing.assert_allclose(spread["settings"]["values"], parts, rtol=1e-9)
+    assert spread["value"] == pytest.approx(np.mean(parts)) and spread["settings"]["max"] == max(parts)
+    assert spread["stderr"] == pytest.approx(np.std(parts, ddof=1) / np.sqrt(3))
+    check = by["lambda_max_vs_samples"]
+    assert check["settings"]["samples"] == [12, 24, 48, 96]
+    assert check["settings"]["values"][-1] == pytest.approx(by["lambda_max"]["value"], rel=1e-9)
+    first = eigenvalues(GGNOperator(model, (x[:12], y[:12])), tol=1e-3).top[0]
+    assert check["settings"]["values"][0] == pytest.approx(first, rel=1e-9)
+    assert by["trace_over_subsets"]["settings"]["curvature"] == "ggn"
+    out = capsys.readouterr().out
+    assert "lambda_max over 3 disjoint subsets" in out and "samples check (samples)" in out
+
+
+def test_a_ggn_map_and_ggn_directions_say_so_in_their_files(mlp_ckpt, tmp_path):
+    from conftest import SINGLE
+
+    from landscape.base.config import SurfaceConfig
+    from landscape.core.grid_eval import select_samples
+    from landscape.core.surface_file import read_surface
+    from landscape.models.checkpoint_file import load_data_for, load_model
+    from landscape.pipelines.from_checkpoint import run_hessian_map, run_surface
+
+    cfg = SurfaceConfig(mlp_ckpt, x="-0.5:0.5:3", y="-0.5:0.5:3", samples=64, progress=False, out=str(tmp_path))
+    run = run_hessian_map(cfg, SINGLE, curvature="ggn")
+    assert run.path.endswith("_ggn.h5") and read_surface(run.path).fingerprint["curvature"] == "ggn"
+    model, ckpt = load_model(mlp_ckpt)
+    x, y = select_samples(*load_data_for(ckpt).split("train"), 64, "train")
+    top = eigenvalues(GGNOperator(model, (x, y)), k=1, tol=1e-3, smallest=True)
+    assert run.surface.values["lambda_max"][1, 1] == pytest.approx(top.top[0], rel=1e-6)
+    assert run.surface.values["lambda_min"][1, 1] >= -1e-3 * top.top[0]  # positive semi-definite
+    hessian_map = run_hessian_map(cfg, SINGLE)  # beside it, the Hessian's own file
+    assert hessian_map.path.endswith("_hessian.h5") and hessian_map.computed == 9
+    directions = dataclasses.replace(cfg, directions_file="ggn", samples=128, out=str(tmp_path / "d"))
+    s = read_surface(run_surface(directions, SINGLE).path)
+    assert s.annotations.axis_labels[0].startswith("1st GGN eigenvector") and s.config["directions_file"] == "ggn"
+
+
+def test_the_monitor_tracks_the_chosen_curvature_and_says_whose_threshold_it_logs():
+    import landscape
+    from tests import userland
+
+    model, data = userland.make_mlp(), userland.tensors(n=64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    records = {}
+    for kind in ("hessian", "ggn"):
+        m = landscape.Monitor(model, data, opt, every=1, measures=("lambda_max",), samples=64, curvature=kind)
+        records[kind] = m.measure()
+    assert records["ggn"]["curvature"] == "ggn" and records["ggn"]["threshold_for"] == "hessian"
+    assert records["ggn"]["threshold"] == records["hessian"]["threshold"] == pytest.approx(2 / 0.1)
+    ggn_top = eigenvalues(GGNOperator(model, data, batch_size=256), tol=1e-6).top[0]
+    assert records["ggn"]["lambda_max"] == pytest.approx(ggn_top, rel=1e-2)
+    with pytest.raises(ConfigError, match="curvature must be one of"):
+        landscape.Monitor(model, data, opt, curvature="kfac")

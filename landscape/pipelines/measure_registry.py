@@ -73,6 +73,12 @@ def measure_costs(sc: SharpnessConfig, u: UnitCosts) -> dict[str, tuple[float, s
             seconds, how, lanczos_paid = seconds + LANCZOS_PRODUCTS * u.product, "; ".join(
                 filter(None, [lanczos, how])), True
         out[m.name] = (seconds, how)
+    per_estimate = LANCZOS_PRODUCTS * ("lambda_max" in sc.measures) + sc.trace_products * ("trace" in sc.measures)
+    if sc.data_subsets and per_estimate:  # K estimates on 1/K of the data each: one estimate's worth of products
+        out["data subsets"] = (per_estimate * u.product,
+                               f"{sc.data_subsets} x {per_estimate} products, each on 1/{sc.data_subsets} of the data")
+    if sc.samples_check and per_estimate:  # on n/8 + n/4 + n/2 + n samples
+        out["samples check"] = (1.875 * per_estimate * u.product, f"4 x {per_estimate} products on n/8 ... n samples")
     return out
 
 
@@ -175,6 +181,11 @@ class SharpnessConfig:
                                           "graphs of every batch (else rebuilt at each product) and Hutch++'s "
                                           "vectors (default: 256 on CPU, half the free GPU memory)", metavar="MIB",
                                           group="hessian")
+    data_subsets: int | None = option(None, "also lambda_max and the trace on each of K disjoint subsets of the "
+                                      "data: their mean, standard error, min and max (rows *_over_subsets)",
+                                      metavar="K", group="how sure")
+    samples_check: bool = option(False, "also lambda_max and the trace on the first n/8, n/4, n/2 and n samples, "
+                                 "to see whether the estimate has settled (rows *_vs_samples)", group="how sure")
     density_runs: int = option(5, "SLQ runs averaged for the spectral density", metavar="N", group="hessian")
     density_steps: int = option(60, "Lanczos steps per SLQ run", metavar="N", group="hessian")
     eps: tuple[float, ...] = option((1e-3, 5e-4), "Keskar's box half-width(s), relative to |w|+1 (one row each)",
@@ -212,7 +223,8 @@ class SharpnessConfig:
                                  (self.ascent_steps, "--ascent-steps", 1), (self.draws, "--draws", 2),
                                  (self.width_directions, "--width-directions", 2), (self.subspace, "--subspace", 1),
                                  (self.m_sharpness, "--m-sharpness", 1),
-                                 (self.curvature_memory, "--curvature-memory", 0)]:
+                                 (self.curvature_memory, "--curvature-memory", 0),
+                                 (self.data_subsets, "--data-subsets", 2)]:
             if value is not None and value < low:
                 raise ConfigError(f"{flag} must be >= {low}, got {value}")
         for value, flag in [(self.tol, "--tol"), (self.rho, "--rho"), (self.sigma, "--sigma"),
