@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from landscape.base.errors import ConfigError
-from landscape.curvature.ggn import EmpiricalFisherOperator, FisherOperator, GGNOperator
+from landscape.curvature.ggn import EmpiricalFisherOperator, FisherOperator, GGNOperator, keyed_uniforms, sample_keys
 from landscape.curvature.hessian import HessianOperator, eigenvalues
 from landscape.curvature.operators import curvature_operator
 from landscape.runtime.metrics import mse
@@ -63,13 +63,19 @@ def test_ggn_and_both_fishers_equal_their_dense_matrices(make):
     r = p - torch.nn.functional.one_hot(y, 3).double()  # each sample's gradient in the logits, at its label
     g = torch.einsum("ncp,nc->np", J, r)  # per-sample gradients in the weights
     fisher = (g.T @ g).numpy() / len(x)
+    keys = sample_keys((x, y), 5)  # the Monte-Carlo Fisher's labels, two draws, by inverse CDF of its uniforms
+    drawn = [(torch.cumsum(p, -1) < keyed_uniforms(keys, (len(x),), d)[:, None]).sum(-1) for d in (0, 1)]
+    scores = [torch.einsum("ncp,nc->np", J, p - torch.nn.functional.one_hot(t, 3).double()) for t in drawn]
+    mc = sum((s.T @ s).numpy() for s in scores) / (2 * len(x))
     G, F = GGNOperator(model, (x, y), batch_size=7), EmpiricalFisherOperator(model, (x, y), batch_size=7)
-    np.testing.assert_allclose(dense(G), ggn, atol=1e-12)
-    np.testing.assert_allclose(dense(F), fisher, atol=1e-12)
-    top = np.linalg.eigvalsh(ggn)[::-1][:3]
-    np.testing.assert_allclose(eigenvalues(G, k=3, tol=1e-10).top, top, rtol=1e-7)
-    assert np.trace(dense(G)) == pytest.approx(np.trace(ggn), rel=1e-12)
-    assert np.linalg.eigvalsh(ggn).min() > -1e-12  # positive semi-definite
+    MC = FisherOperator(model, (x, y), draws=2, seed=5, batch_size=7)
+    for op, matrix in ((G, ggn), (F, fisher), (MC, mc)):
+        found = dense(op)
+        np.testing.assert_allclose(found, matrix, atol=1e-12)
+        np.testing.assert_allclose(eigenvalues(op, k=3, tol=1e-10).top, np.linalg.eigvalsh(matrix)[::-1][:3],
+                                   rtol=1e-7)
+        assert np.trace(found) == pytest.approx(np.trace(matrix), rel=1e-12)
+        assert np.linalg.eigvalsh(matrix).min() > -1e-12  # positive semi-definite
 
 
 def test_the_ggn_of_a_linear_model_under_mse_is_its_hessian():
