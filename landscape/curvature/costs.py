@@ -51,7 +51,7 @@ def time_units(f: MeanLoss, op: CurvatureOperator | None) -> UnitCosts:
         product = seconds(lambda: op.matvec(v))
     return UnitCosts(seconds(lambda: f(f.theta0)), seconds(lambda: f.value_and_grad(f.theta0)), product,
                      op.cache_bytes if op is not None else 0, f.dim, on_gpu=f.device.type == "cuda",
-                     graph_bytes=getattr(op, "graph_bytes", 0), cached=getattr(op, "cached", False))
+                     graph_bytes=op.graph_bytes if op is not None else 0, cached=op is not None and op.cached)
 
 
 def estimate_text(costs: dict[str, tuple[float, str]], subsets: int) -> str:

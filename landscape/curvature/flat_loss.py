@@ -105,7 +105,11 @@ class FlatLoss:
 class CurvatureOperator(FlatLoss):
     """A symmetric matrix over the flat weights, known by its products, which the Hessian and the Gauss-Newton and
     Fisher operators implement: `product` in the model's dtype and on its device (what the memory-lean solvers
-    use), `matvec` in float64; `linear_operator` hands it to scipy's solvers."""
+    use), `matvec` in float64; `linear_operator` hands it to scipy's solvers. `cache_bytes`, `graph_bytes` and
+    `cached`: the budget for graphs kept between products, what they take, and whether they are kept (none, unless
+    a subclass keeps some)."""
+
+    cache_bytes, graph_bytes, cached = 0, 0, False
 
     def product(self, v: Tensor) -> Tensor:
         raise NotImplementedError

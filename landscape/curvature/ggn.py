@@ -25,7 +25,16 @@ from landscape.base.errors import ConfigError
 from landscape.curvature.flat_loss import CurvatureOperator, evaluation_mode, twice_differentiable
 from landscape.runtime.distributed import all_reduce_sum
 from landscape.runtime.forward import forward_batch
-from landscape.runtime.metrics import Metric, TokenCrossEntropy, cross_entropy, inputs_of, logits_of, mse, targets_of
+from landscape.runtime.metrics import (
+    LABEL_KEYS,
+    Metric,
+    TokenCrossEntropy,
+    cross_entropy,
+    inputs_of,
+    logits_of,
+    mse,
+    targets_of,
+)
 
 WITH_DISTRIBUTION = "cross_entropy, the token losses (causal_lm, masked_lm, next_token) and mse"
 
@@ -38,7 +47,7 @@ class OutputCurvature(CurvatureOperator):
                  *, params: Collection[str] | None = None, reduce: bool = True, batch_size: int = 512,
                  loss_name: str | None = None):
         super().__init__(model, data, metric, params, batch_size, loss_name)
-        self.reduce, self.products, self.cache_bytes = reduce, 0, 0  # nothing kept: J is applied afresh
+        self.reduce, self.products = reduce, 0  # nothing kept between products: J is applied afresh
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for batch in self.source:
@@ -245,6 +254,6 @@ def _outer_rows(r: Tensor, u: Tensor) -> Tensor:
 
 def _with_targets(batch: Any, targets: Tensor) -> Any:
     if isinstance(batch, dict):
-        key = next(k for k in ("labels", "label", "targets", "target", "y") if k in batch)
+        key = next(k for k in LABEL_KEYS if k in batch)
         return {**batch, key: targets}
     return (*batch[:-1], targets)

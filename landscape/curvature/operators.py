@@ -22,22 +22,20 @@ from landscape.runtime.metrics import Metric, cross_entropy
 @dataclass(frozen=True)
 class Curvature:
     """A curvature operator by name: its class, the options it takes beyond the Hessian's common ones (params,
-    reduce, batch_size, loss_name), its name in labels, and whether it is positive semi-definite (its lambda_min
-    then is 0 up to the solver's tolerance, not a sign of a saddle)."""
+    reduce, batch_size, loss_name), and its name in labels."""
 
     name: str
     operator: type[CurvatureOperator]
     options: frozenset[str]
     label: str
-    psd: bool
 
 
 CURVATURE_OPERATORS: Registry = Registry("curvature")
 register_curvature = CURVATURE_OPERATORS.add
-register_curvature(Curvature("hessian", HessianOperator, frozenset({"cache_bytes"}), "Hessian", psd=False))
-register_curvature(Curvature("ggn", GGNOperator, frozenset(), "GGN", psd=True))
-register_curvature(Curvature("fisher", FisherOperator, frozenset({"draws", "seed"}), "Fisher", psd=True))
-register_curvature(Curvature("empirical_fisher", EmpiricalFisherOperator, frozenset(), "empirical Fisher", psd=True))
+register_curvature(Curvature("hessian", HessianOperator, frozenset({"cache_bytes"}), "Hessian"))
+register_curvature(Curvature("ggn", GGNOperator, frozenset(), "GGN"))
+register_curvature(Curvature("fisher", FisherOperator, frozenset({"draws", "seed"}), "Fisher"))
+register_curvature(Curvature("empirical_fisher", EmpiricalFisherOperator, frozenset(), "empirical Fisher"))
 assert tuple(CURVATURE_OPERATORS) == CURVATURES, "base.config.CURVATURES names the built-in operators, in order"
 
 

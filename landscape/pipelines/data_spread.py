@@ -7,8 +7,9 @@ of the sharpness table, for the first parameter subset, with the chosen curvatur
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,14 +24,14 @@ SPREAD = ("lambda_max", "trace")  # the measures the spread and the samples chec
 CHECK_FRACTIONS = (8, 4, 2, 1)  # the samples check's prefixes: n/8, n/4, n/2, n
 
 
-def check_spread_request(sc: SharpnessConfig, source: TensorSource | StreamSource) -> None:
-    """Refuse, before anything is measured, a spread or samples check of no measure, or more subsets than the data
-    has samples (batches, for a stream)."""
+def spread_parts(sc: SharpnessConfig, source: TensorSource | StreamSource) -> list[Any] | None:
+    """The --data-subsets parts (None when not asked for), made before anything is measured so that a spread or
+    samples check of no measure, or more subsets than the data has samples (batches, for a stream), is refused
+    first."""
     if (sc.data_subsets or sc.samples_check) and not set(SPREAD) & set(sc.measures):
         flag = "--data-subsets" if sc.data_subsets else "--samples-check"
         raise ConfigError(f"{flag} reports lambda_max and the trace; add lambda_max or trace to --measures")
-    if sc.data_subsets:
-        disjoint_parts(source, sc.data_subsets)
+    return disjoint_parts(source, sc.data_subsets) if sc.data_subsets else None
 
 
 def disjoint_parts(source: TensorSource | StreamSource, k: int) -> list[Any]:
@@ -61,14 +62,13 @@ def nested_prefixes(source: TensorSource | StreamSource) -> list[tuple[int, Any]
 
 
 class _FirstBatches:
+    """The first n batches of a re-iterable, at every iteration."""
+
     def __init__(self, batches: Any, n: int):
         self.batches, self.n = batches, n
 
-    def __iter__(self):
-        for i, b in enumerate(self.batches):
-            if i >= self.n:
-                return
-            yield b
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.batches), self.n)
 
 
 def _estimates(s: Subject, data: Any, names: list[str], sc: SharpnessConfig) -> dict[str, float]:
@@ -83,13 +83,13 @@ def _estimates(s: Subject, data: Any, names: list[str], sc: SharpnessConfig) -> 
     return found
 
 
-def spread_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig,
+def spread_rows(s: Subject, label: str, names: list[str], sc: SharpnessConfig, parts: list[Any] | None,
                 log: Callable[[str], None]) -> list[Row]:
-    """Rows `<measure>_over_subsets` (mean over the K subsets, its standard error, and each value, the min and max
-    in the settings) and `<measure>_vs_samples` (the estimate at each prefix), as asked; a line each to `log`."""
+    """Rows `<measure>_over_subsets` (on `parts`, spread_parts': mean over the K subsets, its standard error, and
+    each value, the min and max in the settings) and `<measure>_vs_samples` (the estimate at each prefix), as asked;
+    a line each to `log`."""
     rows: list[Row] = []
-    if sc.data_subsets:
-        parts = disjoint_parts(s.source, sc.data_subsets)
+    if parts:
         values = [_estimates(s, p, names, sc) for p in parts]
         for m in values[0]:
             v = np.array([found[m] for found in values])

@@ -25,7 +25,7 @@ from landscape.core.params import model_tensors, snapshot
 from landscape.curvature.costs import estimate_text, graph_budget_text, time_units
 from landscape.curvature.density import Density
 from landscape.pipelines import hessian_measures, loss_measures  # noqa: F401  (the built-in measures register)
-from landscape.pipelines.data_spread import check_spread_request, spread_rows
+from landscape.pipelines.data_spread import spread_parts, spread_rows
 from landscape.pipelines.inputs import load_centre, load_sets, moved_tensors, resolve_batch_size
 from landscape.pipelines.measure_registry import (  # noqa: F401  (SharpnessConfig's home for its users)
     MEASURES,
@@ -124,7 +124,7 @@ def measure_table(model: nn.Module, source: TensorSource | StreamSource, metric:
                 lanczos_needs=frozenset().union(*(m.lanczos for m in measures)), curvature=sc.curvature,
                 memory=None if sc.curvature_memory is None else sc.curvature_memory << 20)
     chosen = subsets(model, moved_tensors(model, theta0, params or None, trainable_only), sc.per_layer, params)
-    check_spread_request(sc, source)
+    parts = spread_parts(sc, source)
     announce_costs(s, chosen[0][1], sc, len(chosen), log)
     progress = Progress(log, len(measures) * len(chosen))
     rows = []
@@ -135,7 +135,7 @@ def measure_table(model: nn.Module, source: TensorSource | StreamSource, metric:
             with progress.step(label, m.name):
                 rows += m.rows(s, label, names, sc)
         s.release()
-    rows += spread_rows(s, *chosen[0], sc, log)
+    rows += spread_rows(s, *chosen[0], sc, parts, log)
     return rows, s.densities
 
 
