@@ -31,6 +31,7 @@ HESSIAN = "hessian"  # --directions hessian: the top eigenvectors of the Hessian
 # the curvature operators (landscape.curvature.operators registers them, in this order): --curvature chooses one, and
 # --directions NAME takes the top eigenvectors of that one
 CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
+CURVATURE_LABELS = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher", "empirical_fisher": "empirical Fisher"}
 
 # torch.compile by default (compile=None) when the eager work ahead of one process is at least this long. Measured on
 # this project's 2-core CPU: compiling ResNet-56 takes 22 s (20-45 s per input shape for the conv nets) and cuts its

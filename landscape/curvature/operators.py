@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from landscape.base.config import CURVATURES
+from landscape.base.config import CURVATURE_LABELS, CURVATURES
 from landscape.base.errors import ConfigError
 from landscape.base.registry import Registry
 from landscape.curvature.flat_loss import CurvatureOperator
@@ -32,10 +32,10 @@ class Curvature:
 
 CURVATURE_OPERATORS: Registry = Registry("curvature")
 register_curvature = CURVATURE_OPERATORS.add
-register_curvature(Curvature("hessian", HessianOperator, frozenset({"cache_bytes"}), "Hessian"))
-register_curvature(Curvature("ggn", GGNOperator, frozenset(), "GGN"))
-register_curvature(Curvature("fisher", FisherOperator, frozenset({"draws", "seed"}), "Fisher"))
-register_curvature(Curvature("empirical_fisher", EmpiricalFisherOperator, frozenset(), "empirical Fisher"))
+for _name, _cls, _options in [("hessian", HessianOperator, {"cache_bytes"}), ("ggn", GGNOperator, set()),
+                               ("fisher", FisherOperator, {"draws", "seed"}),
+                               ("empirical_fisher", EmpiricalFisherOperator, set())]:
+    register_curvature(Curvature(_name, _cls, frozenset(_options), CURVATURE_LABELS[_name]))
 assert tuple(CURVATURE_OPERATORS) == CURVATURES, "base.config.CURVATURES names the built-in operators, in order"
 
 

@@ -17,7 +17,7 @@ if "matplotlib.pyplot" not in sys.modules:  # a command: files only, no display;
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from landscape.base.config import run_tag  # noqa: E402
+from landscape.base.config import CURVATURE_LABELS, run_tag  # noqa: E402
 from landscape.base.figure_config import PlotConfig  # noqa: E402
 from landscape.connectivity.barriers import barrier, barrier_series  # noqa: E402
 from landscape.core.curve_file import Curve  # noqa: E402
@@ -93,11 +93,13 @@ def render_hessian_map(s: Surface, out_stem: str, cfg: PlotConfig = DEFAULTS) ->
     lambda_max map beside it."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     xlabel, ylabel = s.axis_names()
-    fig.colorbar(artists.eigen_ratio(axes[0], s.x, s.y, s.values["lambda_max"], s.values["lambda_min"]), ax=axes[0])
-    axes[0].set_title("|lambda_min / lambda_max|", fontsize=9)
-    fig.colorbar(artists.heatmap(axes[1], s.x, s.y, s.values["lambda_max"]), ax=axes[1])
     curvature = s.fingerprint.get("curvature", "hessian")
-    axes[1].set_title("lambda_max" if curvature == "hessian" else f"lambda_max of the {curvature}", fontsize=9)
+    label = CURVATURE_LABELS.get(curvature, curvature)
+    fig.colorbar(artists.eigen_ratio(axes[0], s.x, s.y, s.values["lambda_max"], s.values["lambda_min"]), ax=axes[0])
+    axes[0].set_title("|lambda_min / lambda_max|" if curvature == "hessian" else
+                      f"{label}: |lambda_min / lambda_max| (0 where it is positive semi-definite)", fontsize=9)
+    fig.colorbar(artists.heatmap(axes[1], s.x, s.y, s.values["lambda_max"]), ax=axes[1])
+    axes[1].set_title(f"{label} lambda_max", fontsize=9)
     for ax in axes:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
